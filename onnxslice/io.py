@@ -1,0 +1,93 @@
+"""Atomic ``.npz``/``.json`` writing for result objects (Trace, Profile, Slice, ...).
+
+Every result saves as arrays plus a JSON header stored under the key ``__meta__``; the header's
+``kind`` is checked at load so a file of one kind is never read as another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxslice.errors import DataError
+
+__all__ = ["atomic_write_bytes", "load_npz", "save_json", "save_npz"]
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=dest.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Path:
+    """Save arrays and a JSON header atomically as a compressed ``.npz``."""
+    dest = Path(path)
+    if dest.suffix != ".npz":
+        dest = dest.with_name(dest.name + ".npz")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=".npz")
+    os.close(fd)
+    try:
+        payload = dict(arrays)
+        payload["__meta__"] = np.frombuffer(json.dumps(dict(meta)).encode(), dtype=np.uint8)
+        np.savez_compressed(tmp, **payload)  # type: ignore[arg-type]
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def load_npz(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a file written by :func:`save_npz`, checking its ``kind``.
+
+    Raises:
+        DataError: missing file, not an onnxslice file, or a file of another kind.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"'{p}' does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read '{p}' as .npz: {e}") from e
+    if "__meta__" not in arrays:
+        raise DataError(f"'{p}' is not an onnxslice {kind} file (no header)")
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    if meta.get("kind") != kind:
+        raise DataError(f"'{p}' holds a {meta.get('kind')}, not a {kind}")
+    return arrays, meta
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_default) + "\n").encode())
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")

@@ -1,0 +1,143 @@
+"""NNSlicer profiling: the mean activation of every neuron over a data set, streamed batch by batch.
+
+A *neuron* is one scalar of an intermediate value (element level); a *channel* is axis 1 of a value
+(its mean over every other axis but the sample axis is the channel-level activation). Sums are kept
+in float64 and only one batch of activations is alive at a time, so memory does not grow with the
+number of batches. The model inputs are profiled too (NNSlicer's input deltas need their means).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxslice.errors import DataError
+from onnxslice.model import Model
+from onnxslice.progress import progress
+from onnxslice.record import Device, Recorder, as_feed, recordable_values
+
+__all__ = ["Profile", "profile"]
+
+
+def channel_mean(arr: np.ndarray) -> np.ndarray:
+    """Per-channel mean of one sample's value (axis 0 of ``arr`` is the channel; rank 0 -> itself)."""
+    if arr.ndim <= 1:
+        return arr.astype(np.float64)
+    return arr.reshape(arr.shape[0], -1).mean(axis=1, dtype=np.float64)
+
+
+@dataclass
+class Profile:
+    """Mean activations of a model over a data set.
+
+    Attributes:
+        mean: value name -> element-level mean (shape of one sample).
+        count: number of samples profiled.
+        fingerprint: structure hash of the profiled model (see ``Model.fingerprint``).
+        data: the data spec it was computed on.
+    """
+
+    mean: dict[str, np.ndarray]
+    count: int
+    fingerprint: str
+    data: str = ""
+
+    def channel(self, value: str) -> np.ndarray:
+        """Channel-level mean of ``value`` (axis 1 of the batched value)."""
+        return channel_mean(self.mean[value])
+
+    def check_model(self, model: Model) -> None:
+        """Raise DataError when this profile was computed on a model of another structure."""
+        if self.fingerprint != model.fingerprint:
+            raise DataError(
+                f"this profile belongs to another model (fingerprint {self.fingerprint}, the model's is "
+                f"{model.fingerprint}); run `onnxslice profile` on this model first"
+            )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save as ``.npz`` (atomic)."""
+        from onnxslice.io import save_npz
+
+        return save_npz(
+            path,
+            {f"mean/{k}": v for k, v in self.mean.items()},
+            {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data},
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        """Load a profile written by :meth:`save`."""
+        from onnxslice.io import load_npz
+
+        arrays, meta = load_npz(path, kind="Profile")
+        return cls({k[5:]: v for k, v in arrays.items()}, int(meta["count"]), str(meta["fingerprint"]),
+                   str(meta.get("data", "")))
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per value: name, shape, mean of means, fraction of positive neurons."""
+        return [
+            {"value": k, "shape": list(v.shape), "mean": float(v.mean()) if v.size else 0.0,
+             "active": float((v > 0).mean()) if v.size else 0.0}
+            for k, v in self.mean.items()
+        ]
+
+    def __repr__(self) -> str:
+        neurons = sum(int(v.size) for v in self.mean.values())
+        return f"Profile({len(self.mean)} values, {neurons:,} neurons, {self.count} samples, model {self.fingerprint})"
+
+
+def profile(
+    model: Model,
+    data: Any,
+    batch_size: int = 64,
+    *,
+    values: Iterable[str] | str = "all",
+    device: Device = "auto",
+    show_progress: bool | None = None,
+) -> Profile:
+    """Mean activation of every neuron over ``data``, streamed in batches.
+
+    Args:
+        model: the model.
+        data: a Dataset, a data spec string, a mapping of arrays, or one array.
+        batch_size: samples per onnxruntime run (a model with a fixed batch of 1 runs one by one).
+        values: value names or ``"all"`` float node outputs with a sample axis.
+        device: onnxruntime device.
+        show_progress: draw a progress bar on stderr (default: when stderr is a terminal).
+
+    Raises:
+        DataError: empty or malformed data.
+    """
+    from onnxslice.data import Dataset, load_data
+
+    ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
+    feed = ds.bind(model) if ds is not None else as_feed(model, data)
+    name = ds.name if ds is not None else "arrays"
+    n = len(next(iter(feed.values())))
+    if n == 0:
+        raise DataError("cannot profile on an empty data set")
+    wanted = recordable_values(model) if values == "all" else list(values)
+    rec = Recorder(model, wanted, device)
+    sums: dict[str, np.ndarray] = {}
+    total = 0
+    batches = rec.iter_batches(feed, batch_size)
+    nb = -(-n // (rec.fixed_batch or batch_size))
+    for size, chunk, out in progress(batches, nb, "profile", show_progress):
+        for key, arr in [*chunk.items(), *out.items()]:
+            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or arr.shape[0] != size:
+                continue  # shapes, indices and batch-independent values have no neurons
+            s = arr.sum(axis=0, dtype=np.float64)
+            if key in sums:
+                if sums[key].shape != s.shape:
+                    raise DataError(f"value '{key}' changes shape between batches; profile with one batch size")
+                sums[key] += s
+            else:
+                sums[key] = s
+        total += size
+    mean = {k: (v / total).astype(np.float32) for k, v in sums.items()}
+    return Profile(mean, total, model.fingerprint, name)

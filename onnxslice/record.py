@@ -1,0 +1,392 @@
+"""onnxruntime sessions and the recording of intermediate values.
+
+:func:`record` runs a model with the requested intermediate values added as graph outputs and all
+graph optimizations off, so that every value survives under the name the graph gives it (no fusion:
+BatchNormalization stays a node). :class:`Recorder` keeps one session for repeated runs.
+Inputs are validated first: a missing input, a wrong rank, shape or dtype, NaN or Inf raise
+:class:`DataError` naming the input. Nothing here changes the caller's model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from onnxslice.errors import DataError, OnnxSliceError
+from onnxslice.model import Model
+
+__all__ = [
+    "Device", "Recorder", "Trace", "as_feed", "cuda_usable", "make_session", "max_ort_ir_version", "record",
+    "runtime_proto", "validate_inputs",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+log = logging.getLogger("onnxslice")
+
+
+@lru_cache(maxsize=1)
+def max_ort_ir_version() -> int:
+    """The highest IR version the installed onnxruntime accepts (probed once on a tiny model)."""
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        try:
+            ort.InferenceSession(_probe_model(ir), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # onnxruntime raises its own exception types for unsupported IR
+            continue
+    return 7
+
+
+def runtime_proto(proto: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> onnx.ModelProto:
+    """A copy of ``proto`` that onnxruntime accepts, with ``extra_outputs`` added as graph outputs.
+
+    The IR version is lowered to what onnxruntime supports (onnx 1.23 writes IR 14 by default).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    out.ir_version = min(out.ir_version, max_ort_ir_version())
+    have = {o.name for o in out.graph.output}
+    known = {vi.name: vi for vi in out.graph.value_info}
+    for name in extra_outputs:
+        if name in have:
+            continue
+        vi = onnx.ValueInfoProto()
+        if name in known:
+            vi.CopyFrom(known[name])
+        else:
+            vi.name = name  # onnxruntime infers the type of an untyped output
+        out.graph.output.append(vi)
+        have.add(name)
+    return out
+
+
+def _cuda_works(providers: Sequence[str]) -> bool:
+    return bool(providers) and providers[0] == "CUDAExecutionProvider"
+
+
+def _probe_model(ir: int) -> bytes:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir).SerializeToString()
+
+
+@lru_cache(maxsize=1)
+def cuda_usable() -> bool:
+    """Whether onnxruntime really runs on CUDA here (probed once, quietly, on a tiny model).
+
+    ``get_available_providers()`` lists CUDA whenever onnxruntime-gpu is installed, even with no GPU
+    or CUDA libraries, so only a session's ``get_providers()`` is trusted.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(_probe_model(7), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return _cuda_works(sess.get_providers())
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def make_session(
+    proto: onnx.ModelProto,
+    device: Device = "auto",
+    *,
+    optimize: bool = False,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
+
+    Args:
+        proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
+        device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
+        optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
+        threads: intra-op threads (default: onnxruntime's choice).
+
+    Raises:
+        OnnxSliceError: CUDA was required but the session fell back to CPU.
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    data = proto.SerializeToString()
+    if device in ("auto", "cuda") and cuda_usable():
+        try:
+            sess = ort.InferenceSession(data, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if _cuda_works(sess.get_providers()):
+                return sess
+        except Exception as e:  # a broken CUDA install raises at session creation
+            if device == "cuda":
+                raise OnnxSliceError(f"CUDA was requested but onnxruntime could not use it: {e}") from e
+    if device == "cuda":
+        raise OnnxSliceError(
+            "CUDA was requested but onnxruntime runs on CPU here (no usable GPU or CUDA libraries); "
+            "use device='cpu' or 'auto'"
+        )
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxSliceError(f"onnxruntime cannot run this model: {e}") from e
+
+
+def _session_device(sess: ort.InferenceSession) -> str:
+    return "cuda" if _cuda_works(sess.get_providers()) else "cpu"
+
+
+def validate_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check and convert inputs against the model's declared inputs.
+
+    Float data is cast to the model's float type (and integers to its integer type); a change of kind
+    (float to int, int to float) is refused. Returns arrays ready for onnxruntime.
+
+    Raises:
+        DataError: a missing or unknown input, a wrong rank/shape/dtype, NaN or Inf.
+    """
+    expected = {vi.name: vi for vi in model.inputs}
+    unknown = [k for k in inputs if k not in expected]
+    if unknown:
+        raise DataError(
+            f"unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(expected)}"
+        )
+    out: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for name, vi in expected.items():
+        if name not in inputs:
+            raise DataError(f"missing input '{name}' (expected {vi.describe()})")
+        arr = np.asarray(inputs[name])
+        want = vi.dtype
+        if want is not None and arr.dtype != want:
+            same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or (
+                np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer)
+            )
+            if not same_kind:
+                raise DataError(
+                    f"input '{name}' has dtype {arr.dtype}; the model expects {vi.describe()}. "
+                    "Convert (and scale) the data first."
+                )
+            arr = arr.astype(want)
+        if vi.shape is not None:
+            if arr.ndim != len(vi.shape):
+                raise DataError(
+                    f"input '{name}' has shape {list(arr.shape)} (rank {arr.ndim}); "
+                    f"the model expects {vi.describe()} (rank {len(vi.shape)})"
+                )
+            for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape, strict=True)):
+                if isinstance(dim, int) and dim > 0 and got != dim and not (axis == 0 and dim == 1):
+                    raise DataError(
+                        f"input '{name}' has shape {list(arr.shape)}; the model expects "
+                        f"{vi.describe()} (axis {axis} must be {dim})"
+                    )
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise DataError(f"input '{name}' holds {bad} NaN or Inf value(s); clean the data first")
+        if arr.ndim and batch is not None and arr.shape[0] != batch:
+            raise DataError(f"input '{name}' has {arr.shape[0]} samples, other inputs have {batch}")
+        if arr.ndim:
+            batch = arr.shape[0]
+        out[name] = np.ascontiguousarray(arr)
+    return out
+
+
+@dataclass
+class Trace:
+    """Recorded values of one run: arrays keyed by value name, the model's own outputs included.
+
+    Attributes:
+        values: value name -> array (sample axis first where the value has one).
+        inputs: the validated model inputs that were fed.
+        outputs: names of the model's outputs.
+        device: ``"cpu"`` or ``"cuda"``: the provider the session really used.
+    """
+
+    values: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    device: str = "cpu"
+    shapes: dict[str, tuple[int, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shapes = {k: tuple(v.shape) for k, v in self.values.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.values:
+            return self.values[name]
+        if name in self.inputs:
+            return self.inputs[name]
+        raise KeyError(f"value '{name}' was not recorded; record it with values=[...] or values='all'")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.values or name in self.inputs
+
+    @property
+    def output_values(self) -> list[np.ndarray]:
+        """The model's outputs, in graph order."""
+        return [self.values[o] for o in self.outputs]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save every array to ``.npz`` (``value/<name>`` and ``input/<name>``)."""
+        from onnxslice.io import save_npz
+
+        arrays = {f"value/{k}": v for k, v in self.values.items()}
+        arrays.update({f"input/{k}": v for k, v in self.inputs.items()})
+        return save_npz(path, arrays, {"kind": "Trace", "outputs": self.outputs, "device": self.device})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Trace:
+        """Load a trace written by :meth:`save`."""
+        from onnxslice.io import load_npz
+
+        arrays, meta = load_npz(path, kind="Trace")
+        values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
+        inputs = {k[6:]: v for k, v in arrays.items() if k.startswith("input/")}
+        return cls(values, inputs, list(meta["outputs"]), str(meta.get("device", "cpu")))
+
+    def __repr__(self) -> str:
+        n = next(iter(self.inputs.values())).shape[0] if self.inputs else 0
+        mb = sum(v.nbytes for v in self.values.values()) / 2**20
+        return f"Trace({len(self.values)} values, {n} samples, {mb:.1f} MiB, device={self.device})"
+
+
+def recordable_values(model: Model) -> list[str]:
+    """Every node output of the main graph (the values :func:`record` captures by default)."""
+    return [o for n in model.nodes for o in n.outputs if o]
+
+
+class Recorder:
+    """One onnxruntime session that records chosen values; reuse it for many batches.
+
+    Args:
+        model: the model.
+        values: value names to record, ``"all"`` (every node output), or None (only model outputs).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, model: Model, values: Iterable[str] | str | None = "all", device: Device = "auto") -> None:
+        self.model = model
+        if values == "all":
+            names = recordable_values(model)
+        elif values is None:
+            names = []
+        else:
+            assert not isinstance(values, str)
+            names = list(values)
+            produced = set(recordable_values(model)) | set(model.input_names) | set(model.initializer_names)
+            missing = [v for v in names if v not in produced]
+            if missing:
+                raise DataError(f"no value named {', '.join(missing[:5])} in the model")
+            names = [v for v in names if v not in model.input_names and not model.is_initializer(v)]
+        self.values = list(dict.fromkeys([*model.output_names, *names]))
+        self.session = make_session(runtime_proto(model.proto, self.values), device)
+        self.device = _session_device(self.session)
+        fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+
+    def run(self, inputs: Mapping[str, np.ndarray], *, validated: bool = False) -> dict[str, np.ndarray]:
+        """One onnxruntime run on a batch; returns value -> array."""
+        feed = dict(inputs) if validated else validate_inputs(self.model, inputs)
+        try:
+            res = self.session.run(self.values, feed)
+        except Exception as e:
+            raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
+        return dict(zip(self.values, res, strict=True))
+
+    def iter_batches(
+        self, inputs: Mapping[str, np.ndarray], batch_size: int | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Validate once, then yield ``(n, batch_inputs, recorded)`` per batch.
+
+        A model whose batch axis is fixed to 1 runs sample by sample.
+        """
+        feed = validate_inputs(self.model, inputs)
+        n = len(next(iter(feed.values()))) if feed else 1
+        bs = self.fixed_batch or batch_size or n
+        for s in range(0, n, bs):
+            chunk = {k: v[s : s + bs] for k, v in feed.items()}
+            yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True)
+
+
+def _merge(parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, np.ndarray] = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if all(a.ndim and a.shape[0] == s for a, s in zip(arrays, sizes, strict=True)):
+            merged[name] = np.concatenate(arrays, axis=0)
+        elif all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays):
+            merged[name] = arrays[0]  # batch-independent (shapes, constants)
+        else:
+            raise DataError(
+                f"value '{name}' has no leading batch axis (shapes {[a.shape for a in arrays[:3]]}); "
+                "record it without batching (batch_size=None)"
+            )
+    return merged
+
+
+def record(
+    model: Model,
+    inputs: Mapping[str, Any] | np.ndarray | Any,
+    values: Iterable[str] | str | None = "all",
+    *,
+    batch_size: int | None = None,
+    device: Device = "auto",
+) -> Trace:
+    """Run ``model`` on ``inputs`` and record intermediate values.
+
+    Args:
+        model: a loaded :class:`Model`.
+        inputs: arrays keyed by input name, one array for a single-input model, or a ``Dataset``.
+        values: value names, ``"all"`` (default: every node output) or None (model outputs only).
+        batch_size: run in batches of this many samples (results are concatenated).
+        device: ``"auto"`` (CUDA when it really works), ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        A :class:`Trace` whose model outputs equal a plain onnxruntime run.
+
+    Raises:
+        DataError: bad inputs (named), or unknown value names.
+    """
+    feed = as_feed(model, inputs)
+    rec = Recorder(model, values, device)
+    parts, sizes = [], []
+    validated: dict[str, np.ndarray] = {}
+    for n, chunk, out in rec.iter_batches(feed, batch_size):
+        parts.append(out)
+        sizes.append(n)
+        for k, v in chunk.items():
+            validated.setdefault(k, [])  # type: ignore[arg-type]
+            validated[k].append(v)  # type: ignore[attr-defined]
+    ins = {k: np.concatenate(v) for k, v in validated.items()}  # type: ignore[arg-type]
+    return Trace(_merge(parts, sizes), ins, model.output_names, rec.device)
+
+
+def as_feed(model: Model, inputs: Any) -> dict[str, np.ndarray]:
+    """Normalize ``inputs`` (mapping, single array, or Dataset) to arrays keyed by input name."""
+    from onnxslice.data import Dataset
+
+    if isinstance(inputs, Dataset):
+        return inputs.bind(model)
+    if isinstance(inputs, np.ndarray):
+        if len(model.inputs) != 1:
+            raise DataError(
+                f"the model has {len(model.inputs)} inputs ({', '.join(model.input_names)}); pass a mapping"
+            )
+        return Dataset({"x": inputs}).bind(model)
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    raise DataError(f"inputs must be a mapping, an array or a Dataset, not {type(inputs).__name__}")
