@@ -41,8 +41,14 @@ if TYPE_CHECKING:
 __all__ = ["BUILTINS", "Dataset", "load_data", "parse_samples"]
 
 BUILTINS = (
-    "mnist", "moons", "digits", "samples-mnist", "samples-fashionMNIST", "samples-cifar10",
-    "samples-cifar100", "samples-imagenet",
+    "mnist",
+    "moons",
+    "digits",
+    "samples-mnist",
+    "samples-fashionMNIST",
+    "samples-cifar10",
+    "samples-cifar100",
+    "samples-imagenet",
 )
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -70,9 +76,7 @@ class Dataset:
         if len(set(sizes.values())) != 1:
             raise DataError(f"data set '{self.name}': arrays have different sample counts {sizes}")
         if self.labels is not None and len(self.labels) != len(self):
-            raise DataError(
-                f"data set '{self.name}': {len(self.labels)} labels for {len(self)} samples"
-            )
+            raise DataError(f"data set '{self.name}': {len(self.labels)} labels for {len(self)} samples")
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -169,7 +173,7 @@ def _package_dir(module: str, extra: str) -> Path:
 
 def _split(n: int, train_fraction: float, split: str, seed: int = 0) -> np.ndarray:
     perm = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * train_fraction))
+    cut = round(n * train_fraction)
     if split == "train":
         return perm[:cut]
     if split == "test":
@@ -194,14 +198,14 @@ def _read_image(path: Path, size: int | None, gray: bool) -> np.ndarray:
     _need("PIL", "data")
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("L" if gray else "RGB")
+    with Image.open(path) as src:
+        im: Image.Image = src.convert("L" if gray else "RGB")
         if size is not None and im.size != (size, size):
             # The usual evaluation transform: shorter side to size/0.875, then a centre crop.
             short = round(size / 0.875)
             w, h = im.size
             scale = short / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
@@ -248,7 +252,7 @@ def _builtin(name: str, opts: Mapping[str, str]) -> Dataset:
     elif name in ("moons", "digits"):
         x, y = _sklearn(name, split, opts)
     elif name.startswith("samples-") and name in BUILTINS:
-        x, y = _samples(name[len("samples-"):])
+        x, y = _samples(name[len("samples-") :])
     else:
         raise DataError(f"unknown built-in data set '{name}'; known: {', '.join(BUILTINS)}")
     return Dataset({"x": x}, y, f"builtin:{name}")
@@ -327,7 +331,7 @@ def load_data(spec: str | Dataset | Mapping[str, Any] | np.ndarray) -> Dataset:
         return Dataset(arrays, labels, "arrays")
     base, opts = _options(str(spec))
     if base.startswith("builtin:"):
-        ds = _builtin(base[len("builtin:"):], opts)
+        ds = _builtin(base[len("builtin:") :], opts)
     else:
         path = Path(base)
         if not path.exists():

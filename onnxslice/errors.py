@@ -40,9 +40,7 @@ class UnsupportedOpError(OnnxSliceError):
 
     exit_code = 3
 
-    def __init__(
-        self, op_type: str, domain: str, opset: int, capability: str, node: str = "", hint: str = ""
-    ) -> None:
+    def __init__(self, op_type: str, domain: str, opset: int, capability: str, node: str = "", hint: str = "") -> None:
         self.op_type = op_type
         self.domain = domain
         self.opset = opset
@@ -50,8 +48,7 @@ class UnsupportedOpError(OnnxSliceError):
         self.node = node
         where = f" at node '{node}'" if node else ""
         dom = domain or "ai.onnx"
-        msg = (
-            f"no '{capability}' rule for op {dom}::{op_type} (opset {opset}){where}. "
-            + (hint or f"Add a '{capability}' rule for {op_type} in onnxslice/opsets, or remove the op.")
+        msg = f"no '{capability}' rule for op {dom}::{op_type} (opset {opset}){where}. " + (
+            hint or f"Add a '{capability}' rule for {op_type} in onnxslice/opsets, or remove the op."
         )
         super().__init__(msg)

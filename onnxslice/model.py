@@ -235,8 +235,13 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
             and sum(inits[i].ByteSize() for i in ins) < _MAX_FOLD_BYTES
         ):
             sub = helper.make_model(
-                helper.make_graph([node], "fold", [], [helper.make_value_info(o, onnx.TypeProto()) for o in node.output],
-                                  [inits[i] for i in ins]),
+                helper.make_graph(
+                    [node],
+                    "fold",
+                    [],
+                    [helper.make_value_info(o, onnx.TypeProto()) for o in node.output],
+                    [inits[i] for i in ins],
+                ),
                 opset_imports=opset,
             )
             try:
@@ -289,9 +294,7 @@ def _read(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError or RuntimeWarning-ish errors
-        raise ModelError(
-            f"'{path}' is not a readable ONNX file (truncated, or another format): {e}"
-        ) from e
+        raise ModelError(f"'{path}' is not a readable ONNX file (truncated, or another format): {e}") from e
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelError(f"'{path}' holds no ONNX graph (truncated, or another format)")
     _check_external_data(proto, path.parent)
@@ -313,8 +316,7 @@ def _check(proto: onnx.ModelProto, where: str) -> None:
 
 def _infer(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     if proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD:
-        warnings.warn(f"{where}: too large for in-memory shape inference; shapes come from the file only",
-                      stacklevel=3)
+        warnings.warn(f"{where}: too large for in-memory shape inference; shapes come from the file only", stacklevel=3)
         return proto
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
@@ -441,8 +443,9 @@ class Model:
             b = n.input(info.bias_input) if info.bias_input is not None else ""
             bias = b if b and self.is_initializer(b) else None
             params = int(w.size) + (int(self.initializer(bias).size) if bias else 0)
-            out.append(Layer(n.name, n.op_type, n.input(widx), widx, bias, params,
-                             _out_channels(n, w, widx), n.outputs[0]))
+            out.append(
+                Layer(n.name, n.op_type, n.input(widx), widx, bias, params, _out_channels(n, w, widx), n.outputs[0])
+            )
         return out
 
     def layer(self, name: str) -> Layer:
@@ -450,16 +453,24 @@ class Model:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise ModelError(
-            f"no layer named '{name}'; layers are: {', '.join(x.name for x in self.layers) or '(none)'}"
-        )
+        raise ModelError(f"no layer named '{name}'; layers are: {', '.join(x.name for x in self.layers) or '(none)'}")
 
     @property
     def num_params(self) -> int:
         """Scalars in all float initializers."""
-        return int(sum(np.prod(t.dims, dtype=np.int64) for t in self._init_protos.values()
-                       if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                          onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)))
+        return int(
+            sum(
+                np.prod(t.dims, dtype=np.int64)
+                for t in self._init_protos.values()
+                if t.data_type
+                in (
+                    onnx.TensorProto.FLOAT,
+                    onnx.TensorProto.FLOAT16,
+                    onnx.TensorProto.DOUBLE,
+                    onnx.TensorProto.BFLOAT16,
+                )
+            )
+        )
 
     @cached_property
     def fingerprint(self) -> str:
@@ -492,8 +503,9 @@ class Model:
     def __repr__(self) -> str:
         src = f" from '{self.path}'" if self.path else ""
         ops = ", ".join(f"{d or 'ai.onnx'}:{v}" for d, v in self.opsets.items())
-        return (f"Model({len(self.nodes)} nodes, {len(self.layers)} layers, {self.num_params:,} params, "
-                f"opsets {ops}{src})")
+        return (
+            f"Model({len(self.nodes)} nodes, {len(self.layers)} layers, {self.num_params:,} params, opsets {ops}{src})"
+        )
 
 
 def _out_channels(node: Node, w: np.ndarray, widx: int) -> int:
@@ -573,9 +585,7 @@ def save_model(
     """
     dest = Path(path)
     if source is not None and dest.resolve() == Path(source).resolve():
-        raise OnnxSliceError(
-            f"refusing to overwrite the input model '{dest}'; choose another output path"
-        )
+        raise OnnxSliceError(f"refusing to overwrite the input model '{dest}'; choose another output path")
     if dest.exists() and not overwrite:
         raise OnnxSliceError(f"'{dest}' exists; pass overwrite=True or choose another path")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -584,11 +594,11 @@ def save_model(
         tmp_model = Path(tmp) / dest.name
         if large:
             data_name = dest.name + ".data"
-            onnx.save_model(proto, str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name)
+            onnx.save_model(
+                proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name
+            )
             os.replace(Path(tmp) / data_name, dest.parent / data_name)
         else:
             onnx.save_model(proto, str(tmp_model))
         os.replace(tmp_model, dest)
     return dest
-

@@ -75,14 +75,22 @@ class Profile:
         from onnxslice.io import load_npz
 
         arrays, meta = load_npz(path, kind="Profile")
-        return cls({k[5:]: v for k, v in arrays.items()}, int(meta["count"]), str(meta["fingerprint"]),
-                   str(meta.get("data", "")))
+        return cls(
+            {k[5:]: v for k, v in arrays.items()},
+            int(meta["count"]),
+            str(meta["fingerprint"]),
+            str(meta.get("data", "")),
+        )
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per value: name, shape, mean of means, fraction of positive neurons."""
         return [
-            {"value": k, "shape": list(v.shape), "mean": float(v.mean()) if v.size else 0.0,
-             "active": float((v > 0).mean()) if v.size else 0.0}
+            {
+                "value": k,
+                "shape": list(v.shape),
+                "mean": float(v.mean()) if v.size else 0.0,
+                "active": float((v > 0).mean()) if v.size else 0.0,
+            }
             for k, v in self.mean.items()
         ]
 

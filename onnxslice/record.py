@@ -26,8 +26,16 @@ from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.model import Model
 
 __all__ = [
-    "Device", "Recorder", "Trace", "as_feed", "cuda_usable", "make_session", "max_ort_ir_version", "record",
-    "runtime_proto", "validate_inputs",
+    "Device",
+    "Recorder",
+    "Trace",
+    "as_feed",
+    "cuda_usable",
+    "make_session",
+    "max_ort_ir_version",
+    "record",
+    "runtime_proto",
+    "validate_inputs",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -46,14 +54,31 @@ def max_ort_ir_version() -> int:
     return 7
 
 
-def runtime_proto(proto: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> onnx.ModelProto:
+def runtime_proto(
+    proto: onnx.ModelProto, extra_outputs: Sequence[str] = (), weight_inputs: Sequence[str] = ()
+) -> onnx.ModelProto:
     """A copy of ``proto`` that onnxruntime accepts, with ``extra_outputs`` added as graph outputs.
 
     The IR version is lowered to what onnxruntime supports (onnx 1.23 writes IR 14 by default).
+    Initializers named in ``weight_inputs`` become graph inputs, so one session can run with many
+    values of those weights (perturbation studies, gradients at shifted weights).
     """
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     out.ir_version = min(out.ir_version, max_ort_ir_version())
+    if weight_inputs:
+        want = set(weight_inputs)
+        moved = [t for t in out.graph.initializer if t.name in want]
+        missing = want - {t.name for t in moved}
+        if missing:
+            raise DataError(f"no initializer named {', '.join(sorted(missing))} in the model")
+        keep = [t for t in out.graph.initializer if t.name not in want]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(keep)
+        declared = {i.name for i in out.graph.input}
+        for t in moved:
+            if t.name not in declared:
+                out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     have = {o.name for o in out.graph.output}
     known = {vi.name: vi for vi in out.graph.value_info}
     for name in extra_outputs:
@@ -160,9 +185,7 @@ def validate_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, np.nda
     expected = {vi.name: vi for vi in model.inputs}
     unknown = [k for k in inputs if k not in expected]
     if unknown:
-        raise DataError(
-            f"unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(expected)}"
-        )
+        raise DataError(f"unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(expected)}")
     out: dict[str, np.ndarray] = {}
     batch: int | None = None
     for name, vi in expected.items():
@@ -274,10 +297,19 @@ class Recorder:
         model: the model.
         values: value names to record, ``"all"`` (every node output), or None (only model outputs).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        weight_inputs: initializers to make swappable: :meth:`run` takes new values for them in
+            ``weights=`` (the model's own values are fed otherwise). One session serves every value.
     """
 
-    def __init__(self, model: Model, values: Iterable[str] | str | None = "all", device: Device = "auto") -> None:
+    def __init__(
+        self,
+        model: Model,
+        values: Iterable[str] | str | None = "all",
+        device: Device = "auto",
+        weight_inputs: Sequence[str] = (),
+    ) -> None:
         self.model = model
+        self.weight_inputs = list(dict.fromkeys(weight_inputs))
         if values == "all":
             names = recordable_values(model)
         elif values is None:
@@ -291,14 +323,41 @@ class Recorder:
                 raise DataError(f"no value named {', '.join(missing[:5])} in the model")
             names = [v for v in names if v not in model.input_names and not model.is_initializer(v)]
         self.values = list(dict.fromkeys([*model.output_names, *names]))
-        self.session = make_session(runtime_proto(model.proto, self.values), device)
+        self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device)
         self.device = _session_device(self.session)
         fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
 
-    def run(self, inputs: Mapping[str, np.ndarray], *, validated: bool = False) -> dict[str, np.ndarray]:
-        """One onnxruntime run on a batch; returns value -> array."""
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        validated: bool = False,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One onnxruntime run on a batch; returns value -> array.
+
+        Args:
+            inputs: model inputs (validated unless ``validated``).
+            validated: skip validation (inputs come from :func:`validate_inputs`).
+            weights: new values for some of the swappable ``weight_inputs``.
+        """
         feed = dict(inputs) if validated else validate_inputs(self.model, inputs)
+        if weights:
+            extra = set(weights) - set(self.weight_inputs)
+            if extra:
+                raise DataError(
+                    f"weights {', '.join(sorted(extra))} are not swappable in this recorder; name them in weight_inputs"
+                )
+        for name in self.weight_inputs:
+            w = weights.get(name) if weights else None
+            ref = self.model.initializer(name)
+            if w is None:
+                feed[name] = ref
+            else:
+                if w.shape != ref.shape:
+                    raise DataError(f"weight '{name}' must have shape {list(ref.shape)}, got {list(w.shape)}")
+                feed[name] = np.ascontiguousarray(w, dtype=ref.dtype)
         try:
             res = self.session.run(self.values, feed)
         except Exception as e:
@@ -306,7 +365,10 @@ class Recorder:
         return dict(zip(self.values, res, strict=True))
 
     def iter_batches(
-        self, inputs: Mapping[str, np.ndarray], batch_size: int | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        batch_size: int | None = None,
+        weights: Mapping[str, np.ndarray] | None = None,
     ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """Validate once, then yield ``(n, batch_inputs, recorded)`` per batch.
 
@@ -317,7 +379,7 @@ class Recorder:
         bs = self.fixed_batch or batch_size or n
         for s in range(0, n, bs):
             chunk = {k: v[s : s + bs] for k, v in feed.items()}
-            yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True)
+            yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True, weights=weights)
 
 
 def _merge(parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:
@@ -363,15 +425,15 @@ def record(
     """
     feed = as_feed(model, inputs)
     rec = Recorder(model, values, device)
-    parts, sizes = [], []
-    validated: dict[str, np.ndarray] = {}
+    parts: list[dict[str, np.ndarray]] = []
+    sizes: list[int] = []
+    fed: dict[str, list[np.ndarray]] = {}
     for n, chunk, out in rec.iter_batches(feed, batch_size):
         parts.append(out)
         sizes.append(n)
         for k, v in chunk.items():
-            validated.setdefault(k, [])  # type: ignore[arg-type]
-            validated[k].append(v)  # type: ignore[attr-defined]
-    ins = {k: np.concatenate(v) for k, v in validated.items()}  # type: ignore[arg-type]
+            fed.setdefault(k, []).append(v)
+    ins = {k: np.concatenate(v) for k, v in fed.items()}
     return Trace(_merge(parts, sizes), ins, model.output_names, rec.device)
 
 

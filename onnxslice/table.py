@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_table", "fmt"]
+__all__ = ["fmt", "format_table"]
 
 
 def fmt(v: Any) -> str:
@@ -37,7 +37,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) for r in rows) for c in cols]
 
     def line(vals: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric, strict=True)
+        ).rstrip()
 
     out = [title] if title else []
     out += [line(cols), line(["-" * w for w in widths])]

@@ -53,7 +53,11 @@ def run_ort(model: onnx.ModelProto | Any, feed: Mapping[str, np.ndarray], optimi
 
 
 def assert_models_close(
-    a: onnx.ModelProto | Any, b: onnx.ModelProto | Any, feed: Mapping[str, np.ndarray], rtol: float = 1e-5, atol: float = 1e-5
+    a: onnx.ModelProto | Any,
+    b: onnx.ModelProto | Any,
+    feed: Mapping[str, np.ndarray],
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
 ) -> None:
     """Assert that two models give the same outputs on ``feed`` under onnxruntime."""
     for i, (x, y) in enumerate(zip(run_ort(a, feed), run_ort(b, feed), strict=True)):

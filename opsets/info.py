@@ -83,8 +83,7 @@ _reg(
 )
 _reg("Resize Upsample", OpInfo("layout", non_differentiable=(1, 2, 3)))
 _reg(
-    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare "
-    "ReduceLogSumExp",
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSumExp",
     OpInfo("reduce", non_differentiable=(1,)),
 )
 _reg("ArgMax ArgMin TopK", OpInfo("reduce", non_differentiable=(1,)))
@@ -95,9 +94,7 @@ _reg(
 _reg("Constant", OpInfo("shape"))
 _reg("If Loop Scan", OpInfo("control"))
 _reg("QuantizeLinear DequantizeLinear", OpInfo("other", non_differentiable=(1, 2)))
-REGISTRY.add(
-    "info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", since=1, origin=__name__
-)
+REGISTRY.add("info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", since=1, origin=__name__)
 # ai.onnx.ml ops emitted by skl2onnx: analysable as opaque nodes (recording works; no gradients).
 for _op in ("ZipMap", "LinearClassifier", "LinearRegressor", "Normalizer", "Scaler", "ArrayFeatureExtractor"):
     REGISTRY.add("info", _op, OpInfo("other"), domain="ai.onnx.ml", since=1, origin=__name__)

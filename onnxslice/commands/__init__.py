@@ -17,8 +17,12 @@ def add_common(p: argparse.ArgumentParser, *, model: bool = True, data: bool = F
     if model:
         p.add_argument("model", metavar="MODEL", help="path to an .onnx file")
     if data:
-        p.add_argument("--data", "-d", required=True,
-                       help="data: file.npz, an image folder, or builtin:NAME (mnist, moons, digits, samples-*)")
+        p.add_argument(
+            "--data",
+            "-d",
+            required=True,
+            help="data: file.npz, an image folder, or builtin:NAME (mnist, moons, digits, samples-*)",
+        )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="onnxruntime device")
 

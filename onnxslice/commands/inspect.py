@@ -24,11 +24,13 @@ def coverage(model: Model) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for cap in REGISTRY.capabilities:
-        missing = sorted({
-            (f"{n.domain}::{n.op_type}" if n.domain else n.op_type)
-            for n in model.nodes
-            if not REGISTRY.has(cap, n.op_type, n.domain, n.opset)
-        })
+        missing = sorted(
+            {
+                (f"{n.domain}::{n.op_type}" if n.domain else n.op_type)
+                for n in model.nodes
+                if not REGISTRY.has(cap, n.op_type, n.domain, n.opset)
+            }
+        )
         out[cap] = missing
     return out
 

@@ -27,8 +27,13 @@ def run(args: argparse.Namespace) -> int:
     prof = profile(model, ds, args.batch_size, device=args.device)
     path = prof.save(args.out)
     rows = [
-        {"value": r["value"], "shape": r["shape"], "neurons": int(prof.mean[r["value"]].size),
-         "mean": r["mean"], "active": r["active"]}
+        {
+            "value": r["value"],
+            "shape": r["shape"],
+            "neurons": int(prof.mean[r["value"]].size),
+            "mean": r["mean"],
+            "active": r["active"],
+        }
         for r in prof.summary()
     ]
     if args.json:

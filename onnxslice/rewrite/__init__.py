@@ -1,0 +1,11 @@
+"""Graph rewriting passes (prune, quantize): each collects its edits and applies them in one place.
+
+Passes never modify their input model and return a new checked :class:`onnxslice.Model`.
+"""
+
+from __future__ import annotations
+
+from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.plan import Plan
+
+__all__ = ["Plan", "finalize"]
