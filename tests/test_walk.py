@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from onnxslice.opsets import Registry
 
 import onnxslice as osl
 from onnxslice.errors import ModelError, UnsupportedOpError
-from onnxslice.opsets import Registry
 from onnxslice.walk import Walker, ancestors, descendants, topological_order
 
 
@@ -45,7 +45,7 @@ def test_walker_dispatches_rules_and_handles_misses(cnn_proto: onnx.ModelProto) 
     reg.add("vjp", "Relu", "relu-rule")
     reg.add("vjp", "Conv", "conv-rule")
     walker = Walker(m, reg)
-    with pytest.raises(UnsupportedOpError, match="no 'vjp' rule for op ai.onnx::Gemm .* at node 'fc'"):
+    with pytest.raises(UnsupportedOpError, match=r"no 'vjp' rule for op ai\.onnx::Gemm .* at node 'fc'"):
         list(walker.reverse("vjp"))
     assert [(s.node.name, s.rule) for s in walker.reverse("vjp", on_missing="skip")] == [
         ("relu", "relu-rule"),

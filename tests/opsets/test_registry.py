@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from onnxslice.opsets import REGISTRY, OpInfo, Registry, RegistryError
 
 from onnxslice.errors import UnsupportedOpError
-from onnxslice.opsets import REGISTRY, OpInfo, Registry, RegistryError
 
 
 def test_registry_lookup_by_opset_range() -> None:
@@ -21,7 +21,7 @@ def test_registry_lookup_by_opset_range() -> None:
 def test_registry_overlapping_ranges_fail(first: tuple, second: tuple) -> None:
     reg = Registry()
     reg.add("vjp", "Relu", "a", since=first[0], until=first[1])
-    with pytest.raises(RegistryError, match="overlapping 'vjp' rules for ai.onnx::Relu"):
+    with pytest.raises(RegistryError, match=r"overlapping 'vjp' rules for ai\.onnx::Relu"):
         reg.add("vjp", "Relu", "b", since=second[0], until=second[1])
 
 
