@@ -116,6 +116,8 @@ class GradientEngine:
                     f"output '{o}' is {vi.describe() if vi else 'not a float tensor'}: it is not differentiable; "
                     "choose a float output with output="
                 )
+        if not outs:
+            raise DataError("no output to differentiate was given")
         self.outputs = outs
         self.output = outs[0]
         self.value = _logits_value(m, self.output) if (logits and self.target.reads_logits) else self.output
@@ -133,12 +135,21 @@ class GradientEngine:
         record = {v for s in self.steps for v in (*s.node.inputs, *s.node.outputs) if v}
         record.update([self.value, *self.outputs])
         produced = {o for n in m.nodes for o in n.outputs if o}
-        self._recorder = Recorder(m, sorted(v for v in record if v in produced), device, weight_inputs=self.swappable)
+        self.record_values = sorted(v for v in record if v in produced)
+        self.device: Device = device
+        self._recorder: Recorder | None = None
         self.layers = {
             layer.name: [layer.weight] + ([layer.bias] if layer.bias else [])
             for layer in m.layers
             if layer.weight in self.weight_names
         }
+
+    @property
+    def recorder(self) -> Recorder:
+        """The one onnxruntime session that records what the VJP rules read (built on first use)."""
+        if self._recorder is None:
+            self._recorder = Recorder(self.model, self.record_values, self.device, weight_inputs=self.swappable)
+        return self._recorder
 
     # -- build -------------------------------------------------------------------------------------
     def _weights(self, spec: str | Sequence[str]) -> list[str]:
@@ -263,7 +274,7 @@ class GradientEngine:
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
         fparts: list[np.ndarray] = []
         start = 0
-        for size, chunk, vals in self._recorder.iter_batches(feed, batch_size, weights=w_over or None):
+        for size, chunk, vals in self.recorder.iter_batches(feed, batch_size, weights=w_over or None):
             sl = slice(start, start + size)
             start += size
             cot = None if cots is None else {k: v[sl] for k, v in cots.items()}
@@ -321,9 +332,24 @@ class GradientEngine:
             if k not in self.outputs:
                 raise DataError(f"a cotangent for '{k}', which is not among the engine's outputs {self.outputs}")
         w_over = {k: np.asarray(v) for k, v in (weights or {}).items()}
-        vals = self._recorder.run(feed, validated=True, weights=w_over or None)
-        seeds = {k: np.asarray(c, dtype=vals[k].dtype) for k, c in cotangents.items()}
-        grads = self._backward(feed, vals, w_over, seeds, 0, False)
+        vals = self.recorder.run(feed, validated=True, weights=w_over or None)
+        return self.vjp_from_values(feed, vals, cotangents, weights=w_over)
+
+    def vjp_from_values(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        values: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The backward pass over forward values computed elsewhere (every value in ``record_values``).
+
+        Lets a check evaluate the forward with another runtime (the ONNX reference evaluator in
+        float64) and the rules on those values.
+        """
+        seeds = {k: np.asarray(c, dtype=values[k].dtype) for k, c in cotangents.items()}
+        grads = self._backward(dict(inputs), dict(values), dict(weights or {}), seeds, 0, False)
         return {k: v for k, v in grads.items() if k in self.weight_names or k in self.input_names}
 
     def _cotangents(
@@ -398,7 +424,7 @@ class GradientEngine:
         parts: list[dict[str, np.ndarray]] = []
         for i in range(n):
             ci = {k: v[i : i + 1] for k, v in chunk.items()}
-            vi = self._recorder.run(ci, validated=True, weights=dict(w_over) or None)
+            vi = self.recorder.run(ci, validated=True, weights=dict(w_over) or None)
             parts.append(self._backward(ci, vi, w_over, {k: v[i : i + 1] for k, v in seed.items()}, 1, False))
         out: dict[str, np.ndarray] = {}
         for k in parts[0]:

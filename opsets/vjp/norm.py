@@ -54,8 +54,6 @@ def layer_norm(ctx: VjpContext) -> Grads:
     """LayerNormalization: normalize over axes ``axis..rank-1``, then ``* Scale + B`` (broadcast)."""
     x, scale = ctx.x(0), ctx.x(1)
     g = ctx.g(0)
-    if any(v is not None for v in ctx.out_grads[1:]):
-        raise ctx.unsupported("gradients through LayerNormalization's Mean/InvStdDev outputs")
     axis = int(ctx.attr("axis", -1))
     axis = axis + x.ndim if axis < 0 else axis
     eps = float(ctx.attr("epsilon", 1e-5))
@@ -69,9 +67,15 @@ def layer_norm(ctx: VjpContext) -> Grads:
     if ctx.need(0):
         gx = g * scale
         m = int(np.prod([x.shape[a] for a in axes]))
-        out[0] = (
-            inv * (gx - gx.sum(axis=axes, keepdims=True) / m - xhat * (gx * xhat).sum(axis=axes, keepdims=True) / m)
-        ).astype(x.dtype, copy=False)
+        dx = inv * (gx - gx.sum(axis=axes, keepdims=True) / m - xhat * (gx * xhat).sum(axis=axes, keepdims=True) / m)
+        # the optional outputs Mean and InvStdDev (kept-dims shapes) carry cotangents too
+        g_mean = ctx.out_grads[1] if len(ctx.out_grads) > 1 else None
+        g_inv = ctx.out_grads[2] if len(ctx.out_grads) > 2 else None
+        if g_mean is not None:
+            dx = dx + g_mean.reshape(mu.shape) / m
+        if g_inv is not None:
+            dx = dx - g_inv.reshape(inv.shape) * inv**3 * xc / m
+        out[0] = dx.astype(x.dtype, copy=False)
     if ctx.need(1):
         out[1] = unbroadcast(g * xhat, scale.shape, ctx.keep(1)).astype(scale.dtype, copy=False)
     if ctx.has(2) and ctx.need(2):

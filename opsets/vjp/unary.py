@@ -37,8 +37,8 @@ def _selu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _clip_bounds(ctx: VjpContext) -> tuple[float, float]:
     if ctx.node.opset < 11:
         return float(ctx.attr("min", -np.inf)), float(ctx.attr("max", np.inf))
-    lo = float(np.asarray(ctx.ins[1])) if ctx.has(1) else -np.inf
-    hi = float(np.asarray(ctx.ins[2])) if ctx.has(2) else np.inf
+    lo = float(np.asarray(ctx.ins[1]).reshape(-1)[0]) if ctx.has(1) else -np.inf
+    hi = float(np.asarray(ctx.ins[2]).reshape(-1)[0]) if ctx.has(2) else np.inf
     return lo, hi
 
 

@@ -237,7 +237,7 @@ def test_check_vjp_detects_a_wrong_rule(monkeypatch):
 
 def test_recorder_is_reused_across_calls():
     eng = GradientEngine(cnn())
-    rec = eng._recorder
+    rec = eng.recorder
     eng(X8)
     eng(X8[:2])
-    assert eng._recorder is rec and isinstance(rec, Recorder)
+    assert eng.recorder is rec and isinstance(rec, Recorder)

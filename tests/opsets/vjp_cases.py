@@ -159,6 +159,7 @@ _NORM_POOL = [
     Case("BatchNormalization", [X(2, 3, 4, 4), W(3), W(3), W(3), ("w", np.array([0.5, 1.0, 2.0]))], {"epsilon": 1e-3}),
     Case("BatchNormalization", [X(2, 3), W(3), W(3), W(3), ("w", np.array([0.5, 1.0, 2.0]))], opset=9, name="2d"),
     Case("LayerNormalization", [X(2, 3, 5), W(5), W(5)]),
+    Case("LayerNormalization", [X(2, 3, 5), W(3, 5), W(5)], {"axis": -2}, outputs=3, name="mean-invstd"),
     Case("LayerNormalization", [X(2, 3, 5), W(3, 5)], {"axis": 1, "epsilon": 1e-3}, name="axis1-no-bias"),
     Case("MaxPool", [X(2, 3, 6, 6)], {"kernel_shape": [2, 2], "strides": [2, 2]}, gen="spaced"),
     Case(
