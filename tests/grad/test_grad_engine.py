@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _grad_nets import cnn, mlp, with_shape_subgraph
 from onnx import helper
 from onnxslice.opsets.vjp.base import VjpRule
 
@@ -12,8 +13,6 @@ from onnxslice.grad import GradientEngine, Gradients, check_vjp, gradients
 from onnxslice.model import load
 from onnxslice.record import Recorder
 from onnxslice.testing import make_model, run_ort
-
-from .models import cnn, mlp, with_shape_subgraph
 
 RNG = np.random.default_rng(0)
 X8 = RNG.standard_normal((6, 3, 8, 8)).astype(np.float32)

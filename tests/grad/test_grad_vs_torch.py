@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _torch_nets import EfficientLite, LeNet5, SmallResNet, export, load_onnx_weights, onnx_param_map, randomize_bn  # noqa: E402
+
 from onnxslice.grad import GradientEngine  # noqa: E402
 from onnxslice.model import load  # noqa: E402
-
-from .torch_models import EfficientLite, LeNet5, SmallResNet, export, load_onnx_weights, onnx_param_map, randomize_bn  # noqa: E402
 
 RTOL = 1e-4
 
