@@ -9,7 +9,7 @@ synapse CONTRIB) is reduced per channel the same way, from its absolute values.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ __all__ = ["ChannelScore", "group_scores", "per_channel", "select_channels"]
 
 #: ``"l1"``, ``"l2"``, ``"random"``, a callable ``(layer, weight) -> scores[C]``, or relevance arrays
 #: keyed by layer or weight name (the weight's shape, or one value per output channel).
-ChannelScore = Union[str, Callable[[Layer, np.ndarray], np.ndarray], Mapping[str, np.ndarray]]
+ChannelScore = str | Callable[[Layer, np.ndarray], np.ndarray] | Mapping[str, np.ndarray]
 
 
 def _out_cut(model: Model, group: ChannelGroup, layer: Layer) -> Any:

@@ -11,6 +11,7 @@ keeps the reason. Nothing here edits the model.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -250,7 +251,7 @@ def _overlaps(groups: list[ChannelGroup]) -> None:
                     spans.setdefault((value, r.axis), []).append((r.offset, r.end, g))
     for (value, _), items in spans.items():
         items.sort(key=lambda t: t[0])
-        for (_s0, e0, g0), (s1, _e1, g1) in zip(items, items[1:], strict=False):
+        for (_s0, e0, g0), (s1, _e1, g1) in itertools.pairwise(items):
             if g0 is not g1 and s1 < e0:
                 for g in (g0, g1):
                     g.reason = g.reason or f"its channels overlap another group's in '{value}'"
@@ -272,8 +273,8 @@ def discover_groups(model: Model) -> GroupSet:
         node = model.node(layer.name)
         rule = REGISTRY.find("prune", node.op_type, node.domain, node.opset)
         start = rule.source_ref(node, ctx) if rule is not None and hasattr(rule, "source_ref") else None
-        if start is None or isinstance(start, str):
-            if rule is None or not hasattr(rule, "source_ref"):
+        if not isinstance(start, Ref):
+            if start is None:
                 groups.append(ChannelGroup(layer.name, layer.out_channels, [layer.name],
                                            reason=f"{node.op_type} '{node.name}' has no prune rule"))
             elif start.startswith("a depthwise Conv"):

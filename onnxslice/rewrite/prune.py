@@ -25,7 +25,7 @@ from onnxslice.errors import PlanError
 from onnxslice.model import Model
 from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, select_channels
 from onnxslice.rewrite.emit import finalize
-from onnxslice.rewrite.groups import ChannelGroup, GroupSet, discover_groups
+from onnxslice.rewrite.groups import GroupSet, discover_groups
 from onnxslice.rewrite.plan import Plan
 
 __all__ = ["prune", "resolve_channels", "unstructured_masks"]
@@ -35,6 +35,7 @@ def _decision(name: str, d: Any) -> tuple[float | None, list[int] | None]:
     """(ratio, explicit channels) of one plan decision: a number, or ``{"ratio": r, "remove": [...]}``."""
     if isinstance(d, bool):
         raise PlanError(f"the decision for layer '{name}' is a boolean; give a ratio in [0, 1)")
+    ratio: float | None
     if isinstance(d, (int, float)):
         ratio, remove = float(d), None
     elif isinstance(d, Mapping):
@@ -48,7 +49,7 @@ def _decision(name: str, d: Any) -> tuple[float | None, list[int] | None]:
             raise PlanError(f"the decision for layer '{name}' needs 'ratio' or 'remove'")
     else:
         raise PlanError(f"the decision for layer '{name}' must be a ratio or an object with 'ratio'/'remove'")
-    if ratio is not None and not (0.0 <= ratio < 1.0) or (ratio is not None and math.isnan(ratio)):
+    if (ratio is not None and not (0.0 <= ratio < 1.0)) or (ratio is not None and math.isnan(ratio)):
         raise PlanError(f"the pruning ratio of layer '{name}' is {ratio}; it must be in [0, 1)")
     return ratio, remove
 
@@ -107,7 +108,7 @@ def resolve_channels(
             chosen[g.leader] = arr
         else:
             assert ratio is not None
-            k = min(int(math.floor(ratio * g.size / g.segments)) * g.segments, g.max_removable())
+            k = min(math.floor(ratio * g.size / g.segments) * g.segments, g.max_removable())
             chosen[g.leader] = select_channels(group_scores(model, g, channel_score, rng), k, g.segments)
     return chosen, skipped, groups
 
@@ -190,7 +191,7 @@ def unstructured_masks(model: Model, plan: Plan) -> dict[str, np.ndarray]:
                 f"'{layer.weight}'; load it with PrunePlan.load so that its .npz masks come along"
             )
         else:
-            k = int(round((ratio or 0.0) * w.size))
+            k = round((ratio or 0.0) * w.size)
             order = np.argsort(np.abs(w).reshape(-1), kind="stable")
             mask = np.ones(w.size, dtype=bool)
             mask[order[:k]] = False

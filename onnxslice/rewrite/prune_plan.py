@@ -69,7 +69,8 @@ class PrunePlan(Plan):
         """Write the JSON plan (atomic) and, when there are masks, ``<path>.npz`` beside it."""
         out = super().save(path)
         if self.masks:
-            save_npz(f"{out}.npz", {k: np.asarray(v, dtype=bool) for k, v in self.masks.items()}, {"kind": "prune-masks", "plan": out.name})
+            arrays = {k: np.asarray(v, dtype=bool) for k, v in self.masks.items()}
+            save_npz(f"{out}.npz", arrays, {"kind": "prune-masks", "plan": out.name})
         return out
 
     @classmethod
@@ -122,7 +123,7 @@ def _group_share(model: Model, g: ChannelGroup, share: Mapping[str, float]) -> f
 def _counts(groups: list[ChannelGroup], fractions: np.ndarray) -> dict[str, int]:
     out = {}
     for g, f in zip(groups, fractions, strict=True):
-        k = int(math.floor(f * g.size / g.segments)) * g.segments
+        k = math.floor(f * g.size / g.segments) * g.segments
         out[g.leader] = min(k, g.max_removable())
     return out
 
@@ -249,7 +250,7 @@ def _plan_unstructured(model: Model, gamma: float, budget: str, scores: Any, sli
                 raise PlanError(f"the slice's CONTRIB for '{x.weight}' has shape {contrib.shape}, not {w.shape}")
             order = np.lexsort((np.abs(w).reshape(-1), np.abs(contrib).reshape(-1)))
             mask = np.ones(w.size, dtype=bool)
-            mask[order[: int(round(r * w.size))]] = False
+            mask[order[: round(r * w.size)]] = False
             plan.masks[x.weight] = mask.reshape(w.shape)
         plan.meta["synapse_scores"] = "slice CONTRIB"
     return plan

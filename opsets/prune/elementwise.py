@@ -185,11 +185,12 @@ def reduction(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     return Effect(refs=((node.inputs[0], ref.moved(a_in, ref.offset, 1)),))
 
 
-_UNARY = (
-    "Relu LeakyRelu Elu Selu Celu Sigmoid HardSigmoid HardSwish Tanh Softplus Softsign Erf Gelu Exp Log Sqrt "
-    "Reciprocal Neg Abs Sin Cos Mish Swish ThresholdedRelu Floor Ceil Round Sign Identity Cast Dropout Clip "
-    "IsNaN IsInf Not"
-).split()
+_UNARY = [
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
+    "Softsign", "Erf", "Gelu", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Sin", "Cos", "Mish", "Swish",
+    "ThresholdedRelu", "Floor", "Ceil", "Round", "Sign", "Identity", "Cast", "Dropout", "Clip", "IsNaN", "IsInf",
+    "Not",
+]
 REGISTRY.register("prune", _UNARY)(passthrough())
 REGISTRY.register("prune", ["MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])(
     passthrough(channel_axis_only=True)

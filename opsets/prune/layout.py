@@ -169,7 +169,7 @@ def concat(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     sizes = [s[axis] for s in shapes]  # type: ignore[index]
     if not all(isinstance(d, int) for d in sizes):
         return blocked("the sizes of its inputs along the concat axis are not static")
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    starts = [0, *np.cumsum([int(d) for d in sizes if isinstance(d, int)]).tolist()]
     if side == "in":
         return Effect(refs=((node.outputs[0], ref.moved(axis, ref.offset + starts[i], 1)),))
     for j, v in enumerate(node.inputs):
@@ -185,7 +185,7 @@ def unless_on_axis(axis_of: Callable[[Node, Context], list[int] | str]) -> Rule:
 
     def rule(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         side, i = port
-        if (side == "in" and i != 0) or side == "out" and ctx.is_graph_output(node.outputs[i]):
+        if (side == "in" and i != 0) or (side == "out" and ctx.is_graph_output(node.outputs[i])):
             return blocked(f"channels arrive on {side}put {i}")
         acted = axis_of(node, ctx)
         if isinstance(acted, str):
@@ -207,7 +207,7 @@ def _split_axes(node: Node, ctx: Context) -> list[int] | str:
     return [a + len(s) if a < 0 else a]
 
 
-def _const_input(node: Node, ctx: Context, k: int) -> np.ndarray | None | str:
+def _const_input(node: Node, ctx: Context, k: int) -> np.ndarray | str | None:
     v = node.input(k)
     if not v:
         return None

@@ -75,7 +75,7 @@ def test_prune_removable_channels_leave_outputs_unchanged(name, leader, chans):
 
 
 def test_prune_residual_coupled_layers_share_one_selection():
-    proto, x = build("residual")
+    proto, _x = build("residual")
     model = osl.load(proto)
     pruned = prune(model, Plan("prune", {"/b1/b1.1/Conv": {"remove": [0, 1, 2]}}))
     shapes = {t.name: list(t.dims) for t in pruned.proto.graph.initializer}
@@ -86,7 +86,7 @@ def test_prune_residual_coupled_layers_share_one_selection():
 
 
 def test_prune_concat_keeps_branch_offsets():
-    proto, x = build("concat")
+    proto, _x = build("concat")
     model = osl.load(proto)
     pruned = prune(model, Plan("prune", {"/a/a.0/Conv": {"remove": [0]}, "/b/b.0/Conv": {"remove": [9]}}))
     w0 = model.initializer("c.0.weight")
@@ -142,7 +142,7 @@ def test_prune_grouped_conv_removes_equally_per_group():
 
 
 def test_prune_unstructured_zeroes_planned_fraction():
-    proto, x = build("flatgemm")
+    proto, _x = build("flatgemm")
     model = osl.load(proto)
     pruned = prune(model, plan_pruning(model, 0.4, mode="unstructured"))
     total = sum(model.initializer(layer.weight).size for layer in model.layers)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _prune_nets import build
+from onnx import helper
+from onnxslice.opsets.prune import Ref
 
 import onnxslice as osl
-from onnxslice.opsets.prune import Ref
 from onnxslice.rewrite.groups import discover_groups
 from onnxslice.testing import make_model
-from onnx import helper
 
 
 def _groups(name: str):

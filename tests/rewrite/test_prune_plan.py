@@ -56,7 +56,7 @@ def test_plan_sensitivity_unstructured_matches_safer_formula(lenet):
 
 
 def test_plan_slice_masks_smallest_contrib(lenet, tmp_path):
-    model, x = lenet
+    model, _x = lenet
     rng = np.random.default_rng(1)
     synapses = {layer.weight: rng.integers(-3, 4, model.initializer(layer.weight).shape) for layer in model.layers}
     plan = plan_pruning(model, 0.4, "slice", slice=synapses, mode="unstructured")
