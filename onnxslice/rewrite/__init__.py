@@ -7,5 +7,7 @@ from __future__ import annotations
 
 from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.plan import Plan
+from onnxslice.rewrite.prune import prune
+from onnxslice.rewrite.prune_plan import PrunePlan, plan_pruning
 
-__all__ = ["Plan", "finalize"]
+__all__ = ["Plan", "PrunePlan", "finalize", "plan_pruning", "prune"]
