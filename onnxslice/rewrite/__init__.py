@@ -5,7 +5,9 @@ Passes never modify their input model and return a new checked :class:`onnxslice
 
 from __future__ import annotations
 
+from onnxslice.rewrite.bits_plan import plan_bits
 from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.plan import Plan
+from onnxslice.rewrite.quantize import quantize
 
-__all__ = ["Plan", "finalize"]
+__all__ = ["Plan", "finalize", "plan_bits", "quantize"]
