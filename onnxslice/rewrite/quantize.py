@@ -31,6 +31,10 @@ __all__ = ["check_plan", "quantize"]
 
 Mode = Literal["weight", "static"]
 
+#: Default-domain opset each emitted form needs: block-wise int4 DequantizeLinear 21, per-axis
+#: DequantizeLinear 13, CastLike 15.
+_OPSET_NEEDED = {"int4": 21, "int8": 13, "fp16": 15, "fp32": 0}
+
 
 def check_plan(model: Model, plan: Plan) -> dict[str, str]:
     """Validate a quantization plan against ``model``; returns layer -> precision.
@@ -85,7 +89,7 @@ def _weight_only(model: Model, decisions: dict[str, str], block_size: int, use_n
         if p == "int4" and use_nbits and matmul_nbits.eligible(model, model.layer(n), block_size)
     }
     dq = {n: p for n, p in decisions.items() if n not in nbits}
-    need = 21 if "int4" in dq.values() else 13 if "int8" in dq.values() else 0
+    need = max(_OPSET_NEEDED[p] for p in [*dq.values(), "fp32"])
     feed = None
     if probe is not None:
         from onnxslice.record import as_feed, validate_inputs

@@ -110,7 +110,8 @@ def static_quantize(
     with tempfile.TemporaryDirectory(prefix="onnxslice-quant-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         # 4-bit QDQ needs opset 21; raise it here (checked) rather than let the quantizer guess a domain
-        base = upgrade_opset(model, 21, feed) if "int4" in decisions.values() else model.proto
+        need = 21 if "int4" in decisions.values() else 15 if "fp16" in decisions.values() else 0
+        base = upgrade_opset(model, need, feed) if need else model.proto
         onnx.save_model(runtime_proto(base), str(src))
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer logs advice on the root logger

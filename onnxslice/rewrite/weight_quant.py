@@ -2,7 +2,7 @@
 
 ``int8`` is symmetric per output channel, ``int4`` symmetric per block of ``block_size`` weights of
 one output channel; both are emitted as ``DequantizeLinear`` on the quantized initializer (int4
-block-wise needs opset 21). ``fp16`` stores the weight as float16 followed by ``Cast``. Each
+block-wise needs opset 21). ``fp16`` stores the weight as float16 followed by ``CastLike`` to float32 (opset 15). Each
 ``DequantizeLinear`` writes the weight's original name, so the layers that read it are not touched.
 
 :func:`fake_quantize` returns, in numpy, exactly the float weight the emitted graph computes
@@ -167,9 +167,11 @@ def _int4_edit(name: str, w: np.ndarray, lay: WeightLayout, block_size: int) -> 
 
 
 def _fp16_edit(name: str, w: np.ndarray) -> WeightEdit:
-    hn = f"{_PREFIX}{name}/fp16"
-    node = helper.make_node("Cast", [hn], [name], name=f"{_PREFIX}{name}/cast", to=onnx.TensorProto.FLOAT)
-    return WeightEdit(name, [numpy_helper.from_array(_to_fp16(w), hn)], [node])
+    # CastLike (opset 15), not Cast: onnxslice.load folds Cast-of-initializer back into a float32 weight
+    hn, like = f"{_PREFIX}{name}/fp16", f"{_PREFIX}{name}/like"
+    node = helper.make_node("CastLike", [hn, like], [name], name=f"{_PREFIX}{name}/cast")
+    inits = [numpy_helper.from_array(_to_fp16(w), hn), numpy_helper.from_array(np.zeros((), np.float32), like)]
+    return WeightEdit(name, inits, [node])
 
 
 def weight_edits(model: Model, decisions: Mapping[str, str], block_size: int) -> list[WeightEdit]:
