@@ -8,6 +8,7 @@ quantized model and prints per-layer precision, the file size and the fidelity b
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,12 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
         return quantization_oracle(
             model, calib, precision, block_size=args.block_size, use_matmul_nbits=not args.no_matmul_nbits
         )
-    try:
-        from onnxslice.sensitivity import sensitivity
-    except ImportError:
+    sensitivity = getattr(importlib.import_module("onnxslice.sensitivity"), "sensitivity", None)
+    if sensitivity is None:
         raise PlanError(
             f"criterion '{args.criterion}' needs onnxslice.sensitivity.sensitivity, which is not in this build; "
             "use --criterion oracle, --scores FILE or --plan FILE"
-        ) from None
+        )
     return sensitivity(model, calib, args.criterion, args.reduction)
 
 

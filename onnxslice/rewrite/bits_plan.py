@@ -12,7 +12,8 @@ that the least important layer scores 0.
 Budgets: ``avg_bits`` is the mean nominal bit width over the weights of the quantizable layers
 (int4 = 4, int8 = 8, fp16 = 16, fp32 = 32; scales not counted); ``size_mb`` is the estimated file
 size in MB (10**6 bytes): the model's serialized size with each quantizable weight replaced by its
-stored size at the chosen precision (quantized data plus float32 scales).
+stored size at the chosen precision (quantized data plus float32 scales); the nodes that dequantize
+and the plan recorded in ``metadata_props`` add a few hundred bytes per layer that it leaves out.
 """
 
 from __future__ import annotations

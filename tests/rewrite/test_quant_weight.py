@@ -8,6 +8,7 @@ import pytest
 from _quant_models import conv_net, images, matmul_net
 from onnx import helper, numpy_helper
 
+from onnxslice.errors import PlanError
 from onnxslice.model import load
 from onnxslice.record import Recorder, make_session, runtime_proto
 from onnxslice.rewrite import Plan, quantize
@@ -28,7 +29,9 @@ def net():
     return load(conv_net())
 
 
-@pytest.mark.parametrize(("shape", "axis", "block"), [((6, 50), 1, 32), ((50, 6), 0, 32), ((3, 64), 1, 16), ((5, 7), 1, 32)])
+@pytest.mark.parametrize(
+    ("shape", "axis", "block"), [((6, 50), 1, 32), ((50, 6), 0, 32), ((3, 64), 1, 16), ((5, 7), 1, 32)]
+)
 def test_dequantize_int4_blocks_matches_onnxruntime_exactly(shape, axis, block):
     w = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     q, s = quantize_int4_blocks(w, axis, block)
@@ -52,7 +55,7 @@ def test_dequantize_int4_blocks_matches_onnxruntime_exactly(shape, axis, block):
 
 
 def test_quantize_int8_per_channel_scales_each_channel():
-    w = np.random.default_rng(0).normal(size=(4, 3, 2, 2)).astype(np.float32) * np.array([1, 10, 0.1, 0])[:, None, None, None]
+    w = np.random.default_rng(0).normal(size=(4, 3, 2, 2)) * np.array([1, 10, 0.1, 0])[:, None, None, None]
     q, s = quantize_int8(w.astype(np.float32), 0)
     assert s.shape == (4,) and s[3] == 1.0 and (q[3] == 0).all()  # an all-zero channel stays exactly 0
     assert np.abs(q[:3]).reshape(3, -1).max(axis=1).tolist() == [127, 127, 127]
@@ -141,7 +144,12 @@ def test_quantize_emits_matmul_nbits_matching_fake_quant():
 
 def test_quantize_shared_weight_once():
     w = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="a"), helper.make_node("MatMul", ["h", "w"], ["y"], name="b")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="a"),
+        helper.make_node("MatMul", ["h", "w"], ["y"], name="b"),
+    ]
     m = load(make_model(nodes, {"x": (np.float32, ["N", 8])}, {"y": (np.float32, ["N", 8])}, {"w": w}))
     q = quantize(m, Plan("quantize", {"a": "int8", "b": "int8"}))
     assert q.op_histogram()["DequantizeLinear"] == 1
+    with pytest.raises(PlanError, match="share weight 'w'"):
+        quantize(m, Plan("quantize", {"a": "int8", "b": "int4"}))
