@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from onnxslice.model import load
+from onnxslice.record import Recorder
 from onnxslice.rewrite import Plan, quantize
 from onnxslice.rewrite.fidelity import fidelity
-from onnxslice.record import Recorder
 from onnxslice.rewrite.precision import quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize
 from onnxslice.testing import run_ort
