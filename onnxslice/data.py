@@ -270,7 +270,7 @@ def _builtin(name: str, opts: Mapping[str, str]) -> Dataset:
 def _npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files if not k.startswith("__")}  # "__meta__": onnxslice headers
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read '{path}' as .npz: {e}") from e
     labels = arrays.pop("y", None)

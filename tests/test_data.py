@@ -144,3 +144,11 @@ def test_parse_samples(text: str | None, expected: list[int]) -> None:
 def test_parse_samples_bad(text: str) -> None:
     with pytest.raises(DataError):
         parse_samples(text, 5)
+
+
+def test_npz_written_by_onnxslice_loads_as_data(tmp_path: Path) -> None:
+    from onnxslice.io import save_npz
+
+    save_npz(tmp_path / "d.npz", {"x": np.zeros((3, 2), np.float32)}, {"kind": "Data"})
+    ds = load_data(str(tmp_path / "d.npz"))
+    assert list(ds.inputs) == ["x"] and len(ds) == 3

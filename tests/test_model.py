@@ -193,3 +193,14 @@ def test_fingerprint_tracks_structure_not_weights(cnn_proto: onnx.ModelProto) ->
     assert osl.load(changed).fingerprint == a.fingerprint
     changed.graph.node[2].op_type = "Sigmoid"
     assert osl.load(changed).fingerprint != a.fingerprint
+
+
+def test_load_keeps_fp16_weights_compressed() -> None:
+    w16 = np.ones((3, 2), np.float16)
+    nodes = [
+        helper.make_node("Cast", ["W16"], ["W"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "W"], ["y"]),
+    ]
+    m = osl.load(make_model(nodes, {"x": (np.float32, ["N", 3])}, {"y": (np.float32, ["N", 2])}, {"W16": w16}))
+    assert [n.op_type for n in m.nodes] == ["Cast", "MatMul"]
+    assert m.initializer("W16").dtype == np.float16
