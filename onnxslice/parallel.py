@@ -84,7 +84,8 @@ def map_units(
         n = min(workers or os.cpu_count() or 1, len(units))
         if n <= 1:
             return [fn(shared, u, s) for u, s in zip(units, seeds, strict=True)]
-        with ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(shared,)) as ex:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(shared,)) as ex:
             futures = [ex.submit(_call_local, fn, u, s) for u, s in zip(units, seeds, strict=True)]
             return [f.result() for f in futures]
     if backend == "ray":

@@ -65,7 +65,8 @@ def _state(job: _Job) -> tuple[Model, Recorder]:
 def _record(rec: Recorder, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if rec.fixed_batch is None or rec.fixed_batch == len(next(iter(feed.values()))):
         return rec.run(feed, validated=True)
-    parts = [rec.run({k: v[i : i + 1] for k, v in feed.items()}, validated=True) for i in range(len(feed[next(iter(feed))]))]
+    n = len(next(iter(feed.values())))
+    parts = [rec.run({k: v[i : i + 1] for k, v in feed.items()}, validated=True) for i in range(n)]
     merged = {}
     for name in parts[0]:
         arrays = [p[name] for p in parts]
@@ -74,7 +75,10 @@ def _record(rec: Recorder, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return merged
 
 
-def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+_UnitResult = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
+
+
+def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> _UnitResult:
     """Forward and backward analysis of one unit of samples (runs in a worker)."""
     model, rec = _state(job)
     feed = {k: v[unit] for k, v in job.feed.items()}

@@ -127,8 +127,8 @@ def _context(
         out_contrib=tuple(outs),
         is_weight=tuple(bool(n) and model.is_initializer(n) for n in node.inputs),
         theta=options.theta,
-        theta_denominator=options.theta_denominator,  # type: ignore[arg-type]
-        theta_sum=options.theta_sum,  # type: ignore[arg-type]
-        granularity=options.granularity,  # type: ignore[arg-type]
+        theta_denominator=options.theta_denominator,
+        theta_sum=options.theta_sum,
+        granularity=options.granularity,
         chunk=options.chunk,
     )

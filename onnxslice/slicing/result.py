@@ -87,10 +87,7 @@ class Slice:
                 the slice).
         """
         c = self._get(self.neurons, value, "neuron value")
-        if c.ndim <= 1:
-            flat = c.reshape(-1, 1)
-        else:
-            flat = c.reshape(c.shape[0], -1)
+        flat = c.reshape(-1, 1) if c.ndim <= 1 else c.reshape(c.shape[0], -1)
         return _reduce(flat, reduce)
 
     def channel_synapses(self, weight: str, reduce: str = "sum") -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def parse_targets(spec: str | int | Sequence[str | int], output: str, output_sha
     Raises:
         DataError: unknown syntax, a class out of range, or class targets on a non-vector output.
     """
-    items: list[str | int] = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    items: list[str | int] = list(spec) if isinstance(spec, (list, tuple)) else [spec]  # type: ignore[list-item]
     if not items:
         raise DataError("no slicing target given; use 'pred', 'class:K' or 'value:NAME[idx]'")
     out: list[Target] = []
@@ -98,7 +99,9 @@ def _check_vector(output: str, shape: tuple[int, ...], what: str) -> None:
 def _class_target(k: int, output: str, shape: tuple[int, ...]) -> Target:
     _check_vector(output, shape, f"class:{k}")
     if not 0 <= k < shape[0]:
-        raise DataError(f"target class {k} is out of range: output '{output}' has {shape[0]} classes (0..{shape[0] - 1})")
+        raise DataError(
+            f"target class {k} is out of range: output '{output}' has {shape[0]} classes (0..{shape[0] - 1})"
+        )
     return Target("class", output, (k,))
 
 
@@ -130,5 +133,6 @@ def seed_tables(targets: Sequence[Target], values: dict[str, np.ndarray], channe
             for axis, (i, size) in enumerate(zip(t.index, shape[1:], strict=False)):
                 if not -size <= i < size:
                     raise DataError(f"target {t}: index {i} on axis {axis} is out of range (size {size})")
-            table[(slice(None), *t.index)] += 1
+            sel: tuple[Any, ...] = (slice(None), *t.index)
+            table[sel] += 1
     return seeds

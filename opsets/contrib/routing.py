@@ -113,8 +113,10 @@ def _maps(ctx: ContribContext) -> _Maps:
     bsz = ctx.y[0].shape[0] if ctx.y[0].ndim else 1
     key = (
         ctx.node.name,
-        tuple(None if x is None else (x.shape if d is not None else (x.shape, x.tobytes()[:4096])) for x, d in
-              zip(ctx.x, ctx.dx, strict=True)),
+        tuple(
+            None if x is None else (x.shape if d is not None else (x.shape, x.tobytes()[:4096]))
+            for x, d in zip(ctx.x, ctx.dx, strict=True)
+        ),
     )
     for group in (bsz, 1):
         k = (*key, group)
@@ -132,7 +134,11 @@ def _maps(ctx: ContribContext) -> _Maps:
             return _CACHE[k]
     n = ctx.node
     raise UnsupportedOpError(
-        n.op_type, n.domain, n.opset, "contributions", node=n.name,
+        n.op_type,
+        n.domain,
+        n.opset,
+        "contributions",
+        node=n.name,
         hint="the routing map of this node could not be computed (the ONNX reference evaluator failed)",
     )
 
@@ -168,7 +174,11 @@ def routing_contributions(ctx: ContribContext) -> ContribResult:
         if not np.array_equal(src, np.rint(src)):
             n = ctx.node
             raise UnsupportedOpError(
-                n.op_type, n.domain, n.opset, "contributions", node=n.name,
+                n.op_type,
+                n.domain,
+                n.opset,
+                "contributions",
+                node=n.name,
                 hint=f"{n.op_type} with these attributes mixes elements (it is not a routing op here)",
             )
         src = src.astype(np.int64)
@@ -234,9 +244,53 @@ def _route_channels(
 REGISTRY.register("contributions", ["Identity", "Dropout", "Cast", "CastLike"])(identity_contributions)
 REGISTRY.register(
     "contributions",
-    ["Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Pad", "Gather", "GatherElements", "GatherND", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Where", "Resize", "Upsample"],
+    [
+        "Flatten",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Split",
+        "Slice",
+        "Pad",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Expand",
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Where",
+        "Resize",
+        "Upsample",
+    ],
 )(routing_contributions)
 REGISTRY.register(
     "contributions",
-    ["Shape", "Size", "ConstantOfShape", "Range", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf", "Sign", "Floor", "Ceil", "Round", "EyeLike"],
+    [
+        "Shape",
+        "Size",
+        "ConstantOfShape",
+        "Range",
+        "NonZero",
+        "ArgMax",
+        "ArgMin",
+        "Equal",
+        "Greater",
+        "Less",
+        "GreaterOrEqual",
+        "LessOrEqual",
+        "And",
+        "Or",
+        "Xor",
+        "Not",
+        "IsNaN",
+        "IsInf",
+        "Sign",
+        "Floor",
+        "Ceil",
+        "Round",
+        "EyeLike",
+    ],
 )(no_neurons)

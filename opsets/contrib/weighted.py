@@ -121,7 +121,7 @@ def _conv_channel(
     kp: int,
 ) -> None:
     """Channel-level Conv for one group: terms over input channels (see the module docstring)."""
-    bsz, cin_g = cols.shape[:2]
+    cin_g = cols.shape[1]
     cout_g = w2.shape[0]
     mean_cols = cols.mean(axis=2, dtype=np.float64)  # (B, cin_g, K): mean over positions
     wk = w2.reshape(cout_g, cin_g, kp).astype(np.float64)
