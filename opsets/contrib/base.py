@@ -184,7 +184,7 @@ def theta_keep(
     partial = np.cumsum(vals, axis=1, dtype=np.float64)
     bound = theta * np.asarray(denom, np.float64)
     reached = np.abs(partial) >= bound[:, None]
-    has: np.ndarray = reached.any(axis=1)
+    has = np.asarray(reached.any(axis=1))
     first = reached.argmax(axis=1)
     cut = ks[np.arange(rows), first]
     keep: np.ndarray = (key >= cut[:, None]) & has[:, None]

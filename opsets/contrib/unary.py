@@ -17,8 +17,8 @@ One template serves them all: output neuron ``n`` depends on input neuron ``n`` 
   learned ``gamma`` flips the sign as it flips the dependence. InstanceNormalization and
   LayerNormalization use the sign of their scale (their statistics are per sample).
 
-At channel granularity ``x`` and ``dx`` are channel means (a channel passes a ReLU when its mean
-activation is positive).
+At channel granularity the term of a channel is the channel mean of the element-level term
+``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ def elementwise(weight: LocalWeight) -> Callable[[ContribContext], ContribResult
         x, dx = ctx.x[0], ctx.dx[0]
         if dx is None or x is None:
             return ContribResult()
-        xv, dxv = ctx.view(x), ctx.view(dx)
-        g = np.asarray(weight(ctx, xv), dtype=np.float64)
-        s = ctx.out_sign() * np.sign(g * dxv).astype(np.int8)
+        g = np.asarray(weight(ctx, x), dtype=np.float64)
+        s = ctx.out_sign() * np.sign(ctx.view(g * dx)).astype(np.int8)
         return ContribResult(inputs={0: s.astype(np.int32)})
 
     rule.__doc__ = f"Elementwise contributions with local weight {weight.__name__}."
@@ -150,7 +149,7 @@ def _instancenorm(ctx: ContribContext, x: np.ndarray) -> np.ndarray:
 def _layernorm(ctx: ContribContext, x: np.ndarray) -> np.ndarray:
     scale = ctx.x[1]
     assert scale is not None
-    return np.sign(scale.astype(np.float64)) if not ctx.channel else np.ones(1)
+    return np.sign(scale.astype(np.float64))
 
 
 _TABLE: dict[str, LocalWeight] = {
