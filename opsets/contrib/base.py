@@ -145,6 +145,34 @@ class ContribResult:
     synapses: dict[int, np.ndarray] = field(default_factory=dict)
 
 
+def _sort_keys(t: np.ndarray, theta_sum: ThetaSum) -> np.ndarray:
+    """uint32 keys ordering ``|t|`` ascending; with signed sums the lowest bit carries ``t < 0``."""
+    u = t.view(np.uint32)
+    key = u & np.uint32(0x7FFFFFFF)
+    if theta_sum == "signed":
+        key &= np.uint32(0xFFFFFFFE)
+        key |= u >> np.uint32(31)
+    return key
+
+
+def _cut(key: np.ndarray, denom: np.ndarray, theta: float, theta_sum: ThetaSum) -> np.ndarray:
+    """Per row, the smallest key that is kept (``0xFFFFFFFF``, above every key, when none is)."""
+    rows = key.shape[0]
+    ks = np.sort(key, axis=1)
+    if theta_sum == "signed":
+        vals = ((ks & np.uint32(0xFFFFFFFE)) | (ks << np.uint32(31))).view(np.float32)
+    else:
+        vals = ks.view(np.float32)
+    partial = np.cumsum(vals, axis=1, dtype=np.float32)
+    np.abs(partial, out=partial)
+    reached = partial >= (theta * np.asarray(denom, np.float64)).astype(np.float32)[:, None]
+    first = reached.argmax(axis=1)
+    at = np.arange(rows)
+    cut = np.where(reached[at, first], ks[at, first], np.uint32(0xFFFFFFFF))
+    cut[np.asarray(denom) < ZERO_DENOMINATOR] = 0
+    return cut
+
+
 def theta_keep(
     terms: np.ndarray,
     denom: np.ndarray,
@@ -162,33 +190,17 @@ def theta_keep(
     Returns:
         ``(R, F)`` boolean mask of the kept terms.
 
-    The sort runs on float32 keys ``|t_i|`` whose lowest mantissa bit carries the sign of ``t_i``, so one
-    float sort (fast in numpy for rows up to 512) yields both the order and the signed values; ties and
-    the decoded values differ from exact arithmetic by at most one unit in the last place of ``|t_i|``.
+    The sort runs on uint32 keys (the bits of ``|t_i|``, whose lowest mantissa bit is replaced by the
+    sign of ``t_i``), so one integer sort (fast in numpy for rows up to 512) yields both the order and
+    the signed values. Partial sums are float32, like the recorded activations. Ties and decoded values
+    differ from exact arithmetic by at most one unit in the last place of ``|t_i|``, so only a decision
+    within about 1e-6 (relative) of the bound can differ from a float64 evaluation.
     """
     t = np.ascontiguousarray(terms, dtype=np.float32)
-    rows, width = t.shape
-    if rows == 0 or width == 0:
+    if t.size == 0:
         return np.zeros(t.shape, bool)
-    bits = np.abs(t).view(np.uint32)
-    if theta_sum == "signed":
-        bits = (bits & np.uint32(0xFFFFFFFE)) | (t < 0).view(np.uint8).astype(np.uint32)
-    key = bits.view(np.float32)
-    ks = np.sort(key, axis=1)
-    kb = ks.view(np.uint32)
-    if theta_sum == "signed":
-        vals = (kb & np.uint32(0xFFFFFFFE)).view(np.float32)
-        vals = np.where((kb & np.uint32(1)).astype(bool), -vals, vals)
-    else:
-        vals = ks
-    partial = np.cumsum(vals, axis=1, dtype=np.float64)
-    bound = theta * np.asarray(denom, np.float64)
-    reached = np.abs(partial) >= bound[:, None]
-    has = np.asarray(reached.any(axis=1))
-    first = reached.argmax(axis=1)
-    cut = ks[np.arange(rows), first]
-    keep: np.ndarray = (key >= cut[:, None]) & has[:, None]
-    keep[np.asarray(denom) < ZERO_DENOMINATOR] = True
+    key = _sort_keys(t, theta_sum)
+    keep: np.ndarray = key >= _cut(key, denom, theta, theta_sum)[:, None]
     return keep
 
 
@@ -204,8 +216,10 @@ def sign_terms(terms: np.ndarray, out_sign: np.ndarray, denom: np.ndarray | None
     Returns:
         ``(R, F)`` int8 in {-1, 0, 1}.
     """
-    s = np.sign(terms).astype(np.int8)
+    t = np.ascontiguousarray(terms, dtype=np.float32)
+    s = np.sign(t).astype(np.int8)
     s *= out_sign.astype(np.int8)[:, None]
-    if denom is not None:
-        s[~theta_keep(terms, denom, ctx.theta, ctx.theta_sum)] = 0
+    if denom is not None and t.size:
+        key = _sort_keys(t, ctx.theta_sum)
+        s[key < _cut(key, denom, ctx.theta, ctx.theta_sum)[:, None]] = 0
     return s
