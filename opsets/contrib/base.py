@@ -221,5 +221,5 @@ def sign_terms(terms: np.ndarray, out_sign: np.ndarray, denom: np.ndarray | None
     s *= out_sign.astype(np.int8)[:, None]
     if denom is not None and t.size:
         key = _sort_keys(t, ctx.theta_sum)
-        s[key < _cut(key, denom, ctx.theta, ctx.theta_sum)[:, None]] = 0
+        s *= (key >= _cut(key, denom, ctx.theta, ctx.theta_sum)[:, None]).view(np.int8)
     return s

@@ -43,11 +43,11 @@ def _rows_sign(
     Returns the ``(N, P, F)`` int8 signs and the row mask.
     """
     mask = osign != 0
-    full = np.zeros(terms.shape, np.int8)
     if mask.all():
         f = terms.shape[-1]
-        full[...] = sign_terms(terms.reshape(-1, f), osign.ravel(), denom.ravel(), ctx).reshape(terms.shape)
-    elif mask.any():
+        return sign_terms(terms.reshape(-1, f), osign.ravel(), denom.ravel(), ctx).reshape(terms.shape), mask
+    full = np.zeros(terms.shape, np.int8)
+    if mask.any():
         full[mask] = sign_terms(terms[mask], osign[mask], denom[mask], ctx)
     return full, mask
 
@@ -101,7 +101,7 @@ def conv_contributions(ctx: ContribContext) -> ContribResult:
                         continue
                     terms = w2[cb, None, :] * cols[b, pb][None, :, :]
                     full, _ = _rows_sign(terms, osg, denom[b, co][cb, pb], ctx)
-                    syn[co][cb] += full.sum(axis=1, dtype=np.int64).reshape(-1, *syn.shape[1:])
+                    syn[co][cb] += full.sum(axis=1, dtype=np.int32).reshape(-1, *syn.shape[1:])
                     icols[b, pb] += full.sum(axis=0, dtype=np.int32)
         back = icols.reshape(bsz, npos, cin_g, kp).transpose(0, 2, 1, 3)
         in_inc[:, ci] += scatter_windows(back, idx, dx.shape[2:])
