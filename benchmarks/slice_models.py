@@ -32,7 +32,9 @@ def build(name: str):
             self.b2 = nn.BatchNorm2d(cout, momentum=None)
             self.short = nn.Sequential()
             if stride != 1 or cin != cout:
-                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, momentum=None))
+                self.short = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, momentum=None)
+                )
 
         def forward(self, x):
             out = torch.relu(self.b1(self.c1(x)))

@@ -500,3 +500,68 @@ def test_contrib_missing_rule_names_op():
     with pytest.raises(UnsupportedOpError, match="LpNormalization") as e:
         backward(model, values, deltas(prof, values), {"y": np.ones((2, 4), np.int32)}, BackwardOptions())
     assert e.value.capability == "contributions"
+
+
+ISSUE_OPS = [
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "AveragePool",
+    "MaxPool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "HardSwish",
+    "HardSigmoid",
+    "BatchNormalization",
+    "Add",
+    "Sub",
+    "Mul",
+    "Concat",
+    "Split",
+    "Slice",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Pad",
+    "Softmax",
+    "Sigmoid",
+    "Tanh",
+    "Shape",
+    "Gather",
+    "Dropout",
+    "Cast",
+]
+
+
+@pytest.mark.parametrize("op", ISSUE_OPS)
+def test_contrib_rule_registered_for_issue_ops(op: str):
+    from onnxslice.opsets import REGISTRY
+
+    assert REGISTRY.has("contributions", op, "", 17)
+
+
+def test_contrib_split_concat_route_through_both_branches():
+    proto = make_model(
+        [
+            helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+            helper.make_node("Concat", ["b", "a"], ["y"], axis=1),
+        ],
+        {"x": (np.float32, ["N", 5])},
+        {"y": (np.float32, ["N", 5])},
+        {"sizes": np.array([2, 3], np.int64)},
+    )
+    model = load(proto)
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    values = Recorder(model, "all", "cpu").run({"x": x})
+    values["x"] = x
+    prof = Profile({k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}, 1, model.fingerprint)
+    seeds = {"y": RNG.integers(-3, 4, size=(3, 5)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions())
+    expected = np.concatenate([seeds["y"][:, 3:], seeds["y"][:, :3]], axis=1).sum(0)
+    np.testing.assert_array_equal(neurons["x"], expected)
