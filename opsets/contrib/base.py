@@ -155,20 +155,41 @@ def _sort_keys(t: np.ndarray, theta_sum: ThetaSum) -> np.ndarray:
     return key
 
 
+#: Columns of sorted keys scanned at a time; rows leave the scan at their first crossing.
+_SCAN_BLOCK = 256
+
+
 def _cut(key: np.ndarray, denom: np.ndarray, theta: float, theta_sum: ThetaSum) -> np.ndarray:
-    """Per row, the smallest key that is kept (``0xFFFFFFFF``, above every key, when none is)."""
-    rows = key.shape[0]
+    """Per row, the smallest key that is kept (``0xFFFFFFFF``, above every key, when none is).
+
+    The partial sums are scanned in blocks of columns and a row stops at its first crossing; the carry
+    is added to the block's first term, so the float32 sums are exactly those of one sequential cumsum.
+    """
+    rows, width = key.shape
     ks = np.sort(key, axis=1)
-    if theta_sum == "signed":
-        vals = ((ks & np.uint32(0xFFFFFFFE)) | (ks << np.uint32(31))).view(np.float32)
-    else:
-        vals = ks.view(np.float32)
-    partial = np.cumsum(vals, axis=1, dtype=np.float32)
-    np.abs(partial, out=partial)
-    reached = partial >= (theta * np.asarray(denom, np.float64)).astype(np.float32)[:, None]
-    first = reached.argmax(axis=1)
-    at = np.arange(rows)
-    cut = np.where(reached[at, first], ks[at, first], np.uint32(0xFFFFFFFF))
+    bound = (theta * np.asarray(denom, np.float64)).astype(np.float32)
+    cut = np.full(rows, 0xFFFFFFFF, np.uint32)
+    active = np.arange(rows)
+    carry = np.zeros(rows, np.float32)
+    for start in range(0, width, _SCAN_BLOCK):
+        blk = ks[:, start : start + _SCAN_BLOCK] if active.size == rows else ks[active, start : start + _SCAN_BLOCK]
+        if theta_sum == "signed":
+            vals = ((blk & np.uint32(0xFFFFFFFE)) | (blk << np.uint32(31))).view(np.float32)
+        else:
+            vals = np.array(blk, copy=True).view(np.float32)
+        vals[:, 0] += carry[active]
+        partial = np.cumsum(vals, axis=1, dtype=np.float32)
+        last = partial[:, -1].copy()
+        np.abs(partial, out=partial)
+        reached = partial >= bound[active, None]
+        first = reached.argmax(axis=1)
+        at = np.arange(active.size)
+        hit = reached[at, first]
+        cut[active[hit]] = blk[at[hit], first[hit]]
+        carry[active] = last
+        active = active[~hit]
+        if active.size == 0:
+            break
     cut[np.asarray(denom) < ZERO_DENOMINATOR] = 0
     return cut
 
