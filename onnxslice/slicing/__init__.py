@@ -1,8 +1,8 @@
 """NNSlicer dynamic slicing (ALGORITHMS.md section 1): which neurons and synapses drive chosen outputs.
 
-- :func:`slice` runs profiling's sequel: forward analysis (:mod:`.forward`) and backward analysis
-  (:mod:`.backward`, dispatching to the ``contributions`` rules in ``onnxslice.opsets.contrib``) over
-  the samples of a criterion, in parallel (:mod:`onnxslice.parallel`);
+- :func:`slice` runs, after profiling (:mod:`onnxslice.profile`), the forward analysis (:mod:`.forward`)
+  and the backward analysis (:mod:`.backward`, dispatching to the ``contributions`` rules in
+  ``onnxslice.opsets.contrib``) over the samples of a criterion, in parallel (:mod:`onnxslice.parallel`);
 - :class:`Slice` holds the CONTRIB tables, summaries, ``save``/``load`` and ``to_model``;
 - :mod:`.targets` parses criteria (``pred``, ``class:K``, ``value:NAME[idx]``).
 """

@@ -118,6 +118,7 @@ def _maps(ctx: ContribContext) -> _Maps:
             for x, d in zip(ctx.x, ctx.dx, strict=True)
         ),
     )
+    failure = ""
     for group in (bsz, 1):
         k = (*key, group)
         if k in _CACHE:
@@ -125,7 +126,8 @@ def _maps(ctx: ContribContext) -> _Maps:
             return _CACHE[k]
         try:
             maps, offsets, shapes = _eval_maps(ctx, group)
-        except Exception:
+        except Exception as e:  # the reference evaluator raises many types; report the last one
+            failure = f"{type(e).__name__}: {e}"
             continue
         if all(m.shape == (group, *y.shape[1:]) for m, y in zip(maps, ctx.y, strict=True)):
             _CACHE[k] = (maps, offsets, shapes, group)
@@ -139,7 +141,7 @@ def _maps(ctx: ContribContext) -> _Maps:
         n.opset,
         "contributions",
         node=n.name,
-        hint="the routing map of this node could not be computed (the ONNX reference evaluator failed)",
+        hint=f"the routing map of this node could not be computed ({failure or 'its output shape does not match'})",
     )
 
 

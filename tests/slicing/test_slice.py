@@ -158,3 +158,14 @@ def test_slice_rejects_bad_options_and_samples(cnn):
         slice(model, prof, x, granularity="layer", workers=1)  # type: ignore[arg-type]
     with pytest.raises(DataError, match="outside"):
         slice(model, prof, x, samples=[99], workers=1)
+
+
+def test_slice_to_model_and_summaries_reject_foreign_names(cnn):
+    model, prof, x = cnn
+    s = slice(model, prof, x, "pred", samples="0:2", workers=1)
+    with pytest.raises(DataError, match="another model"):
+        s.to_model(worked_example_model())
+    with pytest.raises(DataError, match="no neuron value 'nope'"):
+        s.channel_neurons("nope")
+    with pytest.raises(DataError, match="unknown reduction"):
+        s.channel_synapses("c1_w", "median")
