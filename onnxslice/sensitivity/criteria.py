@@ -179,7 +179,8 @@ def hsic_scores(masks: np.ndarray, ys: np.ndarray) -> np.ndarray:
     d = np.abs(ys[:, None, :] - ys[None, :, :])  # [p, p, N]
     iu = np.triu_indices(p, 1)
     pairs = d[iu]  # [P, N]
-    sigma = np.array([np.median(col[col > 0]) if np.any(col > 0) else 1.0 for col in pairs.T])
+    tol = 1e-6 * (np.abs(ys).max(axis=0) + 1e-12)  # float32 round-off is not a difference
+    sigma = np.array([np.median(col[col > t]) if np.any(col > t) else 1.0 for col, t in zip(pairs.T, tol, strict=True)])
     lbar = np.exp(-(d**2) / (2.0 * sigma[None, None, :] ** 2)).mean(axis=2)
     h = np.eye(p) - 1.0 / p
     mm = h @ lbar @ h

@@ -1,0 +1,47 @@
+"""Tiny models with hand-computable forward passes for the sensitivity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from onnxslice.model import Model, load
+from onnxslice.testing import make_model
+
+
+def mlp_weights(seed: int = 0, widths: tuple[int, ...] = (3, 5, 4, 2)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        out[f"W{i}"] = (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
+        out[f"b{i}"] = (0.1 * rng.normal(size=b)).astype(np.float32)
+    return out
+
+
+def build_mlp(weights: dict[str, np.ndarray]) -> Model:
+    """x[N, in] -> (Gemm -> Relu) * (k-1) -> Gemm -> logits; layers named L0, L1, ..."""
+    k = len(weights) // 2
+    nodes = []
+    cur = "x"
+    for i in range(k):
+        out = "logits" if i == k - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"b{i}"], [out], name=f"L{i}"))
+        if i < k - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"], name=f"relu{i}"))
+            cur = f"r{i}"
+    n_in = weights["W0"].shape[0]
+    n_out = weights[f"W{k - 1}"].shape[1]
+    return load(make_model(nodes, {"x": (np.float32, ["N", n_in])}, {"logits": (np.float32, ["N", n_out])}, weights))
+
+
+def forward(weights: dict[str, np.ndarray], x: np.ndarray, act: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """numpy reference forward (float64); ``act[i]`` replaces the output of layer i (pre-ReLU)."""
+    k = len(weights) // 2
+    h = x.astype(np.float64)
+    for i in range(k):
+        h = h @ weights[f"W{i}"].astype(np.float64) + weights[f"b{i}"].astype(np.float64)
+        if act and i in act:
+            h = act[i](h)
+        if i < k - 1:
+            h = np.maximum(h, 0.0)
+    return h
