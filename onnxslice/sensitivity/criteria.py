@@ -25,10 +25,11 @@ import numpy as np
 from onnxslice.errors import DataError
 from onnxslice.sensitivity.common import channel_axis
 from onnxslice.sensitivity.context import Context
-from onnxslice.sensitivity.reductions import check_name
+from onnxslice.sensitivity.reductions import UnknownNameError, check_name
 
 __all__ = [
     "CRITERIA",
+    "GRADIENT_CRITERIA",
     "Criterion",
     "FiniteDifference",
     "Hsic",
@@ -53,6 +54,9 @@ class Criterion(Protocol):
         ...
 
 
+#: The criteria built on reverse-mode gradients (registered only when ``onnxslice.grad`` exists).
+GRADIENT_CRITERIA = ("grad", "wgrad", "gradcampp", "ig", "gig", "idgi", "smoothgrad", "vargrad")
+
 #: name -> criterion; gradient criteria are added by ``gradient.py``/``paths.py``.
 CRITERIA: dict[str, Criterion] = {}
 
@@ -72,7 +76,12 @@ def get_criterion(name: str | Criterion) -> Criterion:
     if not isinstance(name, str):
         return name
     load_gradient_criteria()
-    return CRITERIA[check_name("criterion", name, list(CRITERIA))]
+    if name in GRADIENT_CRITERIA and name not in CRITERIA:
+        raise UnknownNameError(
+            f"criterion '{name}' needs the gradient engine (onnxslice.grad), which is not part of this build; "
+            f"available criteria are: {', '.join(CRITERIA)}"
+        )
+    return CRITERIA[check_name("criterion", name, list(CRITERIA), "criteria")]
 
 
 class Weight:

@@ -20,14 +20,14 @@ class UnknownNameError(OnnxSliceError, ValueError):
     """An unknown criterion, reduction, noise or target name; the message lists the valid ones."""
 
 
-def check_name(kind: str, name: str, valid: tuple[str, ...] | list[str]) -> str:
+def check_name(kind: str, name: str, valid: tuple[str, ...] | list[str], plural: str = "") -> str:
     """Return ``name`` when it is one of ``valid``.
 
     Raises:
         UnknownNameError: naming the valid choices.
     """
     if name not in valid:
-        raise UnknownNameError(f"unknown {kind} '{name}'; valid {kind}s are: {', '.join(valid)}")
+        raise UnknownNameError(f"unknown {kind} '{name}'; valid {plural or kind + 's'} are: {', '.join(valid)}")
     return name
 
 
