@@ -26,7 +26,17 @@ from onnxslice.model import Layer, Model, load
 from onnxslice.record import as_feed, validate_inputs
 from onnxslice.sensitivity.reductions import UnknownNameError
 
-__all__ = ["TARGETS", "Calibration", "Target", "as_model", "calibration", "channel_axis", "model_layers"]
+__all__ = [
+    "TARGETS",
+    "Calibration",
+    "Target",
+    "activation_axis",
+    "as_model",
+    "calibration",
+    "channel_axis",
+    "logits_value",
+    "model_layers",
+]
 
 TARGETS = ("pred", "class:K", "output-norm", "loss")
 
@@ -122,6 +132,22 @@ def channel_axis(model: Model, layer: Layer) -> int:
 def activation_axis(layer: Layer) -> int:
     """The channel axis of a layer's output: 1 for convolutions, the last axis otherwise."""
     return 1 if layer.op_type in ("Conv", "ConvTranspose") else -1
+
+
+def logits_value(model: Model, target: str) -> str:
+    """The value ``f`` reads: for logit targets (``pred``, ``class:K``, ``loss``) the input of a final
+    Softmax/LogSoftmax (through Identity nodes) when the first output comes from one, else the first
+    output itself (the convention of ``onnxslice.grad``)."""
+    out = model.output_names[0]
+    if target == "output-norm":
+        return out
+    v, node = out, model.producer(out)
+    while node is not None and node.op_type == "Identity":
+        v = node.inputs[0]
+        node = model.producer(v)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain == "":
+        return node.inputs[0]
+    return out
 
 
 def _logits(outputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:

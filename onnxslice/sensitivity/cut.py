@@ -64,14 +64,19 @@ class Suffix:
 
     @classmethod
     def build(
-        cls, model: Model, layer: str, at: str = "weights", weight_inputs: Sequence[str] = (), device: Device = "cpu"
+        cls, model: Model, layer: str, at: str = "weights", weight_inputs: Sequence[str] = (), device: Device = "cpu",
+        extra_outputs: Sequence[str] = (),
     ) -> Suffix:
-        """Cut ``model`` below ``layer`` and open the suffix's session."""
+        """Cut ``model`` below ``layer`` and open the suffix's session.
+
+        ``extra_outputs`` are intermediate values to return too when the suffix computes them (the
+        logits before a final Softmax, for instance).
+        """
         keep = set(suffix_nodes(model, layer, at))
         nodes = [n for n in model.nodes if n.name in keep]
         if not nodes:  # an output layer's activation: the perturbed value is the model output itself
             out = model.node(layer).outputs[0]
-            outputs = [out] if out in model.output_names else []
+            outputs = [out] if out in model.output_names or out in extra_outputs else []
             return cls(layer, at, [out], outputs, [], 0, None)
         produced = {o for n in nodes for o in n.outputs if o}
         boundary: list[str] = []
@@ -79,7 +84,8 @@ class Suffix:
             for v in n.inputs:
                 if v and v not in produced and not model.is_initializer(v) and v not in boundary:
                     boundary.append(v)
-        outputs = [o for o in model.output_names if o in produced]
+        outputs = [o for o in [*model.output_names, *extra_outputs] if o in produced]
+        outputs = list(dict.fromkeys(outputs))
         inits = {v for n in nodes for v in n.inputs if v and model.is_initializer(v)}
         g = model.graph
         protos = {n.name: n for n in g.node}
@@ -96,7 +102,7 @@ class Suffix:
             [protos[n.name] for n in nodes],
             f"suffix_{layer}",
             [info(b) for b in boundary],
-            [vis[o] for o in outputs],
+            [vis[o] if o in vis else helper.make_empty_tensor_value_info(o) for o in outputs],
             [t for t in g.initializer if t.name in inits],
         )
         proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
