@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sens_helpers import build_mlp, mlp_weights
+from .sens_helpers import build_mlp, mlp_weights
 
 from onnxslice.model import Model
 

@@ -45,3 +45,21 @@ def forward(weights: dict[str, np.ndarray], x: np.ndarray, act: dict[int, np.nda
         if i < k - 1:
             h = np.maximum(h, 0.0)
     return h
+
+
+def fd_grads(weights: dict[str, np.ndarray], x: np.ndarray, classes: np.ndarray, eps: float = 1e-5) -> dict[str, np.ndarray]:
+    """Per-sample d logit[class] / d W_i by central finite differences in float64: ``{W_i: [N, *shape]}``."""
+    base = {k: v.astype(np.float64) for k, v in weights.items()}
+    out: dict[str, np.ndarray] = {}
+    rows = np.arange(len(x))
+    for name in [k for k in base if k.startswith("W")]:
+        g = np.zeros((len(x), *base[name].shape))
+        for idx in np.ndindex(*base[name].shape):
+            wp, wm = dict(base), dict(base)
+            wp[name] = base[name].copy()
+            wm[name] = base[name].copy()
+            wp[name][idx] += eps
+            wm[name][idx] -= eps
+            g[(slice(None), *idx)] = (forward(wp, x)[rows, classes] - forward(wm, x)[rows, classes]) / (2 * eps)
+        out[name] = g
+    return out

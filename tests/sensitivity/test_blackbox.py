@@ -8,7 +8,7 @@ import pytest
 from onnxslice.sensitivity import relevance, sensitivity
 from onnxslice.sensitivity.criteria import hsic_scores
 
-from sens_helpers import forward
+from .sens_helpers import forward
 
 
 def _pred_logit(weights, x, classes):

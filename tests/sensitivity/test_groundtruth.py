@@ -9,7 +9,7 @@ from onnxslice.errors import DataError
 from onnxslice.sensitivity import UnknownNameError, perturbation_importance
 from onnxslice.sensitivity.groundtruth import _KIND, perturb
 
-from sens_helpers import build_mlp, forward, mlp_weights
+from .sens_helpers import build_mlp, forward, mlp_weights
 
 
 @pytest.mark.parametrize("noise", ["U", "N", "D"])
