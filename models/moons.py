@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -90,7 +91,7 @@ def _build(spec: MoonsSpec) -> Any:
         def __init__(self, widths: list[int]) -> None:
             super().__init__()
             dims = [2, *widths]
-            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
             self.head = nn.Linear(dims[-1], 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,9 @@ def _parse_truths(text: str) -> list[tuple[str, str]]:
         on = on or "weights"
         on = {"w": "weights", "W": "weights", "act": "activations", "a": "activations"}.get(on, on)
         if noise not in ("U", "N", "D") or on not in ("weights", "activations"):
-            raise DataError(f"ground truth '{part}' is not NOISE:ON with NOISE in U, N, D and ON in weights, activations")
+            raise DataError(
+                f"ground truth '{part}' is not NOISE:ON with NOISE in U, N, D and ON in weights, activations"
+            )
         out.append((noise, on))
     return out
 

@@ -18,12 +18,17 @@ from onnxslice.sensitivity.scores import LayerScores
 __all__ = ["agreement", "exact_ranking", "kendall", "rankdata", "spearman"]
 
 
-def _pair(a: LayerScores | Mapping[str, float], b: LayerScores | Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+Scores = LayerScores | Mapping[str, float]
+
+
+def _pair(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
     sa = a.scores if isinstance(a, LayerScores) else dict(a)
     sb = b.scores if isinstance(b, LayerScores) else dict(b)
     if set(sa) != set(sb):
         diff = sorted(set(sa) ^ set(sb))
-        raise DataError(f"the two score sets cover different layers (e.g. {', '.join(diff[:3])}); compare like with like")
+        raise DataError(
+            f"the two score sets cover different layers (e.g. {', '.join(diff[:3])}); compare like with like"
+        )
     names = list(sa)
     return np.array([sa[n] for n in names], np.float64), np.array([sb[n] for n in names], np.float64)
 

@@ -109,7 +109,9 @@ def _run_one(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return evaluate_model(path, **kw)
 
 
-def run_benchmark(paths: Sequence[str | Path], criteria: Sequence[str], workers: int = 2, **kw: Any) -> list[dict[str, Any]]:
+def run_benchmark(
+    paths: Sequence[str | Path], criteria: Sequence[str], workers: int = 2, **kw: Any
+) -> list[dict[str, Any]]:
     """Evaluate every model, ``workers`` processes at a time (1: in this process)."""
     jobs = [(str(p), {"criteria": list(criteria), **kw}) for p in paths]
     if workers <= 1:

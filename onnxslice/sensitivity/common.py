@@ -91,7 +91,7 @@ def calibration(model: Model, data: Any, samples: int | None = 256) -> Calibrati
     Raises:
         DataError: unreadable data, no samples, or arrays that do not fit the model's inputs (named).
     """
-    ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, (str, os.PathLike)) else None
+    ds = data if isinstance(data, Dataset) else load_data(str(data)) if isinstance(data, (str, os.PathLike)) else None
     if ds is not None:
         labels = ds.labels
         feed = as_feed(model, ds)

@@ -105,7 +105,9 @@ class Suffix:
             [vis[o] if o in vis else helper.make_empty_tensor_value_info(o) for o in outputs],
             [t for t in g.initializer if t.name in inits],
         )
-        proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
+        proto = helper.make_model(
+            graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version
+        )
         sub = Model(proto)
         missing = [w for w in weight_inputs if w not in inits]
         if missing:

@@ -226,7 +226,9 @@ def _perturb_act(
     return (a + (pattern[None] - 1.0)).astype(a.dtype)
 
 
-def _scales(m: Model, chosen: list[Layer], on: str, base: Recorder, cal: Any, batch_size: int | None) -> dict[str, float]:
+def _scales(
+    m: Model, chosen: list[Layer], on: str, base: Recorder, cal: Any, batch_size: int | None
+) -> dict[str, float]:
     if on == "weights":
         return {x.name: float(np.max(np.abs(m.initializer(x.weight)))) or 1.0 for x in chosen}
     peak = dict.fromkeys((x.name for x in chosen), 0.0)

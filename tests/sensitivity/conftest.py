@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .sens_helpers import build_mlp, mlp_weights
 
 from onnxslice.model import Model
+
+from .sens_helpers import build_mlp, mlp_weights
 
 
 @pytest.fixture

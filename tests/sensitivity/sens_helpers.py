@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from onnx import helper
 
@@ -12,7 +14,7 @@ from onnxslice.testing import make_model
 def mlp_weights(seed: int = 0, widths: tuple[int, ...] = (3, 5, 4, 2)) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         out[f"W{i}"] = (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)
         out[f"b{i}"] = (0.1 * rng.normal(size=b)).astype(np.float32)
     return out
@@ -47,7 +49,9 @@ def forward(weights: dict[str, np.ndarray], x: np.ndarray, act: dict[int, np.nda
     return h
 
 
-def fd_grads(weights: dict[str, np.ndarray], x: np.ndarray, classes: np.ndarray, eps: float = 1e-5) -> dict[str, np.ndarray]:
+def fd_grads(
+    weights: dict[str, np.ndarray], x: np.ndarray, classes: np.ndarray, eps: float = 1e-5
+) -> dict[str, np.ndarray]:
     """Per-sample d logit[class] / d W_i by central finite differences in float64: ``{W_i: [N, *shape]}``."""
     base = {k: v.astype(np.float64) for k, v in weights.items()}
     out: dict[str, np.ndarray] = {}

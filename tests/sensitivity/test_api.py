@@ -51,7 +51,7 @@ def test_data_needed_and_loss_needs_labels(mlp):
 
 
 def test_relevance_shapes_and_scores_roundtrip(mlp, tmp_path):
-    model, w, x = mlp
+    model, _, x = mlp
     rel = relevance(model, {"x": x}, "hsic", hsic_masks=8)
     assert {k: v.shape for k, v in rel.items()} == {"L0": (5,), "L1": (4,), "L2": (2,)}
     s = sensitivity(model, {"x": x}, "weight", "percentile", percentile=50)

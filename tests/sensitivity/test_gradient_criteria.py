@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .sens_helpers import fd_grads, forward
 
 from onnxslice.sensitivity import get_criterion, relevance, sensitivity
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.gradient import gradcampp_fn
 from onnxslice.sensitivity.paths import guided_path
+
+from .sens_helpers import fd_grads, forward
 
 pytest.importorskip("onnxslice.grad")
 
