@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--noise-samples", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="processes (one model each)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (onnxslice.parallel)")
+    p.add_argument("--address", help="Ray cluster address (with --backend ray)")
     p.add_argument("--out", "-o", help="write all cases and tables as JSON")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise DataError(f"unknown or unavailable criteria {', '.join(unknown)}; available: {', '.join(available)}")
     t0 = time.perf_counter()
-    results = run_benchmark(paths, crits, args.workers, magnitudes=[float(m) for m in args.magnitudes.split(",")],
+    results = run_benchmark(paths, crits, args.workers, backend=args.backend, address=args.address,
+                            magnitudes=[float(m) for m in args.magnitudes.split(",")],
                             draws=args.draws, samples=args.samples, steps=args.steps,
                             noise_samples=args.noise_samples)
     wall = time.perf_counter() - t0

@@ -18,7 +18,6 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +103,21 @@ def evaluate_model(
             "seconds": seconds, "errors": errors}
 
 
-def _run_one(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-    path, kw = args
-    return evaluate_model(path, **kw)
+def _run_one(shared: dict[str, Any], path: str, unit_seed: int) -> dict[str, Any]:
+    # every model uses the configured seed (not its position), so a model's cases never depend on the set
+    return evaluate_model(path, **shared)
 
 
 def run_benchmark(
-    paths: Sequence[str | Path], criteria: Sequence[str], workers: int = 2, **kw: Any
+    paths: Sequence[str | Path], criteria: Sequence[str], workers: int = 2, *, backend: str = "local",
+    address: str | None = None, **kw: Any,
 ) -> list[dict[str, Any]]:
-    """Evaluate every model, ``workers`` processes at a time (1: in this process)."""
-    jobs = [(str(p), {"criteria": list(criteria), **kw}) for p in paths]
-    if workers <= 1:
-        return [_run_one(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(_run_one, jobs))
+    """Evaluate every model with :func:`onnxslice.parallel.map_units` (local processes or Ray; one model
+    per unit; ``workers=1`` runs in this process). Results do not depend on the backend or worker count."""
+    from onnxslice.parallel import map_units
+
+    return map_units(_run_one, [str(p) for p in paths], {"criteria": list(criteria), **kw},
+                     backend=backend, workers=workers, address=address)  # type: ignore[arg-type]
 
 
 def _pct(values: list[bool]) -> float:
