@@ -134,7 +134,8 @@ def part2(depths: list[int], draws: int, repeats: int, width: int, samples: int)
         rows.append({
             "layers": depth, "runs": res[True][1].meta["runs"],
             "suffix nodes / full nodes": round(nodes / (depth * len(model.nodes)), 3),
-            "cached run s": res[True][0], "full-model run s": res[False][0], "ratio": res[False][0] / res[True][0],
+            "cached run s": res[True][0], "full-model run s": res[False][0],
+            "ratio": res[False][0] / res[True][0],
             "cached total s": res[True][2], "full-model total s": res[False][2],
             "cached run ms per layer": 1000 * res[True][0] / depth,
         })
@@ -151,7 +152,7 @@ def main() -> int:
     crits = criteria_names() if a.criteria == "all" else a.criteria.split(",")
     steps, noise, repeats = (2, 2, 1) if a.quick else (16, 16, 3)
     depths = [2, 4, 8] if a.quick else [2, 4, 8, 16, 32]
-    t1 = part1(crits, steps, noise, 1 if a.quick else 1)
+    t1 = part1(crits, steps, noise, 1)  # one repeat: EfficientNet path criteria take minutes
     t2 = part2(depths, 2 if a.quick else 8, repeats, 64 if a.quick else 256, 256 if a.quick else 2048)
     cols = ["model", "layers", *crits, "note"]
     t1 = [{c: r.get(c, "") for c in cols} for r in t1]
