@@ -156,7 +156,8 @@ def main() -> int:
     t2 = part2(depths, 2 if a.quick else 8, repeats, 64 if a.quick else 256, 256 if a.quick else 2048)
     cols = ["model", "layers", *crits, "note"]
     t1 = [{c: r.get(c, "") for c in cols} for r in t1]
-    print(format_table(t1, columns=cols, title=f"seconds per criterion (64 samples, steps={steps}, noise draws={noise}, linf)"))
+    title = f"seconds per criterion (64 samples, steps={steps}, noise draws={noise}, linf)"
+    print(format_table(t1, columns=cols, title=title))
     print()
     print(format_table(t2, title="ground truth (N on weights) cost vs layers: prefix-cached suffixes vs full model "
                        "(run s excludes building sessions; total s includes it)"))
