@@ -8,7 +8,6 @@ quantized model and prints per-layer precision, the file size and the fidelity b
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choices", default="int4,int8", help="precisions to choose from (int4,int8,fp16,fp32)")
     p.add_argument(
         "--criterion",
-        default="oracle",
-        help="layer importance: 'oracle' (measured error of quantizing each layer alone) or a SAfER criterion "
-        "(weight, grad, wgrad, ...)",
+        default="wgrad",
+        help="layer importance: a SAfER criterion (wgrad (default), grad, weight, gradcampp, ig, gig, idgi, "
+        "smoothgrad, vargrad, hsic, fd) or 'oracle[:int4|int8]', the measured output error of quantizing "
+        "each layer alone (one pass over the data per layer)",
     )
     p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
+    p.add_argument("--steps", type=int, default=16, help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws")
     p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
     p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
     p.add_argument("--mode", choices=("weight", "static"), default="weight", help="weight-only or static QDQ")
@@ -49,27 +50,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
+    from onnxslice.rewrite.bits_scores import is_oracle, quantization_scores
     from onnxslice.sensitivity.scores import LayerScores
 
     if args.scores:
         return LayerScores.load(args.scores)
-    if ds is None:
-        raise DataError("planning by sensitivity needs --data (or give --scores FILE or --plan FILE)")
-    calib = ds.subset(slice(0, args.samples))
-    if args.criterion.split(":")[0] == "oracle":
-        from onnxslice.rewrite.oracle import quantization_oracle
-
-        precision = args.criterion.split(":")[1] if ":" in args.criterion else "int4"
-        return quantization_oracle(
-            model, calib, precision, block_size=args.block_size, use_matmul_nbits=not args.no_matmul_nbits
+    if ds is None and args.criterion != "weight":
+        raise DataError(
+            f"planning by '{args.criterion}' needs --data (or use --criterion weight, --scores FILE or --plan FILE)"
         )
-    sensitivity = getattr(importlib.import_module("onnxslice.sensitivity"), "sensitivity", None)
-    if sensitivity is None:
-        raise PlanError(
-            f"criterion '{args.criterion}' needs onnxslice.sensitivity.sensitivity, which is not in this build; "
-            "use --criterion oracle, --scores FILE or --plan FILE"
-        )
-    return sensitivity(model, calib, args.criterion, args.reduction)
+    calib = ds.subset(slice(0, args.samples)) if ds is not None else None
+    options = {} if is_oracle(args.criterion) else {"steps": args.steps, "noise_samples": args.steps}
+    return quantization_scores(
+        model, calib, args.criterion, args.reduction, samples=args.samples, block_size=args.block_size,
+        use_matmul_nbits=not args.no_matmul_nbits, **options,
+    )
 
 
 def _plan(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
@@ -82,6 +77,13 @@ def _plan(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
     return plan_bits(
         _scores(args, model, ds), model, args.choices, args.avg_bits, args.size_mb, block_size=args.block_size
     )
+
+
+def _planned_by(args: argparse.Namespace, plan: Any) -> str:
+    if args.plan:
+        return f"user plan {args.plan}"
+    crit, red = plan.meta.get("criterion", ""), plan.meta.get("reduction", "")
+    return f"{crit}/{red}" if red and not crit.startswith("oracle") else str(crit)
 
 
 def _layer_rows(model: Model, decisions: dict[str, str], block_size: int) -> list[dict[str, Any]]:
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "out": str(path),
         "mode": args.mode,
+        "planned_by": _planned_by(args, plan),
         "avg_bits": round(cost.avg_bits, 3),
         "size_bytes_before": size_before,
         "size_bytes_after": size_after,
@@ -142,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json({**summary, "plan": plan.to_dict(), "layers": rows})
         return 0
     print(format_table(rows, title=f"{args.mode} quantization of {model.path.name if model.path else 'model'}"))
-    print(f"\naverage bits per weight: {cost.avg_bits:.3f}")
+    print(f"\nplanned by: {summary['planned_by']}")
+    print(f"average bits per weight: {cost.avg_bits:.3f}")
     print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
     if ds is not None:
         keys = ("accuracy", "top1_agreement", "kl", "rel_error")

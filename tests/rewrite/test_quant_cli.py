@@ -21,13 +21,16 @@ def files(tmp_path_factory):
     return d
 
 
-def test_cli_quantize_prints_plan_size_and_fidelity(files, capsys):
+@pytest.mark.parametrize(("criterion", "planned_by"), [([], "wgrad/linf"), (["--criterion", "oracle"], "oracle:int4"),
+                                                    (["--criterion", "ig", "--steps", "2"], "ig/linf")])
+def test_cli_quantize_prints_plan_size_and_fidelity(files, capsys, criterion, planned_by):
     out = files / "q.onnx"
-    rc = main(["quantize", str(files / "net.onnx"), "--avg-bits", "6", "--choices", "int4,int8",
-               "--criterion", "oracle", "--data", str(files / "data.npz"), "--out", str(out), "--samples", "32"])
+    rc = main(["quantize", str(files / "net.onnx"), "--avg-bits", "6", "--choices", "int4,int8", *criterion,
+               "--data", str(files / "data.npz"), "--out", str(out), "--samples", "32"])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file()
-    for word in ("precision", "int4", "int8", "file size", "top1_agreement", "before", "after"):
+    for word in ("precision", "int4", "int8", "file size", "top1_agreement", "before", "after",
+                 f"planned by: {planned_by}"):
         assert word in text
     q = load(out)
     assert q.output_names == ["y"] and out.stat().st_size < (files / "net.onnx").stat().st_size / 3
@@ -51,6 +54,8 @@ def test_cli_user_plan_overrides(files, capsys):
         (["--plan", "PLAN"], "unknown layer"),
         (["--avg-bits", "3", "--data", "DATA"], "no plan meets"),
         (["--avg-bits", "6", "--criterion", "oracle"], "needs --data"),
+        (["--avg-bits", "6"], "planning by 'wgrad' needs --data"),
+        (["--avg-bits", "6", "--criterion", "nope", "--data", "DATA"], "unknown criterion"),
     ],
 )
 def test_cli_bad_plan_or_budget_exits_2_and_writes_nothing(files, capsys, extra, message):
