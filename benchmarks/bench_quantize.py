@@ -4,25 +4,30 @@ Run: ``python benchmarks/bench_quantize.py [--quick] [--models lenet5,resnet8_mn
 
 For each reference model, side by side in one process:
 
-- ``sens:<criterion>``: ``plan_bits`` mixed int4/int8 at each ``--avg-bits`` budget (4.5, 5, 6) from its
-  scores (the measured oracle ``oracle:int4``, plus every SAfER criterion ``onnxslice.sensitivity``
-  provides in this build; a data-free ``weight/linf`` stand-in otherwise);
-- ``random``: the same greedy fill in a random layer order (``--random`` seeds), i.e. random plans of
-  the same budget;
-- ``uniform-int8`` and ``uniform-int4``;
-- ``sens:oracle 4/8/16 @int8-size``: choices int4/int8/fp16 at the estimated size of uniform int8;
-- ``ort-static-default``: ``onnxruntime.quantization.quantize_static`` with its default settings.
+1. Scores: the measured oracle ``oracle:int4`` (output error of quantizing each layer alone) and every
+   SAfER criterion of ``onnxslice.sensitivity`` (``--criteria``, default all, reduction ``linf``) on the
+   same calibration samples; their Spearman agreement with the oracle (raw scores, and per parameter,
+   the quantity ``plan_bits`` ranks by). Scores and timings go to ``benchmarks/results/quantize_agreement.json``
+   (``--reuse-scores`` reads them back instead of recomputing).
+2. Plans, at each ``--avg-bits`` budget (mixed int4/int8): ``sens:wgrad`` (the default criterion),
+   ``sens:<best>`` (the criterion agreeing best with the oracle, when not wgrad), ``sens:oracle``, and
+   ``random:<seed>`` (the same greedy fill in a random layer order: random plans of the same size);
+   at the size of uniform int8 (choices int4/int8/fp16): the same three and random plans;
+   ``uniform-int8``, ``uniform-int4``; ``ort-static-default`` (``onnxruntime.quantization.quantize_static``
+   with every setting at its default) and our static QDQ with the wgrad plan at the largest budget.
 
 Fidelity is measured on data disjoint from the calibration/scoring data: top-1 agreement with the
 float model and KL(float || quantized), accuracy where there are labels (MNIST), the file size on disk
-and the median onnxruntime CPU latency (batch 1, graph optimizations on). The Spearman agreement of
-each criterion with the oracle is reported too. Results go to ``benchmarks/results/quantize.json``.
+and the median onnxruntime CPU latency (batch 1, graph optimizations on, one thread). Fidelity is
+computed with graph optimizations off (the emitted graph's own arithmetic). Results:
+``benchmarks/results/quantize.json`` (written after each model).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -40,14 +45,14 @@ from onnxslice.model import Model  # noqa: E402
 from onnxslice.record import make_session, runtime_proto  # noqa: E402
 from onnxslice.rewrite import Plan, plan_bits, quantize  # noqa: E402
 from onnxslice.rewrite.bits_plan import plan_cost, uniform_plan  # noqa: E402
+from onnxslice.rewrite.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
-from onnxslice.rewrite.oracle import quantization_oracle, spearman  # noqa: E402
+from onnxslice.rewrite.oracle import spearman  # noqa: E402
 from onnxslice.rewrite.precision import quantizable_layers  # noqa: E402
 from onnxslice.rewrite.static_quant import FeedReader  # noqa: E402
+from onnxslice.sensitivity import criteria_names  # noqa: E402
 from onnxslice.sensitivity.scores import LayerScores  # noqa: E402
 from onnxslice.table import format_table  # noqa: E402
-
-SAFER = ("weight", "grad", "wgrad", "gradcampp", "ig", "smoothgrad")
 
 
 def model_path(name: str, models_dir: Path | None) -> Path:
@@ -75,33 +80,56 @@ def sample_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def datasets(name: str, quick: bool) -> tuple[Dataset, Dataset]:
+def datasets(name: str, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """(calibration/scoring data, evaluation data), disjoint."""
     if name == "efficientnet_lite0":
-        crops = sample_crops(8 if quick else 24)
-        half = len(crops) // 2
-        calib = Dataset({"x": crops[:half]}, None, "sklearn-sample-crops[:half]")
+        n = args.eff_samples
+        crops = sample_crops(n + args.eff_eval_crops)
+        calib = Dataset({"x": crops[:n]}, None, f"{n} sklearn-sample crops")
         imnet = load_data("builtin:samples-imagenet")
-        ev = Dataset({"x": np.concatenate([imnet.x, crops[half:]])}, None, "samples-imagenet + sklearn crops[half:]")
+        ev = Dataset({"x": np.concatenate([imnet.x, crops[n:]])}, None,
+                     f"samples-imagenet ({len(imnet)}) + {args.eff_eval_crops} other sklearn crops")
         return calib, ev
     train = load_data("builtin:mnist?split=train")
     test = load_data("builtin:mnist?split=test")
-    return train.subset(slice(0, 64 if quick else 256)), test.subset(slice(0, 300 if quick else 1000))
+    return train.subset(slice(0, args.samples)), test.subset(slice(0, 300 if args.quick else 1000))
 
 
-def criteria(model: Model, calib: Dataset, quick: bool) -> dict[str, LayerScores]:
-    """SAfER criteria from onnxslice.sensitivity when this build has them, else a data-free stand-in."""
-    sens = getattr(importlib.import_module("onnxslice.sensitivity"), "sensitivity", None)
-    out: dict[str, LayerScores] = {}
-    names = [x.name for x in quantizable_layers(model)]
-    if sens is None:
-        scores = {x.name: float(np.abs(model.initializer(x.weight)).max()) for x in quantizable_layers(model)}
-        out["weight/linf (stand-in)"] = LayerScores(scores, "weight", "linf", {"note": "sensitivity() not in build"})
-        return out
-    for c in SAFER[:3] if quick else SAFER:
-        s = sens(model, calib, c, "linf")
-        out[f"{c}/linf"] = LayerScores({n: s.scores[n] for n in names}, s.criterion, s.reduction, s.meta)
+def calibration_settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Scoring settings: samples, path steps and path (ig/gig/idgi), noise draws (smoothgrad/vargrad)."""
+    if name == "efficientnet_lite0":
+        return {"samples": args.eff_samples, "steps": args.eff_steps, "noise_samples": args.eff_steps,
+                "path": args.eff_path}
+    return {"samples": args.samples, "steps": args.steps, "noise_samples": args.steps, "path": "layer"}
+
+
+def all_scores(name: str, model: Model, calib: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """Oracle and criterion scores with their timings (or the ones saved by an earlier run)."""
+    if args.reuse_scores and args.agreement_out.is_file():
+        saved = json.loads(args.agreement_out.read_text()).get("models", {}).get(name)
+        if saved is not None:
+            print(f"  reusing scores from {args.agreement_out}", flush=True)
+            return saved
+    cfg = calibration_settings(name, args)
+    out: dict[str, Any] = {"settings": {**cfg, "data": calib.name}, "scores": {}, "seconds": {}}
+    t = time.perf_counter()
+    o = quantization_scores(model, calib, "oracle:int4", samples=cfg["samples"], batch_size=16, show_progress=True)
+    out["seconds"]["oracle:int4"] = time.perf_counter() - t
+    out["scores"]["oracle:int4"] = o.to_dict()
+    names = args.criteria.split(",") if args.criteria != "all" else criteria_names()
+    for c in names:
+        t = time.perf_counter()
+        s = quantization_scores(model, calib, c, "linf", samples=cfg["samples"], batch_size=16,
+                                steps=cfg["steps"], noise_samples=cfg["noise_samples"], path=cfg["path"])
+        out["seconds"][c] = time.perf_counter() - t
+        out["scores"][c] = s.to_dict()
+        print(f"  {c}: {out['seconds'][c]:.1f} s", flush=True)
     return out
+
+
+def scores_of(d: dict[str, Any]) -> LayerScores:
+    return LayerScores({k: float(v) for k, v in d["scores"].items()}, d["criterion"], d.get("reduction", ""),
+                       d.get("meta", {}))
 
 
 def latency(proto: Any, x: np.ndarray, repeats: int) -> float:
@@ -148,32 +176,74 @@ def evaluate(name: str, q: Model, plan: Plan | None, ref: list[np.ndarray], ev: 
     return row
 
 
+def random_plans(model: Model, names: list[str], seeds: int, label: str, **budget: Any) -> dict[str, Plan]:
+    """Random layer orders filled greedily under the same budget (same size as the sensitivity plans)."""
+    out = {}
+    for seed in range(seeds):
+        r = np.random.default_rng(1000 + seed).permutation(len(names)).astype(float)
+        rs = LayerScores(dict(zip(names, r.tolist(), strict=True)), f"random:{seed}")
+        out[f"random:{seed} {label}"] = plan_bits(rs, model, per_parameter=False, **budget)
+    return out
+
+
+def verdicts(rows: list[dict[str, Any]], key: str, families: list[str], labels: list[str]) -> list[dict[str, Any]]:
+    """Each sensitivity plan against every random plan (and uniform plan) at the same budget."""
+    by = {r["plan"]: r for r in rows}
+    out = []
+    for label in labels:
+        rand = [r for r in rows if r["plan"].startswith("random:") and r["plan"].endswith(label)]
+        uni = [by["uniform-int8"]] if label == "@int8-size" else []
+        for fam in families:
+            r = by.get(f"sens:{fam} {label}")
+            if r is None:
+                continue
+            others = rand + uni
+            out.append({
+                "budget": label, "plan": fam, key: r[key], "kl": r["kl"],
+                "best_random_" + key: max(x[key] for x in rand), "best_random_kl": min(x["kl"] for x in rand),
+                "uniform_int8_kl": uni[0]["kl"] if uni else None,
+                "kl_below_all": all(r["kl"] < x["kl"] for x in others),
+                f"{key}_not_below_any": all(r[key] >= x[key] for x in others),
+                "strictly_better": all(r["kl"] < x["kl"] and r[key] >= x[key] for x in others),
+            })
+    return out
+
+
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = load(model_path(name, args.models_dir))
-    calib, ev = datasets(name, args.quick)
+    calib, ev = datasets(name, args)
     print(f"\n== {name}: {model} | calibration {len(calib)} ({calib.name}), evaluation {len(ev)} ({ev.name})",
           flush=True)
     ref = run_outputs(model, ev, 32)
-    t = time.perf_counter()
-    oracle = quantization_oracle(model, calib, "int4", batch_size=16, show_progress=True)
-    oracle_s = time.perf_counter() - t
-    crit = criteria(model, calib, args.quick)
-    agreement = [{"criterion": c, "spearman": spearman(s, oracle),
-                  "spearman_per_param": spearman(s, oracle, per_parameter=model)} for c, s in crit.items()]
+    sc = all_scores(name, model, calib, args)
+    save_agreement(args, name, sc)
+    oracle = scores_of(sc["scores"]["oracle:int4"])
+    crit = {c: scores_of(d) for c, d in sc["scores"].items() if c != "oracle:int4"}
+    agreement = sorted(
+        ({"criterion": c, "spearman": spearman(s, oracle),
+          "spearman_per_param": spearman(s, oracle, per_parameter=model), "seconds": sc["seconds"][c]}
+         for c, s in crit.items()),
+        key=lambda r: -np.nan_to_num(r["spearman"], nan=-2.0),
+    )
+    best = agreement[0]["criterion"]
+    families = {"wgrad": crit["wgrad"], best: crit[best], "oracle": oracle}
     layer_names = [x.name for x in quantizable_layers(model)]
     plans: dict[str, Plan] = {}
+    labels = []
     for b in args.budgets:
-        plans[f"sens:oracle @{b:g}"] = plan_bits(oracle, model, ("int4", "int8"), b)
-        for c, sc in crit.items():
-            plans[f"sens:{c} @{b:g}"] = plan_bits(sc, model, ("int4", "int8"), b)
-        for seed in range(args.random):
-            r = np.random.default_rng(1000 + seed).permutation(len(layer_names)).astype(float)
-            rs = LayerScores(dict(zip(layer_names, r.tolist(), strict=True)), f"random:{seed}")
-            plans[f"random:{seed} @{b:g}"] = plan_bits(rs, model, ("int4", "int8"), b, per_parameter=False)
+        label = f"@{b:g}"
+        labels.append(label)
+        for fam, s in families.items():
+            plans[f"sens:{fam} {label}"] = plan_bits(s, model, ("int4", "int8"), b)
+        plans.update(random_plans(model, layer_names, args.random, label, choices=("int4", "int8"), avg_bits=b))
     plans["uniform-int8"] = uniform_plan(model, "int8")
     plans["uniform-int4"] = uniform_plan(model, "int4")
     int8_mb = plan_cost(model, plans["uniform-int8"].layers).size_mb
-    plans["sens:oracle 4/8/16 @int8-size"] = plan_bits(oracle, model, ("int4", "int8", "fp16"), size_mb=int8_mb)
+    labels.append("@int8-size")
+    for fam, s in families.items():
+        plans[f"sens:{fam} @int8-size"] = plan_bits(s, model, ("int4", "int8", "fp16"), size_mb=int8_mb)
+    plans.update(random_plans(model, layer_names, args.random, "@int8-size", choices=("int4", "int8", "fp16"),
+                              size_mb=int8_mb))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as d:
         tmp = Path(d)
@@ -183,40 +253,42 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {pname}: done", flush=True)
         rows.append(evaluate("ort-static-default", ort_static_default(model, calib, tmp), None, ref, ev, tmp,
                              args.repeats, model))
-        sp = plans[f"sens:oracle @{args.budgets[-1]:g}"]
+        sp = plans[f"sens:wgrad @{args.budgets[-1]:g}"]
         st = quantize(model, sp, calib, mode="static")
-        rows.append(evaluate(f"sens:oracle static QDQ @{args.budgets[-1]:g}", st, sp, ref, ev, tmp, args.repeats,
+        rows.append(evaluate(f"sens:wgrad static QDQ @{args.budgets[-1]:g}", st, sp, ref, ev, tmp, args.repeats,
                              model))
     base_lat = rows[0]["latency_ms"]
     for r in rows:
         r["latency_x"] = r["latency_ms"] / base_lat
     key = "accuracy" if "accuracy" in rows[0] else "top1_agree"
-    verdict = []
-    for b in args.budgets:
-        at = [r for r in rows if r["plan"].endswith(f"@{b:g}") and "static" not in r["plan"]]
-        rand = [r for r in at if r["plan"].startswith("random:")]
-        sens_row = next(r for r in at if r["plan"].startswith("sens:oracle"))
-        verdict.append({
-            "avg_bits": b,
-            "metric": key,
-            "sens_oracle": sens_row[key],
-            "sens_oracle_kl": sens_row["kl"],
-            "random_best": max(r[key] for r in rand) if rand else None,
-            "random_best_kl": min(r["kl"] for r in rand) if rand else None,
-            "random_mean_kl": float(np.mean([r["kl"] for r in rand])) if rand else None,
-            "kl_better_than_every_random": all(sens_row["kl"] < r["kl"] for r in rand),
-            "kl_better_than_uniform_int4": sens_row["kl"] < next(r["kl"] for r in rows if r["plan"] == "uniform-int4"),
-        })
+    verdict = verdicts(rows, key, list(families), labels)
     cols = ["plan", "avg_bits", "size_kb", key, "kl", "rel_error", "latency_ms", "latency_x"]
     if key == "accuracy":
         cols.insert(4, "top1_agree")
     print(format_table(rows, cols, title=f"{name}: fidelity on {ev.name} (avg-bits budgets {args.budgets})"))
-    print(format_table(agreement, title=f"{name}: Spearman of each criterion with the int4 oracle"))
-    print(format_table(verdict, title=f"{name}: sensitivity plan vs random plans of the same budget"))
-    print(f"oracle: {len(layer_names)} layers in {oracle_s:.1f} s")
-    return {"model": name, "rows": rows, "agreement": agreement, "oracle": oracle.to_dict(),
-            "oracle_seconds": oracle_s, "verdict": verdict,
+    print(format_table(agreement, title=f"{name}: Spearman of each criterion with the int4 oracle "
+                                        f"({sc['settings']})"))
+    print(format_table(verdict, title=f"{name}: sensitivity plans vs random (and uniform) plans of the same size"))
+    return {"model": name, "calibration": sc["settings"], "rows": rows, "agreement": agreement,
+            "best_criterion": best, "oracle_seconds": sc["seconds"]["oracle:int4"], "verdict": verdict,
             "plans": {k: v.to_dict() for k, v in plans.items()}}
+
+
+def save_agreement(args: argparse.Namespace, name: str, sc: dict[str, Any]) -> None:
+    """Add one model's scores to the agreement JSON (kept across runs and models)."""
+    from onnxslice.io import save_json
+
+    old = json.loads(args.agreement_out.read_text()) if args.agreement_out.is_file() else {}
+    models = old.get("models", {})
+    models[name] = sc
+    oracle = scores_of(sc["scores"]["oracle:int4"])
+    table = {c: {"spearman": spearman(scores_of(d), oracle), "seconds": sc["seconds"][c]}
+             for c, d in sc["scores"].items() if c != "oracle:int4"}
+    summary = old.get("spearman", {})
+    summary[name] = table
+    save_json(args.agreement_out, {"note": "Spearman of each SAfER criterion (reduction linf) with the measured "
+                                   "int4 oracle; timings on a shared, loaded machine", "spearman": summary,
+                                   "models": models})
 
 
 def main() -> int:
@@ -224,20 +296,36 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="fewer samples, seeds and repeats (a smoke run)")
     p.add_argument("--models", default="lenet5,resnet8_mnist,efficientnet_lite0")
     p.add_argument("--models-dir", type=Path, help="folder holding <name>.onnx (default: models.zoo)")
-    p.add_argument("--avg-bits", default="4.5,5,6", help="avg-bits budgets for the mixed int4/int8 plans")
+    p.add_argument("--avg-bits", default="4.5,5,6,7.5", help="avg-bits budgets for the mixed int4/int8 plans")
     p.add_argument("--random", type=int, default=None, help="random plans per model (default 5, quick 2)")
+    p.add_argument("--criteria", default="all", help="SAfER criteria to score with (comma list or 'all')")
+    p.add_argument("--samples", type=int, default=64, help="calibration/scoring samples, MNIST models")
+    p.add_argument("--steps", type=int, default=8, help="path steps and noise draws, MNIST models")
+    p.add_argument("--eff-samples", type=int, default=16, help="calibration/scoring crops, EfficientNet-Lite0")
+    p.add_argument("--eff-steps", type=int, default=2, help="path steps and noise draws, EfficientNet-Lite0")
+    p.add_argument("--eff-path", choices=("layer", "global"), default="global",
+                   help="ig/gig/idgi path on EfficientNet-Lite0: per layer (L x steps passes) or global (steps)")
+    p.add_argument("--eff-eval-crops", type=int, default=12, help="evaluation crops besides samples-imagenet")
+    p.add_argument("--reuse-scores", action="store_true", help="read scores from --agreement-out if there")
+    p.add_argument("--agreement-out", type=Path, default=ROOT / "benchmarks" / "results" / "quantize_agreement.json")
     p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, quick 5)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quantize.json")
     args = p.parse_args()
     args.budgets = [float(b) for b in args.avg_bits.split(",") if b]
     args.random = args.random if args.random is not None else (2 if args.quick else 5)
     args.repeats = args.repeats if args.repeats is not None else (5 if args.quick else 50)
-    results = [bench_model(m, args) for m in args.models.split(",") if m]
+    if args.quick:
+        args.samples, args.steps, args.eff_samples, args.eff_steps, args.eff_eval_crops = 16, 2, 4, 1, 4
     from onnxslice.io import save_json
 
-    save_json(args.out, {"quick": args.quick, "avg_bits": args.budgets, "models": results,
-                         "note": "timings on a shared, loaded machine unless rerun on a quiet one"})
-    print(f"\nsaved {args.out}")
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = {r["model"]: r for r in old.get("models", [])}
+    for m in [m for m in args.models.split(",") if m]:
+        results[m] = bench_model(m, args)
+        results[m]["quick"] = args.quick
+        save_json(args.out, {"avg_bits": args.budgets, "models": list(results.values()),
+                             "note": "timings on a shared, loaded machine unless rerun on a quiet one"})
+        print(f"\nsaved {args.out}", flush=True)
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Every quantizable layer starts at the lowest precision of ``choices``. Upgrades (one precision step
 of one layer) are then taken greedily, best value per byte first, while the budget allows; an upgrade
-that does not fit ends that layer's upgrades and the next best is tried. The value of raising layer l
+that does not fit ends that layer's upgrades and the next best is tried. Because that greedy fill can
+strand budget (small layers first, then the large one no longer fits), it is rerun after each single
+possible first upgrade and the plan with the highest total value is kept (the knapsack "greedy + best
+seed" repair; L x choices greedy runs, cheap). The value of raising layer l
 from b to b' bits is ``s_l * (4**-b - 4**-b')`` per byte it adds, where ``s_l`` is the layer's score
 and ``4**-b`` models how the quantization noise power falls with the bit width; the bytes an upgrade
 adds are proportional to the layer's weight count, so with two choices this is exactly "the highest
@@ -143,34 +146,53 @@ def plan_bits(
             return BITS[p] * sizes[name] / total
         return layer_bytes(model, layers[name], p, block_size) / 1e6
 
-    plan = {n: levels[0] for n in layers}
-    used = sum(layer_cost(n, p) for n, p in plan.items()) + (fixed / 1e6 if kind == "size_mb" else 0.0)
+    base = {n: levels[0] for n in layers}
+    start = sum(layer_cost(n, p) for n, p in base.items()) + (fixed / 1e6 if kind == "size_mb" else 0.0)
     eps = 1e-9 * max(1.0, limit)
-    if used > limit + eps:
+    if start > limit + eps:
         raise PlanError(
-            f"no plan meets {kind}={limit:g}: the smallest, every layer at {levels[0]}, needs {kind}={used:.4g}; "
+            f"no plan meets {kind}={limit:g}: the smallest, every layer at {levels[0]}, needs {kind}={start:.4g}; "
             "raise the budget or add a lower precision to the choices"
         )
     order = {n: i for i, n in enumerate(layers)}
-    heap: list[tuple[float, int, str, int]] = []
 
-    def push(name: str, level: int) -> None:
-        if level + 1 < len(levels):
-            lo, hi = levels[level], levels[level + 1]
-            gain = pri[name] * (4.0 ** -BITS[lo] - 4.0 ** -BITS[hi])
-            extra = layer_cost(name, hi) - layer_cost(name, lo)
-            key = gain / max(extra, 1e-30) if per_parameter else gain  # value per byte = importance per parameter
-            heapq.heappush(heap, (-key, order[name], name, level + 1))
+    def gain(name: str, p: str) -> float:  # predicted error removed by raising the layer from levels[0] to p
+        return pri[name] * (4.0 ** -BITS[levels[0]] - 4.0 ** -BITS[p])
 
-    for n in layers:
-        push(n, 0)
-    while heap:
-        _, _, name, level = heapq.heappop(heap)
-        extra = layer_cost(name, levels[level]) - layer_cost(name, plan[name])
-        if used + extra <= limit + eps:
-            plan[name] = levels[level]
-            used += extra
-            push(name, level)
+    def greedy(plan: dict[str, str], used: float) -> dict[str, str]:
+        heap: list[tuple[float, int, str, int]] = []
+
+        def push(name: str, level: int) -> None:
+            if level + 1 < len(levels):
+                lo, hi = levels[level], levels[level + 1]
+                g = gain(name, hi) - gain(name, lo)
+                extra = layer_cost(name, hi) - layer_cost(name, lo)
+                key = g / max(extra, 1e-30) if per_parameter else g  # value per byte = importance per parameter
+                heapq.heappush(heap, (-key, order[name], name, level + 1))
+
+        for n in layers:
+            push(n, levels.index(plan[n]))
+        while heap:
+            _, _, name, level = heapq.heappop(heap)
+            extra = layer_cost(name, levels[level]) - layer_cost(name, plan[name])
+            if used + extra <= limit + eps:
+                plan[name] = levels[level]
+                used += extra
+                push(name, level)
+        return plan
+
+    plan = greedy(dict(base), start)
+    if per_parameter:  # the greedy can leave budget unused; also try it after each single first upgrade
+        best = sum(gain(n, p) for n, p in plan.items())
+        for n in layers:
+            for p in levels[1:]:
+                extra = layer_cost(n, p) - layer_cost(n, levels[0])
+                if start + extra > limit + eps:
+                    break
+                alt = greedy({**base, n: p}, start + extra)
+                value = sum(gain(k, q) for k, q in alt.items())
+                if value > best * (1 + 1e-12):
+                    plan, best = alt, value
     cost = plan_cost(model, plan, block_size)
     meta = {
         "criterion": scores.criterion,

@@ -143,3 +143,18 @@ def test_plan_json_round_trip_applies_the_same(net, tmp_path):
     a, b = quantize(net, plan), quantize(net, again)
     assert [t.raw_data for t in a.proto.graph.initializer] == [t.raw_data for t in b.proto.graph.initializer]
     assert all(p in BITS for p in again.layers.values())
+
+
+def test_plan_bits_does_not_strand_budget_behind_small_layers(net):
+    sizes = _sizes(net)  # fc1 holds 32768 of 33928 weights
+    total = sum(sizes.values())
+    # small layers first by score per parameter, but fc1's raw importance outweighs all of them together;
+    # fc1 at int8 fits only if at most ~300 small-layer weights go int8 before it
+    scores = _scores(net, [1.0, 2.0, 3.0, 50.0, 4.0, 0.5])
+    budget = (8 * sizes["fc1"] + 4 * (total - sizes["fc1"]) + 4 * 300) / total
+    plan = plan_bits(scores, net, ("int4", "int8"), avg_bits=budget)
+    assert plan.layers["fc1"] == "int8"
+    assert plan_cost(net, plan.layers).avg_bits <= budget + 1e-9
+    # the plain greedy (no repair) would have taken every small layer and stopped
+    small = sum(k for n, k in sizes.items() if n != "fc1")
+    assert (4 * total + 4 * small) / total < budget < (4 * total + 4 * small + 4 * sizes["fc1"]) / total
