@@ -186,27 +186,44 @@ def random_plans(model: Model, names: list[str], seeds: int, label: str, **budge
     return out
 
 
-def verdicts(rows: list[dict[str, Any]], key: str, families: list[str], labels: list[str]) -> list[dict[str, Any]]:
-    """Each sensitivity plan against every random plan (and uniform plan) at the same budget."""
+def verdicts(rows: list[dict[str, Any]], plans: dict[str, dict[str, Any]], key: str, families: list[str],
+             labels: list[str]) -> list[dict[str, Any]]:
+    """Each sensitivity plan against every random plan (and uniform int8) at the same budget.
+
+    A random plan that makes the same decisions as the sensitivity plan is the same model: it is
+    counted as ``same`` and left out of the strict comparison, which runs over the *distinct* plans.
+    """
     by = {r["plan"]: r for r in rows}
     out = []
     for label in labels:
         rand = [r for r in rows if r["plan"].startswith("random:") and r["plan"].endswith(label)]
         uni = [by["uniform-int8"]] if label == "@int8-size" else []
         for fam in families:
-            r = by.get(f"sens:{fam} {label}")
+            name = f"sens:{fam} {label}"
+            r = by.get(name)
             if r is None:
                 continue
-            others = rand + uni
+            mine = plans[name]["layers"]
+            others = [x for x in rand + uni if plans[x["plan"]]["layers"] != mine]
+            worse_kl = [x for x in others if r["kl"] < x["kl"]]
             out.append({
-                "budget": label, "plan": fam, key: r[key], "kl": r["kl"],
-                "best_random_" + key: max(x[key] for x in rand), "best_random_kl": min(x["kl"] for x in rand),
-                "uniform_int8_kl": uni[0]["kl"] if uni else None,
-                "kl_below_all": all(r["kl"] < x["kl"] for x in others),
-                f"{key}_not_below_any": all(r[key] >= x[key] for x in others),
-                "strictly_better": all(r["kl"] < x["kl"] and r[key] >= x[key] for x in others),
+                "budget": label, "plan": fam, "avg_bits": r["avg_bits"], key: r[key], "kl": r["kl"],
+                "same_plans": len(rand) + len(uni) - len(others), "distinct_plans": len(others),
+                "distinct_with_lower_kl": [x["plan"].split(" ")[0] for x in others if x["kl"] <= r["kl"]],
+                "best_distinct_kl": min((x["kl"] for x in others), default=None),
+                "kl_below_all_distinct": len(worse_kl) == len(others),
+                "strictly_better": bool(others) and all(r["kl"] < x["kl"] and r[key] >= x[key] for x in others),
             })
     return out
+
+
+def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Recompute the verdict table of one model's saved result."""
+    labels = list(dict.fromkeys(r["plan"].split(" ", 1)[1] for r in result["rows"]
+                                if r["plan"].startswith("sens:") and "static" not in r["plan"]))
+    families = list(dict.fromkeys(r["plan"].split(" ")[0][5:] for r in result["rows"]
+                                  if r["plan"].startswith("sens:") and "static" not in r["plan"]))
+    return verdicts(result["rows"], result["plans"], "top1_agree", families, labels)
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -260,18 +277,18 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     base_lat = rows[0]["latency_ms"]
     for r in rows:
         r["latency_x"] = r["latency_ms"] / base_lat
-    key = "accuracy" if "accuracy" in rows[0] else "top1_agree"
-    verdict = verdicts(rows, key, list(families), labels)
-    cols = ["plan", "avg_bits", "size_kb", key, "kl", "rel_error", "latency_ms", "latency_x"]
-    if key == "accuracy":
-        cols.insert(4, "top1_agree")
+    plan_dicts = {k: v.to_dict() for k, v in plans.items()}
+    verdict = verdicts(rows, plan_dicts, "top1_agree", list(families), labels)
+    cols = ["plan", "avg_bits", "size_kb", "top1_agree", "kl", "rel_error", "latency_ms", "latency_x"]
+    if "accuracy" in rows[0]:
+        cols.insert(3, "accuracy")
     print(format_table(rows, cols, title=f"{name}: fidelity on {ev.name} (avg-bits budgets {args.budgets})"))
     print(format_table(agreement, title=f"{name}: Spearman of each criterion with the int4 oracle "
                                         f"({sc['settings']})"))
     print(format_table(verdict, title=f"{name}: sensitivity plans vs random (and uniform) plans of the same size"))
     return {"model": name, "calibration": sc["settings"], "rows": rows, "agreement": agreement,
             "best_criterion": best, "oracle_seconds": sc["seconds"]["oracle:int4"], "verdict": verdict,
-            "plans": {k: v.to_dict() for k, v in plans.items()}}
+            "plans": plan_dicts}
 
 
 def save_agreement(args: argparse.Namespace, name: str, sc: dict[str, Any]) -> None:
@@ -306,6 +323,7 @@ def main() -> int:
     p.add_argument("--eff-path", choices=("layer", "global"), default="global",
                    help="ig/gig/idgi path on EfficientNet-Lite0: per layer (L x steps passes) or global (steps)")
     p.add_argument("--eff-eval-crops", type=int, default=12, help="evaluation crops besides samples-imagenet")
+    p.add_argument("--summarize", action="store_true", help="only print the verdicts of the saved --out JSON")
     p.add_argument("--reuse-scores", action="store_true", help="read scores from --agreement-out if there")
     p.add_argument("--agreement-out", type=Path, default=ROOT / "benchmarks" / "results" / "quantize_agreement.json")
     p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 50, quick 5)")
@@ -314,6 +332,11 @@ def main() -> int:
     args.budgets = [float(b) for b in args.avg_bits.split(",") if b]
     args.random = args.random if args.random is not None else (2 if args.quick else 5)
     args.repeats = args.repeats if args.repeats is not None else (5 if args.quick else 50)
+    if args.summarize:
+        for r in json.loads(args.out.read_text())["models"]:
+            print(format_table(summarize(r), title=f"{r['model']}: sensitivity plans vs distinct random/uniform "
+                                                   "plans of the same budget (fidelity: top-1 agreement, KL)"))
+        return 0
     if args.quick:
         args.samples, args.steps, args.eff_samples, args.eff_steps, args.eff_eval_crops = 16, 2, 4, 1, 4
     from onnxslice.io import save_json
