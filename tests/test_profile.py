@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import small_cnn
+from _common import small_cnn
 
 import onnxslice as osl
 from onnxslice.errors import DataError

@@ -1,0 +1,87 @@
+"""``onnxslice slice MODEL --profile P.npz --data D --samples 0:100 --target pred --out S.npz``.
+
+NNSlicer forward and backward analysis for a criterion; prints the per-layer table (fraction of
+neurons and synapses in the slice) and saves the :class:`Slice`. ``--sliced-model`` also writes the
+model with every synapse outside the slice zeroed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from onnxslice.commands import add_common, emit_json
+from onnxslice.data import load_data
+from onnxslice.model import load
+from onnxslice.profile import Profile
+from onnxslice.slicing import slice as slice_model
+
+NAME = "slice"
+HELP = "dynamic slice (NNSlicer): neurons and synapses that drive the targets for the chosen samples"
+ORDER = 30
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, data=True)
+    p.add_argument("--profile", "-p", required=True, help="profile of the model (.npz from `onnxslice profile`)")
+    p.add_argument("--samples", "-s", default=None, help="samples of the data: START:STOP, i, or i,j,k (default all)")
+    p.add_argument(
+        "--target",
+        "-t",
+        action="append",
+        default=None,
+        help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...]; repeatable",
+    )
+    p.add_argument("--theta", type=float, default=0.3, help="significance threshold in (0, 1) (default 0.3)")
+    p.add_argument("--granularity", choices=("element", "channel"), default="element")
+    p.add_argument("--theta-denominator", choices=("raw", "delta"), default="raw", help="|y_n| (raw) or |dy_n|")
+    p.add_argument("--theta-sum", choices=("signed", "abs"), default="signed", help="partial sums of w*dx or |w*dx|")
+    p.add_argument("--output", default=None, help="the output that pred/class targets refer to (default: first)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per unit of work")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=None, help="processes / Ray CPUs (1 = in this process)")
+    p.add_argument("--address", default=None, help="Ray cluster address to join")
+    p.add_argument("--out", "-o", required=True, help="where to write the slice (.npz)")
+    p.add_argument("--sliced-model", default=None, help="also write the model with synapses outside the slice zeroed")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    prof = Profile.load(args.profile)
+    ds = load_data(args.data)
+    s = slice_model(
+        model,
+        prof,
+        ds,
+        args.target or ["pred"],
+        args.theta,
+        granularity=args.granularity,
+        theta_denominator=args.theta_denominator,
+        theta_sum=args.theta_sum,
+        samples=args.samples,
+        output=args.output,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        workers=args.workers,
+        address=args.address,
+        device=args.device,
+    )
+    path = s.save(args.out)
+    sliced = None
+    if args.sliced_model:
+        sliced = s.to_model(model).save(args.sliced_model)
+    if args.json:
+        emit_json(
+            {
+                "out": str(path),
+                "sliced_model": str(sliced) if sliced else None,
+                "samples": s.count,
+                "targets": s.targets,
+                "theta": s.theta,
+                "options": s.options,
+                "layers": s.per_layer(),
+            }
+        )
+        return 0
+    print(s.table())
+    print(f"\n{s!r}\nsaved {path}" + (f"\nsliced model {sliced}" if sliced else ""))
+    return 0

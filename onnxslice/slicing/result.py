@@ -1,0 +1,234 @@
+"""The :class:`Slice` result: CONTRIB per neuron and per synapse, summaries, save/load, sliced model.
+
+A neuron or synapse is *in the slice* when its CONTRIB is non-zero. Tables are integer sums over the
+criterion's samples; applications threshold on ``|CONTRIB|``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxslice.errors import DataError
+from onnxslice.table import format_table
+
+if TYPE_CHECKING:
+    from onnxslice.model import Model
+
+__all__ = ["Slice", "layer_records"]
+
+
+def layer_records(model: Model) -> list[dict[str, Any]]:
+    """Per layer: name, op, weight, output value and the weight axis of its output channels."""
+    rows = []
+    for layer in model.layers:
+        node = model.node(layer.name)
+        if layer.op_type == "Gemm":
+            axis = 0 if node.attr("transB", 0) else 1
+        elif layer.op_type == "MatMul":
+            axis = model.initializer(layer.weight).ndim - 1
+        elif layer.op_type == "ConvTranspose":
+            axis = 1
+        else:
+            axis = 0
+        rows.append(
+            {"layer": layer.name, "op": layer.op_type, "weight": layer.weight, "output": layer.output, "axis": axis}
+        )
+    return rows
+
+
+@dataclass
+class Slice:
+    """A dynamic slice (NNSlicer) of a model for a criterion (samples, targets).
+
+    Attributes:
+        neurons: value name -> integer CONTRIB per neuron (one sample's shape; ``(C,)`` or the feature
+            vector at channel granularity), summed over the samples.
+        synapses: weight initializer name -> integer CONTRIB with the weight's shape.
+        samples: indices of the criterion's samples in the data they came from.
+        targets: the criterion's targets, as strings (``pred``, ``class:K``, ``value:NAME[idx]``).
+        theta: the theta used.
+        options: granularity, theta_denominator, theta_sum, output, ...
+        fingerprint: structure hash of the sliced model.
+        layers: per-layer records (see :func:`layer_records`) for summaries.
+        predictions: the model's prediction (argmax of the output) per sample, when it is a vector.
+    """
+
+    neurons: dict[str, np.ndarray]
+    synapses: dict[str, np.ndarray]
+    samples: np.ndarray
+    targets: list[str]
+    theta: float
+    options: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    predictions: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of samples in the criterion."""
+        return len(self.samples)
+
+    @property
+    def granularity(self) -> str:
+        """``"element"`` or ``"channel"``."""
+        return str(self.options.get("granularity", "element"))
+
+    def channel_neurons(self, value: str, reduce: str = "sum") -> np.ndarray:
+        """Per-channel summary of a value's neuron CONTRIB (axis 0 of one sample).
+
+        Args:
+            value: the value name.
+            reduce: ``"sum"`` of CONTRIB, ``"abs"`` (sum of ``|CONTRIB|``) or ``"count"`` (neurons in
+                the slice).
+        """
+        c = self._get(self.neurons, value, "neuron value")
+        flat = c.reshape(-1, 1) if c.ndim <= 1 else c.reshape(c.shape[0], -1)
+        return _reduce(flat, reduce)
+
+    def channel_synapses(self, weight: str, reduce: str = "sum") -> np.ndarray:
+        """Per-output-channel summary of a weight's synapse CONTRIB (``sum``, ``abs`` or ``count``)."""
+        c = self._get(self.synapses, weight, "weight")
+        axis = next((r["axis"] for r in self.layers if r["weight"] == weight), 0)
+        flat = np.moveaxis(c, axis, 0).reshape(c.shape[axis], -1)
+        return _reduce(flat, reduce)
+
+    def in_slice(self, name: str) -> np.ndarray:
+        """Boolean mask of the neurons (value) or synapses (weight) with non-zero CONTRIB."""
+        table = self.synapses.get(name)
+        if table is None:
+            table = self._get(self.neurons, name, "value or weight")
+        return table != 0
+
+    def _get(self, tables: dict[str, np.ndarray], name: str, what: str) -> np.ndarray:
+        if name not in tables:
+            known = ", ".join(list(tables)[:8])
+            raise DataError(f"the slice has no {what} '{name}'; it has {known}{', ...' if len(tables) > 8 else ''}")
+        return tables[name]
+
+    def per_layer(self) -> list[dict[str, Any]]:
+        """One row per layer: neurons of its output and synapses of its weight, and the fractions in the slice."""
+        rows = []
+        for r in self.layers:
+            n = self.neurons.get(r["output"])
+            s = self.synapses.get(r["weight"])
+            rows.append(
+                {
+                    "layer": r["layer"],
+                    "op": r["op"],
+                    "neurons": int(n.size) if n is not None else 0,
+                    "neurons_in": float((n != 0).mean()) if n is not None and n.size else 0.0,
+                    "synapses": int(s.size) if s is not None else 0,
+                    "synapses_in": float((s != 0).mean()) if s is not None and s.size else 0.0,
+                    "max_contrib": int(np.abs(s).max()) if s is not None and s.size else 0,
+                }
+            )
+        return rows
+
+    def table(self) -> str:
+        """The per-layer summary as a text table."""
+        title = (
+            f"slice of {self.count} sample(s), targets {', '.join(self.targets)}, theta {self.theta}, "
+            f"{self.granularity} level"
+        )
+        return format_table(self.per_layer(), title=title)
+
+    def to_model(self, model: Model, min_contrib: int = 1) -> Model:
+        """The model with every synapse outside the slice zeroed (``|CONTRIB| < min_contrib``).
+
+        Only weights the analysis reached are masked (weights no CONTRIB reached are all outside: they
+        are zeroed too when they belong to a layer the slice covers). Biases and normalisation
+        parameters are kept. The result passes :func:`onnxslice.rewrite.finalize` (checked, opens in
+        onnxruntime).
+
+        Raises:
+            DataError: the slice belongs to another model.
+        """
+        from onnx import numpy_helper
+
+        from onnxslice.rewrite import finalize
+
+        if self.fingerprint and self.fingerprint != model.fingerprint:
+            raise DataError(
+                f"this slice was computed on another model (fingerprint {self.fingerprint}, the model's is "
+                f"{model.fingerprint})"
+            )
+        masks = {name: np.abs(c) >= min_contrib for name, c in self.synapses.items()}
+        for r in self.layers:
+            masks.setdefault(r["weight"], np.zeros(model.initializer(r["weight"]).shape, bool))
+        proto = type(model.proto)()
+        proto.CopyFrom(model.proto)
+        for t in proto.graph.initializer:
+            if t.name in masks:
+                w = numpy_helper.to_array(t).copy()
+                w[~masks[t.name]] = 0
+                t.CopyFrom(numpy_helper.from_array(w, t.name))
+        kept = int(sum(m.sum() for m in masks.values()))
+        total = int(sum(m.size for m in masks.values()))
+        return finalize(
+            proto,
+            model,
+            pass_name="slice",
+            extra={"targets": self.targets, "theta": self.theta, "samples": self.count, "kept": kept, "of": total},
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save as ``.npz`` (atomic)."""
+        from onnxslice.io import save_npz
+
+        arrays = {f"neuron/{k}": v for k, v in self.neurons.items()}
+        arrays.update({f"synapse/{k}": v for k, v in self.synapses.items()})
+        arrays["samples"] = np.asarray(self.samples, np.int64)
+        if self.predictions is not None:
+            arrays["predictions"] = np.asarray(self.predictions, np.int64)
+        meta = {
+            "kind": "Slice",
+            "targets": self.targets,
+            "theta": self.theta,
+            "options": self.options,
+            "fingerprint": self.fingerprint,
+            "layers": self.layers,
+        }
+        return save_npz(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Slice:
+        """Load a slice written by :meth:`save`."""
+        from onnxslice.io import load_npz
+
+        arrays, meta = load_npz(path, kind="Slice")
+        return cls(
+            neurons={k[7:]: v for k, v in arrays.items() if k.startswith("neuron/")},
+            synapses={k[8:]: v for k, v in arrays.items() if k.startswith("synapse/")},
+            samples=arrays["samples"],
+            targets=list(meta["targets"]),
+            theta=float(meta["theta"]),
+            options=dict(meta.get("options", {})),
+            fingerprint=str(meta.get("fingerprint", "")),
+            layers=list(meta.get("layers", [])),
+            predictions=arrays.get("predictions"),
+        )
+
+    def __repr__(self) -> str:
+        n_in = sum(int((v != 0).sum()) for v in self.neurons.values())
+        n_all = sum(int(v.size) for v in self.neurons.values())
+        s_in = sum(int((v != 0).sum()) for v in self.synapses.values())
+        s_all = sum(int(v.size) for v in self.synapses.values())
+        return (
+            f"Slice({self.count} samples, targets {', '.join(self.targets)}, theta {self.theta}, {self.granularity}: "
+            f"{n_in:,}/{n_all:,} neurons, {s_in:,}/{s_all:,} synapses in the slice)"
+        )
+
+
+def _reduce(flat: np.ndarray, reduce: str) -> np.ndarray:
+    if reduce == "sum":
+        return flat.sum(axis=1)
+    if reduce == "abs":
+        return np.abs(flat).sum(axis=1)
+    if reduce == "count":
+        return (flat != 0).sum(axis=1)
+    raise DataError(f"unknown reduction '{reduce}'; use sum, abs or count")
