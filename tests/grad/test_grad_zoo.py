@@ -52,7 +52,7 @@ def test_zoo_model_gradients_match_torch_autograd(name: str) -> None:
     xt = torch.from_numpy(x).requires_grad_(True)
     logits = ref(xt)
     np.testing.assert_allclose(logits.detach().numpy(), run_ort(model, {model.input_names[0]: x})[0], rtol=1e-4,
-                               atol=1e-4 * float(logits.abs().max()))  # fmt: skip
+                               atol=1e-4 * float(logits.detach().abs().max()))  # fmt: skip
     logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
     g = GradientEngine(model, "pred", device="cpu")(x)
     assert _rel(g.inputs[model.input_names[0]], xt.grad.numpy()) <= RTOL
