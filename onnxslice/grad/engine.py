@@ -1,0 +1,576 @@
+"""Reverse-mode differentiation over the ONNX graph: :class:`GradientEngine` and :func:`gradients`.
+
+The engine is built once per (model, target, weights) and called many times. At build time it
+decides which values carry a gradient (float values on a path from a requested weight or input to
+the target), asks the walker for the reverse order of the nodes that matter (``Walker.reverse("vjp")``)
+and keeps one onnxruntime session that records exactly the values the VJP rules read, with the
+``swappable`` initializers as session inputs. A call records the forward pass, seeds the target's
+cotangent and runs each node's VJP rule, accumulating cotangents. Integer and shape subgraphs carry
+no gradient and are never visited. Nothing here edits the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxslice.errors import DataError, UnsupportedOpError
+from onnxslice.model import Model, Node, load
+from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
+from onnxslice.record import Device, Recorder, as_feed, validate_inputs
+from onnxslice.walk import Walker
+
+from .fallback import finite_difference_rule
+from .result import Gradients
+from .targets import Target, parse_target
+
+__all__ = ["GradientEngine", "gradients"]
+
+_NO_GRAD_DTYPES = ("i", "u", "b", "O", "U", "S")
+
+
+@dataclass(frozen=True)
+class _Step:
+    node: Node
+    rule: VjpRule
+    needs: tuple[bool, ...]  # which inputs want a cotangent
+    static_in: tuple[bool, ...]  # which inputs are batch-independent (weights or computed from weights only)
+
+
+def _is_float(model: Model, value: str) -> bool | None:
+    """Whether ``value`` has a float type (None when shape inference gave no type)."""
+    if model.is_initializer(value):
+        return bool(np.issubdtype(model.initializer(value).dtype, np.floating))
+    vi = model.value_info.get(value)
+    if vi is None or vi.dtype is None:
+        return None
+    return bool(np.issubdtype(vi.dtype, np.floating))
+
+
+def _logits_value(model: Model, output: str) -> str:
+    """The input of the Softmax/LogSoftmax (through Identity) that computes ``output``, else ``output``."""
+    v = output
+    node = model.producer(v)
+    while node is not None and node.op_type == "Identity":
+        v = node.inputs[0]
+        node = model.producer(v)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain == "":
+        return node.inputs[0]
+    return output
+
+
+class GradientEngine:
+    """Gradients of a scalar target with respect to weights and inputs, for many calls on one model.
+
+    Args:
+        model: a :class:`Model`, a path or a ``ModelProto``.
+        target: ``"pred"`` (the predicted class's logit per sample), ``"class:K"``, ``"loss"`` (softmax
+            cross-entropy with ``labels``), ``"output-norm"`` (L2 norm of the output per sample) or
+            ``"cotangent"`` (``<cotangent, output>`` per sample; pass ``cotangent=`` at call time).
+            When the output comes from Softmax/LogSoftmax, ``pred``, ``class:K`` and ``loss`` read
+            its input logits.
+        weights: ``"all"`` (every float initializer that reaches the target), ``"layers"`` (the weights and
+            biases of ``model.layers``), or a list of initializer names.
+        inputs: also return input gradients (turn off to skip the first layers' input cotangents).
+        swappable: initializers whose values a call may replace with ``weights=`` (one session serves all).
+        device: onnxruntime device for the forward pass (the backward runs in numpy).
+        exact: refuse (``UnsupportedOpError``) nodes without a VJP rule instead of using finite differences.
+        output: which model output to differentiate (default: the first); a list of outputs for
+            ``cotangent`` targets given as a mapping output -> cotangent.
+        logits: read Softmax/LogSoftmax inputs for logit targets (default True).
+
+    Raises:
+        DataError: unknown weights or output, or an output that is not a float tensor.
+        UnsupportedOpError: ``exact=True`` and a node on the gradient path has no VJP rule.
+    """
+
+    def __init__(
+        self,
+        model: Model | str | onnx.ModelProto | Any,
+        target: str | Target = "pred",
+        *,
+        weights: str | Sequence[str] = "all",
+        inputs: bool = True,
+        swappable: Sequence[str] = (),
+        device: Device = "auto",
+        exact: bool = False,
+        output: str | Sequence[str] | None = None,
+        logits: bool = True,
+    ) -> None:
+        self.model = model if isinstance(model, Model) else load(model)
+        self.target = parse_target(target)
+        self.exact = exact
+        m = self.model
+        outs = m.output_names[:1] if output is None else [output] if isinstance(output, str) else list(output)
+        for o in outs:
+            if o not in m.output_names:
+                raise DataError(f"no output named '{o}'; the model's outputs are {', '.join(m.output_names)}")
+            if _is_float(m, o) is False:
+                vi = m.value_info.get(o)
+                raise DataError(
+                    f"output '{o}' is {vi.describe() if vi else 'not a float tensor'}: it is not differentiable; "
+                    "choose a float output with output="
+                )
+        if not outs:
+            raise DataError("no output to differentiate was given")
+        self.outputs = outs
+        self.output = outs[0]
+        self.value = _logits_value(m, self.output) if (logits and self.target.reads_logits) else self.output
+        self.weight_names = self._weights(weights)
+        self.input_names = [
+            i.name for i in m.inputs if inputs and i.dtype is not None and np.issubdtype(i.dtype, np.floating)
+        ]
+        self.swappable = list(dict.fromkeys(swappable))
+        for name in self.swappable:
+            if not m.is_initializer(name):
+                raise DataError(f"swappable weight '{name}' is not an initializer of the model")
+        self._static = self._static_values()
+        self._need = self._needed_values()
+        self.steps = self._plan()
+        record = {v for s in self.steps for v in (*s.node.inputs, *s.node.outputs) if v}
+        record.update([self.value, *self.outputs])
+        produced = {o for n in m.nodes for o in n.outputs if o}
+        self.record_values = sorted(v for v in record if v in produced)
+        self.device: Device = device
+        self._recorder: Recorder | None = None
+        self.layers = {
+            layer.name: [layer.weight] + ([layer.bias] if layer.bias else [])
+            for layer in m.layers
+            if layer.weight in self.weight_names
+        }
+
+    @property
+    def recorder(self) -> Recorder:
+        """The one onnxruntime session that records what the VJP rules read (built on first use)."""
+        if self._recorder is None:
+            self._recorder = Recorder(self.model, self.record_values, self.device, weight_inputs=self.swappable)
+        return self._recorder
+
+    # -- build -------------------------------------------------------------------------------------
+    def _weights(self, spec: str | Sequence[str]) -> list[str]:
+        m = self.model
+        if spec == "all":
+            return [n for n in m.initializer_names if np.issubdtype(m.initializer(n).dtype, np.floating)]
+        if spec == "layers":
+            return [w for layer in m.layers for w in (layer.weight, layer.bias) if w]
+        if isinstance(spec, str):
+            raise DataError(f"weights must be 'all', 'layers' or a list of initializer names, not '{spec}'")
+        names = list(dict.fromkeys(spec))
+        bad = [n for n in names if not m.is_initializer(n)]
+        if bad:
+            raise DataError(f"no initializer named {', '.join(bad[:5])}; see `onnxslice inspect` for the weights")
+        nonfloat = [n for n in names if not np.issubdtype(m.initializer(n).dtype, np.floating)]
+        if nonfloat:
+            raise DataError(f"initializer(s) {', '.join(nonfloat)} are not float: they carry no gradient")
+        return names
+
+    def _static_values(self) -> set[str]:
+        m = self.model
+        static = set(m.initializer_names)
+        for node in m.nodes:
+            if all(not i or i in static for i in node.inputs) and node.inputs:
+                static.update(o for o in node.outputs if o)
+        return static
+
+    def _diff_inputs(self, node: Node) -> list[int]:
+        skip = set(self.model.info(node).non_differentiable)
+        return [i for i, v in enumerate(node.inputs) if v and i not in skip]
+
+    def _needed_values(self) -> set[str]:
+        """Values on a differentiable path from a source to the target value."""
+        m = self.model
+        reach = set(self.weight_names) | set(self.input_names)
+        for node in m.nodes:
+            if any(node.inputs[i] in reach for i in self._diff_inputs(node)):
+                reach.update(o for o in node.outputs if o and _is_float(m, o) is not False)
+        need = {self.value, *self.outputs} & reach
+        for node in reversed(m.nodes):
+            if any(o in need for o in node.outputs):
+                need.update(node.inputs[i] for i in self._diff_inputs(node) if node.inputs[i] in reach)
+        return need
+
+    def _plan(self) -> list[_Step]:
+        fallbacks: list[str] = []
+
+        def missing(node: Node, err: UnsupportedOpError) -> VjpRule | None:
+            if not self._active(node):
+                return None
+            if self.exact:
+                raise err
+            fallbacks.append(f"{node.op_type} (node '{node.name}')")
+            return finite_difference_rule(self.model, node)
+
+        steps = []
+        for step in Walker(self.model).reverse("vjp", start=[self.value, *self.outputs], on_missing=missing):
+            node = step.node
+            if not self._active(node):
+                continue
+            diff = set(self._diff_inputs(node))
+            needs = tuple(i in diff and v in self._need for i, v in enumerate(node.inputs))
+            static_in = tuple(bool(v) and v in self._static for v in node.inputs)
+            steps.append(_Step(node, step.rule, needs, static_in))
+        if fallbacks:
+            warnings.warn(
+                f"no VJP rule for {', '.join(fallbacks)}: using central finite differences through onnxruntime "
+                "(two runs of the node per input element, per call); pass exact=True to refuse",
+                stacklevel=3,
+            )
+        return steps
+
+    def _active(self, node: Node) -> bool:
+        return any(o in self._need for o in node.outputs) and any(
+            node.inputs[i] in self._need for i in self._diff_inputs(node)
+        )
+
+    # -- call --------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        inputs: Mapping[str, Any] | np.ndarray | Any,
+        *,
+        labels: np.ndarray | Sequence[int] | None = None,
+        weights: Mapping[str, np.ndarray] | None = None,
+        per_sample: bool = False,
+        cotangent: np.ndarray | Mapping[str, np.ndarray] | None = None,
+        batch_size: int | None = None,
+    ) -> Gradients:
+        """Gradients of the target on ``inputs``.
+
+        Args:
+            inputs: arrays keyed by input name, one array for a single-input model, or a ``Dataset``
+                (whose labels serve ``loss`` when ``labels`` is not given).
+            labels: class per sample for ``target="loss"``.
+            weights: values for some ``swappable`` initializers: the forward and the backward are
+                evaluated there.
+            per_sample: weight gradients ``[N, *w.shape]`` instead of their sum over samples.
+            cotangent: an explicit output cotangent (shaped like the output), or a mapping output name ->
+                cotangent over the engine's ``output`` list; the target is then ``<cotangent, output>``
+                per sample, whatever the engine's target.
+            batch_size: process this many samples at a time (results are identical).
+
+        Returns:
+            :class:`Gradients`.
+
+        Raises:
+            DataError: bad inputs, labels, cotangent or weights.
+        """
+        from onnxslice.data import Dataset
+
+        if labels is None and isinstance(inputs, Dataset) and inputs.labels is not None:
+            labels = inputs.labels
+        feed = validate_inputs(self.model, as_feed(self.model, inputs))
+        n = len(next(iter(feed.values()))) if feed else 1
+        lab = None if labels is None else np.asarray(labels)
+        if lab is not None and len(lab) != n:
+            raise DataError(f"{len(lab)} labels for {n} samples")
+        cots = self._cotangents(cotangent, n)
+        w_over = {k: np.asarray(v) for k, v in (weights or {}).items()}
+        wsum: dict[str, np.ndarray] = {}
+        wparts: dict[str, list[np.ndarray]] = {}
+        iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
+        fparts: list[np.ndarray] = []
+        start = 0
+        for size, chunk, vals in self.recorder.iter_batches(feed, batch_size, weights=w_over or None):
+            sl = slice(start, start + size)
+            start += size
+            cot = None if cots is None else {k: v[sl] for k, v in cots.items()}
+            f, wg, ig = self._batch(chunk, vals, w_over, None if lab is None else lab[sl], cot, per_sample)
+            fparts.append(f)
+            for k, v in wg.items():
+                if per_sample:
+                    wparts.setdefault(k, []).append(v)
+                else:
+                    wsum[k] = wsum[k] + v if k in wsum else v
+            for k, v in ig.items():
+                iparts[k].append(v)
+        wout = {k: np.concatenate(v) for k, v in wparts.items()} if per_sample else wsum
+        norms = {k: float(np.linalg.norm(w_over.get(k, self.model.initializer(k)))) for k in self.weight_names}
+        return Gradients(
+            wout,
+            {k: np.concatenate(v) for k, v in iparts.items()},
+            np.concatenate(fparts),
+            "cotangent" if cots is not None else self.target.spec,
+            per_sample,
+            dict(self.layers),
+            norms,
+            {"fingerprint": self.model.fingerprint, "value": self.value, "output": self.output},
+        )
+
+    def vjp(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The plain vector-Jacobian product of the graph: one forward and one backward, no sample axis.
+
+        Unlike :meth:`__call__`, nothing assumes that axis 0 is a batch: inputs may have different
+        leading sizes and outputs need not keep a sample axis. Used by the finite-difference checks.
+
+        Args:
+            inputs: arrays keyed by input name (cast to the declared dtypes).
+            cotangents: output name -> cotangent (shaped like the output); outputs must be among the
+                engine's ``output`` list.
+            weights: values for ``swappable`` initializers.
+
+        Returns:
+            Source name (weight or input) -> its cotangent; sources the outputs do not depend on are absent.
+        """
+        declared = {vi.name: vi for vi in self.model.inputs}
+        feed = {}
+        for k, v in inputs.items():
+            if k not in declared:
+                raise DataError(f"unknown input '{k}'; the model's inputs are {', '.join(declared)}")
+            dt = declared[k].dtype
+            feed[k] = np.ascontiguousarray(v, dtype=dt) if dt is not None else np.ascontiguousarray(v)
+        for k in cotangents:
+            if k not in self.outputs:
+                raise DataError(f"a cotangent for '{k}', which is not among the engine's outputs {self.outputs}")
+        w_over = {k: np.asarray(v) for k, v in (weights or {}).items()}
+        vals = self.recorder.run(feed, validated=True, weights=w_over or None)
+        return self.vjp_from_values(feed, vals, cotangents, weights=w_over)
+
+    def vjp_from_values(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        values: Mapping[str, np.ndarray],
+        cotangents: Mapping[str, np.ndarray],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The backward pass over forward values computed elsewhere (every value in ``record_values``).
+
+        Lets a check evaluate the forward with another runtime (the ONNX reference evaluator in
+        float64) and the rules on those values.
+        """
+        seeds = {k: np.asarray(c, dtype=values[k].dtype) for k, c in cotangents.items()}
+        grads = self._backward(dict(inputs), dict(values), dict(weights or {}), seeds, 0, False)
+        return {k: v for k, v in grads.items() if k in self.weight_names or k in self.input_names}
+
+    def _cotangents(
+        self, cotangent: np.ndarray | Mapping[str, np.ndarray] | None, n: int
+    ) -> dict[str, np.ndarray] | None:
+        if cotangent is None:
+            if self.target.kind == "cotangent":
+                raise DataError("target 'cotangent' needs cotangent=<array shaped like the output>")
+            return None
+        cots = dict(cotangent) if isinstance(cotangent, Mapping) else {self.output: cotangent}
+        for k, v in cots.items():
+            if k not in self.outputs:
+                raise DataError(f"a cotangent for '{k}', which is not among the engine's outputs {self.outputs}")
+            if np.asarray(v).ndim == 0 or len(v) != n:
+                raise DataError(f"the cotangent of '{k}' must have {n} samples on axis 0")
+        return {k: np.asarray(v) for k, v in cots.items()}
+
+    def _seeds(
+        self, vals: dict[str, np.ndarray], labels: np.ndarray | None, cots: dict[str, np.ndarray] | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if cots is None:
+            if np.asarray(vals[self.value]).dtype.kind in _NO_GRAD_DTYPES:
+                raise DataError(f"value '{self.value}' is {vals[self.value].dtype}: it is not differentiable")
+            f, seed = self.target.seed(vals[self.value], labels=labels, name=self.value)
+            return f, {self.value: seed}
+        total: np.ndarray | None = None
+        seeds = {}
+        for k, c in cots.items():
+            fk, seeds[k] = Target("cotangent").seed(vals[k], cotangent=c, name=k)
+            total = fk if total is None else total + fk
+        assert total is not None
+        return total, seeds
+
+    def _batch(
+        self,
+        chunk: dict[str, np.ndarray],
+        vals: dict[str, np.ndarray],
+        w_over: Mapping[str, np.ndarray],
+        labels: np.ndarray | None,
+        cots: dict[str, np.ndarray] | None,
+        per_sample: bool,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Target values, weight gradients and input gradients of one recorded batch."""
+        f, seed = self._seeds(vals, labels, cots)
+        n = len(f)
+        if per_sample:
+            try:
+                grads = self._backward(chunk, vals, w_over, seed, n, True)
+            except PerSampleUnsupported:
+                grads = self._sample_by_sample(chunk, vals, w_over, seed, n)
+        else:
+            grads = self._backward(chunk, vals, w_over, seed, n, False)
+        wg = {}
+        for w in self.weight_names:
+            if w in grads:
+                wg[w] = grads[w]
+            else:  # does not reach the target
+                shape = self.model.initializer(w).shape
+                wg[w] = np.zeros(((n,) if per_sample else ()) + shape, dtype=self.model.initializer(w).dtype)
+        ig = {k: grads[k] if k in grads else np.zeros_like(chunk[k]) for k in self.input_names}
+        return f, wg, ig
+
+    def _sample_by_sample(
+        self,
+        chunk: dict[str, np.ndarray],
+        vals: dict[str, np.ndarray],
+        w_over: Mapping[str, np.ndarray],
+        seed: dict[str, np.ndarray],
+        n: int,
+    ) -> dict[str, np.ndarray]:
+        """Per-sample gradients by one backward pass per sample (when a node cannot batch them)."""
+        parts: list[dict[str, np.ndarray]] = []
+        for i in range(n):
+            ci = {k: v[i : i + 1] for k, v in chunk.items()}
+            vi = self.recorder.run(ci, validated=True, weights=dict(w_over) or None)
+            parts.append(self._backward(ci, vi, w_over, {k: v[i : i + 1] for k, v in seed.items()}, 1, False))
+        out: dict[str, np.ndarray] = {}
+        for k in parts[0]:
+            if k in self.input_names:
+                out[k] = np.concatenate([p[k] for p in parts])
+            else:
+                out[k] = np.stack([p[k] for p in parts])
+        return out
+
+    def _backward(
+        self,
+        chunk: dict[str, np.ndarray],
+        vals: dict[str, np.ndarray],
+        w_over: Mapping[str, np.ndarray],
+        seed: dict[str, np.ndarray],
+        n: int,
+        per_sample: bool,
+    ) -> dict[str, np.ndarray]:
+        m = self.model
+
+        def value(name: str) -> np.ndarray | None:
+            if not name:
+                return None
+            if name in vals:
+                return vals[name]
+            if name in chunk:
+                return chunk[name]
+            if name in w_over:
+                return w_over[name]
+            if m.is_initializer(name):
+                return m.initializer(name)
+            return None
+
+        grads: dict[str, np.ndarray] = dict(seed)
+        owned: set[str] = set()
+        for step in self.steps:
+            node = step.node
+            out_grads = [grads.pop(o, None) if o else None for o in node.outputs]
+            if all(g is None for g in out_grads):
+                continue
+            ins = [value(v) for v in node.inputs]
+            outs = [value(o) for o in node.outputs]
+            needs = tuple(nd and ins[i] is not None and ins[i].dtype.kind == "f" for i, nd in enumerate(step.needs))  # type: ignore[union-attr]
+            if per_sample and (any(step.static_in[i] for i, nd in enumerate(needs) if nd)):
+                res = self._per_sample_call(step, ins, outs, out_grads, needs, n)
+            else:
+                res = step.rule(VjpContext(node, ins, outs, out_grads, needs))
+            for i, r in enumerate(res):
+                if r is None or not needs[i]:
+                    continue
+                name = node.inputs[i]
+                if name in grads:
+                    if name in owned:
+                        grads[name] += r
+                    else:
+                        grads[name] = grads[name] + r
+                        owned.add(name)
+                else:
+                    grads[name] = r
+        return grads
+
+    def _per_sample_call(
+        self,
+        step: _Step,
+        ins: list[np.ndarray | None],
+        outs: list[np.ndarray | None],
+        out_grads: list[np.ndarray | None],
+        needs: tuple[bool, ...],
+        n: int,
+    ) -> list[np.ndarray | None]:
+        """Run a rule so that batch-independent inputs get per-sample cotangents ``[N, *shape]``."""
+        node, rule = step.node, step.rule
+        static = step.static_in
+        if all(static[i] or not v for i, v in enumerate(node.inputs)):
+            # a node on weights only (Transpose of a weight, ...): its cotangents already carry the sample axis
+            per = [
+                rule(VjpContext(node, ins, outs, [g[k] if g is not None else None for g in out_grads], needs))
+                for k in range(n)
+            ]
+            return [
+                np.stack([p[i] for p in per]) if needs[i] and per[0][i] is not None else None for i in range(len(ins))
+            ]
+        keep = tuple(needs[i] and static[i] for i in range(len(ins)))
+        if rule.per_sample:
+            return rule(VjpContext(node, ins, outs, out_grads, needs, keep))
+        for i, v in enumerate(ins):
+            if not static[i] and v is not None and (v.ndim == 0 or v.shape[0] != n):
+                raise PerSampleUnsupported(f"{node}: input {i} has no leading sample axis")
+        for k, v in enumerate(outs):
+            if v is not None and (v.ndim == 0 or v.shape[0] != n):
+                raise PerSampleUnsupported(f"{node}: output {k} has no leading sample axis")
+        parts = []
+        for s in range(n):
+            ins_s = [v if static[i] or v is None else v[s : s + 1] for i, v in enumerate(ins)]
+            outs_s = [v[s : s + 1] if v is not None else None for v in outs]
+            grads_s = [g[s : s + 1] if g is not None else None for g in out_grads]
+            parts.append(rule(VjpContext(node, ins_s, outs_s, grads_s, needs)))
+        res: list[np.ndarray | None] = []
+        for i in range(len(ins)):
+            if not needs[i] or parts[0][i] is None:
+                res.append(None)
+            elif static[i]:
+                res.append(np.stack([p[i] for p in parts]))
+            else:
+                res.append(np.concatenate([p[i] for p in parts]))
+        return res
+
+    def __repr__(self) -> str:
+        return (
+            f"GradientEngine(target={self.target.spec} on '{self.value}', {len(self.weight_names)} weights, "
+            f"{len(self.input_names)} inputs, {len(self.steps)} backward steps)"
+        )
+
+
+def gradients(
+    model: Model | str | onnx.ModelProto | Any,
+    inputs: Mapping[str, Any] | np.ndarray | Any,
+    target: str = "pred",
+    *,
+    labels: np.ndarray | Sequence[int] | None = None,
+    per_sample: bool = False,
+    weights: str | Iterable[str] = "all",
+    exact: bool = False,
+    device: Device = "auto",
+    batch_size: int | None = None,
+    cotangent: np.ndarray | Mapping[str, np.ndarray] | None = None,
+) -> Gradients:
+    """The derivative of a scalar target with respect to every weight initializer and float model input.
+
+    One-shot form of :class:`GradientEngine` (build it once when calling many times).
+
+    Args:
+        model: a :class:`Model`, a path or a ``ModelProto``.
+        inputs: arrays keyed by input name, one array, or a ``Dataset``.
+        target: ``pred`` (default), ``class:K``, ``loss``, ``output-norm`` or ``cotangent``.
+        labels: class per sample for ``loss``.
+        per_sample: weight gradients per sample ``[N, *w.shape]``.
+        weights: ``"all"``, ``"layers"`` or a list of initializer names.
+        exact: refuse ops without a VJP rule instead of finite differences.
+        device: onnxruntime device for the forward pass.
+        batch_size: samples per forward/backward pass.
+        cotangent: the output cotangent for ``target="cotangent"``.
+
+    Returns:
+        :class:`Gradients` (save it with ``.save(path)``, print ``.table()``).
+    """
+    spec: str | Sequence[str] = weights if isinstance(weights, str) else list(weights)
+    engine = GradientEngine(model, target, weights=spec, exact=exact, device=device)
+    return engine(inputs, labels=labels, per_sample=per_sample, cotangent=cotangent, batch_size=batch_size)

@@ -1,0 +1,244 @@
+"""The VJP rule protocol and the templates op families are built from.
+
+A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
+returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
+touch the graph, the registry or any shared state. The reverse walk (``onnxslice.grad``) owns order
+and accumulation.
+
+Per-sample mode: when ``ctx.per_sample[i]`` is set, input ``i`` is batch-independent (a weight, or a
+value computed from weights only) and the caller wants its cotangent for every sample separately,
+shape ``[N, *shape]``. Rules registered with ``per_sample=True`` handle that natively (batched
+einsums); for other rules the engine slices the batch and calls the rule sample by sample.
+
+Templates (so families are not copies):
+
+- :func:`unary` -- elementwise ops ``y = f(x)`` with a local derivative ``f'(x, y)`` (gates such as
+  Relu/LeakyRelu/Clip and smooth functions such as Sigmoid/Tanh/Erf);
+- :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
+- :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxslice.errors import UnsupportedOpError
+
+from ..registry import REGISTRY
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
+__all__ = [
+    "PerSampleUnsupported",
+    "VjpContext",
+    "VjpRule",
+    "int_list",
+    "normalize_axes",
+    "routing",
+    "unary",
+    "unbroadcast",
+    "vjp",
+]
+
+Grads = list[np.ndarray | None]
+
+
+class PerSampleUnsupported(Exception):
+    """A rule cannot give per-sample cotangents for this node; the engine falls back to a sample loop."""
+
+
+@dataclass
+class VjpContext:
+    """Everything a VJP rule may read about one node of one recorded forward pass.
+
+    Attributes:
+        node: the node.
+        ins: input arrays in node order (``None`` for omitted optional inputs).
+        outs: output arrays in node order (``None`` where an output was not recorded).
+        out_grads: cotangent of each output (``None``: no gradient reaches that output).
+        needs: which inputs the caller wants a cotangent for (skip the work for the others).
+        per_sample: which inputs want a per-sample cotangent ``[N, *shape]`` (see module docstring).
+    """
+
+    node: Node
+    ins: Sequence[np.ndarray | None]
+    outs: Sequence[np.ndarray | None]
+    out_grads: Sequence[np.ndarray | None]
+    needs: Sequence[bool]
+    per_sample: Sequence[bool] = field(default_factory=tuple)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """The node attribute ``name`` (decoded), or ``default``."""
+        return self.node.attr(name, default)
+
+    def x(self, i: int) -> np.ndarray:
+        """Input ``i``; raises when it is omitted."""
+        v = self.ins[i] if i < len(self.ins) else None
+        if v is None:
+            raise ValueError(f"{self.node}: input {i} is omitted")
+        return v
+
+    def has(self, i: int) -> bool:
+        """Whether input ``i`` is present."""
+        return i < len(self.ins) and self.ins[i] is not None
+
+    def need(self, i: int) -> bool:
+        """Whether the caller wants the cotangent of input ``i``."""
+        return i < len(self.needs) and bool(self.needs[i])
+
+    def keep(self, i: int) -> bool:
+        """Whether input ``i`` wants a per-sample cotangent."""
+        return i < len(self.per_sample) and bool(self.per_sample[i])
+
+    def g(self, k: int = 0) -> np.ndarray:
+        """Cotangent of output ``k`` (zeros when none reaches it)."""
+        g = self.out_grads[k] if k < len(self.out_grads) else None
+        if g is not None:
+            return g
+        y = self.outs[k] if k < len(self.outs) else None
+        if y is None:
+            raise ValueError(f"{self.node}: output {k} has neither a cotangent nor a recorded value")
+        return np.zeros_like(y)
+
+    def y(self, k: int = 0) -> np.ndarray:
+        """Output ``k``; raises when it was not recorded."""
+        v = self.outs[k] if k < len(self.outs) else None
+        if v is None:
+            raise ValueError(f"{self.node}: output {k} was not recorded")
+        return v
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        """An error for a configuration of this op the rule does not differentiate."""
+        n = self.node
+        return UnsupportedOpError(
+            n.op_type, n.domain, n.opset, "vjp", node=n.name, hint=f"{why}; pass exact=False to use finite differences."
+        )
+
+
+VjpFn = Callable[[VjpContext], Grads]
+
+
+@dataclass(frozen=True)
+class VjpRule:
+    """A registered VJP: ``fn(ctx) -> one cotangent per input``.
+
+    Attributes:
+        fn: the rule.
+        per_sample: ``fn`` honours ``ctx.per_sample`` itself.
+        name: a readable name (the function's).
+    """
+
+    fn: VjpFn
+    per_sample: bool = False
+    name: str = ""
+
+    def __call__(self, ctx: VjpContext) -> Grads:
+        return self.fn(ctx)
+
+
+def vjp(
+    op_types: str | Iterable[str],
+    *,
+    since: int = 1,
+    until: int | None = None,
+    domain: str = "",
+    per_sample: bool = False,
+) -> Callable[[VjpFn], VjpFn]:
+    """Register ``fn`` as the VJP of ``op_types`` (space-separated or a list) for opsets ``since..until``."""
+    names = op_types.split() if isinstance(op_types, str) else list(op_types)
+
+    def deco(fn: VjpFn) -> VjpFn:
+        register(names, VjpRule(fn, per_sample, fn.__name__), since=since, until=until, domain=domain)
+        return fn
+
+    return deco
+
+
+def register(
+    op_types: Iterable[str], rule: VjpRule, *, since: int = 1, until: int | None = None, domain: str = ""
+) -> VjpRule:
+    """Register a prepared :class:`VjpRule` (from a template) for several op types."""
+    for op in op_types:
+        REGISTRY.add(
+            "vjp", op, rule, domain=domain, since=since, until=until, origin=f"{rule.fn.__module__}.{rule.name}"
+        )
+    return rule
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def int_list(v: Any) -> list[int]:
+    """An attribute or a recorded integer tensor as a list of Python ints."""
+    return [int(a) for a in np.asarray(v).reshape(-1)]
+
+
+def normalize_axes(axes: Iterable[int], rank: int) -> list[int]:
+    """Negative axes made positive."""
+    return [a + rank if a < 0 else a for a in axes]
+
+
+def unbroadcast(g: np.ndarray, shape: Sequence[int], keep_batch: bool = False) -> np.ndarray:
+    """Sum ``g`` over the axes that numpy broadcasting added or stretched to reach ``g.shape`` from ``shape``.
+
+    With ``keep_batch`` the sample axis 0 of ``g`` is kept: the result has shape ``[N, *shape]``, the
+    per-sample cotangent of a batch-independent operand.
+
+    Raises:
+        PerSampleUnsupported: ``keep_batch`` and the operand itself spans the sample axis.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not keep_batch:
+        if g.shape == shape:
+            return g
+        lead = g.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+        r = g.sum(axis=axes, keepdims=True) if axes else g
+        return r.reshape(shape)
+    n = g.shape[0]
+    tshape = (1,) * (g.ndim - len(shape)) + shape
+    if g.ndim == 0 or tshape[0] != 1:
+        raise PerSampleUnsupported("the operand spans the sample axis")
+    axes = tuple(i for i in range(1, g.ndim) if tshape[i] == 1 and g.shape[i] != 1)
+    r = g.sum(axis=axes, keepdims=True) if axes else g
+    return r.reshape((n, *shape))
+
+
+def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | float], name: str) -> VjpRule:
+    """Template for elementwise ``y = f(x)`` (input 0): ``dx = dy * f'(x, y)``.
+
+    ``deriv(ctx, x, y)`` returns the local derivative (an array of x's shape or a scalar); gates
+    (Relu, LeakyRelu, Clip, HardSigmoid) return masks or slopes, smooth functions their derivative.
+    """
+
+    def fn(ctx: VjpContext) -> Grads:
+        if not ctx.need(0):
+            return [None] * len(ctx.ins)
+        x, y = ctx.x(0), ctx.y(0)
+        d = deriv(ctx, x, y)
+        dx = np.asarray(ctx.g(0) * d, dtype=x.dtype)
+        return [dx] + [None] * (len(ctx.ins) - 1)
+
+    fn.__name__ = fn.__qualname__ = name
+    return VjpRule(fn, False, name)
+
+
+def routing(back: Callable[[VjpContext, np.ndarray], list[np.ndarray | None]], name: str) -> VjpRule:
+    """Template for layout ops (Reshape, Flatten, Transpose, Squeeze, ...): the cotangent goes back where
+    each element came from. ``back(ctx, dy)`` returns one cotangent per input (only differentiable
+    ones non-None). In per-sample mode the engine applies layout ops of weights sample by sample.
+    """
+
+    def fn(ctx: VjpContext) -> Grads:
+        if not any(ctx.needs):
+            return [None] * len(ctx.ins)
+        out = back(ctx, ctx.g(0))
+        return out + [None] * (len(ctx.ins) - len(out))
+
+    fn.__name__ = fn.__qualname__ = name
+    return VjpRule(fn, False, name)

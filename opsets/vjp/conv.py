@@ -1,0 +1,223 @@
+"""VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad, dilations, groups).
+
+Both ops pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of the padded
+*large* side through the kernel offset ``k``: for Conv the small side is the output, for
+ConvTranspose the input. The backward loops over kernel offsets only (9 for a 3x3 kernel) and does
+one batched matmul per offset over the groups, so no im2col matrix is ever built; a depthwise
+convolution becomes elementwise products. Per-sample weight gradients keep the sample axis in the
+same matmuls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .base import Grads, VjpContext, int_list, vjp
+
+
+def window(k: Sequence[int], dil: Sequence[int], stride: Sequence[int], n: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(
+        slice(ki * di, ki * di + si * (ni - 1) + 1, si) for ki, di, si, ni in zip(k, dil, stride, n, strict=True)
+    )
+
+
+def _same_pads(total: int, mode: str) -> tuple[int, int]:
+    half = total // 2
+    return (half, total - half) if mode == "SAME_UPPER" else (total - half, half)
+
+
+def window_pads(
+    ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """Begin and end pads of a Conv / pooling window, from ``pads`` or ``auto_pad`` and the output size."""
+    r = len(in_sp)
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    mode = ctx.attr("auto_pad", "NOTSET")
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        both = [
+            _same_pads(max(0, (o - 1) * s + (k - 1) * d + 1 - i), mode)
+            for i, o, k, s, d in zip(in_sp, out_sp, kernel, strides, dil, strict=True)
+        ]
+        return [b for b, _ in both], [e for _, e in both]
+    if mode == "VALID":
+        return [0] * r, [0] * r
+    pads = int_list(ctx.attr("pads", [0] * (2 * r)))
+    return pads[:r], pads[r:]
+
+
+def _conv_pads(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
+    return window_pads(ctx, in_sp, out_sp, kernel)[0]
+
+
+def pad_to(x: np.ndarray, begin: Sequence[int], length: Sequence[int], fill: float = 0.0) -> np.ndarray:
+    """``x`` [N, C, *sp] placed at ``begin`` in a zero (``fill``) array of spatial size ``length``."""
+    out = np.full((*x.shape[:2], *length), fill, dtype=x.dtype)
+    src = []
+    dst = []
+    for b, n, L in zip(begin, x.shape[2:], length, strict=True):
+        lo, hi = max(b, 0), min(b + n, L)
+        dst.append(slice(lo, hi))
+        src.append(slice(lo - b, hi - b))
+    out[(slice(None), slice(None), *dst)] = x[(slice(None), slice(None), *src)]
+    return out
+
+
+def crop(x: np.ndarray, begin: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`pad_to`: the ``size`` window at ``begin`` (zeros outside ``x``)."""
+    return pad_to(x, [-b for b in begin], size)
+
+
+def _chan_first(x: np.ndarray, groups: int) -> np.ndarray:
+    """[N, C, *sp] -> [G, C/G, N * prod(sp)] (a copy)."""
+    _n, c = x.shape[:2]
+    return np.ascontiguousarray(np.moveaxis(x, 1, 0)).reshape(groups, c // groups, -1)
+
+
+def _per_sample(x: np.ndarray, groups: int) -> np.ndarray:
+    """[N, C, *sp] -> [N, G, C/G, prod(sp)]."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, -1)
+
+
+def _w_offset(w: np.ndarray, groups: int, k: tuple[int, ...]) -> np.ndarray:
+    """Kernel offset ``k`` of weight [A, B, *K] as [G, A/G, B]."""
+    index: tuple[slice | int, ...] = (slice(None), slice(None), *k)
+    wk = w[index]
+    return wk.reshape(groups, wk.shape[0] // groups, wk.shape[1])
+
+
+def _pair_grad(a: np.ndarray, b: np.ndarray, per_sample: bool) -> np.ndarray:
+    """sum over samples/positions of a[.., i, p] * b[.., j, p] -> [G, I, J] (or [N, G, I, J])."""
+    if a.shape[-2] == 1 and b.shape[-2] == 1:  # depthwise: elementwise products
+        return np.einsum("...ip,...jp->...ij", a, b)
+    return a @ np.swapaxes(b, -1, -2)
+
+
+@vjp("Conv", per_sample=True)
+def conv(ctx: VjpContext) -> Grads:
+    """Conv: ``Y[n, o, p] = sum_{c,k} W[o, c, k] Xpad[n, g(o) c, p*s + k*d] + B[o]``."""
+    x, w = ctx.x(0), ctx.x(1)
+    g = ctx.g(0)
+    groups = int(ctx.attr("group", 1))
+    r = x.ndim - 2
+    kernel = list(w.shape[2:])
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    begin = _conv_pads(ctx, in_sp, out_sp, kernel)
+    length = [
+        max(b + i, (o - 1) * s + (k - 1) * d + 1)
+        for b, i, o, s, k, d in zip(begin, in_sp, out_sp, strides, kernel, dil, strict=True)
+    ]
+    need_x, need_w = ctx.need(0), ctx.need(1)
+    keep_w = ctx.keep(1)
+    out: Grads = [None] * len(ctx.ins)
+    n = x.shape[0]
+    xp = pad_to(x, begin, length) if need_w else None
+    dxp = np.zeros((x.shape[1], n, *length), dtype=x.dtype) if need_x else None
+    dw = np.zeros(((n,) if keep_w else ()) + w.shape, dtype=w.dtype) if need_w else None
+    gt = _chan_first(g, groups)
+    gs = _per_sample(g, groups) if keep_w else None
+    xt = np.moveaxis(xp, 1, 0) if xp is not None and not keep_w else None
+    for k in itertools.product(*(range(kk) for kk in kernel)):
+        win = window(k, dil, strides, out_sp)
+        if need_w:
+            if keep_w:
+                assert xp is not None and gs is not None
+                xs = _per_sample(np.ascontiguousarray(xp[(slice(None), slice(None), *win)]), groups)
+                dwk = _pair_grad(gs, xs, True)  # [N, G, Og, Cg]
+                dw[(slice(None), slice(None), slice(None), *k)] = dwk.reshape(n, w.shape[0], w.shape[1])  # type: ignore[index]
+            else:
+                assert xt is not None
+                xs = np.ascontiguousarray(xt[(slice(None), slice(None), *win)]).reshape(
+                    groups, x.shape[1] // groups, -1
+                )
+                dw[(slice(None), slice(None), *k)] = _pair_grad(gt, xs, False).reshape(w.shape[:2])  # type: ignore[index]
+        if need_x:
+            wk = _w_offset(w, groups, k)  # [G, Og, Cg]
+            depthwise = wk.shape[1] == 1 and wk.shape[2] == 1
+            contrib = wk * gt if depthwise else np.swapaxes(wk, -1, -2) @ gt  # [G, Cg, N*P]
+            dxp[(slice(None), slice(None), *win)] += contrib.reshape(x.shape[1], n, *out_sp)  # type: ignore[index]
+    if need_x:
+        assert dxp is not None
+        out[0] = crop(np.moveaxis(dxp, 0, 1), begin, in_sp)
+    if need_w:
+        out[1] = dw
+    if ctx.has(2) and ctx.need(2):
+        axes = tuple(range(2, g.ndim)) if ctx.keep(2) else (0, *range(2, g.ndim))
+        out[2] = g.sum(axis=axes).astype(ctx.x(2).dtype, copy=False)
+    return out
+
+
+def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
+    """Begin crop of the ConvTranspose output inside its uncropped full-size result."""
+    r = len(in_sp)
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    opad = int_list(ctx.attr("output_padding", [0] * r))
+    mode = ctx.attr("auto_pad", "NOTSET")
+    explicit = ctx.attr("output_shape") is not None
+    if mode == "NOTSET" and not explicit:
+        return int_list(ctx.attr("pads", [0] * (2 * r)))[:r]
+    if mode == "VALID":
+        return [0] * r
+    begins = []
+    for i, o, k, s, d, op in zip(in_sp, out_sp, kernel, strides, dil, opad, strict=True):
+        total = s * (i - 1) + op + (k - 1) * d + 1 - o
+        begins.append(_same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
+    return begins
+
+
+@vjp("ConvTranspose", per_sample=True)
+def conv_transpose(ctx: VjpContext) -> Grads:
+    """ConvTranspose: ``Yfull[n, o, p*s + k*d] += X[n, c, p] W[c, o, k]``, Y = Yfull cropped by the pads."""
+    x, w = ctx.x(0), ctx.x(1)
+    g = ctx.g(0)
+    groups = int(ctx.attr("group", 1))
+    r = x.ndim - 2
+    kernel = list(w.shape[2:])
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    begin = _convt_geometry(ctx, in_sp, out_sp, kernel)
+    full = [
+        max((i - 1) * s + (k - 1) * d + 1, b + o)
+        for i, s, k, d, b, o in zip(in_sp, strides, kernel, dil, begin, out_sp, strict=True)
+    ]
+    gp = pad_to(g, begin, full)  # cotangent of the uncropped output
+    need_x, need_w = ctx.need(0), ctx.need(1)
+    keep_w = ctx.keep(1)
+    n, c = x.shape[:2]
+    out: Grads = [None] * len(ctx.ins)
+    dx = np.zeros((groups, c // groups, n * int(np.prod(in_sp))), dtype=x.dtype) if need_x else None
+    dw = np.zeros(((n,) if keep_w else ()) + w.shape, dtype=w.dtype) if need_w else None
+    xt = _chan_first(x, groups) if need_w and not keep_w else None
+    xs_n = _per_sample(x, groups) if keep_w else None
+    gpt = np.moveaxis(gp, 1, 0)
+    for k in itertools.product(*(range(kk) for kk in kernel)):
+        win = window(k, dil, strides, in_sp)
+        if need_w and keep_w:
+            assert xs_n is not None
+            gk_n = _per_sample(np.ascontiguousarray(gp[(slice(None), slice(None), *win)]), groups)
+            dw[(slice(None), slice(None), slice(None), *k)] = _pair_grad(xs_n, gk_n, True).reshape(n, *w.shape[:2])  # type: ignore[index]
+        if need_x or (need_w and not keep_w):
+            gk = np.ascontiguousarray(gpt[(slice(None), slice(None), *win)]).reshape(groups, g.shape[1] // groups, -1)
+            if need_w and not keep_w:
+                assert xt is not None
+                dw[(slice(None), slice(None), *k)] = _pair_grad(xt, gk, False).reshape(w.shape[:2])  # type: ignore[index]
+            if need_x:
+                wk = _w_offset(w, groups, k)  # [G, Cg, Og]
+                dx += (wk * gk) if wk.shape[1] == 1 and wk.shape[2] == 1 else wk @ gk
+    if need_x:
+        assert dx is not None
+        out[0] = np.moveaxis(dx.reshape(c, n, *in_sp), 0, 1)
+    if need_w:
+        out[1] = dw
+    if ctx.has(2) and ctx.need(2):
+        axes = tuple(range(2, g.ndim)) if ctx.keep(2) else (0, *range(2, g.ndim))
+        out[2] = g.sum(axis=axes).astype(ctx.x(2).dtype, copy=False)
+    return out

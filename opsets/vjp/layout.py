@@ -1,0 +1,154 @@
+"""VJPs of layout ops: the cotangent goes back where each element came from (the routing template).
+
+Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form
+their axes or shape take in any opset. Slice, Pad and Reduce-style ops read their parameters from
+attributes in early opsets and from inputs later; those rules are registered per opset range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import VjpContext, int_list, normalize_axes, register, routing, unbroadcast
+
+
+def _reshape_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    return [g.reshape(ctx.x(0).shape)]
+
+
+def _transpose_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    perm = ctx.attr("perm")
+    perm = list(range(g.ndim))[::-1] if perm is None else int_list(perm)
+    return [g.transpose(np.argsort(perm))]
+
+
+def _concat_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    axis = int(ctx.attr("axis"))
+    axis = axis + g.ndim if axis < 0 else axis
+    sizes = [v.shape[axis] if v is not None else 0 for v in ctx.ins]
+    parts = np.split(g, np.cumsum(sizes)[:-1], axis=axis)
+    return [p if ctx.need(i) else None for i, p in enumerate(parts)]
+
+
+def _split_back(ctx: VjpContext, g0: np.ndarray) -> list[np.ndarray | None]:
+    x = ctx.x(0)
+    axis = int(ctx.attr("axis", 0))
+    parts = [ctx.g(k) for k in range(len(ctx.node.outputs))]
+    return [np.concatenate(parts, axis=axis).reshape(x.shape)]
+
+
+def _slice_params(ctx: VjpContext, from_inputs: bool) -> tuple[list[int], list[int], list[int], list[int]]:
+    rank = ctx.x(0).ndim
+    if from_inputs:
+        starts, ends = int_list(ctx.x(1)), int_list(ctx.x(2))
+        axes = int_list(ctx.x(3)) if ctx.has(3) else list(range(len(starts)))
+        steps = int_list(ctx.x(4)) if ctx.has(4) else [1] * len(starts)
+    else:
+        starts, ends = int_list(ctx.attr("starts")), int_list(ctx.attr("ends"))
+        axes = int_list(ctx.attr("axes", list(range(len(starts)))))
+        steps = [1] * len(starts)
+    return starts, ends, normalize_axes(axes, rank), steps
+
+
+def _onnx_slice(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX Slice clamping rules as a Python slice."""
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    start = min(max(start, 0), dim - 1)
+    end = min(max(end, -1), dim - 1)
+    return slice(start, None if end < 0 else end, step)
+
+
+def _slicer(from_inputs: bool):  # type: ignore[no-untyped-def]
+    def back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+        x = ctx.x(0)
+        index = [slice(None)] * x.ndim
+        for s, e, a, st in zip(*_slice_params(ctx, from_inputs), strict=True):
+            index[a] = _onnx_slice(s, e, st, x.shape[a])
+        dx = np.zeros_like(x)
+        dx[tuple(index)] = g
+        return [dx]
+
+    return back
+
+
+def _gather_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    x, idx = ctx.x(0), np.asarray(ctx.x(1)).astype(np.int64)
+    axis = int(ctx.attr("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    dx = np.zeros_like(x)
+    dxm = np.moveaxis(dx, axis, 0)
+    gm = np.moveaxis(g, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
+    np.add.at(dxm, idx, gm)
+    return [dx]
+
+
+def _pad_params(ctx: VjpContext, from_inputs: bool) -> tuple[list[int], str]:
+    x = ctx.x(0)
+    mode = str(ctx.attr("mode", "constant"))
+    if not from_inputs:
+        pads = int_list(ctx.attr("pads", ctx.attr("paddings")))
+        return pads, mode
+    pads = int_list(ctx.x(1))
+    if ctx.has(3):
+        axes = normalize_axes(int_list(ctx.x(3)), x.ndim)
+        full = [0] * (2 * x.ndim)
+        k = len(axes)
+        for j, a in enumerate(axes):
+            full[a], full[a + x.ndim] = pads[j], pads[j + k]
+        pads = full
+    return pads, mode
+
+
+def _padder(from_inputs: bool):  # type: ignore[no-untyped-def]
+    def back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+        return _pad_back(ctx, g, *_pad_params(ctx, from_inputs))
+
+    return back
+
+
+def _pad_back(ctx: VjpContext, g: np.ndarray, pads: list[int], mode: str) -> list[np.ndarray | None]:
+    """Route through an index array padded the same way (``np.pad`` modes match ONNX's)."""
+    x = ctx.x(0)
+    r = x.ndim
+    idx = np.arange(x.size, dtype=np.int64).reshape(x.shape)
+    crop = tuple(slice(max(-pads[i], 0), x.shape[i] - max(-pads[i + r], 0)) for i in range(r))
+    idx = idx[crop]
+    widths = [(max(pads[i], 0), max(pads[i + r], 0)) for i in range(r)]
+    if mode == "constant":
+        padded = np.pad(idx, widths, mode="constant", constant_values=-1)
+    else:
+        padded = np.pad(idx, widths, mode=mode)  # type: ignore[call-overload]  # ONNX's modes are numpy's
+    flat, gf = padded.reshape(-1), g.reshape(-1)
+    keep = flat >= 0
+    dx = np.bincount(flat[keep], weights=gf[keep], minlength=x.size)
+    return [dx.reshape(x.shape).astype(x.dtype)]
+
+
+def _expand_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    return [unbroadcast(g, ctx.x(0).shape)]
+
+
+def _tile_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    x = ctx.x(0)
+    reps = int_list(ctx.x(1))
+    shaped = g.reshape([v for r, d in zip(reps, x.shape, strict=True) for v in (r, d)])
+    return [shaped.sum(axis=tuple(range(0, 2 * x.ndim, 2)))]
+
+
+register(["Reshape", "Flatten", "Squeeze", "Unsqueeze"], routing(_reshape_back, "reshape_back"))
+register(["Transpose"], routing(_transpose_back, "transpose_back"))
+register(["Concat"], routing(_concat_back, "concat_back"))
+register(["Split"], routing(_split_back, "split_back"))
+register(["Slice"], routing(_slicer(False), "slice_back_attrs"), until=9)
+register(["Slice"], routing(_slicer(True), "slice_back"), since=10)
+register(["Gather"], routing(_gather_back, "gather_back"))
+register(["Pad"], routing(_padder(False), "pad_back_attrs"), until=10)
+register(["Pad"], routing(_padder(True), "pad_back"), since=11)
+register(["Expand"], routing(_expand_back, "expand_back"), since=8)
+register(["Tile"], routing(_tile_back, "tile_back"), since=6)

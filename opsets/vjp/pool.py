@@ -1,0 +1,89 @@
+"""VJPs of pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Windows are walked offset by offset over a padded copy, as in ``conv``. MaxPool sends each output's
+cotangent to the first position (in window order) that holds the maximum, as PyTorch does.
+AveragePool divides by the number of elements each window counts (``count_include_pad``, with
+``ceil_mode`` windows that run past the end pad counting only what lies inside it).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .base import Grads, VjpContext, int_list, vjp
+from .conv import crop, pad_to, window, window_pads
+
+
+def _geometry(
+    ctx: VjpContext, x: np.ndarray, y: np.ndarray
+) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
+    r = x.ndim - 2
+    kernel = int_list(ctx.attr("kernel_shape"))
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(x.shape[2:]), list(y.shape[2:])
+    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
+    length = [
+        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
+        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
+    ]
+    return kernel, strides, dil, begin, end, length
+
+
+@vjp("MaxPool")
+def max_pool(ctx: VjpContext) -> Grads:
+    """MaxPool: the cotangent goes to the first arg-max of each window."""
+    x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+    kernel, strides, dil, begin, _, length = _geometry(ctx, x, y)
+    out_sp = list(y.shape[2:])
+    xp = pad_to(x, begin, length, fill=-np.inf)
+    dxp = np.zeros_like(xp)
+    taken = np.zeros(y.shape, dtype=bool)
+    for k in itertools.product(*(range(kk) for kk in kernel)):
+        win = (slice(None), slice(None), *window(k, dil, strides, out_sp))
+        hit = (xp[win] == y) & ~taken
+        taken |= hit
+        dxp[win] += np.where(hit, g, 0)
+    return [crop(dxp, begin, list(x.shape[2:]))]
+
+
+@vjp("AveragePool")
+def average_pool(ctx: VjpContext) -> Grads:
+    """AveragePool: each window's cotangent is spread evenly over the elements it counts."""
+    x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+    kernel, strides, dil, begin, end, length = _geometry(ctx, x, y)
+    in_sp, out_sp = list(x.shape[2:]), list(y.shape[2:])
+    include = bool(ctx.attr("count_include_pad", 0))
+    counted = np.zeros(length, dtype=x.dtype)
+    if include:
+        counted[tuple(slice(0, b + i + e) for b, i, e in zip(begin, in_sp, end, strict=True))] = 1
+    else:
+        counted[tuple(slice(b, b + i) for b, i in zip(begin, in_sp, strict=True))] = 1
+    wins = [window(k, dil, strides, out_sp) for k in itertools.product(*(range(kk) for kk in kernel))]
+    count = sum(counted[w] for w in wins)
+    gc = g / np.maximum(count, 1)
+    dxp = np.zeros((*x.shape[:2], *length), dtype=x.dtype)
+    for w in wins:
+        dxp[(slice(None), slice(None), *w)] += gc
+    return [crop(dxp, begin, in_sp)]
+
+
+@vjp("GlobalAveragePool")
+def global_average_pool(ctx: VjpContext) -> Grads:
+    """GlobalAveragePool: ``dx = dy / (number of spatial positions)``, broadcast."""
+    x, g = ctx.x(0), ctx.g(0)
+    size = int(np.prod(x.shape[2:]))
+    return [np.broadcast_to(g / size, x.shape).astype(x.dtype)]
+
+
+@vjp("GlobalMaxPool")
+def global_max_pool(ctx: VjpContext) -> Grads:
+    """GlobalMaxPool: the cotangent goes to the first arg-max of each channel."""
+    x, g = ctx.x(0), ctx.g(0)
+    flat = x.reshape(*x.shape[:2], -1)
+    idx = flat.argmax(axis=-1)
+    dx = np.zeros_like(flat)
+    np.put_along_axis(dx, idx[..., None], g.reshape(*x.shape[:2], 1), axis=-1)
+    return [dx.reshape(x.shape)]

@@ -1,0 +1,91 @@
+"""VJPs of Reduce* ops, from one template: ``dx = dy (broadcast back) * d reduce / dx``.
+
+The reduced axes are an attribute up to one opset and an input from the next (ReduceSum: input from
+13; the others: input from 18), so each op has two registered rules. ``noop_with_empty_axes`` with
+no axes makes the op the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .base import Grads, VjpContext, VjpRule, int_list, normalize_axes, register
+
+# (x, y with kept dims, number of reduced elements) -> local derivative dy/dx (broadcastable to x)
+Local = Callable[[np.ndarray, np.ndarray, int], np.ndarray | float]
+
+
+def _axes(ctx: VjpContext, from_input: bool) -> list[int] | None:
+    """Reduced axes; None means the identity (noop with empty axes)."""
+    x = ctx.x(0)
+    axes = (int_list(ctx.x(1)) if ctx.has(1) else []) if from_input else int_list(ctx.attr("axes", []))
+    if not axes:
+        return None if from_input and int(ctx.attr("noop_with_empty_axes", 0)) else list(range(x.ndim))
+    return normalize_axes(axes, x.ndim)
+
+
+def reduction(local: Local, name: str, from_input: bool) -> VjpRule:
+    """Template for ``y = reduce(x, axes)``."""
+
+    def fn(ctx: VjpContext) -> Grads:
+        x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+        axes = _axes(ctx, from_input)
+        rest: Grads = [None] * (len(ctx.ins) - 1)
+        if axes is None:
+            return [g, *rest]
+        kept = [1 if i in axes else d for i, d in enumerate(x.shape)]
+        gk, yk = g.reshape(kept), y.reshape(kept)
+        count = int(np.prod([x.shape[a] for a in axes]))
+        return [np.asarray(gk * local(x, yk, count), dtype=x.dtype) * np.ones_like(x), *rest]
+
+    fn.__name__ = fn.__qualname__ = name
+    return VjpRule(fn, False, name)
+
+
+def _sum(x: np.ndarray, y: np.ndarray, n: int) -> float:
+    return 1.0
+
+
+def _mean(x: np.ndarray, y: np.ndarray, n: int) -> float:
+    return 1.0 / n
+
+
+def _extreme(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    hit = (x == y).astype(x.dtype)
+    axes = tuple(i for i, d in enumerate(y.shape) if d == 1 and x.shape[i] != 1)
+    return hit / hit.sum(axis=axes, keepdims=True)  # ties share the cotangent, as in PyTorch's amax
+
+
+def _sum_square(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return 2 * x
+
+
+def _l1(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.sign(x)
+
+
+def _l2(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.where(y > 0, x / np.where(y > 0, y, 1), 0)
+
+
+def _log_sum_exp(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.exp(x - y)
+
+
+_OPS: dict[str, tuple[Local, int]] = {
+    # op -> (local derivative, first opset with axes as an input)
+    "ReduceSum": (_sum, 13),
+    "ReduceMean": (_mean, 18),
+    "ReduceMax": (_extreme, 18),
+    "ReduceMin": (_extreme, 18),
+    "ReduceSumSquare": (_sum_square, 18),
+    "ReduceL1": (_l1, 18),
+    "ReduceL2": (_l2, 18),
+    "ReduceLogSumExp": (_log_sum_exp, 18),
+}
+
+for _op, (_local, _switch) in _OPS.items():
+    register([_op], reduction(_local, f"{_op}_attr_axes", False), until=_switch - 1)
+    register([_op], reduction(_local, f"{_op}_input_axes", True), since=_switch)

@@ -1,0 +1,109 @@
+"""Recording equals onnxruntime; bad inputs raise DataError naming the input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxslice as osl
+from onnxslice.errors import DataError, OnnxSliceError
+from onnxslice.record import Recorder, Trace, cuda_usable, max_ort_ir_version, record, runtime_proto
+
+
+def _plain_ort(proto: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(runtime_proto(proto).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def test_record_outputs_equal_plain_onnxruntime(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    m = osl.load(cnn_proto)
+    trace = record(m, {"x": cnn_input})
+    (ref,) = _plain_ort(cnn_proto, {"x": cnn_input})
+    np.testing.assert_allclose(trace["logits"], ref, rtol=1e-6, atol=1e-6)
+    assert trace.device in ("cpu", "cuda")
+
+
+def test_record_keeps_every_intermediate_and_bn_unfused(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    trace = record(osl.load(cnn_proto), cnn_input)
+    assert set(trace.values) == {"c", "b", "r", "p", "f", "logits"}
+    np.testing.assert_array_equal(trace["r"], np.maximum(trace["b"], 0))
+    assert trace.shapes["c"] == (5, 4, 8, 8) and trace.shapes["f"] == (5, 64)
+    np.testing.assert_array_equal(trace["x"], cnn_input)  # inputs are part of the trace
+
+
+def test_record_batching_equals_one_run(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    m = osl.load(cnn_proto)
+    whole, parts = record(m, cnn_input), record(m, cnn_input, batch_size=2)
+    for name in whole.values:
+        np.testing.assert_allclose(parts[name], whole[name], rtol=1e-6, atol=1e-6)
+
+
+def test_record_selected_values_only(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    trace = record(osl.load(cnn_proto), cnn_input, values=["r"])
+    assert set(trace.values) == {"r", "logits"}
+    with pytest.raises(KeyError, match="was not recorded"):
+        trace["c"]
+    with pytest.raises(DataError, match="no value named nope"):
+        record(osl.load(cnn_proto), cnn_input, values=["nope"])
+
+
+def test_record_lowers_ir_version_for_onnxruntime(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    cnn_proto.ir_version = onnx.IR_VERSION  # what onnx writes by default; may exceed onnxruntime's limit
+    trace = record(osl.load(cnn_proto), cnn_input)
+    assert trace["logits"].shape == (5, 3)
+    assert runtime_proto(cnn_proto).ir_version <= max_ort_ir_version()
+
+
+def test_recorder_swaps_weights_without_new_session(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    m = osl.load(cnn_proto)
+    rec = Recorder(m, None, "cpu", weight_inputs=["fc.w"])
+    base = rec.run({"x": cnn_input})["logits"]
+    session = rec.session
+    zero = rec.run({"x": cnn_input}, weights={"fc.w": np.zeros((3, 64), np.float32)})["logits"]
+    assert rec.session is session
+    np.testing.assert_allclose(zero, np.broadcast_to(m.initializer("fc.b"), zero.shape), atol=1e-6)
+    np.testing.assert_allclose(rec.run({"x": cnn_input})["logits"], base)
+    with pytest.raises(DataError, match="must have shape"):
+        rec.run({"x": cnn_input}, weights={"fc.w": np.zeros((2, 2), np.float32)})
+    with pytest.raises(DataError, match="not swappable"):
+        rec.run({"x": cnn_input}, weights={"conv.w": np.zeros((4, 1, 3, 3), np.float32)})
+
+
+@pytest.mark.parametrize(
+    ("feed", "pattern"),
+    [
+        ({}, "missing input 'x'"),
+        ({"x": np.zeros((2, 1, 8, 8), np.float32), "y": np.zeros(1)}, "unknown input.*y"),
+        ({"x": np.zeros((2, 8, 8), np.float32)}, r"input 'x' has shape \[2, 8, 8\].*rank 4"),
+        ({"x": np.zeros((2, 3, 8, 8), np.float32)}, "axis 1 must be 1"),
+        ({"x": np.zeros((2, 1, 8, 8), np.int64)}, "dtype int64.*float32"),
+        ({"x": np.full((2, 1, 8, 8), np.nan, np.float32)}, "input 'x' holds 128 NaN or Inf"),
+        ({"x": np.full((1, 1, 8, 8), np.inf, np.float32)}, "NaN or Inf"),
+    ],
+)
+def test_record_bad_inputs_raise_data_error(cnn_proto: onnx.ModelProto, feed: dict, pattern: str) -> None:
+    with pytest.raises(DataError, match=pattern):
+        record(osl.load(cnn_proto), feed)
+
+
+def test_record_casts_float64_to_model_float(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    m = osl.load(cnn_proto)
+    np.testing.assert_allclose(record(m, cnn_input.astype(np.float64))["logits"], record(m, cnn_input)["logits"])
+
+
+@pytest.mark.skipif(cuda_usable(), reason="CUDA works here: the forced-CUDA failure path cannot be shown")
+def test_record_forced_cuda_without_gpu_says_so(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    with pytest.raises(OnnxSliceError, match="CUDA was requested"):
+        record(osl.load(cnn_proto), cnn_input, device="cuda")
+
+
+def test_trace_save_load_roundtrip(tmp_path: Path, cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    trace = record(osl.load(cnn_proto), cnn_input)
+    back = Trace.load(trace.save(tmp_path / "t.npz"))
+    assert set(back.values) == set(trace.values) and back.outputs == ["logits"]
+    np.testing.assert_array_equal(back["r"], trace["r"])
+    np.testing.assert_array_equal(back["x"], cnn_input)
