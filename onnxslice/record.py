@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from onnxslice.errors import DataError, OnnxSliceError
+from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.model import Model
 
 __all__ = [
@@ -325,8 +325,22 @@ class Recorder:
         self.values = list(dict.fromkeys([*model.output_names, *names]))
         self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device)
         self.device = _session_device(self.session)
+        self._refuse_non_tensors()
         fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
         self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+
+    def _refuse_non_tensors(self) -> None:
+        """A Trace holds arrays: a recorded value that is a sequence or a map (ZipMap) is refused here,
+        naming the op that makes it, rather than failing later on a list."""
+        for out in self.session.get_outputs():
+            if out.type.startswith("tensor("):
+                continue
+            hint = (f"Its value '{out.name}' is a {out.type}, not a tensor, and onnxslice records tensors only. "
+                    "Export the model without it (skl2onnx: options={'zipmap': False}).")
+            node = self.model.producer(out.name)
+            if node is None:
+                raise DataError(hint)
+            raise UnsupportedOpError(node.op_type, node.domain, node.opset, "record", node.name, hint)
 
     def run(
         self,
