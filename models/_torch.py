@@ -72,7 +72,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             total += len(idx)
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / total:.4f}, train acc {correct / total:.4f} "

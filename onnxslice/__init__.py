@@ -14,23 +14,21 @@ from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, ModelError, OnnxSliceError, PlanError, UnsupportedOpError
 from onnxslice.model import Layer, Model, Node, ValueInfo, load, save_model
 
+# Functions that share their module's name (onnxslice.record.record, ...) are bound eagerly: once the
+# submodule is imported, the import system would otherwise shadow a lazy name with the module itself.
+from onnxslice.profile import Profile, profile
+from onnxslice.record import Recorder, Trace, record
+from onnxslice.sensitivity import LayerScores, perturbation_importance, sensitivity
+
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported lazily so `import onnxslice` stays fast.
 _LAZY = {
-    "record": "onnxslice.record",
-    "Trace": "onnxslice.record",
-    "Recorder": "onnxslice.record",
-    "profile": "onnxslice.profile",
-    "Profile": "onnxslice.profile",
     "Walker": "onnxslice.walk",
     "gradients": "onnxslice.grad",
     "Gradients": "onnxslice.grad",
     "slice": "onnxslice.slicing",
     "Slice": "onnxslice.slicing",
-    "sensitivity": "onnxslice.sensitivity",
-    "perturbation_importance": "onnxslice.sensitivity",
-    "LayerScores": "onnxslice.sensitivity",
     "plan_pruning": "onnxslice.rewrite",
     "prune": "onnxslice.rewrite",
     "plan_bits": "onnxslice.rewrite",
@@ -51,9 +49,17 @@ __all__ = [
     "UnsupportedOpError",
     "ValueInfo",
     "__version__",
+    "LayerScores",
+    "Profile",
+    "Recorder",
+    "Trace",
     "load",
     "load_data",
+    "perturbation_importance",
+    "profile",
+    "record",
     "save_model",
+    "sensitivity",
     *sorted(_LAZY),
 ]
 

@@ -20,6 +20,12 @@ from onnxslice.errors import DataError
 __all__ = ["atomic_write_bytes", "load_npz", "save_json", "save_npz"]
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     dest = Path(path)
@@ -28,6 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -48,6 +55,7 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], met
         payload = dict(arrays)
         payload["__meta__"] = np.frombuffer(json.dumps(dict(meta)).encode(), dtype=np.uint8)
         np.savez_compressed(tmp, **payload)  # type: ignore[arg-type]
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):

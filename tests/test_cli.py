@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, files_in
+from _common import ROOT, files_in
 
 from onnxslice.cli import main
 from onnxslice.profile import Profile

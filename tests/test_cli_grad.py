@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import files_in
+from _common import files_in
 
 from onnxslice.cli import main
 from onnxslice.grad import Gradients, gradients

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import files_in
+from _common import files_in
 from onnx import helper, numpy_helper
 
 import onnxslice as osl

@@ -28,3 +28,19 @@ def test_packaging_opsets_importable_as_subpackage():
     import onnxslice.opsets as ops
 
     assert Path(ops.__file__).parent == ROOT / "opsets"
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Importing every submodule must not turn ``onnxslice.record`` (a function) into a module."""
+    import importlib
+    import pkgutil
+    import types
+
+    import onnxslice
+
+    for mod in pkgutil.walk_packages(onnxslice.__path__, prefix="onnxslice."):
+        importlib.import_module(mod.name)
+    for name in onnxslice.__all__:
+        value = getattr(onnxslice, name)
+        assert not isinstance(value, types.ModuleType), f"onnxslice.{name} is a module, not the API object"
+    assert callable(onnxslice.record) and callable(onnxslice.profile) and callable(onnxslice.sensitivity)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import small_cnn
+from _common import small_cnn
 
 import onnxslice as osl
 from onnxslice.errors import DataError
@@ -67,3 +67,15 @@ def test_profile_load_wrong_kind(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", a=np.zeros(2))
     with pytest.raises(DataError, match="not an onnxslice Profile"):
         Profile.load(tmp_path / "x.npz")
+
+
+def test_saved_results_are_ordinary_files(tmp_path: Path, cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = profile(osl.load(cnn_proto), cnn_input).save(tmp_path / "p.npz")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temporary file left behind

@@ -1,0 +1,96 @@
+"""``onnxslice bench safer --per-family N``: regenerate SAfER's Tables 1 and 2 on the moons families."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from onnxslice.commands import emit_json
+from onnxslice.errors import DataError
+
+NAME = "bench"
+HELP = "benchmarks: 'safer' regenerates SAfER Table 1/2 (criteria vs ground truth) on the moons models"
+ORDER = 90
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=("safer",), help="the benchmark to run")
+    p.add_argument("--per-family", type=int, default=3, help="models per family (trained when missing)")
+    p.add_argument("--models", default=str(_REPO / "models" / "moons"),
+                   help="folder of moons models (committed set; missing ones are trained into it)")
+    p.add_argument("--criteria", default="all", help="comma list of criteria, or 'all' available")
+    p.add_argument("--families", default="vanilla,skip,skip+sd,transformer")
+    p.add_argument("--magnitudes", default="0.1,0.3,0.5", help="ground-truth magnitudes (each is one case)")
+    p.add_argument("--draws", type=int, default=8, help="ground-truth draws per layer")
+    p.add_argument("--samples", type=int, default=256, help="calibration samples")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--noise-samples", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="processes (one model each)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (onnxslice.parallel)")
+    p.add_argument("--address", help="Ray cluster address (with --backend ray)")
+    p.add_argument("--out", "-o", help="write all cases and tables as JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _moons_module() -> ModuleType:
+    path = _REPO / "models" / "moons.py"
+    if not path.is_file():
+        raise DataError(f"the moons model builder '{path}' is missing (it ships in the repository's models/)")
+    spec = importlib.util.spec_from_file_location("onnxslice_models_moons", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxslice.io import save_json
+    from onnxslice.sensitivity import criteria_names
+    from onnxslice.sensitivity.benchmark import render, run_benchmark, tables
+
+    if args.per_family < 1:
+        raise DataError("--per-family must be at least 1")
+    moons = _moons_module()
+    families = tuple(args.families.split(","))
+    bad = [f for f in families if f not in moons.FAMILIES]
+    if bad:
+        raise DataError(f"unknown famil{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; "
+                        f"valid: {', '.join(moons.FAMILIES)}")
+    try:
+        found = moons.ensure(args.models, args.per_family, families)
+    except ImportError as e:
+        raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
+    paths = [str(p) for f in families for p in found[f]]
+    available = criteria_names()
+    crits = available if args.criteria == "all" else args.criteria.split(",")
+    unknown = [c for c in crits if c not in available]
+    if unknown:
+        raise DataError(f"unknown or unavailable criteria {', '.join(unknown)}; available: {', '.join(available)}")
+    t0 = time.perf_counter()
+    results = run_benchmark(paths, crits, args.workers, backend=args.backend, address=args.address,
+                            magnitudes=[float(m) for m in args.magnitudes.split(",")],
+                            draws=args.draws, samples=args.samples, steps=args.steps,
+                            noise_samples=args.noise_samples)
+    wall = time.perf_counter() - t0
+    tabs = tables(results, crits)
+    for r in results:
+        for name, err in r["errors"].items():
+            sys.stderr.write(f"{r['model']}: criterion {name} failed: {err.splitlines()[0]}\n")
+    payload = {"per_family": args.per_family, "models": [r["model"] for r in results], "criteria": crits,
+               "seconds": wall, "workers": args.workers, "tables": tabs, "results": results}
+    if args.out:
+        save_json(args.out, payload)
+    if args.json:
+        emit_json({k: v for k, v in payload.items() if k != "results"})
+        return 0
+    print(render(tabs, f", {args.per_family} models per family, {len(paths)} models"))
+    print(f"\n{len(paths)} models in {wall:.1f} s with {args.workers} worker(s)"
+          + (f"; saved {args.out}" if args.out else ""))
+    return 0

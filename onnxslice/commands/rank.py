@@ -1,0 +1,147 @@
+"""``onnxslice rank MODEL --data D --criterion wgrad --reduction linf``: SAfER layer ranking.
+
+With ``--ground-truth N:weights`` (or ``U:activations``, ``D:weights``, several comma-separated) it also
+measures the perturbation ground truth on this model and reports, for every criterion, its agreement
+with it: which criterion to trust on *this* model. A gradient criterion on a model whose ops have no
+VJP rule falls back to the black-box ``fd`` criterion, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from onnxslice.commands import add_common, emit_json
+from onnxslice.errors import DataError, UnsupportedOpError
+from onnxslice.table import format_table
+
+NAME = "rank"
+HELP = "rank layers by a SAfER sensitivity criterion (optionally checked against a perturbation ground truth)"
+ORDER = 40
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, data=True)
+    p.add_argument("--criterion", "-c", default="wgrad",
+                   help="weight, grad, wgrad, gradcampp, ig, gig, idgi, smoothgrad, vargrad, hsic, fd")
+    p.add_argument("--reduction", "-r", default="linf", help="mean, percentile, l1, l2, linf")
+    p.add_argument("--target", default="pred", help="pred, class:K, loss, output-norm")
+    p.add_argument("--samples", type=int, default=256, help="calibration samples (the first ones)")
+    p.add_argument("--steps", type=int, default=16, help="path steps (ig, gig, idgi)")
+    p.add_argument("--noise-samples", type=int, default=16, help="noise draws (smoothgrad, vargrad)")
+    p.add_argument("--path", choices=("layer", "global"), default="layer",
+                   help="path criteria: per-layer path (SAfER, default) or one global path for all layers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--ground-truth", "-g", metavar="NOISE:ON[,...]",
+                   help="also measure the ground truth (U|N|D:weights|activations) and score every criterion")
+    p.add_argument("--magnitude", type=float, default=0.5, help="ground-truth perturbation magnitude in (0, 1]")
+    p.add_argument("--draws", type=int, default=8, help="ground-truth draws per layer")
+    p.add_argument("--gt-data", help="data for the ground truth (default: --data)")
+    p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON)")
+
+
+def _gradient_failure(name: str, model: Any) -> str | None:
+    """Why gradient criterion ``name`` cannot run on ``model`` (None when it can)."""
+    from onnxslice.sensitivity import get_criterion
+    from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
+
+    if name not in GRADIENT_CRITERIA and not get_criterion(name).needs_gradients:
+        return None
+    try:
+        from onnxslice.grad import GradientEngine
+
+        GradientEngine(model, exact=True)
+    except ImportError:
+        return "the gradient engine is not part of this build"
+    except UnsupportedOpError as e:
+        return str(e)
+    return None
+
+
+def _score(model: Any, args: argparse.Namespace, name: str, reduction: str) -> Any:
+    from onnxslice.sensitivity import sensitivity
+
+    return sensitivity(model, args.data, name, reduction, args.target, samples=args.samples, steps=args.steps,
+                       noise_samples=args.noise_samples, seed=args.seed, batch_size=args.batch_size,
+                       device=args.device, path=args.path)
+
+
+def _parse_truths(text: str) -> list[tuple[str, str]]:
+    out = []
+    for part in text.split(","):
+        noise, _, on = part.partition(":")
+        on = on or "weights"
+        on = {"w": "weights", "W": "weights", "act": "activations", "a": "activations"}.get(on, on)
+        if noise not in ("U", "N", "D") or on not in ("weights", "activations"):
+            raise DataError(
+                f"ground truth '{part}' is not NOISE:ON with NOISE in U, N, D and ON in weights, activations"
+            )
+        out.append((noise, on))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxslice.model import load
+    from onnxslice.sensitivity import agreement, criteria_names, get_criterion, perturbation_importance
+    from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
+    from onnxslice.sensitivity.reductions import REDUCTIONS, check_name
+
+    check_name("reduction", args.reduction, list(REDUCTIONS))
+    if args.criterion not in GRADIENT_CRITERIA:
+        get_criterion(args.criterion)  # unknown names fail before any work
+    truths = _parse_truths(args.ground_truth) if args.ground_truth else []
+    model = load(args.model)
+    notes: list[str] = []
+    chosen = args.criterion
+    why = _gradient_failure(chosen, model)
+    if why is not None:
+        notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
+        sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
+        chosen = "fd"
+    scores = _score(model, args, chosen, args.reduction)
+    scores.meta["requested_criterion"] = args.criterion
+    if args.out:
+        scores.save(args.out)
+    report: dict[str, Any] = {"model": str(args.model), "criterion": chosen, "reduction": args.reduction,
+                              "notes": notes, "scores": scores.to_dict(), "ranking": scores.ranking()}
+    rows: list[dict[str, Any]] = []
+    if truths:
+        gts = [perturbation_importance(model, args.gt_data or args.data, n, on, args.magnitude, args.draws,
+                                       samples=args.samples, seed=args.seed, device=args.device) for n, on in truths]
+        report["ground_truth"] = [g.to_dict() for g in gts]
+        for name in criteria_names():
+            reason = _gradient_failure(name, model)
+            if reason is not None:
+                rows.append({"criterion": name, "note": f"skipped: {reason.splitlines()[0][:80]}"})
+                continue
+            s = scores if name == chosen else _score(model, args, name, args.reduction)
+            row: dict[str, Any] = {"criterion": name, "seconds": round(float(s.meta["seconds"]), 3)}
+            for g in gts:
+                a = agreement(s, g)
+                tag = g.criterion.split(":", 1)[1]
+                row[f"{tag} exact"] = a["exact"]
+                row[f"{tag} spearman"] = a["spearman"]
+                row[f"{tag} kendall"] = a["kendall"]
+            rows.append(row)
+        key = f"{gts[0].criterion.split(':', 1)[1]} spearman"
+        rows.sort(key=lambda r: -(r.get(key, float("-inf")) if r.get(key) == r.get(key) else -2.0))
+        report["agreement"] = rows
+    if args.json:
+        emit_json(report)
+        return 0
+    for note in notes:
+        print(f"note: {note}")
+    print(scores.table())
+    if truths:
+        for g in gts:
+            print()
+            print(g.table())
+        print()
+        print(format_table(rows, title=f"which criterion to trust on {Path(args.model).name} "
+                           f"({args.reduction}; sorted by Spearman with {gts[0].criterion})"))
+    if args.out:
+        print(f"\nsaved {args.out}")
+    return 0

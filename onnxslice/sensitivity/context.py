@@ -1,0 +1,198 @@
+"""The state one sensitivity run shares between criteria: model, calibration data, target, options.
+
+A :class:`Context` is built once per call of :func:`~onnxslice.sensitivity.sensitivity` (or by hand,
+to evaluate several criteria on the same data); it opens onnxruntime sessions and the gradient engine
+lazily and keeps them, so criteria that compose (SmoothGrad over a gradient criterion) reuse them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxslice.model import Layer, Model
+from onnxslice.record import Device, Recorder
+from onnxslice.sensitivity.common import Calibration, Target, calibration, logits_value, model_layers
+from onnxslice.sensitivity.cut import Suffix
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    """Everything a criterion reads.
+
+    Attributes:
+        model: the model.
+        cal: calibration inputs (None for data-free criteria).
+        target: the target spec (``pred``, ``class:K``, ``output-norm``, ``loss``).
+        layers: the layers to score, in model order.
+        steps: path steps (IG, GIG, IDGI).
+        noise_samples: noise draws (SmoothGrad, VarGrad, fd's noise mode).
+        seed: base seed.
+        batch_size: samples per run.
+        device: onnxruntime device.
+        options: criterion options (``path``, ``sigma``, ``masks``, ``h``, ...).
+    """
+
+    model: Model
+    cal: Calibration | None
+    target: str
+    layers: list[Layer]
+    steps: int = 16
+    noise_samples: int = 16
+    seed: int = 0
+    batch_size: int | None = 64
+    device: Device = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+    _suffixes: dict[str, Suffix] = field(default_factory=dict, repr=False)
+    _base: Recorder | None = field(default=None, repr=False)
+    _batches: list[tuple[slice, dict[str, np.ndarray], dict[str, np.ndarray]]] | None = field(default=None, repr=False)
+    _target: Target | None = field(default=None, repr=False)
+    _engine: Any = field(default=None, repr=False)
+    _reference: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls, model: Model, data: Any, target: str = "pred", *, samples: int | None = 256,
+        layers: list[str] | None = None, **kw: Any,
+    ) -> Context:
+        """Prepare a context (data may be None for data-free criteria)."""
+        chosen = model_layers(model, layers)
+        cal = calibration(model, data, samples) if data is not None else None
+        return cls(model, cal, target, chosen, **kw)
+
+    def need_data(self, who: str) -> Calibration:
+        """The calibration data, or a DataError saying that ``who`` needs some."""
+        from onnxslice.errors import DataError
+
+        if self.cal is None:
+            raise DataError(f"criterion '{who}' needs calibration data (--data)")
+        return self.cal
+
+    def option(self, name: str, default: Any) -> Any:
+        """A criterion option (``options[name]``) or its default."""
+        return self.options.get(name, default)
+
+    # -- the target ----------------------------------------------------------------------------
+    @property
+    def value(self) -> str:
+        """The value ``f`` reads (the logits; see :func:`~onnxslice.sensitivity.common.logits_value`)."""
+        return logits_value(self.model, self.target)
+
+    def reference(self) -> np.ndarray:
+        """The unperturbed value ``f`` reads, for every calibration sample (one full run, cached)."""
+        if self._reference is None:
+            cal = self.need_data("target")
+            rec = Recorder(self.model, [self.value], self.device)
+            self._reference = np.concatenate([rec.run(b, validated=True)[self.value] for _, b in
+                                              cal.batches(self.batch_size)])
+        return self._reference
+
+    def target_fn(self) -> Target:
+        """The target ``f`` with its per-sample class fixed by the unperturbed model."""
+        if self._target is None:
+            cal = self.need_data("target")
+            self._target = Target(self.target, self.value, self.reference(), cal.labels)
+        return self._target
+
+    # -- black-box evaluation through suffix sessions --------------------------------------------
+    def suffix(self, layer: Layer) -> Suffix:
+        """The (cached) suffix below ``layer`` with its weight swappable."""
+        if layer.name not in self._suffixes:
+            self._suffixes[layer.name] = Suffix.build(
+                self.model, layer.name, "weights", [layer.weight], self.device, extra_outputs=[self.value]
+            )
+        return self._suffixes[layer.name]
+
+    def batches(self) -> list[tuple[slice, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Per batch: ``(rows, cache, reference values)``; the cache holds every suffix boundary value.
+
+        Recorded once (one session of the full model) and kept for every criterion of this context.
+        """
+        if self._batches is None:
+            cal = self.need_data("black-box")
+            for layer in self.layers:
+                self.suffix(layer)
+            needed = {b for s in self._suffixes.values() for b in s.boundary} | {self.value}
+            base = Recorder(self.model, sorted(needed - set(self.model.input_names)), self.device)
+            self._batches = []
+            for rows, batch in cal.batches(self.batch_size):
+                ref = base.run(batch, validated=True)
+                self._batches.append((rows, {**batch, **ref}, ref))
+        return self._batches
+
+    def f_suffix(self, layer: Layer, weight: np.ndarray) -> np.ndarray:
+        """``f`` per calibration sample with ``layer``'s weight replaced (suffix runs only)."""
+        target = self.target_fn()
+        suf = self.suffix(layer)
+        parts = []
+        for rows, cache, ref in self.batches():
+            out = suf.run(cache, weights={layer.weight: weight}) if suf.outputs else {}
+            parts.append(target({**ref, **out}, rows))
+        return np.concatenate(parts)
+
+    # -- gradients (onnxslice.grad) ----------------------------------------------------------------
+    def engine(self) -> Any:
+        """The gradient engine over the layers' weights (all swappable), built once.
+
+        Raises:
+            UnsupportedOpError: an op on the gradient path has no VJP rule and ``options["exact"]`` is
+                true (otherwise the engine falls back to finite differences for that node, with a warning).
+        """
+        if self._engine is None:
+            from onnxslice.grad import GradientEngine
+
+            names = [x.weight for x in self.layers]
+            engine_target = self.target if self.target in ("loss", "output-norm") else "pred"
+            self._engine = GradientEngine(
+                self.model, engine_target, weights=names, inputs=False, swappable=names, device=self.device,
+                exact=bool(self.option("exact", False)),
+            )
+        return self._engine
+
+    def grad_chunks(
+        self, weights: Mapping[str, np.ndarray] | None = None, per_sample: bool = False, chunk: int | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """``(samples, Gradients)`` per chunk of the calibration set at ``weights`` (class fixed)."""
+        cal = self.need_data("gradient")
+        eng = self.engine()
+        for rows, batch in cal.batches(chunk or self.batch_size):
+            cot = self._cotangent_rows(rows)
+            labels = cal.labels[rows] if cal.labels is not None and self.target == "loss" else None
+            g = eng(batch, labels=labels, weights=weights, per_sample=per_sample, cotangent=cot)
+            yield rows.stop - rows.start, g
+
+    def _cotangent_rows(self, rows: slice) -> np.ndarray | None:
+        if self.target in ("loss", "output-norm") or self.value != self.model.output_names[0]:
+            return None
+        t = self.target_fn()
+        assert t.classes is not None
+        ref = self.reference()[rows]
+        ct = np.zeros((len(ref), int(np.prod(ref.shape[1:]))), ref.dtype)
+        ct[np.arange(len(ref)), t.classes[rows]] = 1.0
+        return ct.reshape(ref.shape)
+
+    def mean_grads(self, weights: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], float]:
+        """``E_x[df/dw]`` per layer weight at ``weights`` and ``E_x[f]``."""
+        cal = self.need_data("gradient")
+        total: dict[str, np.ndarray] = {}
+        fsum = 0.0
+        for _, g in self.grad_chunks(weights):
+            for x in self.layers:
+                gw = np.asarray(g.weights[x.weight], np.float64)
+                total[x.weight] = total[x.weight] + gw if x.weight in total else gw
+            fsum += float(np.sum(g.target_values))
+        n = len(cal)
+        return {k: v / n for k, v in total.items()}, fsum / n
+
+    def rng(self, *key: int) -> np.random.Generator:
+        """A generator for ``(seed, *key)``."""
+        return np.random.default_rng([self.seed, *key])
+
+    def iter_layers(self) -> Iterator[tuple[int, Layer]]:
+        """``(index, layer)`` in model order."""
+        yield from enumerate(self.layers)

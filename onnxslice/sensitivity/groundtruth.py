@@ -1,0 +1,239 @@
+"""The perturbation ground truth (SAfER eq. 1): how much the output moves when one layer is perturbed.
+
+``I(f, eps_l) = E_X[ ||f^{eps_l}(x) - f(x)|| ]`` (higher = more important; SAfER writes it with a
+minus sign and ranks by the loss of the predictive function, which is the same order). Perturbations:
+
+- ``U`` (pepper): a proportion ``magnitude`` of the weights (activations) is set to 0;
+- ``N`` (gaussian): additive ``N(0, sigma)``, ``sigma = magnitude * max|w_l|`` (``max|a_l|`` over the
+  data for activations);
+- ``D`` (dirac): a proportion ``proportion`` of the weights (activations) gets a spike of size
+  ``magnitude * max|w_l|`` (random sign).
+
+``structured=True`` draws whole output channels (weights) or channels (activations) instead of
+elements. A draw is one fixed perturbation pattern (for activations, the same pattern for every
+sample), regenerated from ``(seed, layer, draw)`` so results do not depend on batching.
+
+Cost: one recording of the unperturbed model per batch (all boundary values at once), then for every
+layer ``l`` and draw, one run of the *suffix* below ``l`` only (:class:`~onnxslice.sensitivity.cut.Suffix`),
+in one onnxruntime session per layer with the perturbed weight fed as an input. For a chain of ``L``
+layers the suffixes hold on average about half the graph, so the cost is ``~ draws * L / 2`` model runs
+instead of ``draws * L`` (``cache_prefix=False`` runs the whole model per draw, for comparison).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+
+from onnxslice.errors import DataError
+from onnxslice.model import Layer, Model
+from onnxslice.record import Device, Recorder
+from onnxslice.sensitivity.common import activation_axis, as_model, calibration, channel_axis, model_layers
+from onnxslice.sensitivity.cut import Suffix
+from onnxslice.sensitivity.reductions import check_name
+from onnxslice.sensitivity.scores import LayerScores
+
+__all__ = ["NOISES", "perturb", "perturbation_importance"]
+
+NOISES = ("U", "N", "D")
+_KIND = {"U": 1, "N": 2, "D": 3}
+
+
+def perturb(
+    x: np.ndarray,
+    noise: str,
+    magnitude: float,
+    scale: float,
+    rng: np.random.Generator,
+    *,
+    proportion: float = 0.1,
+    structured: bool = False,
+    axis: int = 0,
+) -> np.ndarray:
+    """A perturbed copy of ``x``.
+
+    Args:
+        x: weights or one sample's activation pattern.
+        noise: ``U``, ``N`` or ``D``.
+        magnitude: U: proportion zeroed; N: sigma / scale; D: spike size / scale.
+        scale: the layer's reference size (``max|w_l|`` or ``max|a_l|``).
+        rng: the draw's generator.
+        proportion: D: proportion of entries spiked.
+        structured: draw whole slices along ``axis`` instead of elements.
+        axis: the channel axis for structured draws.
+    """
+    check_name("noise", noise, NOISES)
+    x = np.asarray(x)
+    if structured:
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+    else:
+        shape = list(x.shape)
+    out = x.astype(np.float64, copy=True)
+    if noise == "U":
+        out = out * (rng.random(shape) >= magnitude)
+    elif noise == "N":
+        out = out + rng.normal(0.0, magnitude * scale, shape)
+    else:
+        hit = rng.random(shape) < proportion
+        sign = np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        out = out + hit * sign * (magnitude * scale)
+    return out.astype(x.dtype)
+
+
+def _rng(seed: int, layer: int, draw: int, noise: str) -> np.random.Generator:
+    return np.random.default_rng([seed, layer, draw, _KIND[noise]])
+
+
+def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    n = len(a[names[0]])
+    sq = np.zeros(n)
+    for name in names:
+        d = (np.asarray(a[name], np.float64) - np.asarray(b[name], np.float64)).reshape(n, -1)
+        sq += (d * d).sum(axis=1)
+    return np.sqrt(sq)
+
+
+def perturbation_importance(
+    model: Model | Any,
+    data: Any,
+    noise: Literal["U", "N", "D"] | str = "N",
+    on: Literal["weights", "activations"] | str = "weights",
+    magnitude: float = 0.5,
+    draws: int = 8,
+    *,
+    structured: bool = False,
+    proportion: float = 0.1,
+    metric: Literal["output", "accuracy"] | str = "output",
+    samples: int | None = 256,
+    batch_size: int | None = 256,
+    layers: list[str] | None = None,
+    seed: int = 0,
+    cache_prefix: bool = True,
+    device: Device = "cpu",
+) -> LayerScores:
+    """The ground-truth importance of every layer under a perturbation of that layer alone.
+
+    Args:
+        model: a Model or a path.
+        data: calibration/test data (spec, Dataset, array or mapping).
+        noise: ``U``, ``N`` or ``D`` (see the module docstring).
+        on: ``weights`` or ``activations`` (the layer's output).
+        magnitude: the perturbation's strength in (0, 1] (relative; see the module docstring).
+        draws: perturbation draws averaged per layer.
+        structured: perturb whole channels.
+        proportion: the share of entries a ``D`` perturbation hits.
+        metric: ``output`` (mean L2 distance of the outputs) or ``accuracy`` (drop of the accuracy
+            against the labels, or against the unperturbed predictions when the data has none).
+        samples: use the first ``samples`` samples (None: all).
+        batch_size: samples per onnxruntime run.
+        layers: restrict to these layers (default: all).
+        seed: base seed; every (layer, draw) gets its own stream.
+        cache_prefix: run only the suffix below each layer on cached prefix values (default). False
+            runs the full model per draw (weights only; for the cost comparison).
+        device: onnxruntime device.
+
+    Returns:
+        LayerScores with criterion ``groundtruth:<noise>:<on>``; ``meta`` holds the cost.
+
+    Raises:
+        UnknownNameError: unknown noise, target of ``on`` or metric.
+        ModelError: no layers. DataError: bad data or a magnitude outside (0, 1].
+    """
+    check_name("noise", noise, NOISES)
+    check_name("perturbation target", on, ("weights", "activations"))
+    check_name("metric", metric, ("output", "accuracy"))
+    if not 0.0 < magnitude <= 1.0 or not 0.0 < proportion <= 1.0:
+        raise DataError(f"magnitude and proportion must be in (0, 1]; got {magnitude} and {proportion}")
+    if draws < 1:
+        raise DataError(f"draws must be at least 1, got {draws}")
+    if not cache_prefix and on != "weights":
+        raise DataError("cache_prefix=False is only available for weight perturbations")
+    m = as_model(model)
+    chosen = model_layers(m, layers)
+    cal = calibration(m, data, samples)
+    t0 = time.perf_counter()
+    if cache_prefix:
+        suffixes = {x.name: Suffix.build(m, x.name, on, [x.weight] if on == "weights" else [], device) for x in chosen}
+    else:
+        full = Recorder(m, None, device, weight_inputs=[x.weight for x in chosen])
+    wanted = {b for s in suffixes.values() for b in s.boundary} if cache_prefix else set()
+    if on == "activations":
+        wanted |= {x.output for x in chosen}
+    needed = sorted(wanted - set(m.input_names))
+    base = Recorder(m, needed, device)
+    scales = _scales(m, chosen, on, base, cal, batch_size)
+    t_setup = time.perf_counter() - t0
+    first = m.output_names[0]
+    totals = dict.fromkeys((x.name for x in chosen), 0.0)
+    runs = 0
+    for rows, batch in cal.batches(batch_size):
+        ref = base.run(batch, validated=True)
+        cache = {**batch, **ref}
+        truth = cal.labels[rows] if cal.labels is not None else np.argmax(ref[first].reshape(len(ref[first]), -1), 1)
+        for li, layer in enumerate(chosen):
+            for d in range(draws):
+                rng = _rng(seed, li, d, noise)
+                if cache_prefix:
+                    suf = suffixes[layer.name]
+                    if on == "weights":
+                        w = perturb(m.initializer(layer.weight), noise, magnitude, scales[layer.name], rng,
+                                    proportion=proportion, structured=structured, axis=channel_axis(m, layer))
+                        out = suf.run(cache, weights={layer.weight: w})
+                    else:
+                        out = suf.run(cache, replace={layer.output: _perturb_act(
+                            cache[layer.output], layer, noise, magnitude, scales[layer.name], rng, proportion,
+                            structured)})
+                    names = suf.outputs
+                else:
+                    w = perturb(m.initializer(layer.weight), noise, magnitude, scales[layer.name], rng,
+                                proportion=proportion, structured=structured, axis=channel_axis(m, layer))
+                    out = full.run(batch, validated=True, weights={layer.weight: w})
+                    names = m.output_names
+                runs += 1
+                if not names:
+                    continue
+                if metric == "output":
+                    totals[layer.name] += float(_distance(out, ref, names).sum())
+                elif first in names:
+                    y = out[first].reshape(len(out[first]), -1)
+                    y0 = ref[first].reshape(len(ref[first]), -1)
+                    totals[layer.name] += float((np.argmax(y0, 1) == truth).sum() - (np.argmax(y, 1) == truth).sum())
+    n = len(cal)
+    scores = {x.name: totals[x.name] / (n * draws) for x in chosen}
+    cost = {x.name: (suffixes[x.name].nodes if cache_prefix else len(m.nodes)) for x in chosen}
+    meta = {
+        "noise": noise, "on": on, "magnitude": magnitude, "draws": draws, "structured": structured,
+        "proportion": proportion, "metric": metric, "samples": n, "seed": seed, "data": cal.name,
+        "cache_prefix": cache_prefix, "suffix_nodes": cost, "model_nodes": len(m.nodes), "runs": runs,
+        "seconds": time.perf_counter() - t0, "setup_seconds": t_setup,
+    }
+    return LayerScores(scores, f"groundtruth:{noise}:{on}", "", meta)
+
+
+def _perturb_act(
+    a: np.ndarray, layer: Layer, noise: str, magnitude: float, scale: float, rng: np.random.Generator,
+    proportion: float, structured: bool,
+) -> np.ndarray:
+    axis = activation_axis(layer)
+    pattern = perturb(np.zeros(a.shape[1:], np.float64) + 1.0, noise, magnitude, scale, rng, proportion=proportion,
+                      structured=structured, axis=(axis - 1) if axis > 0 else axis)
+    # pattern = 1 * mask (U) or 1 + noise (N, D): apply as a multiplicative mask or an additive offset
+    if noise == "U":
+        return (a * pattern[None]).astype(a.dtype)
+    return (a + (pattern[None] - 1.0)).astype(a.dtype)
+
+
+def _scales(
+    m: Model, chosen: list[Layer], on: str, base: Recorder, cal: Any, batch_size: int | None
+) -> dict[str, float]:
+    if on == "weights":
+        return {x.name: float(np.max(np.abs(m.initializer(x.weight)))) or 1.0 for x in chosen}
+    peak = dict.fromkeys((x.name for x in chosen), 0.0)
+    for _, batch in cal.batches(batch_size):
+        ref = base.run(batch, validated=True)
+        for x in chosen:
+            peak[x.name] = max(peak[x.name], float(np.max(np.abs(ref[x.output]))))
+    return {k: v or 1.0 for k, v in peak.items()}
