@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-score", choices=("l1", "l2", "random", "criterion"), default="l1",
                    help="which channels of a group go: L1/L2 norm of the filters, random, or --criterion's "
                         "relevance reduced per channel")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="structured: keep a multiple of this many channels per group (e.g. 16, onnxruntime's NCHWc "
+                        "block on AVX-512) so that the speedup follows the FLOPs")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
                    help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
@@ -88,7 +91,7 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     sl = _slice(args, model, data) if args.budget == "slice" else None
     plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
-                        mode=args.mode)
+                        mode=args.mode, round_to=args.round_to)
     return plan, sl
 
 

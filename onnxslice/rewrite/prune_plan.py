@@ -124,15 +124,35 @@ def _group_share(model: Model, g: ChannelGroup, share: Mapping[str, float]) -> f
     return float((w * c).sum() / w.sum())
 
 
-def _counts(groups: list[ChannelGroup], fractions: np.ndarray) -> dict[str, int]:
+def _snap(g: ChannelGroup, k: int, round_to: int) -> int:
+    """The largest removal <= ``k`` that leaves a multiple of ``round_to`` channels (or removes none)."""
+    k = min(k, g.max_removable())
+    if round_to <= 1 or g.segments > 1 or k <= 0:
+        return k
+    kept = min(g.size, -(-(g.size - k) // round_to) * round_to)
+    return g.size - kept
+
+
+def _next(g: ChannelGroup, k: int, round_to: int) -> int | None:
+    """The next larger allowed removal after ``k``, or None."""
+    if round_to <= 1 or g.segments > 1:
+        nxt = k + g.segments
+        return nxt if nxt <= g.max_removable() else None
+    kept = ((g.size - k - 1) // round_to) * round_to
+    return g.size - kept if kept >= round_to else None
+
+
+def _counts(groups: list[ChannelGroup], fractions: np.ndarray, round_to: int = 1) -> dict[str, int]:
     out = {}
     for g, f in zip(groups, fractions, strict=True):
         k = math.floor(f * g.size / g.segments) * g.segments
-        out[g.leader] = min(k, g.max_removable())
+        out[g.leader] = _snap(g, k, round_to)
     return out
 
 
-def _solve_counts(gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float) -> tuple[dict, float]:
+def _solve_counts(
+    gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float, round_to: int = 1
+) -> tuple[dict, float]:
     """Channel counts whose exact parameter removal is closest to ``gamma`` of the prunable parameters."""
     total = gset.prunable_params()
     target = gamma * total
@@ -140,27 +160,31 @@ def _solve_counts(gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray
     def frac(alpha: float) -> np.ndarray:
         return np.clip(alpha * gamma * shares, 0.0, MAX_LAYER_RATIO)
 
+    def removed(alpha: float) -> int:
+        return gset.removed_params(_counts(groups, frac(alpha), round_to))
+
     lo, hi = 0.0, 1.0
-    while gset.removed_params(_counts(groups, frac(hi))) < target and hi < 1e9:
+    while removed(hi) < target and hi < 1e9:
         hi *= 2
-    if gset.removed_params(_counts(groups, frac(hi))) < target:
-        most = gset.removed_params(_counts(groups, frac(hi))) / max(total, 1)
+    if removed(hi) < target and round_to <= 1:
+        most = removed(hi) / max(total, 1)
         raise PlanError(f"ratio {gamma} cannot be reached with each layer clipped to {MAX_LAYER_RATIO}: at most "
                         f"{most:.3f} of the prunable parameters can go")
     for _ in range(60):
         mid = (lo + hi) / 2
-        if gset.removed_params(_counts(groups, frac(mid))) <= target:
+        if removed(mid) <= target:
             lo = mid
         else:
             hi = mid
-    counts = _counts(groups, frac(lo))
+    counts = _counts(groups, frac(lo), round_to)
     remainder = {g.leader: f * g.size - counts[g.leader] for g, f in zip(groups, frac(lo), strict=True)}
     best = abs(gset.removed_params(counts) - target)
     for g in sorted(groups, key=lambda g: -remainder[g.leader]):
-        if counts[g.leader] + g.segments > g.max_removable():
+        nxt = _next(g, counts[g.leader], round_to)
+        if nxt is None:
             continue
         trial = dict(counts)
-        trial[g.leader] += g.segments
+        trial[g.leader] = nxt
         err = abs(gset.removed_params(trial) - target)
         if err < best:
             counts, best = trial, err
@@ -183,7 +207,8 @@ def _synapse_scores(model: Model, slice_: Any) -> Mapping[str, np.ndarray]:
 
 
 def _plan_structured(
-    model: Model, gamma: float, budget: str, scores: Any, slice_: Any, channel_score: ChannelScore, seed: int
+    model: Model, gamma: float, budget: str, scores: Any, slice_: Any, channel_score: ChannelScore, seed: int,
+    round_to: int = 1,
 ) -> PrunePlan:
     gset = discover_groups(model)
     groups = gset.prunable
@@ -198,7 +223,7 @@ def _plan_structured(
         shares = np.ones(len(groups))
     if budget == "slice":
         channel_score = dict(_synapse_scores(model, slice_))
-    counts, alpha = _solve_counts(gset, groups, shares, gamma)
+    counts, alpha = _solve_counts(gset, groups, shares, gamma, round_to)
     rng = np.random.default_rng(seed)
     layers: dict[str, Any] = {}
     for g in groups:
@@ -218,6 +243,7 @@ def _plan_structured(
         ("slice CONTRIB" if budget == "slice" else "custom"),
         "left_alone": gset.skipped,
         "seed": seed,
+        "round_to": round_to,
     }
     if budget == "sensitivity":
         meta["criterion"] = getattr(scores, "criterion", "user")
@@ -349,6 +375,7 @@ def plan_pruning(
     data: Any = None,
     criterion: str = "wgrad",
     reduction: str = "linf",
+    round_to: int = 1,
     seed: int = 0,
 ) -> PrunePlan:
     """Plan how much each layer (channel group) loses for a global ``ratio``.
@@ -365,6 +392,10 @@ def plan_pruning(
         data: calibration data for the sensitivity budget when ``scores`` is not given.
         criterion: the SAfER criterion computed on ``data`` (default ``wgrad``).
         reduction: its reduction (default ``linf``).
+        round_to: structured only: every pruned group keeps a multiple of this many channels (e.g. 16,
+            onnxruntime's NCHWc block on AVX-512 CPUs, so that its Conv kernels do not pad the channels
+            back); groups smaller than ``round_to`` are not pruned. The achieved ratio is then only as
+            close to ``ratio`` as these steps allow (``meta["achieved_ratio"]``).
         seed: for ``channel_score="random"``.
 
     Returns:
@@ -378,12 +409,14 @@ def plan_pruning(
     gamma = _check_ratio(ratio)
     if budget not in BUDGETS:
         raise PlanError(f"unknown budget '{budget}'; use one of {', '.join(BUDGETS)}")
+    if int(round_to) < 1:
+        raise PlanError(f"round_to must be a positive channel count, got {round_to}")
     if mode not in RATIO_DEFINITION:
         raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")
     if budget == "sensitivity" and scores is None and data is not None:
         scores = sensitivity_scores(model, data, criterion, reduction)
     if mode == "structured":
-        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed)
+        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed, int(round_to))
     if mode == "unstructured":
         return _plan_unstructured(model, gamma, budget, scores, slice)
     raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")

@@ -103,3 +103,20 @@ def test_prune_reference_lenet5_low_ratio_keeps_most_accuracy():
     assert l1.ref_accuracy is not None and l1.ref_accuracy > 0.95
     assert l1.accuracy is not None and l1.accuracy > l1.ref_accuracy - 0.1
     assert l1.top1_agreement is not None and l1.top1_agreement > 0.85
+
+
+def test_prune_reference_efficientnet_round_to_16_keeps_channel_blocks():
+    """Channel counts stay multiples of 16 (onnxruntime's NCHWc block on AVX-512), and FLOPs still drop."""
+    from onnxslice.flops import count_macs
+    from onnxslice.rewrite.groups import discover_groups
+
+    model, _ = _model("efficientnet_lite0")
+    sizes = {g.leader: g.size for g in discover_groups(model).prunable}
+    plan = plan_pruning(model, 0.3, round_to=16)
+    kept = {k: sizes[k] - len(d["remove"]) for k, d in plan.layers.items()}
+    assert all(v == sizes[k] or v % 16 == 0 for k, v in kept.items())
+    assert abs(plan.meta["achieved_ratio"] - 0.3) <= 0.02
+    pruned = prune(model, plan)
+    assert count_macs(pruned).total < 0.8 * count_macs(model).total
+    x = _samples("efficientnet_lite0", model, 1)
+    assert run_ort(pruned, {model.input_names[0]: x})[0].shape == (1, 1000)
