@@ -146,21 +146,44 @@ def summarise_random(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["ratio"], r["budget"]))
 
 
+def runtime_layout(model: osl.Model) -> dict[str, int]:
+    """Node counts of onnxruntime's optimized CPU graph: Convs that stay in its NCHWc layout, other Convs, reorders."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from onnxslice.record import runtime_proto
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(runtime_proto(model.proto).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(so.optimized_model_filepath).graph.node
+    conv = ("Conv", "FusedConv")
+    return {"nchwc_conv": sum(n.domain == "com.microsoft.nchwc" and n.op_type == "Conv" for n in nodes),
+            "plain_conv": sum(n.domain != "com.microsoft.nchwc" and n.op_type in conv for n in nodes),
+            "reorders": sum(n.op_type.startswith("Reorder") for n in nodes)}
+
+
 def latency(name: str, model: osl.Model, kept: dict[str, osl.Model], x: np.ndarray, batches: list[int],
             repeats: int) -> list[dict[str, Any]]:
     """Round-robin medians of the original and every kept pruned model at each batch size."""
     names = ["original", *kept]
     models = [model, *kept.values()]
     macs = [count_macs(m).total for m in models]
+    layouts = [runtime_layout(m) for m in models]
     rows = []
     for b in batches:
         xb = np.concatenate([x] * -(-b // len(x)))[:b]
         reps = repeats if b == 1 else max(5, repeats // 3)
         ms = paired_latency_ms(models, {model.input_names[0]: xb}, reps, warmup=2)
-        for n, m, t in zip(names, macs, ms, strict=True):
+        for n, m, t, lay in zip(names, macs, ms, layouts, strict=True):
             rows.append({"model": name, "variant": n, "batch": b, "latency_ms": round(t, 4),
                          "latency_ratio": round(t / ms[0], 4), "flops_ratio": round(m / macs[0], 4),
-                         "repeats": reps})
+                         "repeats": reps, **lay})
         print(format_table([r for r in rows if r["batch"] == b], title=f"{name}: latency, batch {b}"), flush=True)
     return rows
 
