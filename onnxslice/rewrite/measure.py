@@ -25,8 +25,10 @@ def paired_latency_ms(models: Sequence[Model], feed: Mapping[str, np.ndarray], r
                       threads: int | None = 1) -> list[float]:
     """Median wall time (ms) of one run on ``feed`` for each model, measured round-robin.
 
-    Every model gets its own optimized CPU session; each repeat runs every model once in turn, so
-    load on a shared machine hits them alike and their ratios stay meaningful when absolute times drift.
+    Every model gets its own optimized CPU session; each repeat runs every model once, starting one
+    model later than the repeat before (so none always runs first, after another model's weights
+    filled the caches), and load on a shared machine hits them alike: their ratios stay meaningful
+    when absolute times drift.
     """
     sessions = [make_session(runtime_proto(m.proto), "cpu", optimize=True, threads=threads) for m in models]
     feed = dict(feed)
@@ -34,11 +36,12 @@ def paired_latency_ms(models: Sequence[Model], feed: Mapping[str, np.ndarray], r
         for _ in range(warmup):
             sess.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(repeats):
-        for sess, t in zip(sessions, times, strict=True):
+    for r in range(repeats):
+        for k in range(len(sessions)):
+            i = (r + k) % len(sessions)
             t0 = time.perf_counter()
-            sess.run(None, feed)
-            t.append((time.perf_counter() - t0) * 1e3)
+            sessions[i].run(None, feed)
+            times[i].append((time.perf_counter() - t0) * 1e3)
     return [float(np.median(t)) for t in times]
 
 
