@@ -9,9 +9,9 @@ model has its own seeds, so the results do not depend on the number of workers).
 
 The ground truth is itself an estimate: ``draws`` (default 32) perturbation draws per layer, with
 per-sample activation patterns. Measured on 4 moons models (vanilla x2, skip, skip+sd; 54 settings),
-two seeds give the same exact order in 44% of the settings with 8 draws and one shared activation
-pattern per draw (the former default), 61% with 8 draws and per-sample patterns, 80% with 32 draws:
-no criterion can score above that ceiling.
+two seeds give the same exact order in 61% of the settings with 8 draws, 80% with 32 and 96% with 128
+(one activation pattern shared by all samples, the former default: 44% at 8 draws on 3 of these models,
+57% at 32, 80% at 128): no criterion can score above that ceiling.
 
 :func:`tables` aggregates the cases into Table 1 (exact-ranking % per family x perturbation x
 criterion, ``linf``), Table 2 (exact-ranking % per reduction, averaged over criteria) and mean
