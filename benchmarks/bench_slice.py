@@ -9,14 +9,15 @@ NNSlicer as published (2x GTX 1080Ti, 32 CPU cores, Ray): it cannot run here, so
 printed beside ours with the ratio ``published / ours``. Wall and CPU seconds are both reported: on a
 shared machine wall time overstates the cost.
 
-The models are untrained (torch definitions in ``slice_models.py``, BatchNorm calibrated on the
-images), so every logit sits close to its mean and the default ``theta_denominator="raw"`` would stop
-the walk at the classifier; the overhead runs use ``"delta"``, which walks the whole network (the
+The models come from ``models/zoo.py`` (``lenet5``, trained; ``resnet10_cifar`` and ``resnet18_cifar``,
+seeded and untrained, built on first use with torch) and are fed synthetic images with per-sample
+contrast. Untrained logits sit close to their means, so the default ``theta_denominator="raw"`` would
+stop the walk at the classifier; the overhead runs use ``"delta"``, which walks the whole network (the
 fraction of neurons in the slice is reported so the work done is visible).
 
-``--fidelity`` trains LeNet-5 on ``builtin:mnist`` (torch, a few epochs), slices it with the default
-options, zeroes every synapse outside the slice (``Slice.to_model``) and reports how often the sliced
-model keeps the original prediction on the slice's own samples and on other samples.
+``--fidelity`` slices the trained zoo LeNet-5 with the default options, zeroes every synapse outside the
+slice (``Slice.to_model``) and reports how often the sliced model keeps the original prediction on the
+slice's own samples and on other samples of ``builtin:mnist``.
 
 Results are saved to ``benchmarks/results/slice.json``.
 """
@@ -34,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.simplefilter("ignore")
 
-from slice_models import build, export, images  # noqa: E402
-
+from models import zoo  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.profile import profile  # noqa: E402
 from onnxslice.record import Recorder  # noqa: E402
@@ -51,6 +51,14 @@ PUBLISHED = {
     "resnet10": (8.9, 0.4, 30.1, 3.0),
     "resnet18": (9.6, 0.8, 543.0, 40.4),
 }
+ZOO = {"lenet5": "lenet5", "resnet10": "resnet10_cifar", "resnet18": "resnet18_cifar"}
+
+
+def images(name: str, n: int, seed: int = 0) -> np.ndarray:
+    """Synthetic images in [0, 2) with per-sample contrast, float32 NCHW, shaped for the zoo model."""
+    rng = np.random.default_rng(seed)
+    shape = (n, *zoo.get(ZOO[name]).input_shape)
+    return (rng.random(shape) * rng.uniform(0.2, 2.0, (n, 1, 1, 1))).astype(np.float32)
 OPTIONS = BackwardOptions(theta=0.3, theta_denominator="delta")
 
 
@@ -69,7 +77,7 @@ def _forward(model: Model, rec: Recorder, prof: Any, x: np.ndarray) -> dict[str,
 
 def overhead(name: str, n_samples: int, workers: int) -> dict[str, Any]:
     x = images(name, 64)
-    model = load(export(build(name), x))
+    model = load(zoo.ensure(ZOO[name]))
     prof = profile(model, x, 32)
     rec = Recorder(model, "all", "cpu")
     test = images(name, max(n_samples, 32), seed=1)
@@ -123,25 +131,13 @@ def overhead(name: str, n_samples: int, workers: int) -> dict[str, Any]:
     }
 
 
-def fidelity(n_slices: int, epochs: int) -> dict[str, Any]:
-    import torch
-
+def fidelity(n_slices: int) -> dict[str, Any]:
     from onnxslice.data import load_data
     from onnxslice.testing import run_ort
 
-    train, test = load_data("builtin:mnist?split=train"), load_data("builtin:mnist?split=test")
+    train, test = load_data("builtin:mnist?split=train"), load_data("builtin:mnist")
     assert train.labels is not None and test.labels is not None
-    net = build("lenet5")
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    xt, yt = torch.from_numpy(train.x), torch.from_numpy(train.labels.astype(np.int64))
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))
-        for s in range(0, len(xt), 64):
-            idx = perm[s : s + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-    model = load(export(net, train.x[:64], calibrate=False))
+    model = load(zoo.path("lenet5"))
     prof = profile(model, train, 256)
     pred = run_ort(model, {"x": test.x})[0].argmax(1)
     accuracy = float((pred == test.labels).mean())
@@ -173,7 +169,7 @@ def fidelity(n_slices: int, epochs: int) -> dict[str, Any]:
             }
         )
     return {
-        "model": "lenet5 (trained here on builtin:mnist)",
+        "model": "zoo lenet5 (trained on builtin:mnist)",
         "test_accuracy": accuracy,
         "per_sample": {
             "slices": n_slices,
@@ -191,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="lenet5,resnet10,resnet18")
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--fidelity", action="store_true", help="also train LeNet-5 and measure sliced-model fidelity")
+    ap.add_argument("--fidelity", action="store_true", help="also measure sliced-model fidelity on the zoo LeNet-5")
     ap.add_argument("--fidelity-slices", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "slice.json"))
     args = ap.parse_args(argv)
     names = ["lenet5", "resnet10"] if args.quick else args.models.split(",")
@@ -225,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, title="NNSlicer overhead per sample: onnxslice vs published (x = published / ours)"))
     out: dict[str, Any] = {"overhead": results, "published": PUBLISHED}
     if args.fidelity:
-        f = fidelity(args.fidelity_slices, args.epochs)
+        f = fidelity(args.fidelity_slices)
         out["fidelity"] = f
         print(
             f"\nfidelity ({f['model']}, test accuracy {f['test_accuracy']:.3f}): per-sample slices keep the "

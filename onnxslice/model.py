@@ -92,6 +92,8 @@ class Layer:
         params: number of scalars in weight and bias.
         out_channels: output channels (Conv) or neurons (Gemm/MatMul).
         output: the node's first output value.
+        out_axis: the axis of the weight that indexes output channels (0 for Conv, 1 for
+            ConvTranspose, depends on transA/transB for Gemm, the last or second-to-last for MatMul).
     """
 
     name: str
@@ -102,6 +104,7 @@ class Layer:
     params: int
     out_channels: int
     output: str
+    out_axis: int = 0
 
 
 def _decode_attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -448,9 +451,10 @@ class Model:
             b = n.input(info.bias_input) if info.bias_input is not None else ""
             bias = b if b and self.is_initializer(b) else None
             params = int(w.size) + (int(self.initializer(bias).size) if bias else 0)
-            out.append(
-                Layer(n.name, n.op_type, n.input(widx), widx, bias, params, _out_channels(n, w, widx), n.outputs[0])
-            )
+            axis = _out_axis(n, w, widx)
+            groups = int(n.attr("group", 1)) if n.op_type == "ConvTranspose" else 1
+            channels = int(w.shape[axis]) * groups
+            out.append(Layer(n.name, n.op_type, n.input(widx), widx, bias, params, channels, n.outputs[0], axis))
         return out
 
     def layer(self, name: str) -> Layer:
@@ -513,19 +517,17 @@ class Model:
         )
 
 
-def _out_channels(node: Node, w: np.ndarray, widx: int) -> int:
-    if node.op_type == "Conv":
-        return int(w.shape[0])
+def _out_axis(node: Node, w: np.ndarray, widx: int) -> int:
+    """The weight axis that indexes the layer's output channels (neurons)."""
     if node.op_type == "ConvTranspose":
-        return int(w.shape[1]) * int(node.attr("group", 1))
+        return 1
     if node.op_type == "Gemm":
-        trans = node.attr("transB", 0) if widx == 1 else node.attr("transA", 0)
         if widx == 1:
-            return int(w.shape[0] if trans else w.shape[1])
-        return int(w.shape[1] if trans else w.shape[0])
+            return 0 if node.attr("transB", 0) else 1
+        return 1 if node.attr("transA", 0) else 0
     if node.op_type == "MatMul":
-        return int(w.shape[-1] if widx == 1 else w.shape[-2])
-    return int(w.shape[0])
+        return w.ndim - 1 if widx == 1 else w.ndim - 2
+    return 0
 
 
 def load(

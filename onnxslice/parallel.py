@@ -8,9 +8,11 @@ or the order in which units finish. ``fn`` must be a module-level function (it i
 
 Backends:
 
-- ``"local"``: ``workers=1`` (or a single unit) runs in this process; otherwise a
-  ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method (safe with onnxruntime's
-  threads), ``workers`` processes (default: the CPU count, at most one per unit).
+- ``"local"``: by default (``workers`` None or 1, or a single unit) the units run in this process, so a
+  plain script can call the API without a ``if __name__ == "__main__":`` guard. ``workers=N`` (N > 1)
+  uses a ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start method (safe with
+  onnxruntime's threads), at most one process per unit; like all Python multiprocessing, a script that
+  asks for it needs the ``__main__`` guard. The CLI asks for one process per CPU by default.
 - ``"ray"``: Ray tasks (``pip install 'onnxslice[ray]'``); ``address`` joins an existing cluster,
   otherwise a local Ray runtime with ``workers`` CPUs starts (and stays up for later calls).
 """
@@ -81,7 +83,7 @@ def map_units(
         raise OnnxSliceError(f"workers must be >= 1, got {workers}")
     seeds = unit_seeds(seed, len(units))
     if backend == "local":
-        n = min(workers or os.cpu_count() or 1, len(units))
+        n = min(workers or 1, len(units))
         if n <= 1:
             return [fn(shared, u, s) for u, s in zip(units, seeds, strict=True)]
         ctx = get_context("spawn")

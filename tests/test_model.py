@@ -37,6 +37,7 @@ def test_load_layers_and_param_counts(cnn_proto: onnx.ModelProto) -> None:
         ("fc", "Gemm", "fc.w", "fc.b", 3 * 64 + 3, 3),
     ]
     assert m.num_params == sum(int(np.prod(t.dims)) for t in cnn_proto.graph.initializer)
+    assert [x.out_axis for x in m.layers] == [0, 0]  # Conv: axis 0; Gemm with transB=1: axis 0
 
 
 def test_load_matmul_layer_either_operand_but_not_activation_product() -> None:
@@ -54,7 +55,10 @@ def test_load_matmul_layer_either_operand_but_not_activation_product() -> None:
             {"W": w, "V": np.ones((2, 4), np.float32)},
         )
     )
-    assert {x.name: (x.weight_input, x.out_channels) for x in m.layers} == {"right": (1, 2), "left": (0, 2)}
+    assert {x.name: (x.weight_input, x.out_channels, x.out_axis) for x in m.layers} == {
+        "right": (1, 2, 1),
+        "left": (0, 2, 0),
+    }
 
 
 def test_load_constant_weights_become_initializers() -> None:

@@ -48,7 +48,7 @@ def _tables_equal(a, b) -> None:
 
 @pytest.mark.slow
 def test_parallel_slice_local_processes_and_ray_give_identical_tables():
-    from slice_models import cnn_data, cnn_model
+    from _slice_nets import cnn_data, cnn_model
 
     from onnxslice.profile import profile
     from onnxslice.slicing import slice

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criteria", default="all", help="comma list of criteria, or 'all' available")
     p.add_argument("--families", default="vanilla,skip,skip+sd,transformer")
     p.add_argument("--magnitudes", default="0.1,0.3,0.5", help="ground-truth magnitudes (each is one case)")
-    p.add_argument("--draws", type=int, default=8, help="ground-truth draws per layer")
+    p.add_argument("--draws", type=int, default=32, help="ground-truth draws per layer")
     p.add_argument("--samples", type=int, default=256, help="calibration samples")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--noise-samples", type=int, default=16)

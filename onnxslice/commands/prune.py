@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnxslice.commands import emit_json
 from onnxslice.errors import OnnxSliceError, PlanError
 from onnxslice.model import load
@@ -22,94 +24,126 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=None, help="planned ratio in [0, 1) (fraction of prunable params)")
     p.add_argument("--budget", choices=("uniform", "sensitivity", "slice"), default="uniform")
     p.add_argument("--mode", choices=("structured", "unstructured"), default="structured")
-    p.add_argument("--criterion", default="weight",
-                   help="sensitivity criterion for --budget sensitivity (needs onnxslice.sensitivity; 'weight' "
-                        "is data-free)")
-    p.add_argument("--reduction", default="linf", help="reduction of the sensitivity criterion")
+    p.add_argument("--criterion", default="wgrad",
+                   help="SAfER criterion for --budget sensitivity and --channel-score criterion (default wgrad; "
+                        "needs --data; 'weight' is data-free)")
+    p.add_argument("--reduction", default="linf", help="reduction of the sensitivity criterion (default linf)")
     p.add_argument("--scores", help="LayerScores JSON to use for --budget sensitivity instead of computing them")
-    p.add_argument("--channel-score", choices=("l1", "l2", "random"), default="l1")
+    p.add_argument("--channel-score", choices=("l1", "l2", "random", "criterion"), default="l1",
+                   help="which channels of a group go: L1/L2 norm of the filters, random, or --criterion's "
+                        "relevance reduced per channel")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="structured: keep a multiple of this many channels per group (e.g. 16, onnxruntime's NCHWc "
+                        "block on AVX-512) so that the speedup follows the FLOPs")
+    p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
+    p.add_argument("--target", "-t", action="append", default=None,
+                   help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
+                        "the slice is computed over --data's samples of these classes")
+    p.add_argument("--theta", type=float, default=0.3, help="NNSlicer theta when computing the slice (default 0.3)")
     p.add_argument("--plan", help="apply this plan JSON instead of planning (writes nothing else)")
     p.add_argument("--save-plan", help="also write the plan as JSON here")
-    p.add_argument("--data", "-d", help="data for fidelity (agreement with the original) and the criterion")
-    p.add_argument("--samples", type=int, default=256, help="samples of --data used (default 256)")
+    p.add_argument("--data", "-d", help="data for fidelity (agreement with the original), the criterion and the slice")
+    p.add_argument("--samples", type=int, default=256,
+                   help="samples of --data used for fidelity, the criterion and the slice (default 256)")
     p.add_argument("--repeats", type=int, default=20, help="latency repeats (median)")
+    p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
 def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    from onnxslice.rewrite.prune_plan import sensitivity_scores
     from onnxslice.sensitivity import LayerScores
 
     if args.scores:
         return LayerScores.load(args.scores)
-    import onnxslice.sensitivity as sens
-
-    if not hasattr(sens, "sensitivity"):
-        raise OnnxSliceError("this build has no onnxslice.sensitivity(); pass --scores FILE (LayerScores JSON)")
     if data is None and args.criterion != "weight":
-        raise OnnxSliceError(f"criterion '{args.criterion}' needs --data")
-    return sens.sensitivity(model, data, args.criterion, args.reduction)
+        raise PlanError(f"--budget sensitivity with criterion '{args.criterion}' needs --data (or --scores FILE)")
+    return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples)
+
+
+def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    from onnxslice.rewrite.prune_plan import class_slice
+    from onnxslice.slicing import Slice
+
+    if args.slice_file:
+        return Slice.load(args.slice_file)
+    if data is None or not args.target:
+        raise PlanError("--budget slice needs --slice S.npz (from `onnxslice slice`) or --data with --target class:K")
+    return class_slice(model, data, args.target, samples=args.samples, theta=args.theta)
+
+
+def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    from onnxslice.rewrite import plan_pruning
+    from onnxslice.rewrite.prune_plan import PrunePlan
+
+    if args.plan:
+        return PrunePlan.load(args.plan), None
+    if args.ratio is None:
+        raise PlanError("give --ratio (or --plan)")
+    calib = data.subset(slice(0, args.samples)) if data is not None else None
+    channel_score: Any = args.channel_score
+    if channel_score == "criterion":
+        from onnxslice.sensitivity import relevance
+
+        if calib is None and args.criterion != "weight":
+            raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
+        channel_score = relevance(model, calib, args.criterion, samples=args.samples)
+    scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
+    sl = _slice(args, model, data) if args.budget == "slice" else None
+    plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
+                        mode=args.mode, round_to=args.round_to)
+    return plan, sl
+
+
+def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
+    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+
+    ref = run_outputs(model, data)
+    fid = compare_outputs(ref, run_outputs(pruned, data), data.labels)
+    out: dict[str, Any] = {"fidelity": fid.to_dict()}
+    if classes and data.labels is not None:
+        keep = np.isin(data.labels, classes)
+        if keep.any():
+            sub = data.subset(np.flatnonzero(keep))
+            out["target_fidelity"] = compare_outputs([r[keep] for r in ref], run_outputs(pruned, sub),
+                                                     sub.labels).to_dict()
+            out["target_classes"] = classes
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from onnxslice.data import load_data
-    from onnxslice.rewrite import plan_pruning, prune
-    from onnxslice.rewrite.measure import model_stats, predictions
-    from onnxslice.rewrite.prune_plan import PrunePlan
+    from onnxslice.rewrite import prune
+    from onnxslice.rewrite.measure import model_stats, paired_latency_ms
 
     src = Path(args.model)
     if Path(args.out).resolve() == src.resolve():
         raise OnnxSliceError(f"refusing to overwrite the input model '{src}'; choose another --out")
     model = load(src)
-    data = load_data(args.data).subset(slice(0, args.samples)) if args.data else None
-    if args.plan:
-        plan = PrunePlan.load(args.plan)
-    else:
-        if args.ratio is None:
-            raise PlanError("give --ratio (or --plan)")
-        if args.budget == "slice":
-            raise OnnxSliceError("--budget slice needs a Slice; use the Python API (plan_pruning(..., slice=...))")
-        scores = _scores(args, model, data) if args.budget == "sensitivity" else None
-        plan = plan_pruning(model, args.ratio, args.budget, scores=scores, channel_score=args.channel_score,
-                            mode=args.mode)
+    data = load_data(args.data) if args.data else None
+    plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
     out = pruned.save(args.out)
     if args.save_plan:
         plan.save(args.save_plan)
-    feed = data.bind(model) if data is not None else {
-        v.name: np.zeros([1 if not isinstance(d, int) else d for d in (v.shape or [1])], dtype=v.dtype or np.float32)
-        for v in model.inputs
-    }
-    one = {k: v[:1] for k, v in feed.items()}
-    before, after = model_stats(model, one, args.repeats), model_stats(pruned, one, args.repeats)
+    fid_data = data.subset(slice(0, args.samples)) if data is not None else None
+    if fid_data is not None:
+        feed = fid_data.bind(model)
+    else:
+        feed = {v.name: np.zeros([d if isinstance(d, int) else 1 for d in (v.shape or [1])],
+                                 dtype=v.dtype or np.float32) for v in model.inputs}
+    batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
+    lat = paired_latency_ms([model, pruned], batch, args.repeats)
+    before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
-                              "ratio": before.ratio(after)}
-    if data is not None:
-        p0, p1 = predictions(model, feed), predictions(pruned, feed)
-        result["agreement"] = float((p0 == p1).mean())
-        if data.labels is not None:
-            result["accuracy_before"] = float((p0 == data.labels).mean())
-            result["accuracy_after"] = float((p1 == data.labels).mean())
+                              "ratio": before.ratio(after), "latency_batch": args.latency_batch}
+    if fid_data is not None:
+        classes = [int(t.split(":", 1)[1]) for t in (sl.targets if sl is not None else []) if t.startswith("class:")]
+        result.update(_fidelity_rows(model, pruned, fid_data, classes))
     if args.json:
         emit_json(result)
         return 0
-    rows: list[dict[str, Any]] = [
-        {"measure": "parameters", "before": before.params, "after": after.params},
-        {"measure": "MACs / sample", "before": before.macs, "after": after.macs},
-        {"measure": "bytes", "before": before.bytes, "after": after.bytes},
-        {"measure": "latency ms (median, batch 1)", "before": round(before.latency_ms, 4),
-         "after": round(after.latency_ms, 4)},
-    ]
-    if "accuracy_before" in result:
-        rows.append({"measure": "accuracy", "before": round(result["accuracy_before"], 4),
-                     "after": round(result["accuracy_after"], 4)})
-    if "agreement" in result:
-        rows.append({"measure": "top-1 agreement with original", "before": 1.0, "after": round(result["agreement"], 4)})
-    for r in rows:
-        b, a = r["before"], r["after"]
-        r["after/before"] = round(a / b, 4) if b else ""
-    print(format_table(rows, title=f"prune {src.name} ({plan.budget}, {plan.meta.get('mode', 'structured')})"))
+    print(_table(result, src.name, plan))
     left = plan.meta.get("left_alone") or {}
     if left:
         print("\nleft alone:")
@@ -117,3 +151,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {layer}: {why}")
     print(f"\nsaved {out}")
     return 0
+
+
+def _table(result: dict[str, Any], name: str, plan: Any) -> str:
+    before, after = result["before"], result["after"]
+    rows: list[dict[str, Any]] = [
+        {"measure": "parameters", "before": before["params"], "after": after["params"]},
+        {"measure": "FLOPs / sample", "before": 2 * before["macs"], "after": 2 * after["macs"]},
+        {"measure": "bytes", "before": before["bytes"], "after": after["bytes"]},
+        {"measure": f"latency ms (median, batch {result['latency_batch']})", "before": round(before["latency_ms"], 4),
+         "after": round(after["latency_ms"], 4)},
+    ]
+    for key, label in (("fidelity", ""), ("target_fidelity", " (target classes)")):
+        fid = result.get(key)
+        if fid is None:
+            continue
+        if fid["accuracy"] is not None:
+            rows.append({"measure": f"accuracy{label}", "before": round(fid["ref_accuracy"], 4),
+                         "after": round(fid["accuracy"], 4)})
+        if fid["top1_agreement"] is not None:
+            rows.append({"measure": f"top-1 agreement with original{label}", "before": 1.0,
+                         "after": round(fid["top1_agreement"], 4)})
+    for r in rows:
+        b, a = r["before"], r["after"]
+        r["after/before"] = round(a / b, 4) if b else ""
+    return format_table(rows, title=f"prune {name} ({plan.budget}, {plan.meta.get('mode', 'structured')})")

@@ -8,6 +8,7 @@ model with every synapse outside the slice zeroed.
 from __future__ import annotations
 
 import argparse
+import os
 
 from onnxslice.commands import add_common, emit_json
 from onnxslice.data import load_data
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="the output that pred/class targets refer to (default: first)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per unit of work")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
-    p.add_argument("--workers", type=int, default=None, help="processes / Ray CPUs (1 = in this process)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes / Ray CPUs (default: one per CPU; 1 = in this process)"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address to join")
     p.add_argument("--out", "-o", required=True, help="where to write the slice (.npz)")
     p.add_argument("--sliced-model", default=None, help="also write the model with synapses outside the slice zeroed")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         batch_size=args.batch_size,
         backend=args.backend,
-        workers=args.workers,
+        workers=args.workers or os.cpu_count() or 1,
         address=args.address,
         device=args.device,
     )

@@ -1,15 +1,15 @@
-"""Before/after measurements of a rewritten model: parameters, MACs, file size, latency, fidelity.
+"""Before/after cost of a rewritten model: parameters, MACs, serialized size, latency.
 
 Latency is the median over repeats of one optimized onnxruntime session (graph optimizations on,
-as deployed), after warm-up runs. Fidelity is the top-1 agreement with the original model's
-predictions, and accuracy when labels are given. Used by the ``prune`` and ``quantize`` verbs and
-their benchmarks; nothing here edits a model.
+as deployed), after warm-up runs. How closely the rewritten model follows the original (output
+error, top-1 agreement, KL, accuracy) is :mod:`onnxslice.rewrite.fidelity`, shared with the
+quantizer. Used by the ``prune`` verb and its benchmark; nothing here edits a model.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,33 +18,37 @@ from onnxslice.flops import count_macs
 from onnxslice.model import Model
 from onnxslice.record import make_session, runtime_proto
 
-__all__ = ["ModelStats", "latency_ms", "model_stats", "predictions"]
+__all__ = ["ModelStats", "latency_ms", "model_stats", "paired_latency_ms"]
+
+
+def paired_latency_ms(models: Sequence[Model], feed: Mapping[str, np.ndarray], repeats: int = 20, warmup: int = 3,
+                      threads: int | None = 1) -> list[float]:
+    """Median wall time (ms) of one run on ``feed`` for each model, measured round-robin.
+
+    Every model gets its own optimized CPU session; each repeat runs every model once, starting one
+    model later than the repeat before (so none always runs first, after another model's weights
+    filled the caches), and load on a shared machine hits them alike: their ratios stay meaningful
+    when absolute times drift.
+    """
+    sessions = [make_session(runtime_proto(m.proto), "cpu", optimize=True, threads=threads) for m in models]
+    feed = dict(feed)
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for r in range(repeats):
+        for k in range(len(sessions)):
+            i = (r + k) % len(sessions)
+            t0 = time.perf_counter()
+            sessions[i].run(None, feed)
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(t)) for t in times]
 
 
 def latency_ms(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20, warmup: int = 3,
                threads: int | None = 1) -> float:
     """Median wall time (ms) of one run on ``feed`` in an optimized CPU session."""
-    sess = make_session(runtime_proto(model.proto), "cpu", optimize=True, threads=threads)
-    feed = dict(feed)
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
-
-
-def predictions(model: Model, feed: Mapping[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """Top-1 class of the first output for every sample (argmax over the last axis)."""
-    sess = make_session(runtime_proto(model.proto), "cpu", optimize=True)
-    n = len(next(iter(feed.values())))
-    out = []
-    for s in range(0, n, batch_size):
-        y = sess.run([model.output_names[0]], {k: v[s : s + batch_size] for k, v in feed.items()})[0]
-        out.append(np.asarray(y).reshape(len(y), -1).argmax(1))
-    return np.concatenate(out)
+    return paired_latency_ms([model], feed, repeats, warmup, threads)[0]
 
 
 @dataclass
@@ -66,7 +70,8 @@ class ModelStats:
         }
 
 
-def model_stats(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20) -> ModelStats:
-    """Parameters, MACs per sample, serialized bytes and median latency on ``feed``."""
-    return ModelStats(model.num_params, count_macs(model).total, model.proto.ByteSize(),
-                      latency_ms(model, feed, repeats))
+def model_stats(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20,
+                latency: float | None = None) -> ModelStats:
+    """Parameters, MACs per sample, serialized bytes and median latency on ``feed`` (or the given ``latency``)."""
+    ms = latency if latency is not None else latency_ms(model, feed, repeats)
+    return ModelStats(model.num_params, count_macs(model).total, model.proto.ByteSize(), ms)

@@ -200,18 +200,6 @@ def unstructured_masks(model: Model, plan: Plan) -> dict[str, np.ndarray]:
     return out
 
 
-def _out_axis(model: Model, layer_name: str) -> int:
-    layer = model.layer(layer_name)
-    node = model.node(layer_name)
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if node.attr("transB", 0) else 1
-    return model.initializer(layer.weight).ndim - 1
-
-
 def _apply_unstructured(model: Model, plan: Plan) -> tuple[onnx.ModelProto, int]:
     import onnx_graphsurgeon as gs
 
@@ -226,7 +214,7 @@ def _apply_unstructured(model: Model, plan: Plan) -> tuple[onnx.ModelProto, int]
         tensors[layer.weight].values = np.where(mask, w, np.zeros_like(w))
         zeroed += int((~mask).sum())
         if layer.bias is not None:  # a neuron whose synapses all went goes too
-            axis = _out_axis(model, layer_name)
+            axis = model.layer(layer_name).out_axis
             dead = ~np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).any(1)
             b = np.asarray(tensors[layer.bias].values)
             if dead.any() and b.shape[-1] == dead.size:

@@ -11,7 +11,8 @@ weights that are zeroed.
 
 - ``uniform``: every group loses the same fraction of its channels (Torch-Pruning's default with L1);
   the fraction is solved so that the planned ratio is met.
-- ``sensitivity``: SAfER's ``gamma_l = alpha * gamma * C_l`` from any :class:`LayerScores`. The exact
+- ``sensitivity``: SAfER's ``gamma_l = alpha * gamma * C_l`` from any :class:`LayerScores` (given, or
+  computed here from ``data`` with a real criterion, ``wgrad`` reduced by ``linf`` by default). The exact
   normalisation: with ``s_l`` the layer scores (higher = more important; shifted to be >= 0) and
   ``m`` their mean, ``C_l = m / max(s_l, 1e-3 m)``: inverse-proportional, so a layer half as important
   gets twice the share. A coupled group takes the parameter-weighted mean of its layers' ``C_l``.
@@ -20,7 +21,9 @@ weights that are zeroed.
 - ``slice``: NNSlicer class-focused pruning from a Slice's synapse CONTRIB. Per layer the fraction
   ``ratio`` of synapses with the smallest ``|CONTRIB|`` goes (ties: smallest ``|w|`` first); a neuron
   whose synapses all went goes with its bias. Unstructured (masks); with ``mode="structured"`` the
-  channels are chosen by their summed ``|CONTRIB|`` with uniform budgets.
+  channels are chosen by their summed ``|CONTRIB|`` with uniform budgets. :func:`class_slice` computes
+  the Slice of NNSlicer's criterion (I_T, O_T): the samples of the target classes and their output
+  neurons.
 
 Channel counts are whole numbers: the channels are first floored, then single channels (a segment's
 worth for grouped Convs) go to the groups with the largest remainders until the target is closest.
@@ -44,7 +47,7 @@ from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, select_
 from onnxslice.rewrite.groups import ChannelGroup, GroupSet, discover_groups
 from onnxslice.rewrite.plan import Plan
 
-__all__ = ["MAX_LAYER_RATIO", "PrunePlan", "plan_pruning"]
+__all__ = ["MAX_LAYER_RATIO", "PrunePlan", "class_slice", "plan_pruning", "sensitivity_scores"]
 
 #: No layer loses more than this fraction (SAfER's clip).
 MAX_LAYER_RATIO = 0.9
@@ -95,7 +98,8 @@ def _check_ratio(ratio: float) -> float:
 def _importance_share(model: Model, scores: Any, layers: list[str]) -> dict[str, float]:
     """``C_l = m / max(s_l, 1e-3 m)`` for the named layers (see the module docstring)."""
     if scores is None:
-        raise PlanError("the sensitivity budget needs LayerScores (scores=...), e.g. from onnxslice.sensitivity")
+        raise PlanError("the sensitivity budget needs LayerScores (scores=..., e.g. from onnxslice.sensitivity) "
+                        "or calibration data (data=..., criterion='wgrad')")
     raw = dict(getattr(scores, "scores", scores))
     known = {x.name for x in model.layers}
     unknown = [k for k in raw if k not in known]
@@ -120,15 +124,35 @@ def _group_share(model: Model, g: ChannelGroup, share: Mapping[str, float]) -> f
     return float((w * c).sum() / w.sum())
 
 
-def _counts(groups: list[ChannelGroup], fractions: np.ndarray) -> dict[str, int]:
+def _snap(g: ChannelGroup, k: int, round_to: int) -> int:
+    """The largest removal <= ``k`` that leaves a multiple of ``round_to`` channels (or removes none)."""
+    k = min(k, g.max_removable())
+    if round_to <= 1 or g.segments > 1 or k <= 0:
+        return k
+    kept = min(g.size, -(-(g.size - k) // round_to) * round_to)
+    return g.size - kept
+
+
+def _next(g: ChannelGroup, k: int, round_to: int) -> int | None:
+    """The next larger allowed removal after ``k``, or None."""
+    if round_to <= 1 or g.segments > 1:
+        nxt = k + g.segments
+        return nxt if nxt <= g.max_removable() else None
+    kept = ((g.size - k - 1) // round_to) * round_to
+    return g.size - kept if kept >= round_to else None
+
+
+def _counts(groups: list[ChannelGroup], fractions: np.ndarray, round_to: int = 1) -> dict[str, int]:
     out = {}
     for g, f in zip(groups, fractions, strict=True):
         k = math.floor(f * g.size / g.segments) * g.segments
-        out[g.leader] = min(k, g.max_removable())
+        out[g.leader] = _snap(g, k, round_to)
     return out
 
 
-def _solve_counts(gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float) -> tuple[dict, float]:
+def _solve_counts(
+    gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float, round_to: int = 1
+) -> tuple[dict, float]:
     """Channel counts whose exact parameter removal is closest to ``gamma`` of the prunable parameters."""
     total = gset.prunable_params()
     target = gamma * total
@@ -136,27 +160,31 @@ def _solve_counts(gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray
     def frac(alpha: float) -> np.ndarray:
         return np.clip(alpha * gamma * shares, 0.0, MAX_LAYER_RATIO)
 
+    def removed(alpha: float) -> int:
+        return gset.removed_params(_counts(groups, frac(alpha), round_to))
+
     lo, hi = 0.0, 1.0
-    while gset.removed_params(_counts(groups, frac(hi))) < target and hi < 1e9:
+    while removed(hi) < target and hi < 1e9:
         hi *= 2
-    if gset.removed_params(_counts(groups, frac(hi))) < target:
-        most = gset.removed_params(_counts(groups, frac(hi))) / max(total, 1)
+    if removed(hi) < target and round_to <= 1:
+        most = removed(hi) / max(total, 1)
         raise PlanError(f"ratio {gamma} cannot be reached with each layer clipped to {MAX_LAYER_RATIO}: at most "
                         f"{most:.3f} of the prunable parameters can go")
     for _ in range(60):
         mid = (lo + hi) / 2
-        if gset.removed_params(_counts(groups, frac(mid))) <= target:
+        if removed(mid) <= target:
             lo = mid
         else:
             hi = mid
-    counts = _counts(groups, frac(lo))
+    counts = _counts(groups, frac(lo), round_to)
     remainder = {g.leader: f * g.size - counts[g.leader] for g, f in zip(groups, frac(lo), strict=True)}
     best = abs(gset.removed_params(counts) - target)
     for g in sorted(groups, key=lambda g: -remainder[g.leader]):
-        if counts[g.leader] + g.segments > g.max_removable():
+        nxt = _next(g, counts[g.leader], round_to)
+        if nxt is None:
             continue
         trial = dict(counts)
-        trial[g.leader] += g.segments
+        trial[g.leader] = nxt
         err = abs(gset.removed_params(trial) - target)
         if err < best:
             counts, best = trial, err
@@ -165,9 +193,13 @@ def _solve_counts(gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray
     return counts, lo
 
 
-def _synapse_scores(slice_: Any) -> Mapping[str, np.ndarray]:
+def _synapse_scores(model: Model, slice_: Any) -> Mapping[str, np.ndarray]:
     if slice_ is None:
         raise PlanError("the slice budget needs a Slice (slice=...) with per-synapse CONTRIB for the target classes")
+    fingerprint = getattr(slice_, "fingerprint", "")
+    if fingerprint and fingerprint != model.fingerprint:
+        raise PlanError(f"the slice was computed on another model (fingerprint {fingerprint}, this model's is "
+                        f"{model.fingerprint}); slice this model")
     syn = getattr(slice_, "synapses", slice_)
     if not isinstance(syn, Mapping):
         raise PlanError("slice= must be a Slice (with .synapses) or a mapping weight name -> CONTRIB array")
@@ -175,7 +207,8 @@ def _synapse_scores(slice_: Any) -> Mapping[str, np.ndarray]:
 
 
 def _plan_structured(
-    model: Model, gamma: float, budget: str, scores: Any, slice_: Any, channel_score: ChannelScore, seed: int
+    model: Model, gamma: float, budget: str, scores: Any, slice_: Any, channel_score: ChannelScore, seed: int,
+    round_to: int = 1,
 ) -> PrunePlan:
     gset = discover_groups(model)
     groups = gset.prunable
@@ -189,8 +222,8 @@ def _plan_structured(
     else:
         shares = np.ones(len(groups))
     if budget == "slice":
-        channel_score = dict(_synapse_scores(slice_))
-    counts, alpha = _solve_counts(gset, groups, shares, gamma)
+        channel_score = dict(_synapse_scores(model, slice_))
+    counts, alpha = _solve_counts(gset, groups, shares, gamma, round_to)
     rng = np.random.default_rng(seed)
     layers: dict[str, Any] = {}
     for g in groups:
@@ -210,6 +243,7 @@ def _plan_structured(
         ("slice CONTRIB" if budget == "slice" else "custom"),
         "left_alone": gset.skipped,
         "seed": seed,
+        "round_to": round_to,
     }
     if budget == "sensitivity":
         meta["criterion"] = getattr(scores, "criterion", "user")
@@ -239,7 +273,7 @@ def _plan_unstructured(model: Model, gamma: float, budget: str, scores: Any, sli
                      budget, {"mode": "unstructured", "ratio": gamma,
                               "ratio_definition": RATIO_DEFINITION["unstructured"]})
     if budget == "slice":
-        syn = _synapse_scores(slice_)
+        syn = _synapse_scores(model, slice_)
         for x, r in zip(layers, ratios, strict=True):
             contrib = syn.get(x.weight, syn.get(x.name))
             w = model.initializer(x.weight)
@@ -256,6 +290,79 @@ def _plan_unstructured(model: Model, gamma: float, budget: str, scores: Any, sli
     return plan
 
 
+def sensitivity_scores(model: Model, data: Any, criterion: str = "wgrad", reduction: str = "linf",
+                       **options: Any) -> Any:
+    """SAfER layer scores for the sensitivity budget: :func:`onnxslice.sensitivity` on ``data``.
+
+    Raises:
+        PlanError: a criterion that needs data was given none.
+    """
+    from onnxslice.sensitivity import sensitivity
+
+    if data is None and criterion != "weight":
+        raise PlanError(f"the sensitivity budget with criterion '{criterion}' needs calibration data (data=... / "
+                        "--data), or precomputed LayerScores (scores=... / --scores)")
+    return sensitivity(model, data, criterion, reduction, **options)
+
+
+def class_slice(
+    model: Model,
+    data: Any,
+    targets: Any,
+    *,
+    samples: int | None = 256,
+    profile_samples: int = 1000,
+    theta: float = 0.3,
+    **options: Any,
+) -> Any:
+    """NNSlicer's class-focused criterion (I_T, O_T): the slice of the target classes' samples and outputs.
+
+    The profile (mean activations) comes from the first ``profile_samples`` samples of ``data``, every
+    class included; the slice runs over the first ``samples`` samples whose label is a target class
+    (all samples when ``data`` has no labels or the targets are not classes), seeded at the target
+    classes' output neurons.
+
+    Args:
+        model: the model.
+        data: a Dataset (labels pick the target-class samples), a data spec, or arrays.
+        targets: classes (``[0, 1]``, ``"class:0,1"``) or any :func:`onnxslice.slice` target.
+        samples: at most this many criterion samples (None: all).
+        profile_samples: samples used for the profile.
+        theta: NNSlicer's significance threshold.
+        **options: passed to :func:`onnxslice.slice` (``workers``, ``batch_size``, ...).
+
+    Returns:
+        The :class:`onnxslice.Slice` (its ``samples`` index into ``data``).
+
+    Raises:
+        PlanError: no sample of ``data`` has a target class.
+    """
+    from onnxslice.data import Dataset, load_data
+    from onnxslice.profile import profile
+    from onnxslice.slicing import slice as slice_model
+    from onnxslice.slicing.targets import parse_targets
+
+    ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
+    prof_data = ds.subset(slice(0, profile_samples)) if ds is not None else data
+    prof = profile(model, prof_data, 256, show_progress=False)
+    out = model.outputs[0]
+    shape = tuple(d if isinstance(d, int) else -1 for d in (out.shape or ())[1:])
+    parsed = parse_targets(targets, out.name, shape)
+    classes = [t.index[0] for t in parsed if t.kind == "class"]
+    idx: np.ndarray | None = None
+    if ds is not None and ds.labels is not None and classes and len(classes) == len(parsed):
+        idx = np.flatnonzero(np.isin(ds.labels, classes))
+        if idx.size == 0:
+            raise PlanError(f"no sample of '{ds.name}' has a target class ({', '.join(map(str, classes))})")
+    elif ds is not None:
+        idx = np.arange(len(ds))
+    if idx is not None and samples is not None:
+        idx = idx[:samples]
+    which: Any = idx if idx is not None else (f"0:{samples}" if samples is not None else None)
+    return slice_model(model, prof, ds if ds is not None else data, [str(t) for t in parsed], theta, samples=which,
+                       **options)
+
+
 def plan_pruning(
     model: Model,
     ratio: float,
@@ -265,6 +372,10 @@ def plan_pruning(
     channel_score: ChannelScore = "l1",
     *,
     mode: str = "structured",
+    data: Any = None,
+    criterion: str = "wgrad",
+    reduction: str = "linf",
+    round_to: int = 1,
     seed: int = 0,
 ) -> PrunePlan:
     """Plan how much each layer (channel group) loses for a global ``ratio``.
@@ -278,6 +389,13 @@ def plan_pruning(
         channel_score: within a group, ``"l1"`` (default), ``"l2"``, ``"random"``, a callable
             ``(layer, weight) -> scores[C]``, or relevance arrays keyed by layer or weight name.
         mode: ``"structured"`` (remove channels) or ``"unstructured"`` (zero weights).
+        data: calibration data for the sensitivity budget when ``scores`` is not given.
+        criterion: the SAfER criterion computed on ``data`` (default ``wgrad``).
+        reduction: its reduction (default ``linf``).
+        round_to: structured only: every pruned group keeps a multiple of this many channels (e.g. 16,
+            onnxruntime's NCHWc block on AVX-512 CPUs, so that its Conv kernels do not pad the channels
+            back); groups smaller than ``round_to`` are not pruned. The achieved ratio is then only as
+            close to ``ratio`` as these steps allow (``meta["achieved_ratio"]``).
         seed: for ``channel_score="random"``.
 
     Returns:
@@ -286,13 +404,19 @@ def plan_pruning(
 
     Raises:
         PlanError: ratio outside [0, 1), unknown budget or mode, scores naming unknown layers, missing
-            scores or slice, or a ratio that the 0.9 per-layer clip cannot reach.
+            scores or slice, a slice of another model, or a ratio that the 0.9 per-layer clip cannot reach.
     """
     gamma = _check_ratio(ratio)
     if budget not in BUDGETS:
         raise PlanError(f"unknown budget '{budget}'; use one of {', '.join(BUDGETS)}")
+    if int(round_to) < 1:
+        raise PlanError(f"round_to must be a positive channel count, got {round_to}")
+    if mode not in RATIO_DEFINITION:
+        raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")
+    if budget == "sensitivity" and scores is None and data is not None:
+        scores = sensitivity_scores(model, data, criterion, reduction)
     if mode == "structured":
-        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed)
+        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed, int(round_to))
     if mode == "unstructured":
         return _plan_unstructured(model, gamma, budget, scores, slice)
     raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")

@@ -98,8 +98,8 @@ def sensitivity(
         layers: restrict to these layers.
         device: onnxruntime device.
         **options: criterion options: ``path`` (``layer``/``global``), ``sigma``, ``ig_times_weight``,
-            ``gig_fraction``, ``gig_max_dist``, ``hsic_masks``, ``hsic_drop``, ``fd_h``, ``fd_mode``,
-            ``fd_granularity``.
+            ``gig_fraction``, ``gig_max_dist``, ``hsic_masks``, ``hsic_drop``, ``hsic_bandwidth``, ``fd_h``,
+            ``fd_mode``, ``fd_granularity``.
 
     Returns:
         LayerScores (criterion, reduction, and ``meta`` with timing and settings).

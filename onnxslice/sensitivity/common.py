@@ -114,19 +114,7 @@ def calibration(model: Model, data: Any, samples: int | None = 256) -> Calibrati
 
 def channel_axis(model: Model, layer: Layer) -> int:
     """The output-channel (neuron) axis of the layer's weight: the axis pruning removes."""
-    w = model.initializer(layer.weight)
-    node = model.node(layer.name)
-    if layer.op_type == "Conv":
-        return 0
-    if layer.op_type == "ConvTranspose":
-        return 1
-    if layer.op_type == "Gemm":
-        if layer.weight_input == 1:
-            return 0 if node.attr("transB", 0) else 1
-        return 1 if node.attr("transA", 0) else 0
-    if layer.op_type == "MatMul":
-        return w.ndim - 1 if layer.weight_input == 1 else w.ndim - 2
-    return 0
+    return layer.out_axis
 
 
 def activation_axis(layer: Layer) -> int:

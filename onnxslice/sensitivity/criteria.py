@@ -35,6 +35,7 @@ __all__ = [
     "Hsic",
     "Weight",
     "get_criterion",
+    "hsic_bandwidth",
     "hsic_scores",
     "load_gradient_criteria",
     "register",
@@ -155,9 +156,16 @@ class Hsic:
     default 64) random binary keep-masks ``m_j`` (keep probability ``1 - hsic_drop``, default 0.5) zero
     the dropped channels; ``Y_j(x) = f^{m_j}(x)``. With a Dirac kernel on each channel's mask bit,
     ``K_c[i, j] = [m_ic == m_jc]``, and an RBF kernel on the outputs per sample,
-    ``L_x[i, j] = exp(-(Y_i(x) - Y_j(x))^2 / (2 s_x^2))`` (``s_x``: median pairwise distance), the
-    score of channel c is ``E_x[tr(K_c H L_x H)] / (p - 1)^2`` (linear in ``L``, so ``L`` is averaged
-    over the samples first). Relevance shape: ``[channels]``. Cost: ``masks`` suffix runs per layer.
+    ``L_x[i, j] = exp(-(Y_i(x) - Y_j(x))^2 / (2 s_x^2))``, the score of channel c is
+    ``E_x[tr(K_c H L_x H)] / (p - 1)^2`` (linear in ``L``, so ``L`` is averaged over the samples first).
+
+    Every layer is measured with the same kernel, so the scores compare across layers: ``s_x`` is the
+    largest of the layers' median pairwise output distances for sample x (:func:`hsic_bandwidth`). A
+    per-layer median (option ``hsic_bandwidth="layer"``, kept for comparison) rescales each layer's
+    output changes to the same size and erases the difference between a layer whose masks barely move
+    ``f`` and one whose masks destroy it: on the moons models it made ``hsic`` anti-correlated with the
+    ground truth (Spearman -0.23 against +0.64 with the shared kernel, linf, 5 models, U/N/D on weights).
+    Relevance shape: ``[channels]``. Cost: ``masks`` suffix runs per layer.
     """
 
     name = "hsic"
@@ -168,9 +176,10 @@ class Hsic:
             raise DataError("criterion 'hsic' is evaluated at the model's own weights only")
         p = int(ctx.option("hsic_masks", 64))
         drop = float(ctx.option("hsic_drop", 0.5))
+        bandwidth = check_name("hsic bandwidth", ctx.option("hsic_bandwidth", "shared"), ("shared", "layer"))
         if p < 2 or not 0.0 < drop < 1.0:
             raise DataError(f"hsic needs at least 2 masks and a drop probability in (0, 1); got {p}, {drop}")
-        out: dict[str, np.ndarray] = {}
+        runs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for li, layer in ctx.iter_layers():
             w = np.asarray(ctx.model.initializer(layer.weight))
             axis = channel_axis(ctx.model, layer)
@@ -178,18 +187,39 @@ class Hsic:
             shape = [1] * w.ndim
             shape[axis] = w.shape[axis]
             ys = np.stack([ctx.f_suffix(layer, (w * m.reshape(shape)).astype(w.dtype)) for m in masks])
-            out[layer.name] = hsic_scores(masks, ys)
-        return out
+            runs[layer.name] = (masks, ys)
+        sigma = hsic_bandwidth([ys for _, ys in runs.values()]) if bandwidth == "shared" else None
+        return {name: hsic_scores(masks, ys, sigma) for name, (masks, ys) in runs.items()}
 
 
-def hsic_scores(masks: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Per-channel HSIC from ``masks [p, C]`` (0/1) and outputs ``ys [p, N]`` (see :class:`Hsic`)."""
+def hsic_bandwidth(ys_list: list[np.ndarray]) -> np.ndarray:
+    """Per-sample RBF bandwidth shared by several layers: the largest of their median heuristics.
+
+    Each ``ys [p, N]`` gives, per sample, the median of its non-zero pairwise output distances
+    ``|Y_i(x) - Y_j(x)|`` (1 where no pair differs); the bandwidth is the maximum over ``ys_list``.
+    Taking the largest scale keeps the kernel of the layer with the biggest output changes out of
+    saturation (a pooled median would sit at the scale of the weak layers and flatten the strong one's
+    kernel to the identity, inverting the order); layers with smaller changes then score lower.
+    """
+    meds = []
+    for ys in ys_list:
+        iu = np.triu_indices(ys.shape[0], 1)
+        pairs = np.abs(ys[:, None, :] - ys[None, :, :])[iu]  # [P, N]
+        tol = 1e-6 * (np.abs(ys).max(axis=0) + 1e-12)  # float32 round-off is not a difference
+        meds.append([np.median(col[col > t]) if np.any(col > t) else 0.0 for col, t in zip(pairs.T, tol, strict=True)])
+    sigma = np.max(np.array(meds), axis=0)
+    return np.where(sigma > 0, sigma, 1.0)
+
+
+def hsic_scores(masks: np.ndarray, ys: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel HSIC from ``masks [p, C]`` (0/1) and outputs ``ys [p, N]`` (see :class:`Hsic`).
+
+    ``sigma [N]``: the per-sample RBF bandwidth (default: :func:`hsic_bandwidth` of ``ys`` alone).
+    """
     p = masks.shape[0]
     d = np.abs(ys[:, None, :] - ys[None, :, :])  # [p, p, N]
-    iu = np.triu_indices(p, 1)
-    pairs = d[iu]  # [P, N]
-    tol = 1e-6 * (np.abs(ys).max(axis=0) + 1e-12)  # float32 round-off is not a difference
-    sigma = np.array([np.median(col[col > t]) if np.any(col > t) else 1.0 for col, t in zip(pairs.T, tol, strict=True)])
+    if sigma is None:
+        sigma = hsic_bandwidth([ys])
     lbar = np.exp(-(d**2) / (2.0 * sigma[None, None, :] ** 2)).mean(axis=2)
     h = np.eye(p) - 1.0 / p
     mm = h @ lbar @ h

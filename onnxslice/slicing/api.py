@@ -153,7 +153,8 @@ def slice(
         output: the output that ``pred`` and classes refer to (default: the first).
         batch_size: samples per unit of work (one recording and one batched backward walk).
         backend: ``"local"`` or ``"ray"``.
-        workers: processes/CPUs (``1`` = this process; default: one per CPU, at most one per unit).
+        workers: processes/CPUs (default None or 1: this process; N > 1: N local processes, which needs
+            the ``if __name__ == "__main__":`` guard in scripts, like all Python multiprocessing).
         address: a Ray cluster to join.
         device: onnxruntime device for recording.
         chunk: the most elements a rule's temporaries hold at once (memory bound).
@@ -187,7 +188,7 @@ def slice(
     options = BackwardOptions(float(theta), granularity, theta_denominator, theta_sum, int(chunk))
     units = [np.arange(s, min(len(idx), s + batch_size)) for s in builtins.range(0, len(idx), batch_size)]
     token = uuid.uuid4().hex
-    serial = backend == "local" and (workers == 1 or len(units) <= 1)
+    serial = backend == "local" and (workers is None or workers == 1 or len(units) <= 1)
     job = _Job(token, None if serial else model.proto.SerializeToString(), profile, feed, parsed, out_name, options,
                device)
     if serial:

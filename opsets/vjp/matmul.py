@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Grads, PerSampleUnsupported, VjpContext, unbroadcast, vjp
+from .kernels import matmul as fast_matmul
 
 
 def _gemm_operands(ctx: VjpContext) -> tuple[np.ndarray, np.ndarray, bool, bool, float, float]:
@@ -38,14 +39,14 @@ def gemm(ctx: VjpContext) -> Grads:
             if not ctx.keep(1) and ctx.has(1):
                 raise PerSampleUnsupported("Gemm with a batch-independent A and a batched B")
             raise PerSampleUnsupported("Gemm per-sample gradient of A")
-        dap = alpha * (g @ bp.T)
+        dap = alpha * fast_matmul(g, bp, trans_b=True)
         out[0] = (dap.T if ta else dap).astype(a.dtype, copy=False)
     if ctx.need(1):
         if ctx.keep(1):
             dbp = alpha * (ap[:, :, None] * g[:, None, :])  # [N, K, M]
             out[1] = (dbp.transpose(0, 2, 1) if tb else dbp).astype(b.dtype, copy=False)
         else:
-            dbp = alpha * (ap.T @ g)
+            dbp = alpha * fast_matmul(ap, g, trans_a=True)
             out[1] = (dbp.T if tb else dbp).astype(b.dtype, copy=False)
     if ctx.has(2) and ctx.need(2):
         c = ctx.x(2)

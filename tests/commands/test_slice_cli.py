@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicing"))
-from slice_models import cnn_data, cnn_model
+from _slice_nets import cnn_data, cnn_model
 
 from onnxslice.cli import main
 from onnxslice.profile import profile
@@ -123,7 +123,7 @@ def test_slice_cli_bad_input_one_line_exit_2(files, capsys, extra, message):
 def test_slice_cli_profile_of_other_model(files, tmp_path, capsys):
     other = tmp_path / "other.npz"
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3), np.float32))
-    from slice_models import worked_example_model, zero_profile
+    from _slice_nets import worked_example_model, zero_profile
 
     zero_profile(worked_example_model()).save(other)
     rc = main(["slice", str(files["model"]), "-p", str(other), "-d", str(files["data"]), "-o", str(tmp_path / "s.npz")])

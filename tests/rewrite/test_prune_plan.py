@@ -107,3 +107,21 @@ def test_plan_bad_arguments_raise_plan_error(lenet, kwargs, match):
     ratio = kwargs.pop("ratio")
     with pytest.raises(PlanError, match=match):
         plan_pruning(model, ratio, **kwargs)
+
+
+@pytest.mark.parametrize("round_to", [2, 4])
+def test_plan_round_to_keeps_multiples_of_the_block(round_to):
+    from onnxslice.rewrite.groups import discover_groups
+
+    proto, _x = build("residual")
+    model = osl.load(proto)
+    sizes = {g.leader: g.size for g in discover_groups(model).prunable}
+    plan = plan_pruning(model, 0.3, round_to=round_to)
+    assert plan.meta["round_to"] == round_to and plan.meta["removed_params"] > 0
+    for leader, d in plan.layers.items():
+        kept = sizes[leader] - len(d["remove"])
+        assert kept == sizes[leader] or kept % round_to == 0
+    pruned = prune(model, plan)
+    assert pruned.num_params == model.num_params - plan.meta["removed_params"]
+    with pytest.raises(PlanError, match="round_to"):
+        plan_pruning(model, 0.3, round_to=0)

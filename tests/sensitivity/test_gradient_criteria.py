@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _sens_helpers import fd_grads, forward
+from _sens_helpers import build_mlp, fd_grads, forward, mlp_weights
 
 from onnxslice.sensitivity import get_criterion, relevance, sensitivity
 from onnxslice.sensitivity.context import Context
@@ -61,6 +61,23 @@ def test_noise_tunnel_matches_reference(mlp, kind):
         stack = np.concatenate([p[f"W{i}"] for p in per_draw])  # [draws * N, ...]
         ref = stack.mean(0) if kind == "smoothgrad" else stack.var(0)
         _close(rel[f"L{i}"], ref)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.25])
+def test_noise_tunnel_sigma_is_relative_to_each_layers_range(sigma):
+    """Every layer gets its own N(0, (sigma * (max w_l - min w_l))^2) noise, from its own stream."""
+    w = mlp_weights(0, (3, 30, 20, 2))
+    w["W1"] *= 10.0  # layers of very different scales
+    model = build_mlp(w)
+    x = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    ctx = Context.build(model, {"x": x}, noise_samples=2, seed=7, options={"sigma": sigma})
+    tunnel = get_criterion("smoothgrad")
+    for d in range(2):
+        nw = tunnel.noisy_weights(ctx, d)
+        for i in range(3):
+            span = float(w[f"W{i}"].max() - w[f"W{i}"].min())
+            ref = np.random.default_rng([7, i, d, 104729]).normal(0.0, 1.0, w[f"W{i}"].shape) * sigma * span
+            np.testing.assert_allclose(nw[f"W{i}"] - w[f"W{i}"], ref, rtol=1e-4, atol=1e-5 * span)
 
 
 def test_noise_tunnel_wraps_not_copies():

@@ -8,7 +8,7 @@ from _sens_helpers import build_mlp, forward, mlp_weights
 
 from onnxslice.errors import DataError
 from onnxslice.sensitivity import UnknownNameError, perturbation_importance
-from onnxslice.sensitivity.groundtruth import _KIND, perturb
+from onnxslice.sensitivity.groundtruth import _KIND, BLOCK, perturb
 
 
 @pytest.mark.parametrize("noise", ["U", "N", "D"])
@@ -27,9 +27,10 @@ def test_weights_match_brute_force(mlp, noise):
         assert gt.scores[f"L{li}"] == pytest.approx(tot / draws, rel=1e-4)
 
 
-def test_activations_match_brute_force(mlp):
+def test_activations_shared_pattern_match_brute_force(mlp):
     model, w, x = mlp
-    gt = perturbation_importance(model, {"x": x}, "N", "activations", 0.3, 2, seed=1, structured=True)
+    gt = perturbation_importance(model, {"x": x}, "N", "activations", 0.3, 2, seed=1, structured=True,
+                                 act_pattern="shared")
     y0 = forward(w, x)
     peaks = {}
     forward(w, x, act={i: (lambda h, i=i: peaks.__setitem__(i, np.abs(h).max()) or h) for i in range(3)})
@@ -42,6 +43,54 @@ def test_activations_match_brute_force(mlp):
             y = forward(w, x, act={li: lambda h, p=pattern: h + (p - 1.0)})
             tot += np.linalg.norm(y - y0, axis=1).mean()
         assert gt.scores[f"L{li}"] == pytest.approx(tot / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("noise", ["U", "N", "D"])
+def test_activations_per_sample_patterns_match_brute_force(noise):
+    """Default act_pattern="sample": sample i uses row i % BLOCK of the block drawn for i // BLOCK."""
+    w = mlp_weights()
+    model = build_mlp(w)
+    x = np.random.default_rng(1).normal(size=(BLOCK + 30, 3)).astype(np.float32)  # two blocks
+    draws, mag, seed = 2, 0.4, 3
+    gt = perturbation_importance(model, {"x": x}, noise, "activations", mag, draws, seed=seed, batch_size=50,
+                                 proportion=0.3)
+    y0 = forward(w, x)
+    peaks = {}
+    forward(w, x, act={i: (lambda h, i=i: peaks.__setitem__(i, np.abs(h).max()) or h) for i in range(3)})
+    for li in range(3):
+        width = w[f"W{li}"].shape[1]
+        tot = 0.0
+        for d in range(draws):
+            pats = np.concatenate([
+                perturb(np.ones((BLOCK, width)), noise, mag, peaks[li],
+                        np.random.default_rng([seed, li, d, _KIND[noise], b]), proportion=0.3)
+                for b in range(2)])[: len(x)]
+            assert not np.all(pats == pats[:1])  # the samples do not share one pattern
+            fn = (lambda h, p=pats: h * p) if noise == "U" else (lambda h, p=pats: h + (p - 1.0))
+            tot += np.linalg.norm(forward(w, x, act={li: fn}) - y0, axis=1).mean()
+        assert gt.scores[f"L{li}"] == pytest.approx(tot / draws, rel=1e-4)
+
+
+def test_activations_per_sample_do_not_depend_on_batching(mlp):
+    model, _, x = mlp
+    a = perturbation_importance(model, {"x": x}, "D", "activations", 0.5, 3, batch_size=7, structured=True)
+    b = perturbation_importance(model, {"x": x}, "D", "activations", 0.5, 3, batch_size=None, structured=True)
+    assert a.scores == pytest.approx(b.scores, rel=1e-6)
+
+
+def test_activations_per_sample_are_more_repeatable_than_shared():
+    """Same expectation, but two seeds agree far better with per-sample patterns (the benchmark's reason)."""
+    w = mlp_weights(0, (3, 16, 16, 2))
+    model = build_mlp(w)
+    x = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+
+    def spread(pattern: str) -> float:
+        runs = [perturbation_importance(model, {"x": x}, "U", "activations", 0.3, 4, seed=s, act_pattern=pattern)
+                for s in range(4)]
+        v = np.array([[r.scores[k] for k in ("L0", "L1", "L2")] for r in runs])
+        return float((v.std(axis=0) / v.mean(axis=0)).mean())
+
+    assert spread("sample") < 0.3 * spread("shared")
 
 
 def test_prefix_cache_equals_full_runs(mlp):
@@ -108,6 +157,8 @@ def test_bad_inputs(mlp):
         perturbation_importance(model, {"x": x}, "Q")
     with pytest.raises(UnknownNameError, match="weights, activations"):
         perturbation_importance(model, {"x": x}, "N", on="biases")
+    with pytest.raises(UnknownNameError, match="sample, shared"):
+        perturbation_importance(model, {"x": x}, "N", on="activations", act_pattern="each")
     with pytest.raises(DataError, match="magnitude"):
         perturbation_importance(model, {"x": x}, "N", magnitude=2.0)
     with pytest.raises(DataError, match="'x'"):

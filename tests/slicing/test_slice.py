@@ -6,12 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slice_models import cnn_data, cnn_model, worked_example_model, zero_profile
+from _slice_nets import cnn_data, cnn_model, worked_example_model, zero_profile
 
 from onnxslice.errors import DataError, OnnxSliceError
+from onnxslice.model import Model
 from onnxslice.profile import Profile, profile
 from onnxslice.slicing import Slice, slice
 from onnxslice.testing import run_ort
+
+
+@pytest.fixture(scope="module")
+def cnn() -> tuple[Model, Profile, np.ndarray]:
+    model = cnn_model()
+    x = cnn_data()
+    return model, profile(model, x, 8), x
 
 
 def test_slice_worked_example_exact():

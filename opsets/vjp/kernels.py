@@ -1,0 +1,90 @@
+"""onnxruntime's own convolution kernels, run as small cached one-node sessions, for backward convolutions.
+
+The input cotangent of a convolution is a transposed convolution of the output cotangent, and its
+weight cotangent a convolution of the input by the output cotangent; onnxruntime's MLAS kernels do
+both several times faster than numpy loops. Sessions are memoized per (op, attributes, dtype, rank)
+with dynamic shapes, so a model builds each one once. The cache holds no graph state: rules stay
+pure functions of their inputs. Set ``ONNXSLICE_CONV_KERNELS=numpy`` to use the numpy path only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from onnx import helper
+
+__all__ = ["enabled", "matmul", "run_kernel"]
+
+
+def enabled() -> bool:
+    """Whether backward convolutions may use onnxruntime kernels."""
+    return os.environ.get("ONNXSLICE_CONV_KERNELS", "onnxruntime") != "numpy"
+
+
+_SESSIONS: dict[tuple[Any, ...], Any] = {}
+
+
+def _session(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int) -> Any:
+    """The cached session (None, also cached, when onnxruntime has no kernel for it)."""
+    key = (op, attrs, dtype, rank)
+    if key not in _SESSIONS:
+        try:
+            _SESSIONS[key] = _build(op, attrs, dtype, rank)
+        except Exception:  # onnxruntime's own exception types: no kernel for this combination
+            _SESSIONS[key] = None
+    return _SESSIONS[key]
+
+
+def _build(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int) -> Any:
+    from onnxslice.record import make_session
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    kwargs: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs}
+    node = helper.make_node(op, ["a", "b"], ["c"], **kwargs)
+    graph = helper.make_graph(
+        [node],
+        f"onnxslice/{op}",
+        [helper.make_tensor_value_info("a", elem, None), helper.make_tensor_value_info("b", elem, None)],
+        [helper.make_tensor_value_info("c", elem, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return make_session(model, "cpu", optimize=True)
+
+
+def run_kernel(op: str, a: np.ndarray, b: np.ndarray, **attrs: Any) -> np.ndarray | None:
+    """``op(a, b, **attrs)`` through a cached onnxruntime session; None when onnxruntime refuses it."""
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()))
+    sess = _session(op, key, a.dtype.name, a.ndim)
+    if sess is None:
+        return None
+    try:
+        return np.asarray(sess.run(None, {"a": np.ascontiguousarray(a), "b": np.ascontiguousarray(b)})[0])
+    except Exception:  # a shape the kernel rejects at run time: the caller uses numpy
+        return None
+
+
+#: Products smaller than this many multiply-adds stay in numpy (a session call costs ~20 us).
+MIN_KERNEL_MACS = 1 << 18
+
+
+def matmul(a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
+    """``a @ b`` with optional transposes (2-D; stacked operands with matching batch dims without them).
+
+    Large float32 products run on onnxruntime's MLAS GEMM (measured 3-10x faster than numpy's
+    OpenBLAS on the shared CPUs here), small ones and other dtypes in numpy.
+    """
+    at = np.swapaxes(a, -1, -2) if trans_a else a
+    bt = np.swapaxes(b, -1, -2) if trans_b else b
+    macs = at.shape[-2] * at.shape[-1] * bt.shape[-1] * int(np.prod(at.shape[:-2]))
+    if enabled() and a.dtype == np.float32 and b.dtype == np.float32 and macs >= MIN_KERNEL_MACS:
+        if a.ndim == 2 and b.ndim == 2:
+            res = run_kernel("Gemm", a, b, transA=int(trans_a), transB=int(trans_b))
+        elif not trans_a and not trans_b:
+            res = run_kernel("MatMul", a, b)
+        else:
+            res = None
+        if res is not None:
+            return res
+    return at @ bt
