@@ -75,19 +75,6 @@ class WeightLayout:
     block_axis: int
 
 
-def _out_axis(layer: Layer, ndim: int, trans_a: int, trans_b: int) -> int:
-    if layer.op_type == "Conv":
-        return 0
-    if layer.op_type == "ConvTranspose":
-        return 1
-    if layer.op_type == "Gemm":
-        if layer.weight_input == 1:
-            return 0 if trans_b else 1
-        return 1 if trans_a else 0
-    # MatMul: the weight is [.., K, N] on the right or [.., M, K] on the left
-    return ndim - 1 if layer.weight_input == 1 else ndim - 2
-
-
 def layout(model: Model, layer: Layer) -> WeightLayout:
     """The :class:`WeightLayout` of a quantizable layer.
 
@@ -100,8 +87,7 @@ def layout(model: Model, layer: Layer) -> WeightLayout:
             "(keep it at fp32)"
         )
     shape = tuple(int(d) for d in model.initializer(layer.weight).shape)
-    node = model.node(layer.name)
-    axis = _out_axis(layer, len(shape), int(node.attr("transA", 0)), int(node.attr("transB", 0)))
+    axis = layer.out_axis
     if len(shape) == 2:
         return WeightLayout(axis, (shape[0], shape[1]), 1 - axis)
     if axis == len(shape) - 1:  # [..., N]: blocks run over the flattened leading axes
