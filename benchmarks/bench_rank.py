@@ -71,9 +71,11 @@ def _data64(spec: str) -> dict[str, np.ndarray]:
     return {"x": x[:64]}
 
 
-def part1(criteria: list[str], steps: int, noise: int, repeats: int) -> list[dict]:
+def part1(criteria: list[str], steps: int, noise: int, repeats: int, only: list[str] | None = None) -> list[dict]:
     rows = []
     for name, path, spec in _reference_models():
+        if only and not any(o.lower() in name.lower() for o in only):
+            continue
         if not path.is_file():
             print(f"skipped {name}: {path} is not built yet (models branch)", file=sys.stderr)
             rows.append({"model": name, "layers": None, "note": "missing"})
@@ -147,13 +149,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small settings to check that it runs")
     p.add_argument("--criteria", default="all")
+    p.add_argument("--models", default="", help="comma list of name parts (lenet, resnet, efficientnet, moons)")
+    p.add_argument("--skip-groundtruth", action="store_true", help="part 1 only")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rank.json"))
     a = p.parse_args()
     crits = criteria_names() if a.criteria == "all" else a.criteria.split(",")
     steps, noise, repeats = (2, 2, 1) if a.quick else (16, 16, 3)
     depths = [2, 4, 8] if a.quick else [2, 4, 8, 16, 32]
-    t1 = part1(crits, steps, noise, 1)  # one repeat: EfficientNet path criteria take minutes
-    t2 = part2(depths, 2 if a.quick else 8, repeats, 64 if a.quick else 256, 256 if a.quick else 2048)
+    only = [m for m in a.models.split(",") if m]
+    t1 = part1(crits, steps, noise, 1, only)  # one repeat: EfficientNet path criteria take minutes
+    t2 = [] if a.skip_groundtruth else part2(
+        depths, 2 if a.quick else 8, repeats, 64 if a.quick else 256, 256 if a.quick else 2048
+    )
     cols = ["model", "layers", *crits, "note"]
     t1 = [{c: r.get(c, "") for c in cols} for r in t1]
     title = f"seconds per criterion (64 samples, steps={steps}, noise draws={noise}, linf)"
