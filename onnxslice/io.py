@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from onnxslice.errors import DataError
 
-__all__ = ["atomic_write_bytes", "load_npz", "save_json", "save_npz"]
+__all__ = ["atomic_path", "atomic_write_bytes", "load_npz", "save_json", "save_npz"]
 
 
 def _umask_mode() -> int:
@@ -26,20 +27,26 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+@contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest``; on success it is renamed to ``dest``, else removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=dest.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=dest.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
     return dest
 
 
@@ -48,19 +55,10 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], met
     dest = Path(path)
     if dest.suffix != ".npz":
         dest = dest.with_name(dest.name + ".npz")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=".npz")
-    os.close(fd)
-    try:
-        payload = dict(arrays)
-        payload["__meta__"] = np.frombuffer(json.dumps(dict(meta)).encode(), dtype=np.uint8)
+    payload = dict(arrays)
+    payload["__meta__"] = np.frombuffer(json.dumps(dict(meta)).encode(), dtype=np.uint8)
+    with atomic_path(dest) as tmp:
         np.savez_compressed(tmp, **payload)  # type: ignore[arg-type]
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return dest
 
 
