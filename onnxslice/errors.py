@@ -6,6 +6,8 @@ wrapped: they surface as ordinary Python exceptions with their traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["DataError", "ModelError", "OnnxSliceError", "PlanError", "UnsupportedOpError"]
 
 
@@ -52,3 +54,8 @@ class UnsupportedOpError(OnnxSliceError):
             hint or f"Add a '{capability}' rule for {op_type} in onnxslice/opsets, or remove the op."
         )
         super().__init__(msg)
+
+    @classmethod
+    def for_node(cls, node: Any, capability: str, hint: str = "") -> UnsupportedOpError:
+        """The error for ``node`` (an ``onnxslice.Node``) lacking ``capability``."""
+        return cls(node.op_type, node.domain, node.opset, capability, node=node.name, hint=hint)

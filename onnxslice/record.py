@@ -335,12 +335,14 @@ class Recorder:
         for out in self.session.get_outputs():
             if out.type.startswith("tensor("):
                 continue
-            hint = (f"Its value '{out.name}' is a {out.type}, not a tensor, and onnxslice records tensors only. "
-                    "Export the model without it (skl2onnx: options={'zipmap': False}).")
+            hint = (
+                f"Its value '{out.name}' is a {out.type}, not a tensor, and onnxslice records tensors only. "
+                "Export the model without it (skl2onnx: options={'zipmap': False})."
+            )
             node = self.model.producer(out.name)
             if node is None:
                 raise DataError(hint)
-            raise UnsupportedOpError(node.op_type, node.domain, node.opset, "record", node.name, hint)
+            raise UnsupportedOpError.for_node(node, "record", hint)
 
     def run(
         self,

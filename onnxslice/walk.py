@@ -126,7 +126,7 @@ class Walker:
             if rule is not None:
                 yield Step(node, rule)
                 continue
-            err = UnsupportedOpError(node.op_type, node.domain, node.opset, capability, node=node.name)
+            err = UnsupportedOpError.for_node(node, capability)
             if on_missing == "raise":
                 raise err
             if on_missing == "yield":

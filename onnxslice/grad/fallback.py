@@ -79,13 +79,10 @@ class _FiniteDifference:
         runs = 2 * sum(int(ctx.x(i).size) for i in todo)
         if runs > MAX_FD_RUNS:
             n = self.node
-            raise UnsupportedOpError(
-                n.op_type,
-                n.domain,
-                n.opset,
+            raise UnsupportedOpError.for_node(
+                n,
                 "vjp",
-                node=n.name,
-                hint=f"a finite-difference VJP would take {runs:,} onnxruntime runs; add a VJP rule for {n.op_type}",
+                f"a finite-difference VJP would take {runs:,} onnxruntime runs; add a VJP rule for {n.op_type}",
             )
 
         def phi(f: dict[str, np.ndarray]) -> float:

@@ -123,9 +123,7 @@ def pow_rule(ctx: ContribContext) -> ContribResult:
     """
     if ctx.dx[1] is not None:
         n = ctx.node
-        raise UnsupportedOpError(
-            n.op_type, n.domain, n.opset, "contributions", node=n.name, hint="Pow with a data-dependent exponent"
-        )
+        raise UnsupportedOpError.for_node(n, "contributions", "Pow with a data-dependent exponent")
     x, dx, p = ctx.x[0], ctx.dx[0], ctx.x[1]
     if x is None or dx is None or p is None:
         return ContribResult()

@@ -80,9 +80,10 @@ def reduce_contributions(ctx: ContribContext) -> ContribResult:
     node = ctx.node
     axes = _axes(ctx, x.ndim)
     if 0 in axes or (ctx.channel and 1 in axes):
-        raise UnsupportedOpError(
-            node.op_type, node.domain, node.opset, "contributions", node=node.name,
-            hint=f"a reduction over axes {list(axes)} mixes samples or channels; it has no contributions rule",
+        raise UnsupportedOpError.for_node(
+            node,
+            "contributions",
+            f"a reduction over axes {list(axes)} mixes samples or channels; it has no contributions rule",
         )
     if ctx.channel:
         return _channel_identity(ctx)
@@ -94,7 +95,5 @@ def reduce_contributions(ctx: ContribContext) -> ContribResult:
     return ContribResult(inputs={0: s.astype(np.int32)})
 
 
-REGISTRY.register("contributions", ["AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"])(
-    pool_contributions
-)
+REGISTRY.register("contributions", ["AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool"])(pool_contributions)
 REGISTRY.register("contributions", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"])(reduce_contributions)

@@ -135,13 +135,10 @@ def _maps(ctx: ContribContext) -> _Maps:
                 _CACHE.popitem(last=False)
             return _CACHE[k]
     n = ctx.node
-    raise UnsupportedOpError(
-        n.op_type,
-        n.domain,
-        n.opset,
+    raise UnsupportedOpError.for_node(
+        n,
         "contributions",
-        node=n.name,
-        hint=f"the routing map of this node could not be computed ({failure or 'its output shape does not match'})",
+        f"the routing map of this node could not be computed ({failure or 'its output shape does not match'})",
     )
 
 
@@ -175,13 +172,10 @@ def routing_contributions(ctx: ContribContext) -> ContribResult:
         src = m.reshape(-1)
         if not np.array_equal(src, np.rint(src)):
             n = ctx.node
-            raise UnsupportedOpError(
-                n.op_type,
-                n.domain,
-                n.opset,
+            raise UnsupportedOpError.for_node(
+                n,
                 "contributions",
-                node=n.name,
-                hint=f"{n.op_type} with these attributes mixes elements (it is not a routing op here)",
+                f"{n.op_type} with these attributes mixes elements (it is not a routing op here)",
             )
         src = src.astype(np.int64)
         per_group = c.reshape(ngroups, -1) if not ctx.channel else None

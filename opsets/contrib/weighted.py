@@ -54,7 +54,7 @@ def _rows_sign(
 
 def _unsupported(ctx: ContribContext, why: str) -> UnsupportedOpError:
     n = ctx.node
-    return UnsupportedOpError(n.op_type, n.domain, n.opset, "contributions", node=n.name, hint=why)
+    return UnsupportedOpError.for_node(n, "contributions", why)
 
 
 def conv_contributions(ctx: ContribContext) -> ContribResult:

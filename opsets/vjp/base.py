@@ -115,9 +115,7 @@ class VjpContext:
     def unsupported(self, why: str) -> UnsupportedOpError:
         """An error for a configuration of this op the rule does not differentiate."""
         n = self.node
-        return UnsupportedOpError(
-            n.op_type, n.domain, n.opset, "vjp", node=n.name, hint=f"{why}; pass exact=False to use finite differences."
-        )
+        return UnsupportedOpError.for_node(n, "vjp", f"{why}; pass exact=False to use finite differences.")
 
 
 VjpFn = Callable[[VjpContext], Grads]
