@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from onnxslice.errors import PlanError
 from onnxslice.model import load
 from onnxslice.record import Recorder, make_session, runtime_proto
-from onnxslice.rewrite import Plan, quantize
+from onnxslice.rewrite import Plan, matmul_nbits, quantize
 from onnxslice.rewrite.bits_plan import uniform_plan
 from onnxslice.rewrite.fidelity import fidelity
 from onnxslice.rewrite.precision import quantizable_layers
@@ -128,6 +128,10 @@ def test_quantize_converts_old_opset_and_checks_it():
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    not matmul_nbits.available(),
+    reason="MatMulNBits packing needs onnx-ir (pip install 'onnxslice[quant]'); int4 falls back to DequantizeLinear",
+)
 def test_quantize_emits_matmul_nbits_matching_fake_quant():
     m = load(matmul_net())
     q = quantize(m, uniform_plan(m, "int4"))
