@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
+from ..axes import reduce_axes
 from ..registry import REGISTRY
 from .base import ContribContext, ContribResult
 from .windows import gather_windows, node_windows, scatter_windows
@@ -58,14 +59,9 @@ def pool_contributions(ctx: ContribContext) -> ContribResult:
 
 def _axes(ctx: ContribContext, rank: int) -> tuple[int, ...]:
     node = ctx.node
-    axes = node.attr("axes")
-    if axes is None and len(ctx.x) > 1 and ctx.x[1] is not None:
-        axes = [int(a) for a in np.asarray(ctx.x[1]).ravel()]
-    if axes is None or len(axes) == 0:
-        if node.attr("noop_with_empty_axes", 0):
-            return ()
-        return tuple(range(rank))
-    return tuple(sorted(int(a) % rank for a in axes))
+    input_axes = ctx.x[1] if len(ctx.x) > 1 else None
+    axes = reduce_axes(node.attr("axes"), input_axes, node.attr("noop_with_empty_axes", 0), rank)
+    return () if axes is None else tuple(axes)
 
 
 def reduce_contributions(ctx: ContribContext) -> ContribResult:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from onnxslice.model import Node
 
+from ..axes import normalize_axis
 from ..registry import REGISTRY
 from .base import Context, Effect, Port, Ref, blocked
 
@@ -120,10 +121,6 @@ def per_channel_params(params: tuple[int, ...], data_outputs: int = 1) -> Rule:
     return rule
 
 
-def _norm_axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
-
-
 def axis_op(default_axis: int, *, coerce_2d_until: int | None = None) -> Rule:
     """Ops that mix values along one axis (Softmax, LogSoftmax, Hardmax, LayerNormalization).
 
@@ -138,7 +135,7 @@ def axis_op(default_axis: int, *, coerce_2d_until: int | None = None) -> Rule:
         shape = ctx.shape(node.inputs[0])
         if shape is None:
             return blocked("the rank of its input is unknown")
-        axis = _norm_axis(int(node.attr("axis", default_axis)), len(shape))
+        axis = normalize_axis(int(node.attr("axis", default_axis)), len(shape))
         mixes = ref.axis >= axis if (coerce_2d_until and node.opset <= coerce_2d_until) else ref.axis == axis
         if node.op_type == "LayerNormalization":
             mixes = ref.axis >= axis
@@ -172,7 +169,7 @@ def reduction(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         else:
             return blocked("it reduces over every axis, the channels included")
     else:
-        axes = sorted(_norm_axis(int(a), rank) for a in axes_attr)
+        axes = sorted(normalize_axis(int(a), rank) for a in axes_attr)
     keep = int(node.attr("keepdims", 1))
     in_axes = [a for a in range(rank) if keep or a not in axes]  # output axis k <- input axis in_axes[k]
     if side == "in":

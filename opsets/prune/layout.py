@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxslice.model import Node
 
+from ..axes import normalize_axes, normalize_axis
 from ..registry import REGISTRY
 from .base import Context, CountEdit, Effect, Port, Ref, blocked, prod
 
@@ -30,7 +31,7 @@ def _axes(node: Node, ctx: Context, rank: int) -> list[int] | None:
         if not ctx.is_const(node.input(1)):
             return None
         axes = [int(a) for a in ctx.const(node.input(1)).reshape(-1)]
-    return sorted(int(a) + rank if int(a) < 0 else int(a) for a in (axes or []))
+    return sorted(normalize_axes(axes or [], rank))
 
 
 def _axis_map(node: Node, ctx: Context) -> list[int | None] | str:
@@ -158,7 +159,7 @@ def concat(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         return blocked("the shapes of its inputs are unknown")
     rank = len(shapes[0])  # type: ignore[arg-type]
     axis = int(node.attr("axis"))
-    axis = axis + rank if axis < 0 else axis
+    axis = normalize_axis(axis, rank)
     side, i = port
     if ref.axis != axis:
         refs = [(v, ref) for j, v in enumerate(node.inputs) if not (side == "in" and j == i) and not ctx.is_const(v)]

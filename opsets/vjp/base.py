@@ -28,6 +28,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
+from ..axes import normalize_axes
 from ..registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -174,11 +175,6 @@ def register(
 def int_list(v: Any) -> list[int]:
     """An attribute or a recorded integer tensor as a list of Python ints."""
     return [int(a) for a in np.asarray(v).reshape(-1)]
-
-
-def normalize_axes(axes: Iterable[int], rank: int) -> list[int]:
-    """Negative axes made positive."""
-    return [a + rank if a < 0 else a for a in axes]
 
 
 def unbroadcast(g: np.ndarray, shape: Sequence[int], keep_batch: bool = False) -> np.ndarray:

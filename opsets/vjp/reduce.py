@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import Grads, VjpContext, VjpRule, int_list, normalize_axes, register
+from ..axes import reduce_axes
+from .base import Grads, VjpContext, VjpRule, register
 
 # (x, y with kept dims, number of reduced elements) -> local derivative dy/dx (broadcastable to x)
 Local = Callable[[np.ndarray, np.ndarray, int], np.ndarray | float]
@@ -19,11 +20,9 @@ Local = Callable[[np.ndarray, np.ndarray, int], np.ndarray | float]
 
 def _axes(ctx: VjpContext, from_input: bool) -> list[int] | None:
     """Reduced axes; None means the identity (noop with empty axes)."""
-    x = ctx.x(0)
-    axes = (int_list(ctx.x(1)) if ctx.has(1) else []) if from_input else int_list(ctx.attr("axes", []))
-    if not axes:
-        return None if from_input and int(ctx.attr("noop_with_empty_axes", 0)) else list(range(x.ndim))
-    return normalize_axes(axes, x.ndim)
+    attr = None if from_input else ctx.attr("axes")
+    given = ctx.x(1) if from_input and ctx.has(1) else None
+    return reduce_axes(attr, given, ctx.attr("noop_with_empty_axes", 0) if from_input else 0, ctx.x(0).ndim)
 
 
 def reduction(local: Local, name: str, from_input: bool) -> VjpRule:
