@@ -16,6 +16,8 @@ import numpy as np
 
 from onnxslice.model import Node
 
+from ..geometry import window_pads
+
 __all__ = ["gather_windows", "node_windows", "scatter_windows", "window_index"]
 
 
@@ -47,17 +49,7 @@ def node_windows(node: Node, spatial: Sequence[int], out: Sequence[int], kernel:
     n = len(spatial)
     strides = tuple(node.attr("strides", [1] * n))
     dilations = tuple(node.attr("dilations", [1] * n))
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin = []
-        for size, o, k, s, d in zip(spatial, out, kernel, strides, dilations, strict=True):
-            total = max(0, (o - 1) * s + (k - 1) * d + 1 - size)
-            begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        pads_begin = tuple(begin)
-    elif auto_pad == "VALID":
-        pads_begin = (0,) * n
-    else:
-        pads_begin = tuple(node.attr("pads", [0] * (2 * n))[:n])
+    pads_begin = tuple(window_pads(node.attr, spatial, out, kernel)[0])
     return window_index(tuple(spatial), tuple(out), tuple(kernel), strides, dilations, pads_begin)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import geometry
 from .base import Grads, VjpContext, int_list, vjp
 from .kernels import enabled, matmul, run_kernel
 
@@ -25,29 +26,11 @@ def window(k: Sequence[int], dil: Sequence[int], stride: Sequence[int], n: Seque
     )
 
 
-def _same_pads(total: int, mode: str) -> tuple[int, int]:
-    half = total // 2
-    return (half, total - half) if mode == "SAME_UPPER" else (total - half, half)
-
-
 def window_pads(
     ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    """Begin and end pads of a Conv / pooling window, from ``pads`` or ``auto_pad`` and the output size."""
-    r = len(in_sp)
-    strides = int_list(ctx.attr("strides", [1] * r))
-    dil = int_list(ctx.attr("dilations", [1] * r))
-    mode = ctx.attr("auto_pad", "NOTSET")
-    if mode in ("SAME_UPPER", "SAME_LOWER"):
-        both = [
-            _same_pads(max(0, (o - 1) * s + (k - 1) * d + 1 - i), mode)
-            for i, o, k, s, d in zip(in_sp, out_sp, kernel, strides, dil, strict=True)
-        ]
-        return [b for b, _ in both], [e for _, e in both]
-    if mode == "VALID":
-        return [0] * r, [0] * r
-    pads = int_list(ctx.attr("pads", [0] * (2 * r)))
-    return pads[:r], pads[r:]
+    """Begin and end pads of this node's window (:func:`onnxslice.opsets.geometry.window_pads`)."""
+    return geometry.window_pads(ctx.attr, in_sp, out_sp, kernel)
 
 
 def pad_to(x: np.ndarray, begin: Sequence[int], length: Sequence[int], fill: float = 0.0) -> np.ndarray:
@@ -269,7 +252,7 @@ def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int]
     begins = []
     for i, o, k, s, d, op in zip(in_sp, out_sp, kernel, strides, dil, opad, strict=True):
         total = s * (i - 1) + op + (k - 1) * d + 1 - o
-        begins.append(_same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
+        begins.append(geometry.same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
     return begins
 
 

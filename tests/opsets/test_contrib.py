@@ -145,6 +145,26 @@ CASES = [
         _conv_edges(_W_CONV, strides=(2, 2), dil=(2, 1)),
         weight="w",
     ),
+    # 6x6 input, kernel 3, stride 2 -> 3x3 output and one padding cell per axis: SAME_UPPER puts it at
+    # the end (begin 0), SAME_LOWER at the beginning (begin 1), so the two windows differ.
+    Case(
+        "Conv_auto_pad_same_upper",
+        helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], auto_pad="SAME_UPPER"),
+        (3, 6, 6),
+        (4, 3, 3),
+        {"w": _W_CONV},
+        _conv_edges(_W_CONV, strides=(2, 2), pads=(0, 0)),
+        weight="w",
+    ),
+    Case(
+        "Conv_auto_pad_same_lower",
+        helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], auto_pad="SAME_LOWER"),
+        (3, 6, 6),
+        (4, 3, 3),
+        {"w": _W_CONV},
+        _conv_edges(_W_CONV, strides=(2, 2), pads=(1, 1)),
+        weight="w",
+    ),
     Case(
         "Conv_depthwise",
         helper.make_node("Conv", ["x", "w"], ["y"], group=3, pads=[1, 1, 1, 1]),
