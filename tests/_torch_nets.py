@@ -15,6 +15,7 @@ import onnx
 import torch
 from torch import nn
 
+from models._resnet import BasicBlock  # the reference ResNets' block
 from onnxslice.model import Model
 
 
@@ -32,24 +33,6 @@ class LeNet5(nn.Module):
         x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
         x = torch.flatten(x, 1)
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + self.short(x))
 
 
 class SmallResNet(nn.Module):

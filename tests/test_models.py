@@ -24,8 +24,6 @@ from onnxslice.errors import UnsupportedOpError
 from onnxslice.record import record
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `models` is a top-level folder of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from models import zoo  # noqa: E402
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from onnxslice.errors import OnnxSliceError
 from onnxslice.parallel import map_units, ray_available, unit_seeds
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "slicing"))
 
 
 def _draw(shared: int, unit: int, seed: int) -> tuple[int, float]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rewrite"))
 from _prune_nets import build
 
 import onnxslice as osl
@@ -51,8 +48,6 @@ def test_prune_cli_refuses_overwrite_and_bad_ratio(tmp_path, capsys):
 
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 from models import zoo  # noqa: E402
 
 MNIST = "builtin:mnist?split=test"

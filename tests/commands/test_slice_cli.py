@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicing"))
 from _slice_nets import cnn_data, cnn_model
 
 from onnxslice.cli import main

@@ -6,7 +6,6 @@ Uses two real samples per model; ResNet-10 is built on demand (torch) and runs w
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ from onnxslice.rewrite import plan_pruning, prune
 from onnxslice.testing import run_ort
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `models` is a top-level folder of the repository, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from models import zoo  # noqa: E402
 

@@ -3,9 +3,7 @@ CONTRIB reaches the first layer and the input, and the sliced model runs in onnx
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from onnxslice.profile import profile
 from onnxslice.slicing import slice
 from onnxslice.testing import run_ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 zoo = pytest.importorskip("models.zoo")
 
 CASES = [
