@@ -29,7 +29,7 @@ from .fallback import finite_difference_rule
 from .result import Gradients
 from .targets import Target, parse_target
 
-__all__ = ["GradientEngine", "gradients"]
+__all__ = ["GradientEngine", "gradients", "logits_value"]
 
 _NO_GRAD_DTYPES = ("i", "u", "b", "O", "U", "S")
 
@@ -52,7 +52,7 @@ def _is_float(model: Model, value: str) -> bool | None:
     return bool(np.issubdtype(vi.dtype, np.floating))
 
 
-def _logits_value(model: Model, output: str) -> str:
+def logits_value(model: Model, output: str) -> str:
     """The input of the Softmax/LogSoftmax (through Identity) that computes ``output``, else ``output``."""
     v = output
     node = model.producer(v)
@@ -120,7 +120,7 @@ class GradientEngine:
             raise DataError("no output to differentiate was given")
         self.outputs = outs
         self.output = outs[0]
-        self.value = _logits_value(m, self.output) if (logits and self.target.reads_logits) else self.output
+        self.value = logits_value(m, self.output) if (logits and self.target.reads_logits) else self.output
         self.weight_names = self._weights(weights)
         self.input_names = [
             i.name for i in m.inputs if inputs and i.dtype is not None and np.issubdtype(i.dtype, np.floating)

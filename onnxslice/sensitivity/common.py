@@ -22,6 +22,7 @@ import numpy as np
 
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, ModelError
+from onnxslice.grad.engine import logits_value as grad_logits_value
 from onnxslice.model import Layer, Model, load
 from onnxslice.record import as_feed, validate_inputs
 from onnxslice.sensitivity.reductions import UnknownNameError
@@ -123,19 +124,10 @@ def activation_axis(layer: Layer) -> int:
 
 
 def logits_value(model: Model, target: str) -> str:
-    """The value ``f`` reads: for logit targets (``pred``, ``class:K``, ``loss``) the input of a final
-    Softmax/LogSoftmax (through Identity nodes) when the first output comes from one, else the first
-    output itself (the convention of ``onnxslice.grad``)."""
+    """The value ``f`` reads: for logit targets (``pred``, ``class:K``, ``loss``) the logits feeding a final
+    Softmax/LogSoftmax of the first output (``onnxslice.grad``'s convention), else the first output itself."""
     out = model.output_names[0]
-    if target == "output-norm":
-        return out
-    v, node = out, model.producer(out)
-    while node is not None and node.op_type == "Identity":
-        v = node.inputs[0]
-        node = model.producer(v)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain == "":
-        return node.inputs[0]
-    return out
+    return out if target == "output-norm" else grad_logits_value(model, out)
 
 
 def _logits(outputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
