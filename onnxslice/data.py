@@ -110,6 +110,8 @@ class Dataset:
             DataError: an input is missing or cannot be matched.
         """
         names = model.input_names
+        if not names:
+            raise DataError("the model has no inputs to feed data to; it computes constants only")
         if set(names) <= set(self.inputs):
             bound = {n: self.inputs[n] for n in names}
         elif len(names) == 1 and len(self.inputs) == 1:
@@ -153,8 +155,108 @@ def _options(spec: str) -> tuple[str, dict[str, str]]:
         if "=" not in part:
             raise DataError(f"data option '{part}' in '{spec}' is not key=value")
         k, v = part.split("=", 1)
-        opts[k.strip()] = v.strip()
+        k = k.strip()
+        if k in opts:
+            raise DataError(f"data option '{k}' is given twice in '{spec}'")
+        opts[k] = v.strip()
     return base, opts
+
+
+#: Data options: name -> (parser, what it accepts). Each spec kind accepts the keys in ``_KEYS``.
+def _opt_int(lo: int, hi: int) -> Any:
+    def parse(v: str) -> int:
+        n = int(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"not in [{lo}, {hi}]")
+        return n
+
+    return parse
+
+
+def _opt_float(lo: float, hi: float, lo_open: bool = False) -> Any:
+    def parse(v: str) -> float:
+        x = float(v)
+        if not np.isfinite(x) or x < lo or x > hi or (lo_open and x == lo):
+            raise ValueError(f"not in {'(' if lo_open else '['}{lo}, {hi}]")
+        return x
+
+    return parse
+
+
+def _opt_floats(positive: bool) -> Any:
+    def parse(v: str) -> list[float]:
+        xs = [float(t) for t in v.split(",")]
+        if not xs or not all(np.isfinite(x) for x in xs) or (positive and min(xs) <= 0):
+            raise ValueError("not a comma list of finite" + (" positive" if positive else "") + " numbers")
+        return xs
+
+    return parse
+
+
+def _opt_choice(*choices: str) -> Any:
+    def parse(v: str) -> str:
+        if v.lower() not in choices:
+            raise ValueError(f"not one of {', '.join(choices)}")
+        return v.lower()
+
+    return parse
+
+
+_OPTIONS: dict[str, tuple[Any, str]] = {
+    "n": (_opt_int(1, 10**9), "an integer >= 1"),
+    "split": (_opt_choice("train", "test", "all"), "train, test or all"),
+    "total": (_opt_int(4, 10**7), "an integer in [4, 10^7]"),
+    "noise": (_opt_float(0.0, 10.0), "a number in [0, 10]"),
+    "seed": (_opt_int(0, 2**32 - 1), "an integer >= 0"),
+    "size": (_opt_int(1, 4096), "an integer in [1, 4096]"),
+    "mode": (_opt_choice("rgb", "gray", "grey", "l"), "rgb or gray"),
+    "mean": (_opt_floats(False), "a comma list of numbers"),
+    "std": (_opt_floats(True), "a comma list of positive numbers"),
+}
+_KEYS = {
+    "moons": ("n", "split", "total", "noise", "seed"),
+    "builtin": ("n", "split"),
+    "samples": ("n",),
+    "npz": ("n",),
+    "folder": ("n", "size", "mode", "mean", "std"),
+}
+
+
+def parse_options(spec: str, kind: str, opts: Mapping[str, str]) -> dict[str, Any]:
+    """Typed, ranged data options for a spec of ``kind``; unknown keys and bad values raise DataError."""
+    allowed = _KEYS[kind]
+    out: dict[str, Any] = {}
+    for k, v in opts.items():
+        if k not in allowed:
+            raise DataError(f"unknown data option '{k}' in '{spec}'; this data accepts {', '.join(allowed)}")
+        parse, what = _OPTIONS[k]
+        try:
+            out[k] = parse(v)
+        except ValueError:
+            raise DataError(f"data option {k}='{v}' in '{spec}' must be {what}") from None
+    return out
+
+
+def _check_arrays(ds: Dataset) -> Dataset:
+    """Refuse data no model can use: empty, scalar, non-numeric, non-finite, or bad labels."""
+    for k, v in ds.inputs.items():
+        if v.dtype == object or not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_):
+            raise DataError(f"array '{k}' of data '{ds.name}' has dtype {v.dtype}; it must be numeric")
+        if v.ndim == 0:
+            raise DataError(f"array '{k}' of data '{ds.name}' is a scalar; the first axis must index the samples")
+        if len(v) == 0:
+            raise DataError(f"array '{k}' of data '{ds.name}' has 0 samples")
+        if np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.complexfloating):
+            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+            if bad:
+                raise DataError(f"array '{k}' of data '{ds.name}' has {bad} NaN or Inf value(s); clean the data")
+    if ds.labels is not None:
+        y = ds.labels
+        if y.ndim != 1:
+            raise DataError(f"labels 'y' of data '{ds.name}' have shape {list(y.shape)}; they must be one per sample")
+        if len(y) and int(y.min()) < 0 and not (y == -1).all():
+            raise DataError(f"labels 'y' of data '{ds.name}' are negative; labels are class indices >= 0")
+    return ds
 
 
 def _need(module: str, extra: str) -> None:
@@ -238,7 +340,7 @@ def _samples(which: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64)
 
 
-def _sklearn(name: str, split: str, opts: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
+def _sklearn(name: str, split: str, opts: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     _need("sklearn", "data")
     if name == "moons":
         from sklearn.datasets import make_moons
@@ -254,7 +356,11 @@ def _sklearn(name: str, split: str, opts: Mapping[str, str]) -> tuple[np.ndarray
     return (d.data[idx] / 16.0).astype(np.float32), d.target[idx].astype(np.int64)
 
 
-def _builtin(name: str, opts: Mapping[str, str]) -> Dataset:
+def _builtin(name: str, spec: str, raw: Mapping[str, str]) -> Dataset:
+    if name not in BUILTINS:
+        raise DataError(f"unknown built-in data set '{name}'; known: {', '.join(BUILTINS)}")
+    kind = "moons" if name == "moons" else "samples" if name.startswith("samples-") else "builtin"
+    opts = parse_options(spec, kind, raw)
     split = opts.get("split", "test")
     if name == "mnist":
         x, y = _mnist(split)
@@ -267,21 +373,52 @@ def _builtin(name: str, opts: Mapping[str, str]) -> Dataset:
     return Dataset({"x": x}, y, f"builtin:{name}")
 
 
+def _npz_headers(path: Path) -> None:
+    """Check every array's declared size against the limit before anything is inflated."""
+    import zipfile
+
+    from onnxslice.limits import check_size
+
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+            check_size(nbytes, f"array '{info.filename[:-4]}' of '{path}' (shape {list(shape)}, {dtype})")
+
+
 def _npz(path: Path) -> Dataset:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"cannot read '{path}' as .npz: not a zip archive (empty, truncated or another format)")
     try:
+        _npz_headers(path)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if not k.startswith("__")}  # "__meta__": onnxslice headers
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read '{path}' as .npz: {e}") from e
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, TypeError) as e:
+        raise DataError(f"cannot read '{path}' as .npz (corrupt or truncated): {e}") from e
     labels = arrays.pop("y", None)
     if not arrays:
         raise DataError(f"'{path}' holds no input arrays (only labels)")
+    if labels is not None and not np.issubdtype(labels.dtype, np.integer) and (
+        not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)) or np.any(labels % 1)
+    ):
+        raise DataError(f"labels 'y' of '{path}' are not integers (dtype {labels.dtype})")
     return Dataset(arrays, None if labels is None else labels.astype(np.int64), str(path))
 
 
-def _image_folder(path: Path, opts: Mapping[str, str]) -> Dataset:
+def _image_folder(path: Path, opts: Mapping[str, Any]) -> Dataset:
     size = int(opts["size"]) if "size" in opts else None
-    gray = opts.get("mode", "rgb").lower() in ("l", "gray", "grey")
+    gray = opts.get("mode", "rgb") in ("l", "gray", "grey")
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     classes = [d.name for d in subdirs]
     files: list[tuple[Path, int]] = []
@@ -292,14 +429,24 @@ def _image_folder(path: Path, opts: Mapping[str, str]) -> Dataset:
         files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in _IMAGE_EXT]
     if not files:
         raise DataError(f"no images ({', '.join(sorted(_IMAGE_EXT))}) in '{path}'")
-    imgs = [_read_image(f, size, gray) for f, _ in files]
+    imgs = []
+    for f, _ in files:
+        try:
+            imgs.append(_read_image(f, size, gray))
+        except DataError:
+            raise
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+            raise DataError(f"image '{f}' cannot be read ({type(e).__name__}); remove or replace it") from e
     if len({im.shape for im in imgs}) != 1:
         raise DataError(f"images in '{path}' differ in size; add ?size=N to resize them")
     x = np.stack(imgs)
     if "mean" in opts or "std" in opts:
         c = x.shape[1]
-        mean = np.array([float(v) for v in opts.get("mean", "0").split(",")], np.float32)
-        std = np.array([float(v) for v in opts.get("std", "1").split(",")], np.float32)
+        mean = np.array(opts.get("mean", [0.0]), np.float32)
+        std = np.array(opts.get("std", [1.0]), np.float32)
+        for name, vals in (("mean", mean), ("std", std)):
+            if len(vals) not in (1, c):
+                raise DataError(f"data option {name} has {len(vals)} values for {c}-channel images in '{path}'")
         x = (x - np.resize(mean, c)[None, :, None, None]) / np.resize(std, c)[None, :, None, None]
     labels = np.array([k for _, k in files], np.int64) if subdirs else None
     return Dataset({"x": x.astype(np.float32)}, labels, str(path), classes)
@@ -333,19 +480,22 @@ def load_data(spec: str | Dataset | Mapping[str, Any] | np.ndarray) -> Dataset:
     if isinstance(spec, Dataset):
         return spec
     if isinstance(spec, np.ndarray):
-        return Dataset({"x": spec}, None, "array")
+        return _check_arrays(Dataset({"x": spec}, None, "array"))
     if isinstance(spec, Mapping):
         arrays = {k: np.asarray(v) for k, v in spec.items()}
         labels = arrays.pop("y", None)
-        return Dataset(arrays, labels, "arrays")
-    base, opts = _options(str(spec))
+        return _check_arrays(Dataset(arrays, labels, "arrays"))
+    text = str(spec)
+    base, raw = _options(text)
     if base.startswith("builtin:"):
-        ds = _builtin(base[len("builtin:") :], opts)
+        ds = _builtin(base[len("builtin:") :], text, raw)
+        opts: dict[str, Any] = parse_options(text, "npz", {"n": raw["n"]}) if "n" in raw else {}
     else:
         path = Path(base)
         if not path.exists():
             raise DataError(f"data '{base}' does not exist (use a .npz file, an image folder or builtin:NAME)")
+        opts = parse_options(text, "folder" if path.is_dir() else "npz", raw)
         ds = _image_folder(path, opts) if path.is_dir() else _npz(path)
     if "n" in opts:
         ds = ds.subset(slice(0, int(opts["n"])))
-    return ds
+    return _check_arrays(ds)

@@ -29,16 +29,23 @@ def _umask_mode() -> int:
 
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """A temporary path beside ``dest``; on success it is renamed to ``dest``, else removed."""
+    """A temporary path beside ``dest``; on success it is renamed to ``dest``, else removed.
+
+    The temporary name is ``.onnxslice-<pid>-*`` (see :func:`onnxslice.outputs.clean_stale`); it is
+    removed on any exception, including ``KeyboardInterrupt`` and the CLI's SIGTERM interrupt.
+    """
+    from onnxslice.outputs import temp_prefix
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".onnxslice-", suffix=dest.suffix)
-    os.close(fd)
+    tmp = ""
     try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=temp_prefix(), suffix=dest.suffix)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, dest)
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -65,20 +72,41 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], met
 def load_npz(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load a file written by :func:`save_npz`, checking its ``kind``.
 
+    Declared array sizes are checked against :mod:`onnxslice.limits` before anything is inflated.
+
     Raises:
-        DataError: missing file, not an onnxslice file, or a file of another kind.
+        DataError: missing, empty, truncated or corrupt file, not an onnxslice file, or a file of
+            another kind. The message names the file.
     """
+    import zipfile
+
+    from onnxslice.limits import check_size
+
     p = Path(path)
+    if not p.exists():
+        raise DataError(f"{kind} file '{p}' does not exist")
     if not p.is_file():
-        raise DataError(f"'{p}' does not exist")
+        raise DataError(f"{kind} file '{p}' is not a file")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"{kind} file '{p}' is not an .npz archive (empty, truncated or another format)")
     try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                check_size(info.file_size, f"{kind} file '{p}': array '{info.filename}'")
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read '{p}' as .npz: {e}") from e
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, TypeError) as e:
+        raise DataError(f"cannot read {kind} file '{p}' (corrupt or truncated .npz): {e}") from e
     if "__meta__" not in arrays:
         raise DataError(f"'{p}' is not an onnxslice {kind} file (no header)")
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    try:
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{kind} file '{p}' has a damaged header: {e}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{kind} file '{p}' has a damaged header (not a JSON object)")
     if meta.get("kind") != kind:
         raise DataError(f"'{p}' holds a {meta.get('kind')}, not a {kind}")
     return arrays, meta

@@ -280,16 +280,109 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
     return []
 
 
-def _check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+def _tensor_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and type declare (None for strings and unknown types)."""
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    if t.data_type in (onnx.TensorProto.STRING,) or itemsize == 0:
+        return None
+    n = 1
+    for d in t.dims:
+        if d < 0:
+            return None
+        n *= int(d)
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (n + 1) // 2
+    return n * itemsize
+
+
+def _contained_location(t: onnx.TensorProto, base_dir: Path, where: str) -> tuple[Path, int, int | None]:
+    """The resolved external-data file of ``t``, its offset and length, after the containment rules.
+
+    Rules (whatever the installed onnx does): the location is relative, has no ``..`` component and,
+    once symlinks are resolved, stays inside the model's folder. Existence is checked only after.
+    """
+    info: dict[str, str] = {e.key: e.value for e in t.external_data}
+    loc = info.get("location", "")
+    rule = ""
+    if not loc:
+        rule = "has no location"
+    elif "\x00" in loc:
+        rule = "has a NUL byte in its location"
+    elif os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+        rule = f"has an absolute location '{loc}'; locations must be relative to the model's folder"
+    elif ".." in loc.replace("\\", "/").split("/"):
+        rule = f"has a location '{loc}' with '..'; locations must stay inside the model's folder"
+    if rule:
+        raise ModelError(f"{where}: initializer '{t.name}' {rule}")
+    root = Path(os.path.realpath(base_dir))
+    real = Path(os.path.realpath(base_dir / loc))
+    if real != root and root not in real.parents:
+        raise ModelError(
+            f"{where}: initializer '{t.name}' has a location '{loc}' that leads out of the model's folder "
+            "(through a symlink); external data must stay inside the model's folder"
+        )
+    try:
+        offset = int(info.get("offset", "0") or 0)
+        length = int(info["length"]) if info.get("length") not in (None, "") else None
+    except ValueError:
+        raise ModelError(f"{where}: initializer '{t.name}' has a non-integer external-data offset or length") from None
+    if offset < 0 or (length is not None and length < 0):
+        raise ModelError(f"{where}: initializer '{t.name}' has a negative external-data offset or length")
+    if not real.is_file():
+        raise ModelError(
+            f"{where}: initializer '{t.name}' keeps its data in '{loc}', which is missing or not a file "
+            f"(looked in {base_dir}). Put the external data file beside the model."
+        )
+    return real, offset, length
+
+
+def _load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> None:
+    """Read every external-data tensor into the proto, after containment and size checks on all of them."""
+    from onnxslice.limits import check_size
+
+    todo: list[tuple[onnx.TensorProto, Path, int, int]] = []
     for t in external_data_helper._get_all_tensors(proto):
-        if external_data_helper.uses_external_data(t):
-            info = external_data_helper.ExternalDataInfo(t)
-            loc = base_dir / info.location
-            if not loc.is_file():
-                raise ModelError(
-                    f"initializer '{t.name}' keeps its data in '{info.location}', which is missing "
-                    f"(looked in {base_dir}). Put the external data file beside the model."
-                )
+        if not external_data_helper.uses_external_data(t):
+            continue
+        real, offset, length = _contained_location(t, base_dir, where)
+        need = _tensor_nbytes(t)
+        size = real.stat().st_size
+        got = length if length is not None else size - offset
+        if need is not None:
+            check_size(need, f"{where}: initializer '{t.name}' (shape {list(t.dims)})", ModelError)
+        check_size(max(got, 0), f"{where}: external data of initializer '{t.name}'", ModelError)
+        if offset + max(got, 0) > size or got < 0:
+            raise ModelError(
+                f"{where}: initializer '{t.name}' reads bytes {offset}..{offset + got} of '{real.name}', "
+                f"which has {size}; the external data file is truncated or not this model's"
+            )
+        if need is not None and got != need:
+            raise ModelError(
+                f"{where}: initializer '{t.name}' has {got} bytes of external data, its shape {list(t.dims)} "
+                f"needs {need}; the external data file is not this model's"
+            )
+        todo.append((t, real, offset, got))
+    for t, real, offset, got in todo:
+        with open(real, "rb") as f:
+            f.seek(offset)
+            data = f.read(got)
+        if len(data) != got:
+            raise ModelError(f"{where}: external data of initializer '{t.name}' is truncated")
+        t.raw_data = data
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _check_inline_sizes(proto: onnx.ModelProto, where: str) -> None:
+    from onnxslice.limits import check_size
+
+    for t in proto.graph.initializer:
+        need = _tensor_nbytes(t)
+        if need is not None:
+            check_size(need, f"{where}: initializer '{t.name}' (shape {list(t.dims)})", ModelError)
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -305,11 +398,11 @@ def _read(path: Path) -> onnx.ModelProto:
         raise ModelError(f"'{path}' is not a readable ONNX file (truncated, or another format): {e}") from e
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise ModelError(f"'{path}' holds no ONNX graph (truncated, or another format)")
-    _check_external_data(proto, path.parent)
+    _check_inline_sizes(proto, f"'{path}'")
     try:
-        external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        _load_external_data(proto, path.parent, f"'{path}'")
     except OSError as e:
-        raise ModelError(f"cannot read external data of '{path}': {e}") from e
+        raise ModelError(f"cannot read external data of '{path}': {e.strerror or e}") from e
     return proto
 
 
@@ -493,6 +586,16 @@ class Model:
             h.update(f"w:{name}:{list(t.dims)};".encode())
         return h.hexdigest()[:16]
 
+    @cached_property
+    def weights_fingerprint(self) -> str:
+        """A hash of the weight values (every initializer's bytes); saved artifacts store it with
+        :attr:`fingerprint` so that a result computed on other weights is refused at load."""
+        h = hashlib.sha1()
+        for name, t in sorted(self._init_protos.items()):
+            h.update(f"{name}:{t.data_type}:{list(t.dims)};".encode())
+            h.update(self.initializer(name).tobytes() if t.data_type != onnx.TensorProto.STRING else b"")
+        return h.hexdigest()[:16]
+
     def op_histogram(self) -> dict[str, int]:
         """Count of nodes per op type (``domain::op`` outside the default domain)."""
         hist: dict[str, int] = {}
@@ -597,7 +700,9 @@ def save_model(
         raise OnnxSliceError(f"'{dest}' exists; pass overwrite=True or choose another path")
     dest.parent.mkdir(parents=True, exist_ok=True)
     large = proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".onnxslice-") as tmp:
+    from onnxslice.outputs import temp_prefix
+
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=temp_prefix()) as tmp:
         tmp_model = Path(tmp) / dest.name
         if large:
             data_name = dest.name + ".data"

@@ -40,24 +40,31 @@ class Profile:
         count: number of samples profiled.
         fingerprint: structure hash of the profiled model (see ``Model.fingerprint``).
         data: the data spec it was computed on.
+        weights: weights hash of the profiled model (``Model.weights_fingerprint``; empty in old files).
     """
 
     mean: dict[str, np.ndarray]
     count: int
     fingerprint: str
     data: str = ""
+    weights: str = ""
 
     def channel(self, value: str) -> np.ndarray:
         """Channel-level mean of ``value`` (axis 1 of the batched value)."""
         return channel_mean(self.mean[value])
 
-    def check_model(self, model: Model) -> None:
-        """Raise DataError when this profile was computed on a model of another structure."""
+    def check_model(self, model: Model, path: str | os.PathLike[str] | None = None) -> None:
+        """Raise DataError when this profile was computed on another model (structure, weights, values)."""
+        from onnxslice.artifacts import check_belongs, check_shapes
+
         if self.fingerprint != model.fingerprint:
             raise DataError(
-                f"this profile belongs to another model (fingerprint {self.fingerprint}, the model's is "
-                f"{model.fingerprint}); run `onnxslice profile` on this model first"
+                f"the profile{f' {str(path)!r}' if path else ''} belongs to another model (fingerprint "
+                f"{self.fingerprint}, the model's is {model.fingerprint}); run `onnxslice profile` on this model first"
             )
+        check_belongs(path, "profile", {"weights": self.weights}, model)
+        shapes = {k: (vi.shape[1:] if vi.shape else None) for k, vi in model.value_info.items()}
+        check_shapes(path, "profile", self.mean, shapes, "value")
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save as ``.npz`` (atomic)."""
@@ -66,20 +73,37 @@ class Profile:
         return save_npz(
             path,
             {f"mean/{k}": v for k, v in self.mean.items()},
-            {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data},
+            {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data,
+             "weights": self.weights},
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
-        """Load a profile written by :meth:`save`."""
+        """Load a profile written by :meth:`save`, checking its header, keys, dtypes and finite means.
+
+        Raises:
+            DataError: the file is not a complete profile; the message names the file and the problem.
+        """
+        from onnxslice.artifacts import check_array, check_keys
         from onnxslice.io import load_npz
 
         arrays, meta = load_npz(path, kind="Profile")
+        check_keys(path, "profile", meta, {"count": int, "fingerprint": str})
+        if meta["count"] < 1:
+            raise DataError(f"profile '{path}' was computed on {meta['count']} samples; profile on data first")
+        stray = [k for k in arrays if not k.startswith("mean/")]
+        if stray:
+            raise DataError(f"profile '{path}' has an unexpected array '{stray[0]}'; it is not a profile")
+        if not arrays:
+            raise DataError(f"profile '{path}' holds no values")
+        for k, v in arrays.items():
+            check_array(path, "profile", k, v, dtype="float")
         return cls(
             {k[5:]: v for k, v in arrays.items()},
             int(meta["count"]),
             str(meta["fingerprint"]),
             str(meta.get("data", "")),
+            str(meta.get("weights", "") or ""),
         )
 
     def summary(self) -> list[dict[str, Any]]:
@@ -148,4 +172,8 @@ def profile(
                 sums[key] = s
         total += size
     mean = {k: (v / total).astype(np.float32) for k, v in sums.items()}
-    return Profile(mean, total, model.fingerprint, name)
+    for k, v in mean.items():
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"the mean activation of '{k}' is not finite (NaN/Inf): the data drive the model out of "
+                            "float32 range; check the data's scale")
+    return Profile(mean, total, model.fingerprint, name, model.weights_fingerprint)

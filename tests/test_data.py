@@ -98,7 +98,7 @@ def test_image_folder_with_classes_and_resize(tmp_path: Path) -> None:
     [
         ("builtin:imagenet-full", "unknown built-in data set 'imagenet-full'; known: mnist"),
         ("/no/such/file.npz", "does not exist"),
-        ("builtin:moons?split=valid", "unknown split 'valid'"),
+        ("builtin:moons?split=valid", "split='valid'.*must be train, test or all"),
         ("builtin:moons?oops", "not key=value"),
     ],
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from onnxslice.commands import emit_json
+from onnxslice.commands._types import positive_int
 from onnxslice.errors import DataError
 
 NAME = "bench"
@@ -21,20 +22,23 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=("safer",), help="the benchmark to run")
-    p.add_argument("--per-family", type=int, default=3, help="models per family (trained when missing)")
+    p.add_argument("--per-family", type=positive_int, default=3,
+                   help="models per family (trained when missing; default 3)")
     p.add_argument("--models", default=str(_REPO / "models" / "moons"),
                    help="folder of moons models (committed set; missing ones are trained into it)")
     p.add_argument("--criteria", default="all", help="comma list of criteria, or 'all' available")
-    p.add_argument("--families", default="vanilla,skip,skip+sd,transformer")
-    p.add_argument("--magnitudes", default="0.1,0.3,0.5", help="ground-truth magnitudes (each is one case)")
-    p.add_argument("--draws", type=int, default=32, help="ground-truth draws per layer")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples")
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--noise-samples", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="processes (one model each)")
+    p.add_argument("--families", default="vanilla,skip,skip+sd,transformer",
+                   help="comma list of model families (default vanilla,skip,skip+sd,transformer)")
+    p.add_argument("--magnitudes", default="0.1,0.3,0.5",
+                   help="ground-truth magnitudes in (0, 1], each one case (default 0.1,0.3,0.5)")
+    p.add_argument("--draws", type=positive_int, default=32, help="ground-truth draws per layer (default 32)")
+    p.add_argument("--samples", type=positive_int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--steps", type=positive_int, default=16, help="path steps (default 16)")
+    p.add_argument("--noise-samples", type=positive_int, default=16, help="noise draws (default 16)")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes, one model each (default 2)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (onnxslice.parallel)")
     p.add_argument("--address", help="Ray cluster address (with --backend ray)")
-    p.add_argument("--out", "-o", help="write all cases and tables as JSON")
+    p.add_argument("--out", "-o", help="write all cases and tables as JSON (default: not written)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -50,13 +54,25 @@ def _moons_module() -> ModuleType:
     return mod
 
 
+def _magnitudes(text: str) -> list[float]:
+    try:
+        mags = [float(m) for m in text.split(",")]
+    except ValueError:
+        raise DataError(f"--magnitudes '{text}' is not a comma list of numbers") from None
+    if not mags or not all(0 < m <= 1 for m in mags):
+        raise DataError(f"--magnitudes '{text}': every magnitude must be in (0, 1]")
+    return mags
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxslice.io import save_json
+    from onnxslice.outputs import Outputs
     from onnxslice.sensitivity import criteria_names
     from onnxslice.sensitivity.benchmark import render, run_benchmark, tables
 
-    if args.per_family < 1:
-        raise DataError("--per-family must be at least 1")
+    outs = Outputs(NAME)
+    out_path = outs.writes(args.out, "--out")
+    magnitudes = _magnitudes(args.magnitudes)
     moons = _moons_module()
     families = tuple(args.families.split(","))
     bad = [f for f in families if f not in moons.FAMILIES]
@@ -68,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
     paths = [str(p) for f in families for p in found[f]]
+    outs.reads_all(paths, "a moons model")
     available = criteria_names()
     crits = available if args.criteria == "all" else args.criteria.split(",")
     unknown = [c for c in crits if c not in available]
@@ -75,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"unknown or unavailable criteria {', '.join(unknown)}; available: {', '.join(available)}")
     t0 = time.perf_counter()
     results = run_benchmark(paths, crits, args.workers, backend=args.backend, address=args.address,
-                            magnitudes=[float(m) for m in args.magnitudes.split(",")],
+                            magnitudes=magnitudes,
                             draws=args.draws, samples=args.samples, steps=args.steps,
                             noise_samples=args.noise_samples)
     wall = time.perf_counter() - t0
@@ -85,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{r['model']}: criterion {name} failed: {err.splitlines()[0]}\n")
     payload = {"per_family": args.per_family, "models": [r["model"] for r in results], "criteria": crits,
                "seconds": wall, "workers": args.workers, "tables": tabs, "results": results}
-    if args.out:
-        save_json(args.out, payload)
+    outs.defer(out_path, lambda p: save_json(p, payload))
+    outs.commit()
     if args.json:
         emit_json({k: v for k, v in payload.items() if k != "results"})
         return 0

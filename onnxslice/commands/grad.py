@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import positive_int
 from onnxslice.data import load_data, parse_samples
+from onnxslice.errors import DataError
 from onnxslice.grad import GradientEngine
 from onnxslice.model import load
+from onnxslice.outputs import Outputs
 
 NAME = "grad"
 HELP = "gradients of a scalar target (pred, class:K, loss, output-norm) w.r.t. every weight and input"
@@ -22,22 +27,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="pred",
         help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm",
     )
-    p.add_argument("--out", "-o", help="where to write the gradients (.npz); omit to print the table only")
+    p.add_argument("--out", "-o", help="where to write the gradients (.npz; the suffix is added); omit to print the "
+                   "table only")
     p.add_argument("--samples", help="which samples: START:STOP, an index or a comma list (default: all)")
     p.add_argument("--weights", default="all", help="all (default), layers, or a comma list of initializer names")
     p.add_argument("--per-sample", action="store_true", help="keep one weight gradient per sample in the file")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
     p.add_argument("--exact", action="store_true", help="refuse ops without a VJP rule (no finite differences)")
 
 
 def run(args: argparse.Namespace) -> int:
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
+    path = outs.writes(args.out, "--out", suffix=".npz")
     model = load(args.model)
     ds = load_data(args.data)
     ds = ds.subset(parse_samples(args.samples, len(ds)))
     weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")
     engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact)
     grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)
-    path = grads.save(args.out) if args.out else None
+    bad = [k for k, v in [*grads.weights.items(), *grads.inputs.items(), ("target", grads.target_values)]
+           if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
+    if bad:
+        raise DataError(f"the gradient of '{bad[0]}' is not finite (NaN/Inf): the data drive the model out of "
+                        "float32 range; check the data's scale")
+    outs.defer(path, grads.save)
+    outs.commit()
     rows = grads.summary()
     if args.json:
         emit_json(

@@ -58,6 +58,9 @@ def describe(model: Model) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxslice.outputs import Outputs
+
+    Outputs(NAME).reads_model(args.model)
     d = describe(load(args.model))
     if args.json:
         emit_json(d)

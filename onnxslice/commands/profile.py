@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import positive_int
 from onnxslice.data import load_data
 from onnxslice.model import load
+from onnxslice.outputs import Outputs
 from onnxslice.profile import profile
 from onnxslice.table import format_table
 
@@ -17,15 +19,20 @@ ORDER = 20
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data=True)
-    p.add_argument("--out", "-o", required=True, help="where to write the profile (.npz)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", "-o", required=True, help="where to write the profile (.npz; the suffix is added)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per onnxruntime run (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
+    path = outs.writes(args.out, "--out", suffix=".npz")
     model = load(args.model)
     ds = load_data(args.data)
     prof = profile(model, ds, args.batch_size, device=args.device)
-    path = prof.save(args.out)
+    outs.defer(path, prof.save)
+    outs.commit()
     rows = [
         {
             "value": r["value"],

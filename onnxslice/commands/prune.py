@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from onnxslice.commands import emit_json
-from onnxslice.errors import OnnxSliceError, PlanError
+from onnxslice.commands._types import fraction_half_open01, fraction_open01, positive_int
+from onnxslice.errors import PlanError
 from onnxslice.model import load
 from onnxslice.table import format_table
 
@@ -21,9 +22,12 @@ ORDER = 60
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="path to an .onnx file")
     p.add_argument("--out", "-o", required=True, help="where to write the pruned model (never MODEL itself)")
-    p.add_argument("--ratio", type=float, default=None, help="planned ratio in [0, 1) (fraction of prunable params)")
-    p.add_argument("--budget", choices=("uniform", "sensitivity", "slice"), default="uniform")
-    p.add_argument("--mode", choices=("structured", "unstructured"), default="structured")
+    p.add_argument("--ratio", type=fraction_half_open01, default=None,
+                   help="planned ratio in [0, 1) (fraction of prunable params; no default)")
+    p.add_argument("--budget", choices=("uniform", "sensitivity", "slice"), default="uniform",
+                   help="how the ratio is shared among layers (default uniform)")
+    p.add_argument("--mode", choices=("structured", "unstructured"), default="structured",
+                   help="remove channels (structured, default) or mask weights (unstructured)")
     p.add_argument("--criterion", default="wgrad",
                    help="SAfER criterion for --budget sensitivity and --channel-score criterion (default wgrad; "
                         "needs --data; 'weight' is data-free)")
@@ -32,21 +36,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-score", choices=("l1", "l2", "random", "criterion"), default="l1",
                    help="which channels of a group go: L1/L2 norm of the filters, random, or --criterion's "
                         "relevance reduced per channel")
-    p.add_argument("--round-to", type=int, default=1,
+    p.add_argument("--round-to", type=positive_int, default=1,
                    help="structured: keep a multiple of this many channels per group (e.g. 16, onnxruntime's NCHWc "
-                        "block on AVX-512) so that the speedup follows the FLOPs")
+                        "block on AVX-512) so that the speedup follows the FLOPs (default 1)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
                    help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
                         "the slice is computed over --data's samples of these classes")
-    p.add_argument("--theta", type=float, default=0.3, help="NNSlicer theta when computing the slice (default 0.3)")
+    p.add_argument("--theta", type=fraction_open01, default=0.3,
+                   help="NNSlicer theta when computing the slice (default 0.3)")
     p.add_argument("--plan", help="apply this plan JSON instead of planning (writes nothing else)")
-    p.add_argument("--save-plan", help="also write the plan as JSON here")
+    p.add_argument("--save-plan", help="also write the plan as JSON here (default: not written)")
     p.add_argument("--data", "-d", help="data for fidelity (agreement with the original), the criterion and the slice")
-    p.add_argument("--samples", type=int, default=256,
+    p.add_argument("--samples", type=positive_int, default=256,
                    help="samples of --data used for fidelity, the criterion and the slice (default 256)")
-    p.add_argument("--repeats", type=int, default=20, help="latency repeats (median)")
-    p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="latency repeats (median; default 20)")
+    p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size of the latency runs (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
@@ -55,7 +60,9 @@ def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
     from onnxslice.sensitivity import LayerScores
 
     if args.scores:
-        return LayerScores.load(args.scores)
+        scores = LayerScores.load(args.scores)
+        scores.check_model(model, args.scores)
+        return scores
     if data is None and args.criterion != "weight":
         raise PlanError(f"--budget sensitivity with criterion '{args.criterion}' needs --data (or --scores FILE)")
     return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples)
@@ -66,7 +73,9 @@ def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
     from onnxslice.slicing import Slice
 
     if args.slice_file:
-        return Slice.load(args.slice_file)
+        sl = Slice.load(args.slice_file)
+        sl.check_model(model, args.slice_file)
+        return sl
     if data is None or not args.target:
         raise PlanError("--budget slice needs --slice S.npz (from `onnxslice slice`) or --data with --target class:K")
     return class_slice(model, data, args.target, samples=args.samples, theta=args.theta)
@@ -92,6 +101,9 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     sl = _slice(args, model, data) if args.budget == "slice" else None
     plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
                         mode=args.mode, round_to=args.round_to)
+    from onnxslice.artifacts import stamp
+
+    stamp(plan.meta, model)
     return plan, sl
 
 
@@ -113,19 +125,27 @@ def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> di
 
 def run(args: argparse.Namespace) -> int:
     from onnxslice.data import load_data
+    from onnxslice.outputs import Outputs
     from onnxslice.rewrite import prune
     from onnxslice.rewrite.measure import model_stats, paired_latency_ms
 
     src = Path(args.model)
-    if Path(args.out).resolve() == src.resolve():
-        raise OnnxSliceError(f"refusing to overwrite the input model '{src}'; choose another --out")
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
+    outs.reads(args.scores, "--scores")
+    outs.reads(args.slice_file, "--slice")
+    outs.reads(args.plan, "--plan")
+    if args.plan:
+        outs.reads(f"{args.plan}.npz", "--plan's masks")
+    out = outs.writes(args.out, "--out")
+    plan_path = outs.writes(args.save_plan, "--save-plan")
+    if plan_path is not None:
+        outs.writes(f"{plan_path}.npz", "--save-plan")  # unstructured plans keep their masks beside the JSON
     model = load(src)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
-    out = pruned.save(args.out)
-    if args.save_plan:
-        plan.save(args.save_plan)
     fid_data = data.subset(slice(0, args.samples)) if data is not None else None
     if fid_data is not None:
         feed = fid_data.bind(model)
@@ -138,8 +158,12 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
                               "ratio": before.ratio(after), "latency_batch": args.latency_batch}
     if fid_data is not None:
-        classes = [int(t.split(":", 1)[1]) for t in (sl.targets if sl is not None else []) if t.startswith("class:")]
+        classes = [int(k) for t in (sl.targets if sl is not None else []) if t.startswith("class:")
+                   for k in t.split(":", 1)[1].split(",") if k.strip().lstrip("-").isdigit()]
         result.update(_fidelity_rows(model, pruned, fid_data, classes))
+    outs.defer(out, pruned.save)
+    outs.defer(plan_path, plan.save)
+    outs.commit()
     if args.json:
         emit_json(result)
         return 0

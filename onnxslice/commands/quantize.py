@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import positive_float, positive_int
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import Model, load
@@ -28,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", "-d", help="data for scoring, calibration and fidelity (file.npz, folder, builtin:NAME)")
     p.add_argument("--out", "-o", required=True, help="where to write the quantized model (.onnx)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--avg-bits", type=float, help="budget: mean bits per weight of the quantizable layers")
-    budget.add_argument("--size-mb", type=float, help="budget: estimated file size in MB (10^6 bytes)")
+    budget.add_argument("--avg-bits", type=positive_float,
+                        help="budget: mean bits per weight of the quantizable layers (no default)")
+    budget.add_argument("--size-mb", type=positive_float,
+                        help="budget: estimated file size in MB (10^6 bytes; no default)")
     p.add_argument("--choices", default="int4,int8", help="precisions to choose from (int4,int8,fp16,fp32)")
     p.add_argument(
         "--criterion",
@@ -39,14 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "each layer alone (one pass over the data per layer)",
     )
     p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
-    p.add_argument("--steps", type=int, default=16, help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws")
+    p.add_argument("--steps", type=positive_int, default=16,
+                   help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws (default 16)")
     p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
     p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
     p.add_argument("--mode", choices=("weight", "static"), default="weight", help="weight-only or static QDQ")
-    p.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
+    p.add_argument("--block-size", type=positive_int, default=32, help="int4 block size (default 32)")
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
-    p.add_argument("--samples", type=int, default=256, help="samples used for scoring and calibration")
-    p.add_argument("--save-plan", help="also write the plan used (JSON)")
+    p.add_argument("--samples", type=positive_int, default=256,
+                   help="samples used for scoring and calibration (default 256)")
+    p.add_argument("--save-plan", help="also write the plan used (JSON; default: not written)")
 
 
 def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
@@ -54,7 +58,9 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
     from onnxslice.sensitivity.scores import LayerScores
 
     if args.scores:
-        return LayerScores.load(args.scores)
+        scores = LayerScores.load(args.scores)
+        scores.check_model(model, args.scores)
+        return scores
     if ds is None and args.criterion != "weight":
         raise DataError(
             f"planning by '{args.criterion}' needs --data (or use --criterion weight, --scores FILE or --plan FILE)"
@@ -68,15 +74,18 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
 
 
 def _plan(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
+    from onnxslice.artifacts import stamp
     from onnxslice.rewrite import Plan, plan_bits
 
     if args.plan:
         return Plan.load(args.plan)
     if args.avg_bits is None and args.size_mb is None:
         raise PlanError("give a budget (--avg-bits or --size-mb) or a plan (--plan FILE)")
-    return plan_bits(
+    plan = plan_bits(
         _scores(args, model, ds), model, args.choices, args.avg_bits, args.size_mb, block_size=args.block_size
     )
+    stamp(plan.meta, model)
+    return plan
 
 
 def _planned_by(args: argparse.Namespace, plan: Any) -> str:
@@ -106,15 +115,21 @@ def _layer_rows(model: Model, decisions: dict[str, str], block_size: int) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxslice.outputs import Outputs
     from onnxslice.rewrite import quantize
     from onnxslice.rewrite.bits_plan import plan_cost
     from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
     from onnxslice.rewrite.quantize import check_plan
 
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
+    outs.reads(args.scores, "--scores")
+    outs.reads(args.plan, "--plan")
+    out = outs.writes(args.out, "--out")
+    plan_path = outs.writes(args.save_plan, "--save-plan")
+    assert out is not None  # --out is required
     model = load(args.model)
-    out = Path(args.out)
-    if model.path is not None and out.resolve() == model.path:
-        raise PlanError(f"refusing to overwrite the input model '{out}'; choose another --out")
     ds = load_data(args.data) if args.data else None
     plan = _plan(args, model, ds)
     decisions = check_plan(model, plan)  # a bad plan stops here: nothing is written
@@ -122,11 +137,9 @@ def run(args: argparse.Namespace) -> int:
     q = quantize(
         model, plan, calib, mode=args.mode, block_size=args.block_size, use_matmul_nbits=not args.no_matmul_nbits
     )
-    path = q.save(out)
-    if args.save_plan:
-        plan.save(args.save_plan)
+    path = out
     size_before = os.path.getsize(model.path) if model.path else model.proto.ByteSize()
-    size_after = os.path.getsize(path)
+    size_after = q.proto.ByteSize()
     cost = plan_cost(model, decisions, args.block_size)
     summary: dict[str, Any] = {
         "out": str(path),
@@ -140,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         ref = run_outputs(model, ds)
         summary["fidelity_before"] = compare_outputs(ref, ref, ds.labels).to_dict()
         summary["fidelity_after"] = compare_outputs(ref, run_outputs(q, ds), ds.labels).to_dict()
+    outs.defer(out, q.save)
+    outs.defer(plan_path, plan.save)
+    outs.commit()
+    size_after = summary["size_bytes_after"] = os.path.getsize(path)
     rows = _layer_rows(model, decisions, args.block_size)
     if args.json:
         emit_json({**summary, "plan": plan.to_dict(), "layers": rows})

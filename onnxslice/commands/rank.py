@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import fraction_open_closed01, nonneg_int, positive_int
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.table import format_table
 
@@ -28,19 +31,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight, grad, wgrad, gradcampp, ig, gig, idgi, smoothgrad, vargrad, hsic, fd")
     p.add_argument("--reduction", "-r", default="linf", help="mean, percentile, l1, l2, linf")
     p.add_argument("--target", default="pred", help="pred, class:K, loss, output-norm")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples (the first ones)")
-    p.add_argument("--steps", type=int, default=16, help="path steps (ig, gig, idgi)")
-    p.add_argument("--noise-samples", type=int, default=16, help="noise draws (smoothgrad, vargrad)")
+    p.add_argument("--samples", type=positive_int, default=256,
+                   help="calibration samples (the first ones; default 256)")
+    p.add_argument("--steps", type=positive_int, default=16, help="path steps (ig, gig, idgi; default 16)")
+    p.add_argument("--noise-samples", type=positive_int, default=16,
+                   help="noise draws (smoothgrad, vargrad; default 16)")
     p.add_argument("--path", choices=("layer", "global"), default="layer",
                    help="path criteria: per-layer path (SAfER, default) or one global path for all layers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="samples per run (default 128)")
     p.add_argument("--ground-truth", "-g", metavar="NOISE:ON[,...]",
                    help="also measure the ground truth (U|N|D:weights|activations) and score every criterion")
-    p.add_argument("--magnitude", type=float, default=0.5, help="ground-truth perturbation magnitude in (0, 1]")
-    p.add_argument("--draws", type=int, default=8, help="ground-truth draws per layer")
+    p.add_argument("--magnitude", type=fraction_open_closed01, default=0.5,
+                   help="ground-truth perturbation magnitude in (0, 1] (default 0.5)")
+    p.add_argument("--draws", type=positive_int, default=8, help="ground-truth draws per layer (default 8)")
     p.add_argument("--gt-data", help="data for the ground truth (default: --data)")
-    p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON)")
+    p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON; default: not written)")
 
 
 def _gradient_failure(name: str, model: Any) -> str | None:
@@ -93,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
     if args.criterion not in GRADIENT_CRITERIA:
         get_criterion(args.criterion)  # unknown names fail before any work
     truths = _parse_truths(args.ground_truth) if args.ground_truth else []
+    from onnxslice.artifacts import stamp
+    from onnxslice.outputs import Outputs
+
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
+    outs.reads_data(args.gt_data, "--gt-data")
+    out_path = outs.writes(args.out, "--out")
     model = load(args.model)
     notes: list[str] = []
     chosen = args.criterion
@@ -103,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
         chosen = "fd"
     scores = _score(model, args, chosen, args.reduction)
     scores.meta["requested_criterion"] = args.criterion
-    if args.out:
-        scores.save(args.out)
+    stamp(scores.meta, model)
+    bad = [k for k, v in scores.scores.items() if not np.isfinite(v)]
+    if bad:
+        raise DataError(f"criterion '{chosen}' gives layer '{bad[0]}' a non-finite score; check the data's scale")
+    outs.defer(out_path, scores.save)
     report: dict[str, Any] = {"model": str(args.model), "criterion": chosen, "reduction": args.reduction,
                               "notes": notes, "scores": scores.to_dict(), "ranking": scores.ranking()}
     rows: list[dict[str, Any]] = []
@@ -129,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         key = f"{gts[0].criterion.split(':', 1)[1]} spearman"
         rows.sort(key=lambda r: -(r.get(key, float("-inf")) if r.get(key) == r.get(key) else -2.0))
         report["agreement"] = rows
+    outs.commit()
     if args.json:
         emit_json(report)
         return 0

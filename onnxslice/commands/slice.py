@@ -11,8 +11,10 @@ import argparse
 import os
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import fraction_open01, positive_int
 from onnxslice.data import load_data
 from onnxslice.model import load
+from onnxslice.outputs import Outputs
 from onnxslice.profile import Profile
 from onnxslice.slicing import slice as slice_model
 
@@ -32,24 +34,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...]; repeatable",
     )
-    p.add_argument("--theta", type=float, default=0.3, help="significance threshold in (0, 1) (default 0.3)")
+    p.add_argument("--theta", type=fraction_open01, default=0.3, help="significance threshold in (0, 1) (default 0.3)")
     p.add_argument("--granularity", choices=("element", "channel"), default="element")
     p.add_argument("--theta-denominator", choices=("raw", "delta"), default="raw", help="|y_n| (raw) or |dy_n|")
     p.add_argument("--theta-sum", choices=("signed", "abs"), default="signed", help="partial sums of w*dx or |w*dx|")
     p.add_argument("--output", default=None, help="the output that pred/class targets refer to (default: first)")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per unit of work")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per unit of work (default 8)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument(
-        "--workers", type=int, default=None, help="processes / Ray CPUs (default: one per CPU; 1 = in this process)"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="processes / Ray CPUs (default: one per CPU; 1 = in this process)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address to join")
-    p.add_argument("--out", "-o", required=True, help="where to write the slice (.npz)")
-    p.add_argument("--sliced-model", default=None, help="also write the model with synapses outside the slice zeroed")
+    p.add_argument("--out", "-o", required=True, help="where to write the slice (.npz; the suffix is added)")
+    p.add_argument("--sliced-model", default=None,
+                   help="also write the model with synapses outside the slice zeroed (default: not written)")
 
 
 def run(args: argparse.Namespace) -> int:
+    outs = Outputs(NAME)
+    outs.reads_model(args.model)
+    outs.reads(args.profile, "--profile")
+    outs.reads_data(args.data)
+    path = outs.writes(args.out, "--out", suffix=".npz")
+    sliced_path = outs.writes(args.sliced_model, "--sliced-model")
     model = load(args.model)
     prof = Profile.load(args.profile)
+    prof.check_model(model, args.profile)
     ds = load_data(args.data)
     s = slice_model(
         model,
@@ -68,10 +81,13 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         device=args.device,
     )
-    path = s.save(args.out)
+    outs.defer(path, s.save)
     sliced = None
-    if args.sliced_model:
-        sliced = s.to_model(model).save(args.sliced_model)
+    if sliced_path is not None:
+        sliced_model = s.to_model(model)
+        outs.defer(sliced_path, sliced_model.save)
+        sliced = sliced_path
+    outs.commit()
     if args.json:
         emit_json(
             {

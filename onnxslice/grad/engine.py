@@ -297,7 +297,8 @@ class GradientEngine:
             per_sample,
             dict(self.layers),
             norms,
-            {"fingerprint": self.model.fingerprint, "value": self.value, "output": self.output},
+            {"fingerprint": self.model.fingerprint, "weights": self.model.weights_fingerprint, "value": self.value,
+             "output": self.output},
         )
 
     def vjp(

@@ -132,10 +132,29 @@ class Gradients:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Gradients:
-        """Load gradients written by :meth:`save`."""
+        """Load gradients written by :meth:`save`, checking header, keys, dtypes and finite values.
+
+        Raises:
+            DataError: the file is not a complete gradients file; the message names it and the problem.
+        """
+        from onnxslice.artifacts import check_array, check_keys
+        from onnxslice.errors import DataError
         from onnxslice.io import load_npz
 
         arrays, meta = load_npz(path, kind="Gradients")
+        check_keys(path, "gradients", meta, {"target": str, "per_sample": bool, "layers": dict,
+                                             "weight_norms": dict, "meta": dict})
+        if "target_values" not in arrays:
+            raise DataError(f"gradients '{path}' have no 'target_values'; the file is incomplete")
+        tv = check_array(path, "gradients", "target_values", arrays["target_values"], dtype="float", ndim=1)
+        for k, v in arrays.items():
+            if k.startswith(("weight/", "input/")):
+                check_array(path, "gradients", k, v, dtype="float")
+                if (meta["per_sample"] or k.startswith("input/")) and (v.ndim == 0 or len(v) != len(tv)):
+                    raise DataError(f"gradients '{path}': '{k}' has {len(v) if v.ndim else 0} samples, "
+                                    f"'target_values' {len(tv)}")
+            elif k != "target_values":
+                raise DataError(f"gradients '{path}' have an unexpected array '{k}'")
         return cls(
             {k[7:]: v for k, v in arrays.items() if k.startswith("weight/")},
             {k[6:]: v for k, v in arrays.items() if k.startswith("input/")},

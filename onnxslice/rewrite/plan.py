@@ -40,7 +40,10 @@ class Plan:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, model: Model) -> None:
-        """Raise :class:`PlanError` when the plan names layers the model does not have."""
+        """Raise :class:`PlanError` when the plan belongs to another model or names layers the model lacks."""
+        from onnxslice.artifacts import check_belongs
+
+        check_belongs(None, f"{self.kind or 'rewrite'} plan", self.meta, model, PlanError)
         known = {x.name for x in model.layers}
         unknown = [name for name in self.layers if name not in known]
         if unknown:
@@ -58,7 +61,13 @@ class Plan:
         """Build from :meth:`to_dict` output (or a hand-written JSON plan)."""
         if not isinstance(d, dict) or "layers" not in d or not isinstance(d["layers"], dict):
             raise PlanError("a plan is a JSON object with a 'layers' object (layer name -> decision)")
-        return cls(str(d.get("kind", "")), dict(d["layers"]), str(d.get("budget", "user")), dict(d.get("meta", {})))
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise PlanError("a plan's 'meta' must be a JSON object")
+        for key in ("kind", "budget"):
+            if key in d and not isinstance(d[key], str):
+                raise PlanError(f"a plan's '{key}' must be a string, not {type(d[key]).__name__}")
+        return cls(str(d.get("kind", "")), dict(d["layers"]), str(d.get("budget", "user")), dict(meta))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write as JSON (atomic)."""
@@ -71,13 +80,14 @@ class Plan:
         Raises:
             PlanError: missing file or not a plan.
         """
+        from onnxslice.artifacts import read_json
+
         p = Path(path)
-        if not p.is_file():
-            raise PlanError(f"plan file '{p}' does not exist")
+        d = read_json(p, "plan", PlanError)
         try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise PlanError(f"plan file '{p}' is not valid JSON: {e}") from e
+            return cls.from_dict(d)
+        except PlanError as e:
+            raise PlanError(f"plan file '{p}': {e}") from None
 
     def table(self) -> str:
         """The plan as a text table."""

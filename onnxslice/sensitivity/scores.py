@@ -61,18 +61,36 @@ class LayerScores:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LayerScores:
-        """Read scores written by :meth:`save`."""
-        import json
+        """Read scores written by :meth:`save`, checking keys and finite scores.
+
+        Raises:
+            DataError: missing, malformed or incomplete file; the message names it and the problem.
+        """
+        from onnxslice.artifacts import check_finite_number, check_keys, read_json
 
         p = Path(path)
-        if not p.is_file():
-            raise DataError(f"'{p}' does not exist")
-        d = json.loads(p.read_text())
+        d = read_json(p, "scores")
         if d.get("kind") != "LayerScores":
-            raise DataError(f"'{p}' is not a LayerScores file")
-        return cls(
-            {k: float(v) for k, v in d["scores"].items()}, d["criterion"], d.get("reduction", ""), d.get("meta", {})
-        )
+            raise DataError(f"'{p}' is not a LayerScores file (its 'kind' is {d.get('kind')!r})")
+        check_keys(p, "scores", d, {"scores": dict, "criterion": str})
+        if not d["scores"]:
+            raise DataError(f"scores '{p}' hold no layer")
+        scores = {str(k): check_finite_number(p, "scores", f"scores.{k}", v) for k, v in d["scores"].items()}
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DataError(f"scores '{p}': 'meta' is not an object")
+        return cls(scores, d["criterion"], str(d.get("reduction", "") or ""), meta)
+
+    def check_model(self, model: Any, path: str | os.PathLike[str] | None = None) -> None:
+        """Raise DataError when these scores were computed on another model or name layers it lacks."""
+        from onnxslice.artifacts import check_belongs
+
+        check_belongs(path, "scores", self.meta, model)
+        known = {x.name for x in model.layers}
+        unknown = [k for k in self.scores if k not in known]
+        if unknown:
+            raise DataError(f"scores{f' {str(path)!r}' if path else ''} name layer(s) {', '.join(unknown[:5])} "
+                            "that this model does not have; were they computed on another model?")
 
     def table(self) -> str:
         """Rank, layer, score as a text table."""

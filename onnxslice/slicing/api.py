@@ -222,6 +222,7 @@ def slice(
             "backend": backend,
         },
         fingerprint=model.fingerprint,
+        weights=model.weights_fingerprint,
         layers=layer_records(model),
         predictions=all_preds,
     )

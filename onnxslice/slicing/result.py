@@ -56,6 +56,7 @@ class Slice:
         fingerprint: structure hash of the sliced model.
         layers: per-layer records (see :func:`layer_records`) for summaries.
         predictions: the model's prediction (argmax of the output) per sample, when it is a vector.
+        weights: weights hash of the sliced model (``Model.weights_fingerprint``; empty in old files).
     """
 
     neurons: dict[str, np.ndarray]
@@ -67,6 +68,7 @@ class Slice:
     fingerprint: str = ""
     layers: list[dict[str, Any]] = field(default_factory=list)
     predictions: np.ndarray | None = None
+    weights: str = ""
 
     @property
     def count(self) -> int:
@@ -157,6 +159,7 @@ class Slice:
                 f"this slice was computed on another model (fingerprint {self.fingerprint}, the model's is "
                 f"{model.fingerprint})"
             )
+        self.check_model(model)
         masks = {name: np.abs(c) >= min_contrib for name, c in self.synapses.items()}
         for r in self.layers:
             masks.setdefault(r["weight"], np.zeros(model.initializer(r["weight"]).shape, bool))
@@ -192,15 +195,42 @@ class Slice:
             "options": self.options,
             "fingerprint": self.fingerprint,
             "layers": self.layers,
+            "weights": self.weights,
         }
         return save_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Slice:
-        """Load a slice written by :meth:`save`."""
+        """Load a slice written by :meth:`save`, checking its header, keys, dtypes and values.
+
+        Raises:
+            DataError: the file is not a complete slice; the message names the file and the problem.
+        """
+        from onnxslice.artifacts import check_array, check_finite_number, check_keys
         from onnxslice.io import load_npz
 
         arrays, meta = load_npz(path, kind="Slice")
+        check_keys(path, "slice", meta, {"targets": list, "theta": (int, float), "options": dict, "layers": list})
+        theta = check_finite_number(path, "slice", "theta", meta["theta"])
+        if not 0 < theta < 1:
+            raise DataError(f"slice '{path}': theta {theta} is not in (0, 1)")
+        if not all(isinstance(t, str) for t in meta["targets"]) or not meta["targets"]:
+            raise DataError(f"slice '{path}': 'targets' must be a non-empty list of strings")
+        if "samples" not in arrays:
+            raise DataError(f"slice '{path}' has no 'samples' array; it is incomplete")
+        check_array(path, "slice", "samples", arrays["samples"], dtype="int", ndim=1)
+        if len(arrays["samples"]) == 0 or int(arrays["samples"].min()) < 0:
+            raise DataError(f"slice '{path}': 'samples' is empty or has negative indices")
+        if "predictions" in arrays:
+            check_array(path, "slice", "predictions", arrays["predictions"], dtype="int", ndim=1)
+        for k, v in arrays.items():
+            if k.startswith(("neuron/", "synapse/")):
+                check_array(path, "slice", k, v, dtype="int")
+            elif k not in ("samples", "predictions"):
+                raise DataError(f"slice '{path}' has an unexpected array '{k}'; it is not a slice")
+        for r in meta["layers"]:
+            if not isinstance(r, dict) or not {"layer", "weight", "output"} <= set(r):
+                raise DataError(f"slice '{path}': a layer record is malformed ({str(r)[:60]})")
         return cls(
             neurons={k[7:]: v for k, v in arrays.items() if k.startswith("neuron/")},
             synapses={k[8:]: v for k, v in arrays.items() if k.startswith("synapse/")},
@@ -211,7 +241,16 @@ class Slice:
             fingerprint=str(meta.get("fingerprint", "")),
             layers=list(meta.get("layers", [])),
             predictions=arrays.get("predictions"),
+            weights=str(meta.get("weights", "") or ""),
         )
+
+    def check_model(self, model: Model, path: str | os.PathLike[str] | None = None) -> None:
+        """Raise DataError when this slice was computed on another model (structure, weights, weight shapes)."""
+        from onnxslice.artifacts import check_belongs, check_shapes
+
+        check_belongs(path, "slice", {"fingerprint": self.fingerprint, "weights": self.weights}, model)
+        shapes = {n: list(model.initializer(n).shape) for n in model.initializer_names}
+        check_shapes(path, "slice", self.synapses, shapes, "weight")
 
     def __repr__(self) -> str:
         n_in = sum(int((v != 0).sum()) for v in self.neurons.values())

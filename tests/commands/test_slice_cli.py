@@ -91,7 +91,7 @@ def test_slice_cli_json_channel(files, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--theta", "1.2"], "theta must lie strictly between 0 and 1"),
+        (["--theta", "1.2"], "--theta: 1.2 is not in (0, 1)"),
         (["--target", "class:7"], "out of range"),
     ],
 )
