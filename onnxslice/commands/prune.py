@@ -123,6 +123,19 @@ def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> di
     return out
 
 
+def _check_tensor_outputs(model: Any) -> None:
+    """Pruning rewrites tensor graphs: a map or sequence output (ZipMap, say) is unsupported (exit 3)."""
+    from onnxslice.errors import UnsupportedOpError
+
+    for o in model.graph.output:
+        if not o.type.HasField("tensor_type"):
+            node = model.producer(o.name)
+            op, dom, opset, name = (node.op_type, node.domain, node.opset, node.name) if node else ("?", "", 0, "")
+            raise UnsupportedOpError(op, dom, opset, "prune", name,
+                                     hint=f"the model output '{o.name}' is not a tensor; prune rewrites tensor graphs "
+                                          "only (export without it, e.g. skl2onnx options={'zipmap': False})")
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxslice.data import load_data
     from onnxslice.outputs import Outputs
@@ -143,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if plan_path is not None:
         outs.writes(f"{plan_path}.npz", "--save-plan")  # unstructured plans keep their masks beside the JSON
     model = load(src)
+    _check_tensor_outputs(model)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
