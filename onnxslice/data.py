@@ -71,6 +71,10 @@ class Dataset:
     classes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        scalars = [k for k, v in self.inputs.items() if np.ndim(v) == 0]
+        if scalars:
+            raise DataError(f"array '{scalars[0]}' of data '{self.name}' is a scalar; the first axis must index the "
+                            "samples")
         sizes = {k: len(v) for k, v in self.inputs.items()}
         if not sizes:
             raise DataError(f"data set '{self.name}' has no arrays")

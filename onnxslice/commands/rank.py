@@ -67,10 +67,10 @@ def _gradient_failure(name: str, model: Any) -> str | None:
     return None
 
 
-def _score(model: Any, args: argparse.Namespace, name: str, reduction: str) -> Any:
+def _score(model: Any, args: argparse.Namespace, name: str, reduction: str, data: Any) -> Any:
     from onnxslice.sensitivity import sensitivity
 
-    return sensitivity(model, args.data, name, reduction, args.target, samples=args.samples, steps=args.steps,
+    return sensitivity(model, data, name, reduction, args.target, samples=args.samples, steps=args.steps,
                        noise_samples=args.noise_samples, seed=args.seed, batch_size=args.batch_size,
                        device=args.device, path=args.path)
 
@@ -108,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
     outs.reads_data(args.gt_data, "--gt-data")
     out_path = outs.writes(args.out, "--out")
     model = load(args.model)
+    from onnxslice.data import load_data
+
+    from onnxslice.record import validate_inputs
+
+    ds = load_data(args.data)  # checked even for the data-free 'weight' criterion: bad data is an error
+    validate_inputs(model, ds.subset(slice(0, 1)).bind(model))
+    gt_ds = load_data(args.gt_data) if args.gt_data else ds
+    if gt_ds is not ds:
+        validate_inputs(model, gt_ds.subset(slice(0, 1)).bind(model))
     notes: list[str] = []
     chosen = args.criterion
     why = _gradient_failure(chosen, model)
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
         sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
         chosen = "fd"
-    scores = _score(model, args, chosen, args.reduction)
+    scores = _score(model, args, chosen, args.reduction, ds)
     scores.meta["requested_criterion"] = args.criterion
     stamp(scores.meta, model)
     bad = [k for k, v in scores.scores.items() if not np.isfinite(v)]
@@ -126,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                               "notes": notes, "scores": scores.to_dict(), "ranking": scores.ranking()}
     rows: list[dict[str, Any]] = []
     if truths:
-        gts = [perturbation_importance(model, args.gt_data or args.data, n, on, args.magnitude, args.draws,
+        gts = [perturbation_importance(model, gt_ds, n, on, args.magnitude, args.draws,
                                        samples=args.samples, seed=args.seed, device=args.device) for n, on in truths]
         report["ground_truth"] = [g.to_dict() for g in gts]
         for name in criteria_names():
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             if reason is not None:
                 rows.append({"criterion": name, "note": f"skipped: {reason.splitlines()[0][:80]}"})
                 continue
-            s = scores if name == chosen else _score(model, args, name, args.reduction)
+            s = scores if name == chosen else _score(model, args, name, args.reduction, ds)
             row: dict[str, Any] = {"criterion": name, "seconds": round(float(s.meta["seconds"]), 3)}
             for g in gts:
                 a = agreement(s, g)
