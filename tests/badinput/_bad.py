@@ -205,7 +205,7 @@ def re_npz(path: Path, **changes: Any) -> None:
                 meta[k] = v
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     for k, v in changes.items():
-        k = k.replace("__", "/")
+        k = k if k == "__meta__" else k.replace("__", "/")
         if v is None:
             arrays.pop(k, None)
         else:
