@@ -193,7 +193,7 @@ class Outputs:
             )
         if key in self._writes and self._writes[key] != flag:
             raise OutputClashError(f"{flag} '{p}' is also given as {self._writes[key]}; give each output its own path")
-        if key.is_dir() or os.fspath(path).endswith(os.sep):
+        if key.is_dir() or _key(path).is_dir() or os.fspath(path).endswith(os.sep):
             raise OutputClashError(f"{flag} '{path}' is a folder; give a file path")
         _check_folder(p, flag)
         if key.parent.is_dir():
