@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     out_path = outs.writes(args.out, "--out")
     model = load(args.model)
     from onnxslice.data import load_data
-
     from onnxslice.record import validate_inputs
 
     ds = load_data(args.data)  # checked even for the data-free 'weight' criterion: bad data is an error

@@ -31,8 +31,18 @@ from onnxslice.cli import main
 #: {s} slice, {g} gradients, {sc} scores, {pp} prune plan, {qp} quantize plan, {o} an empty output
 #: folder, {m2} the model with other weights, {lenet} models/lenet5.onnx (another structure).
 FILES = {
-    "m": "m.onnx", "m2": "m2.onnx", "lenet": "lenet5.onnx", "d": "d.npz", "p": "p.npz", "s": "s.npz",
-    "g": "g.npz", "sc": "sc.json", "pp": "pp.json", "qp": "qp.json", "o": "out", "dl": "dl.npz",
+    "m": "m.onnx",
+    "m2": "m2.onnx",
+    "lenet": "lenet5.onnx",
+    "d": "d.npz",
+    "p": "p.npz",
+    "s": "s.npz",
+    "g": "g.npz",
+    "sc": "sc.json",
+    "pp": "pp.json",
+    "qp": "qp.json",
+    "o": "out",
+    "dl": "dl.npz",
 }
 
 #: The arguments that make each verb run on the workspace (a case adds or replaces some).
@@ -43,8 +53,18 @@ VERB_ARGS: dict[str, list[str]] = {
     "slice": ["slice", "{m}", "-p", "{p}", "-d", "{d}", "-o", "{o}/s.npz", "--workers", "1", "--samples", "0:2"],
     "rank": ["rank", "{m}", "-d", "{d}", "-c", "weight", "--samples", "8", "-o", "{o}/sc.json"],
     "prune": ["prune", "{m}", "--ratio", "0.3", "-o", "{o}/pm.onnx", "--repeats", "1"],
-    "quantize": ["quantize", "{m}", "--criterion", "weight", "--avg-bits", "6", "--block-size", "16",
-                 "-o", "{o}/qm.onnx"],
+    "quantize": [
+        "quantize",
+        "{m}",
+        "--criterion",
+        "weight",
+        "--avg-bits",
+        "6",
+        "--block-size",
+        "16",
+        "-o",
+        "{o}/qm.onnx",
+    ],
 }
 #: Verbs that read --data.
 DATA_VERBS = ("profile", "grad", "slice", "rank")
@@ -70,8 +90,20 @@ def build_base(folder: Path) -> Path:
             ["grad", "m.onnx", "-d", "d.npz", "-o", "g.npz"],
             ["rank", "m.onnx", "-d", "d.npz", "-c", "weight", "-o", "sc.json", "--samples", "8"],
             ["prune", "m.onnx", "--ratio", "0.3", "-o", "pm.onnx", "--save-plan", "pp.json", "--repeats", "1"],
-            ["quantize", "m.onnx", "--criterion", "weight", "--avg-bits", "6", "--block-size", "16", "-o", "qm.onnx",
-             "--save-plan", "qp.json"],
+            [
+                "quantize",
+                "m.onnx",
+                "--criterion",
+                "weight",
+                "--avg-bits",
+                "6",
+                "--block-size",
+                "16",
+                "-o",
+                "qm.onnx",
+                "--save-plan",
+                "qp.json",
+            ],
         ):
             assert main(argv) == 0, argv
     finally:

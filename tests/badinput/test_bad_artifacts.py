@@ -77,12 +77,24 @@ _PROFILES: list[tuple[str, Setup | None, str]] = [
     ("count-zero", _copy_npz("p", "bp.npz", meta={"count": 0}), "computed on 0 samples"),
     ("count-text", _copy_npz("p", "bp.npz", meta={"count": "8"}), "'count' is str, expected int"),
     ("no-fingerprint", _copy_npz("p", "bp.npz", meta={"fingerprint": None}), "has no 'fingerprint'"),
-    ("nan-mean", _copy_npz("p", "bp.npz", mean__c=np.full((4, 8, 8), np.nan, np.float32)), "array 'mean/c' has 256 NaN"),
+    (
+        "nan-mean",
+        _copy_npz("p", "bp.npz", mean__c=np.full((4, 8, 8), np.nan, np.float32)),
+        "array 'mean/c' has 256 NaN",
+    ),
     ("inf-mean", _copy_npz("p", "bp.npz", mean__r=np.full((4, 8, 8), np.inf, np.float32)), "NaN or Inf"),
     ("int-mean", _copy_npz("p", "bp.npz", mean__c=np.zeros((4, 8, 8), np.int64)), "dtype int64, expected float"),
     ("stray-array", _copy_npz("p", "bp.npz", extra=np.zeros(3)), "unexpected array 'extra'"),
-    ("no-values", _copy_npz("p", "bp.npz", **{f"mean__{k}": None for k in "xcbrpf"}, mean__logits=None), "holds no values"),
-    ("truncated-array", _copy_npz("p", "bp.npz", mean__c=np.zeros((4, 8), np.float32)), r"value 'c' has shape \[4, 8\]"),
+    (
+        "no-values",
+        _copy_npz("p", "bp.npz", **{f"mean__{k}": None for k in "xcbrpf"}, mean__logits=None),
+        "holds no values",
+    ),
+    (
+        "truncated-array",
+        _copy_npz("p", "bp.npz", mean__c=np.zeros((4, 8), np.float32)),
+        r"value 'c' has shape \[4, 8\]",
+    ),
     ("unknown-value", _copy_npz("p", "bp.npz", mean__zzz=np.zeros(3, np.float32)), "names value 'zzz'"),
     ("other-structure", _copy_npz("p", "bp.npz", meta={"fingerprint": "ffffffffffffffff"}), "belongs to another model"),
     ("other-weights", _copy_npz("p", "bp.npz", meta={"weights": _OTHER_WEIGHTS}), "same graph with other weights"),
@@ -93,8 +105,20 @@ _PROFILES: list[tuple[str, Setup | None, str]] = [
 CASES: list[Case] = [case(f"slice-profile-{n}", _SLICE, 2, p, s) for n, s, p in _PROFILES]
 
 # -- slices, read by prune --budget slice --slice ------------------------------------------------------------
-_PRUNE_SLICE = ["prune", "{m}", "--ratio", "0.3", "--budget", "slice", "--slice", "{w}/bs.npz", "-o", "{o}/p.onnx",
-                "--repeats", "1"]
+_PRUNE_SLICE = [
+    "prune",
+    "{m}",
+    "--ratio",
+    "0.3",
+    "--budget",
+    "slice",
+    "--slice",
+    "{w}/bs.npz",
+    "-o",
+    "{o}/p.onnx",
+    "--repeats",
+    "1",
+]
 _SLICES: list[tuple[str, Setup | None, str]] = [
     ("missing", None, "Slice file '.*bs.npz' does not exist"),
     ("truncated", _raw("bs.npz", lambda ws: ws.path("s").read_bytes()[:1000]), "is not an .npz archive"),
@@ -106,24 +130,56 @@ _SLICES: list[tuple[str, Setup | None, str]] = [
     ("no-samples", _copy_npz("s", "bs.npz", samples=None), "has no 'samples' array"),
     ("float-samples", _copy_npz("s", "bs.npz", samples=np.zeros(2)), "array 'samples' has dtype float64"),
     ("negative-samples", _copy_npz("s", "bs.npz", samples=np.array([-1, 0])), "negative indices"),
-    ("float-synapses", _copy_npz(
-        "s", "bs.npz", **{"synapse__conv.w": np.zeros((4, 1, 3, 3))}), "array 'synapse/conv.w' has dtype float64"),
+    (
+        "float-synapses",
+        _copy_npz("s", "bs.npz", **{"synapse__conv.w": np.zeros((4, 1, 3, 3))}),
+        "array 'synapse/conv.w' has dtype float64",
+    ),
     ("stray-array", _copy_npz("s", "bs.npz", junk=np.zeros(2, np.int64)), "unexpected array 'junk'"),
     ("bad-layer-record", _copy_npz("s", "bs.npz", meta={"layers": [{"layer": "conv"}]}), "layer record is malformed"),
-    ("other-structure", _copy_npz("s", "bs.npz", meta={"fingerprint": "ffffffffffffffff"}), "computed on another model"),
+    (
+        "other-structure",
+        _copy_npz("s", "bs.npz", meta={"fingerprint": "ffffffffffffffff"}),
+        "computed on another model",
+    ),
     ("other-weights", _copy_npz("s", "bs.npz", meta={"weights": _OTHER_WEIGHTS}), "same graph with other weights"),
-    ("synapse-shape", _copy_npz("s", "bs.npz", **{"synapse__conv.w": np.zeros((4, 1, 2, 2), np.int64)}),
-     r"weight 'conv.w' has shape \[4, 1, 2, 2\], the model's is \[4, 1, 3, 3\]"),
+    (
+        "synapse-shape",
+        _copy_npz("s", "bs.npz", **{"synapse__conv.w": np.zeros((4, 1, 2, 2), np.int64)}),
+        r"weight 'conv.w' has shape \[4, 1, 2, 2\], the model's is \[4, 1, 3, 3\]",
+    ),
     ("unknown-weight", _copy_npz("s", "bs.npz", **{"synapse__nope": np.zeros(3, np.int64)}), "names weight 'nope'"),
 ]
 CASES += [case(f"prune-slice-{n}", _PRUNE_SLICE, 2, p, s) for n, s, p in _SLICES]
 
 # -- layer scores, read by prune/quantize --scores -------------------------------------------------------------
 _SCORE_ARGV = {
-    "prune": ["prune", "{m}", "--ratio", "0.3", "--budget", "sensitivity", "--scores", "{w}/bsc.json", "-o",
-              "{o}/p.onnx", "--repeats", "1"],
-    "quantize": ["quantize", "{m}", "--avg-bits", "6", "--block-size", "16", "--scores", "{w}/bsc.json", "-o",
-                 "{o}/q.onnx"],
+    "prune": [
+        "prune",
+        "{m}",
+        "--ratio",
+        "0.3",
+        "--budget",
+        "sensitivity",
+        "--scores",
+        "{w}/bsc.json",
+        "-o",
+        "{o}/p.onnx",
+        "--repeats",
+        "1",
+    ],
+    "quantize": [
+        "quantize",
+        "{m}",
+        "--avg-bits",
+        "6",
+        "--block-size",
+        "16",
+        "--scores",
+        "{w}/bsc.json",
+        "-o",
+        "{o}/q.onnx",
+    ],
 }
 _SCORES: list[tuple[str, Setup | None, str]] = [
     ("missing", None, "scores file '.*bsc.json' does not exist"),
@@ -134,13 +190,19 @@ _SCORES: list[tuple[str, Setup | None, str]] = [
     ("wrong-kind", _json("sc", "bsc.json", _set("kind", value="Profile")), "is not a LayerScores file"),
     ("no-scores", _json("sc", "bsc.json", _set("scores", value=_DEL)), "has no 'scores'"),
     ("empty-scores", _json("sc", "bsc.json", _set("scores", value={})), "hold no layer"),
-    ("nan-score", _text("bsc.json", '{"kind": "LayerScores", "criterion": "w", "scores": {"conv": NaN}}'),
-     "holds NaN; JSON numbers must be finite"),
+    (
+        "nan-score",
+        _text("bsc.json", '{"kind": "LayerScores", "criterion": "w", "scores": {"conv": NaN}}'),
+        "holds NaN; JSON numbers must be finite",
+    ),
     ("string-score", _json("sc", "bsc.json", _set("scores", "conv", value="high")), "'scores.conv' is 'high'"),
     ("bool-score", _json("sc", "bsc.json", _set("scores", "conv", value=True)), "'scores.conv' is True"),
     ("unknown-layer", _json("sc", "bsc.json", _set("scores", "ghost", value=1.0)), "name layer\\(s\\) ghost"),
-    ("other-structure", _json("sc", "bsc.json", _set("meta", "fingerprint", value="ffffffffffffffff")),
-     "computed on another model"),
+    (
+        "other-structure",
+        _json("sc", "bsc.json", _set("meta", "fingerprint", value="ffffffffffffffff")),
+        "computed on another model",
+    ),
     ("other-weights", _json("sc", "bsc.json", _set("meta", "weights", value=_OTHER_WEIGHTS)), "other weights"),
     ("meta-list", _json("sc", "bsc.json", _set("meta", value=[1])), "'meta' is not an object"),
 ]
@@ -166,20 +228,29 @@ def _plans(verb: str) -> list[tuple[str, Setup | None, str]]:
         ("meta-string", _json(src, "bpl.json", _set("meta", value="x")), "'meta' must be a JSON object"),
         ("kind-number", _json(src, "bpl.json", _set("kind", value=3)), "'kind' must be a string"),
         ("unknown-layer", _json(src, "bpl.json", _set("layers", "ghost", value=0.5)), "unknown layer\\(s\\) ghost"),
-        ("other-structure", _json(src, "bpl.json", _set("meta", "fingerprint", value="ffffffffffffffff")),
-         "computed on another model"),
+        (
+            "other-structure",
+            _json(src, "bpl.json", _set("meta", "fingerprint", value="ffffffffffffffff")),
+            "computed on another model",
+        ),
         ("other-weights", _json(src, "bpl.json", _set("meta", "weights", value=_OTHER_WEIGHTS)), "other weights"),
-        ("nan-constant", _text("bpl.json", '{"kind": "%s", "layers": {"conv": NaN}}' % verb), "holds NaN"),
-        ("wrong-kind", _json(_PLAN_SRC["quantize" if verb == "prune" else "prune"], "bpl.json", lambda d: None),
-         "cannot be applied|kind|precision|decision"),
+        ("nan-constant", _text("bpl.json", f'{{"kind": "{verb}", "layers": {{"conv": NaN}}}}'), "holds NaN"),
+        (
+            "wrong-kind",
+            _json(_PLAN_SRC["quantize" if verb == "prune" else "prune"], "bpl.json", lambda d: None),
+            "cannot be applied|kind|precision|decision",
+        ),
     ]
     if verb == "prune":
         common += [
             ("ratio-2", _json(src, "bpl.json", _set("layers", "conv", value=2.0)), r"ratio of layer 'conv' is 2.0"),
             ("ratio-negative", _json(src, "bpl.json", _set("layers", "conv", value=-0.5)), "must be in \\[0, 1\\)"),
             ("ratio-bool", _json(src, "bpl.json", _set("layers", "conv", value=True)), "is a boolean"),
-            ("remove-out-of-range", _json(src, "bpl.json", _set("layers", "conv", "remove", value=[99])),
-             "must hold distinct channels"),
+            (
+                "remove-out-of-range",
+                _json(src, "bpl.json", _set("layers", "conv", "remove", value=[99])),
+                "must hold distinct channels",
+            ),
             ("remove-all", _json(src, "bpl.json", _set("layers", "conv", "remove", value=[0, 1, 2, 3])), "leaves no"),
             ("remove-text", _json(src, "bpl.json", _set("layers", "conv", "remove", value="3")), "list of channel"),
             ("decision-empty", _json(src, "bpl.json", _set("layers", "conv", value={})), "needs 'ratio' or 'remove'"),
@@ -233,8 +304,36 @@ def test_old_files_without_weights_fingerprint_still_load(ws: Workspace, capsys:
 
     re_npz(ws.path("p"), meta={"weights": None})
     re_npz(ws.path("s"), meta={"weights": None})
-    assert main(["slice", *ws.argv(["{m}", "-p", "{p}", "-d", "{d}", "-o", "{o}/s2.npz", "--workers", "1",
-                                     "--samples", "0:1"])]) == 0
-    assert main(["prune", *ws.argv(["{m}", "--ratio", "0.3", "--budget", "slice", "--slice", "{s}", "-o",
-                                     "{o}/p.onnx", "--repeats", "1"])]) == 0
+    assert (
+        main(
+            [
+                "slice",
+                *ws.argv(["{m}", "-p", "{p}", "-d", "{d}", "-o", "{o}/s2.npz", "--workers", "1", "--samples", "0:1"]),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                *ws.argv(
+                    [
+                        "{m}",
+                        "--ratio",
+                        "0.3",
+                        "--budget",
+                        "slice",
+                        "--slice",
+                        "{s}",
+                        "-o",
+                        "{o}/p.onnx",
+                        "--repeats",
+                        "1",
+                    ]
+                ),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (ws.root / "out").iterdir()) == ["p.onnx", "s2.npz"]

@@ -34,7 +34,9 @@ def _bytes(name: str, data: bytes | Callable[[Workspace], bytes]) -> Callable[[W
 def _header_bomb(ws: Workspace) -> None:
     """An .npz whose x.npy header declares 40 GB but stores a few bytes."""
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 1, 100, 1000)})
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 1, 100, 1000)}
+    )
     buf.write(b"\0" * 64)
     with zipfile.ZipFile(ws.root / "bomb.npz", "w") as zf:
         zf.writestr("x.npy", buf.getvalue())
@@ -68,15 +70,19 @@ _BAD_DATA: list[tuple[str, str, Callable[[Workspace], None] | None, str]] = [
     ("text-file", _D, _bytes("bad.npz", b"x,y\n1,2\n"), "cannot read .* as .npz"),
     ("truncated", _D, _bytes("bad.npz", lambda ws: ws.path("d").read_bytes()[:900]), "cannot read .* as .npz"),
     ("corrupt-member", _D, _bytes("bad.npz", lambda ws: _corrupt(ws.path("d").read_bytes())), "cannot read .*\\.npz"),
-    ("npy-not-npz", _D, lambda ws: np.save(ws.root / "bad.npz", X) or (ws.root / "bad.npz.npy").rename(ws.root / "bad.npz"),
-     "cannot read .* as .npz"),
+    (
+        "npy-not-npz",
+        _D,
+        lambda ws: np.save(ws.root / "bad.npz", X) or (ws.root / "bad.npz.npy").rename(ws.root / "bad.npz"),
+        "cannot read .* as .npz",
+    ),
     ("object-array", _D, _npz("bad.npz", x=np.array([object(), 1], dtype=object)), "cannot read .*\\.npz"),
     ("strings", _D, _npz("bad.npz", x=np.array(["a", "b"])), "dtype <U1; it must be numeric"),
     ("scalar", _D, _npz("bad.npz", x=np.float32(1.0)), "is a scalar"),
     ("zero-samples", _D, _npz("bad.npz", x=np.zeros((0, 1, 8, 8), np.float32)), "has 0 samples"),
     ("nan", _D, _npz("bad.npz", x=np.where(X > 1, np.nan, X)), r"NaN or Inf value\(s\)"),
     ("inf", _D, _npz("bad.npz", x=np.where(X > 1, np.inf, X)), r"NaN or Inf value\(s\)"),
-    ("neg-inf-one", _D, _npz("bad.npz", x=np.where(X == X.max(), -np.inf, X)), r"has 1 NaN or Inf"),
+    ("neg-inf-one", _D, _npz("bad.npz", x=np.where(X.max() == X, -np.inf, X)), r"has 1 NaN or Inf"),
     ("int64", _D, _npz("bad.npz", x=np.zeros((2, 1, 8, 8), np.int64)), "dtype int64"),
     ("wrong-keys", _D, _npz("bad.npz", a=X, b=X), "no array for model input"),
     ("wrong-shape", _D, _npz("bad.npz", x=RNG.normal(size=(8, 3, 5, 5)).astype(np.float32)), "."),
@@ -85,7 +91,12 @@ _BAD_DATA: list[tuple[str, str, Callable[[Workspace], None] | None, str]] = [
     ("labels-count", _D, _npz("bad.npz", x=X, y=np.arange(3)), "3 labels for 8 samples"),
     ("labels-2d", _D, _npz("bad.npz", x=X, y=np.zeros((8, 2), np.int64)), "must be one per sample"),
     ("labels-negative", _D, _npz("bad.npz", x=X, y=-np.arange(8)), "are negative"),
-    ("header-bomb", "{w}/bomb.npz", _header_bomb, r"\(shape \[100000, 1, 100, 1000\], float32\) declares 40 GB, above the 8 GB limit; raise it with --max-size"),
+    (
+        "header-bomb",
+        "{w}/bomb.npz",
+        _header_bomb,
+        r"\(shape \[100000, 1, 100, 1000\], float32\) declares 40 GB, above the 8 GB limit; raise it with --max-size",
+    ),
     ("n-negative", "{d}?n=-5", None, r"data option n='-5' .* must be an integer >= 1"),
     ("n-zero", "{d}?n=0", None, r"n='0'"),
     ("n-text", "{d}?n=abc", None, r"n='abc'"),
@@ -117,23 +128,39 @@ CASES: list[Case] = [
 ]
 # A small file that inflates past --max-size is refused from its header, before it is inflated.
 CASES += [
-    case(f"{verb}-inflates-past-limit", [*with_data(verb, "{w}/z.npz"), "--max-size", "0.0001"], 2,
-         r"array 'x' of .*z\.npz' \(shape \[2000, 1, 8, 8\], float32\) declares 0.000512 GB, above the 0.0001 GB",
-         _npz("z.npz", x=np.zeros((2000, 1, 8, 8), np.float32)))
+    case(
+        f"{verb}-inflates-past-limit",
+        [*with_data(verb, "{w}/z.npz"), "--max-size", "0.0001"],
+        2,
+        r"array 'x' of .*z\.npz' \(shape \[2000, 1, 8, 8\], float32\) declares 0.000512 GB, above the 0.0001 GB",
+        _npz("z.npz", x=np.zeros((2000, 1, 8, 8), np.float32)),
+    )
     for verb in DATA_VERBS
 ]
 # Data so large that the model's activations overflow float32: the result would not be finite.
 CASES += [
-    case("profile-overflow", with_data("profile", _D), 2, r"mean activation of '.*' is not finite",
-         _npz("bad.npz", x=np.full((4, 1, 8, 8), 3e38, np.float32))),
-    case("grad-overflow", with_data("grad", _D), 2, "is not finite",
-         _npz("bad.npz", x=np.full((4, 1, 8, 8), 3e38, np.float32))),
+    case(
+        "profile-overflow",
+        with_data("profile", _D),
+        2,
+        r"mean activation of '.*' is not finite",
+        _npz("bad.npz", x=np.full((4, 1, 8, 8), 3e38, np.float32)),
+    ),
+    case(
+        "grad-overflow",
+        with_data("grad", _D),
+        2,
+        "is not finite",
+        _npz("bad.npz", x=np.full((4, 1, 8, 8), 3e38, np.float32)),
+    ),
 ]
 # prune and quantize read --data for fidelity and calibration.
 CASES += [
     case(f"{verb}-data-{name}", [*_args, "-d", spec], 2, pattern, setup)
-    for verb, _args in (("prune", ["prune", "{m}", "--ratio", "0.3", "-o", "{o}/x.onnx", "--repeats", "1"]),
-                        ("quantize", ["quantize", "{m}", "--criterion", "weight", "--avg-bits", "6", "-o", "{o}/x.onnx"]))
+    for verb, _args in (
+        ("prune", ["prune", "{m}", "--ratio", "0.3", "-o", "{o}/x.onnx", "--repeats", "1"]),
+        ("quantize", ["quantize", "{m}", "--criterion", "weight", "--avg-bits", "6", "-o", "{o}/x.onnx"]),
+    )
     for name, spec, setup, pattern in _BAD_DATA[:12]
 ]
 

@@ -106,7 +106,12 @@ _BAD_MODELS: list[tuple[str, str, Callable[[Workspace], None] | None, str]] = [
     ("no-graph", "{w}/ng.onnx", _proto("ng.onnx", _no_graph), "no ONNX graph"),
     ("dangling-input", "{w}/dg.onnx", _proto("dg.onnx", _dangling), "not a valid ONNX model"),
     ("unknown-op", "{w}/uo.onnx", _proto("uo.onnx", _unknown_default_op), "not a valid ONNX model"),
-    ("huge-initializer", "{w}/hi.onnx", _proto("hi.onnx", _huge_initializer), r"above the .* limit; raise it with --max-size"),
+    (
+        "huge-initializer",
+        "{w}/hi.onnx",
+        _proto("hi.onnx", _huge_initializer),
+        r"above the .* limit; raise it with --max-size",
+    ),
     ("future-ir", "{w}/fi.onnx", _proto("fi.onnx", _future_ir), "not a valid ONNX model"),
     ("cycle", "{w}/cy.onnx", _proto("cy.onnx", _cycle), "."),
     ("bad-attribute", "{w}/ba.onnx", _proto("ba.onnx", _bad_attr), "."),
@@ -119,7 +124,13 @@ CASES: list[Case] = [
 ]
 # An op no one implements: the checker cannot know a custom domain, onnxruntime has no kernel -> exit 3.
 CASES += [
-    case(f"{verb}-custom-op", with_model(verb, "{w}/co.onnx"), 3, "onnxruntime|no '", _proto("co.onnx", _custom_domain_op))
+    case(
+        f"{verb}-custom-op",
+        with_model(verb, "{w}/co.onnx"),
+        3,
+        "onnxruntime|no '",
+        _proto("co.onnx", _custom_domain_op),
+    )
     for verb in ("profile", "grad")
 ]
 # A model without inputs cannot take data.
@@ -129,22 +140,34 @@ CASES += [
 ]
 # slice checks the profile against the model first: a profile of another model is refused.
 CASES += [
-    case(f"slice-{name}", with_model("slice", f"{{w}}/{name}.onnx"), 2, "belongs to another model",
-         _proto(f"{name}.onnx", build))
+    case(
+        f"slice-{name}",
+        with_model("slice", f"{{w}}/{name}.onnx"),
+        2,
+        "belongs to another model",
+        _proto(f"{name}.onnx", build),
+    )
     for name, build in (("co", _custom_domain_op), ("ni", _no_inputs))
 ]
 
 # -- external data ----------------------------------------------------------------------------------------
 
 
-def _ext(mutate: Callable[[Workspace, onnx.ModelProto], None] | None = None,
-         after: Callable[[Workspace], None] | None = None) -> Callable[[Workspace], None]:
+def _ext(
+    mutate: Callable[[Workspace, onnx.ModelProto], None] | None = None, after: Callable[[Workspace], None] | None = None
+) -> Callable[[Workspace], None]:
     """Write ext.onnx + ext.bin (every initializer external), then apply ``mutate`` to the proto."""
 
     def setup(ws: Workspace) -> None:
         m = small_cnn()
-        onnx.save_model(m, str(ws.root / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="ext.bin", size_threshold=0)
+        onnx.save_model(
+            m,
+            str(ws.root / "ext.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="ext.bin",
+            size_threshold=0,
+        )
         proto = onnx.load(str(ws.root / "ext.onnx"), load_external_data=False)
         if mutate is not None:
             mutate(ws, proto)
@@ -186,16 +209,27 @@ def _truncate_bin(ws: Workspace) -> None:
 
 _EXT: list[tuple[str, Callable[[Workspace], None], str]] = [
     ("absolute", _ext(_set("location", "/etc/passwd")), r"initializer 'fc.w' has an absolute location"),
-    ("absolute-outside", _ext(lambda ws, p: _set("location", str(ws.root.parent / "outside.bin"))(ws, p)),
-     "initializer 'fc.w' has an absolute location"),
+    (
+        "absolute-outside",
+        _ext(lambda ws, p: _set("location", str(ws.root.parent / "outside.bin"))(ws, p)),
+        "initializer 'fc.w' has an absolute location",
+    ),
     ("drive-letter", _ext(_set("location", "C:\\weights.bin")), "absolute location"),
-    ("dotdot-existing", _ext(_set("location", "../outside.bin")), r"initializer 'fc.w' has a location '\.\./outside\.bin' with '\.\.'"),
+    (
+        "dotdot-existing",
+        _ext(_set("location", "../outside.bin")),
+        r"initializer 'fc.w' has a location '\.\./outside\.bin' with '\.\.'",
+    ),
     ("dotdot-missing", _ext(_set("location", "../nope.bin")), r"with '\.\.'; locations must stay inside"),
     ("dotdot-inner", _ext(_set("location", "sub/../../outside.bin")), r"with '\.\.'"),
     ("backslash-dotdot", _ext(_set("location", "..\\outside.bin")), r"with '\.\.'"),
     ("symlink-file-out", _ext(_set("location", "link.bin"), _symlink_file), "leads out of the model's folder"),
     ("symlink-dir-out", _ext(_set("location", "linkdir/ext.bin"), _symlink_dir), "leads out of the model's folder"),
-    ("missing", _ext(_set("location", "nope.bin")), r"initializer 'fc.w' keeps its data in 'nope.bin', which is missing"),
+    (
+        "missing",
+        _ext(_set("location", "nope.bin")),
+        r"initializer 'fc.w' keeps its data in 'nope.bin', which is missing",
+    ),
     ("empty-location", _ext(_set("location", "")), "initializer 'fc.w' has no location"),
     ("truncated-file", _ext(after=_truncate_bin), "truncated"),
     ("length-mismatch", _ext(_set("length", "16")), r"initializer 'fc.w' has 16 bytes of external data"),
@@ -211,14 +245,24 @@ CASES += [
     for verb in _EXT_VERBS
 ]
 CASES += [
-    case(f"{verb}-ext-over-limit", [*with_model(verb, "{w}/ext.onnx"), "--max-size", "0.0000005"], 2,
-         r"initializer 'fc.w' .* declares 7.68e-07 GB, above the 5e-07 GB limit; raise it with --max-size", _ext())
+    case(
+        f"{verb}-ext-over-limit",
+        [*with_model(verb, "{w}/ext.onnx"), "--max-size", "0.0000005"],
+        2,
+        r"initializer 'fc.w' .* declares 7.68e-07 GB, above the 5e-07 GB limit; raise it with --max-size",
+        _ext(),
+    )
     for verb in _EXT_VERBS
 ]
 # Writing over a model's external-data file is refused like writing over the model.
 CASES += [
-    case(f"{verb}-out-is-external-data", [*with_model(verb, "{w}/ext.onnx"), "-o", "{w}/ext.bin"], 2,
-         "is the external data of MODEL this command reads", _ext())
+    case(
+        f"{verb}-out-is-external-data",
+        [*with_model(verb, "{w}/ext.onnx"), "-o", "{w}/ext.bin"],
+        2,
+        "is the external data of MODEL this command reads",
+        _ext(),
+    )
     for verb in ("prune", "quantize")
 ]
 
@@ -253,8 +297,18 @@ def test_prune_zipmap_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 
     from onnxslice.cli import main
 
-    rc = main(["prune", str(ROOT / "models" / "mlp_digits_zipmap.onnx"), "--ratio", "0.3", "-o",
-               str(tmp_path / "p.onnx"), "--repeats", "1"])
+    rc = main(
+        [
+            "prune",
+            str(ROOT / "models" / "mlp_digits_zipmap.onnx"),
+            "--ratio",
+            "0.3",
+            "-o",
+            str(tmp_path / "p.onnx"),
+            "--repeats",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 3 and len(err.strip().splitlines()) == 1, err
     assert "ZipMap" in err and "Traceback" not in err

@@ -29,8 +29,17 @@ def _out(verb: str, flag: str, value: str) -> list[str]:
 
 
 # (verb, output flag): every file-writing flag of every verb.
-_FLAGS = [("profile", "-o"), ("grad", "-o"), ("slice", "-o"), ("slice", "--sliced-model"), ("rank", "-o"),
-          ("prune", "-o"), ("prune", "--save-plan"), ("quantize", "-o"), ("quantize", "--save-plan")]
+_FLAGS = [
+    ("profile", "-o"),
+    ("grad", "-o"),
+    ("slice", "-o"),
+    ("slice", "--sliced-model"),
+    ("rank", "-o"),
+    ("prune", "-o"),
+    ("prune", "--save-plan"),
+    ("quantize", "-o"),
+    ("quantize", "--save-plan"),
+]
 _CLASH = "refusing to overwrite it|is also read as"
 
 #: Writers that append .npz: `-o m.onnx` writes m.onnx.npz (no clash), so they are aimed at the .npz input.
@@ -41,10 +50,20 @@ for verb, flag in _FLAGS:
     tag = f"{verb}{flag}"
     key, name, what = ("d", "d.npz", "--data") if (verb, flag) in _NPZ else ("m", "m.onnx", "MODEL")
     CASES += [
-        case(f"{tag}-is-{key}", _out(verb, flag, f"{{{key}}}"), 2, rf"{flag if flag != '-o' else '--out'} .* is the {what}"),
+        case(
+            f"{tag}-is-{key}",
+            _out(verb, flag, f"{{{key}}}"),
+            2,
+            rf"{flag if flag != '-o' else '--out'} .* is the {what}",
+        ),
         case(f"{tag}-is-{key}-via-dotdot", _out(verb, flag, f"{{o}}/../{name}"), 2, f"is the {what}"),
-        case(f"{tag}-is-{key}-via-symlink", _out(verb, flag, f"{{o}}/link-{name}"), 2, f"is the {what}",
-             _link(f"link-{name}", name)),
+        case(
+            f"{tag}-is-{key}-via-symlink",
+            _out(verb, flag, f"{{o}}/link-{name}"),
+            2,
+            f"is the {what}",
+            _link(f"link-{name}", name),
+        ),
         case(f"{tag}-is-folder", _out(verb, flag, "{o}"), 2, "is a folder; give a file path"),
         case(f"{tag}-trailing-slash", _out(verb, flag, "{o}/new/"), 2, "is a folder; give a file path"),
         case(f"{tag}-under-a-file", _out(verb, flag, "{m}/x.out"), 2, "is a file, not a folder"),
@@ -59,18 +78,38 @@ CASES += [
     case("slice-out-is-profile", _out("slice", "-o", "{p}"), 2, "is the --profile"),
     case("slice-out-without-suffix-is-profile", _out("slice", "-o", "{w}/p"), 2, r"p\.npz' is the --profile"),
     case("slice-sliced-model-is-profile", _out("slice", "--sliced-model", "{p}"), 2, "is the --profile"),
-    case("slice-two-outputs-one-path", [*VERB_ARGS["slice"], "-o", "{o}/x", "--sliced-model", "{o}/x.npz"], 2,
-         "is also given as --out"),
+    case(
+        "slice-two-outputs-one-path",
+        [*VERB_ARGS["slice"], "-o", "{o}/x", "--sliced-model", "{o}/x.npz"],
+        2,
+        "is also given as --out",
+    ),
     case("prune-out-is-save-plan", [*VERB_ARGS["prune"], "--save-plan", "{o}/pm.onnx"], 2, "is also given as --out"),
-    case("prune-save-plan-is-plan", ["prune", "{m}", "--plan", "{pp}", "-o", "{o}/p.onnx", "--save-plan", "{pp}"], 2,
-         "is the --plan"),
-    case("prune-out-is-scores", [*VERB_ARGS["prune"], "--budget", "sensitivity", "--scores", "{sc}", "-o", "{sc}"], 2,
-         "is the --scores"),
-    case("prune-out-is-slice", [*VERB_ARGS["prune"], "--budget", "slice", "--slice", "{s}", "-o", "{s}"], 2,
-         "is the --slice"),
+    case(
+        "prune-save-plan-is-plan",
+        ["prune", "{m}", "--plan", "{pp}", "-o", "{o}/p.onnx", "--save-plan", "{pp}"],
+        2,
+        "is the --plan",
+    ),
+    case(
+        "prune-out-is-scores",
+        [*VERB_ARGS["prune"], "--budget", "sensitivity", "--scores", "{sc}", "-o", "{sc}"],
+        2,
+        "is the --scores",
+    ),
+    case(
+        "prune-out-is-slice",
+        [*VERB_ARGS["prune"], "--budget", "slice", "--slice", "{s}", "-o", "{s}"],
+        2,
+        "is the --slice",
+    ),
     case("prune-out-is-data", [*VERB_ARGS["prune"], "-d", "{d}", "-o", "{d}"], 2, "is the --data"),
-    case("quantize-save-plan-is-plan", ["quantize", "{m}", "--plan", "{qp}", "-o", "{o}/q.onnx", "--save-plan", "{qp}"],
-         2, "is the --plan"),
+    case(
+        "quantize-save-plan-is-plan",
+        ["quantize", "{m}", "--plan", "{qp}", "-o", "{o}/q.onnx", "--save-plan", "{qp}"],
+        2,
+        "is the --plan",
+    ),
     case("quantize-out-is-scores", [*VERB_ARGS["quantize"], "--scores", "{sc}", "-o", "{sc}"], 2, "is the --scores"),
     case("quantize-out-is-save-plan", [*VERB_ARGS["quantize"], "--save-plan", "{o}/qm.onnx"], 2, "also given as --out"),
     case("rank-out-is-gt-data", [*VERB_ARGS["rank"], "--gt-data", "{dl}", "-o", "{dl}"], 2, "is the --gt-data"),
@@ -85,15 +124,23 @@ def test_bad_output(ws: Workspace, capsys: pytest.CaptureFixture[str], c: Case) 
 
 
 # -- read-only and full folders (simulated: the suite may run as root, which ignores permissions) --------------
-_WRITERS = [("profile", "-o", "{o}/p.npz"), ("grad", "-o", "{o}/g.npz"), ("slice", "-o", "{o}/s.npz"),
-            ("slice", "--sliced-model", "{o}/sm.onnx"), ("rank", "-o", "{o}/sc.json"), ("prune", "-o", "{o}/pm.onnx"),
-            ("prune", "--save-plan", "{o}/pp.json"), ("quantize", "-o", "{o}/qm.onnx"),
-            ("quantize", "--save-plan", "{o}/qp.json")]
+_WRITERS = [
+    ("profile", "-o", "{o}/p.npz"),
+    ("grad", "-o", "{o}/g.npz"),
+    ("slice", "-o", "{o}/s.npz"),
+    ("slice", "--sliced-model", "{o}/sm.onnx"),
+    ("rank", "-o", "{o}/sc.json"),
+    ("prune", "-o", "{o}/pm.onnx"),
+    ("prune", "--save-plan", "{o}/pp.json"),
+    ("quantize", "-o", "{o}/qm.onnx"),
+    ("quantize", "--save-plan", "{o}/qp.json"),
+]
 
 
 @pytest.mark.parametrize(("verb", "flag", "path"), _WRITERS, ids=[f"{v}{f}" for v, f, _ in _WRITERS])
-def test_read_only_folder(ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                          verb: str, flag: str, path: str) -> None:
+def test_read_only_folder(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: str, flag: str, path: str
+) -> None:
     out = ws.root / "out"
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == out else real(p, mode, *a, **k))
@@ -101,8 +148,9 @@ def test_read_only_folder(ws: Workspace, capsys: pytest.CaptureFixture[str], mon
 
 
 @pytest.mark.parametrize(("verb", "flag", "path"), _WRITERS, ids=[f"{v}{f}" for v, f, _ in _WRITERS])
-def test_full_disk_keeps_the_old_file(ws: Workspace, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch, verb: str, flag: str, path: str) -> None:
+def test_full_disk_keeps_the_old_file(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: str, flag: str, path: str
+) -> None:
     """The rename never happens: the old output stays complete, no temporary file is left."""
     target = Path(ws.argv([path])[0])
     target.write_bytes(b"the previous result")
@@ -118,8 +166,9 @@ def test_full_disk_keeps_the_old_file(ws: Workspace, capsys: pytest.CaptureFixtu
     assert target.read_bytes() == b"the previous result"
 
 
-def test_checks_come_before_any_work(ws: Workspace, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checks_come_before_any_work(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A clash is reported before the model is even loaded."""
     import onnxslice.model as model_mod
 
@@ -136,17 +185,42 @@ def test_checks_come_before_any_work(ws: Workspace, capsys: pytest.CaptureFixtur
 def test_writes_come_last(ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """prune's fidelity run fails after the pruned model exists in memory: nothing is written."""
     import onnxslice.rewrite.fidelity as fid
-
     from onnxslice.errors import OnnxSliceError
 
     def fail(*a: object, **k: object) -> None:
         raise OnnxSliceError("fidelity run failed (simulated)")
 
     monkeypatch.setattr(fid, "run_outputs", fail)
-    for argv in (["prune", "{m}", "--ratio", "0.3", "-d", "{d}", "-o", "{o}/p.onnx", "--save-plan", "{o}/p.json",
-                  "--repeats", "1"],
-                 ["quantize", "{m}", "--criterion", "weight", "--avg-bits", "6", "-d", "{d}", "-o", "{o}/q.onnx",
-                  "--save-plan", "{o}/q.json"]):
+    for argv in (
+        [
+            "prune",
+            "{m}",
+            "--ratio",
+            "0.3",
+            "-d",
+            "{d}",
+            "-o",
+            "{o}/p.onnx",
+            "--save-plan",
+            "{o}/p.json",
+            "--repeats",
+            "1",
+        ],
+        [
+            "quantize",
+            "{m}",
+            "--criterion",
+            "weight",
+            "--avg-bits",
+            "6",
+            "-d",
+            "{d}",
+            "-o",
+            "{o}/q.onnx",
+            "--save-plan",
+            "{o}/q.json",
+        ],
+    ):
         run_case(ws, case(argv[0], argv, 2, "simulated"), capsys)
 
 
@@ -156,8 +230,9 @@ def test_stale_leftovers_are_cleaned_live_ones_kept(ws: Workspace, capsys: pytes
     import sys
 
     out = ws.root / "out"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     (out / f".onnxslice-{dead_pid}-abc.npz").write_bytes(b"half a file")
     (out / f".onnxslice-{dead_pid}-dir").mkdir()

@@ -47,7 +47,9 @@ def _numeric_cases() -> list[Case]:
     for verb, flag, values in _NUMERIC:
         for v in values:
             base = _VERB_OF.get(verb) or verb_argv(verb, drop=[flag] if flag in _REPLACED else [])
-            out.append(case(f"{verb}{flag}={v}", [*base, f"{flag}={v}"], 2, rf"^onnxslice {verb}: error: argument {flag}"))
+            out.append(
+                case(f"{verb}{flag}={v}", [*base, f"{flag}={v}"], 2, rf"^onnxslice {verb}: error: argument {flag}")
+            )
     return out
 
 
@@ -55,11 +57,22 @@ def _usage_cases() -> list[Case]:
     out = []
     for verb in [*VERB_ARGS, "bench"]:
         base = _VERB_OF.get(verb) or VERB_ARGS[verb]
-        out.append(case(f"{verb}-unknown-flag", [*base, "--no-such-flag"], 2,
-                        rf"^onnxslice {verb}: error: unrecognized arguments: --no-such-flag \(usage: onnxslice {verb} "))
-        out.append(case(f"{verb}-no-args", [verb], 2, rf"^onnxslice {verb}: error: .*required.*usage: onnxslice {verb}"))
-        out.append(case(f"{verb}-bad-device", [*base, "--device", "tpu"], 2, rf"onnxslice {verb}: error: .*--device")
-                   if verb != "bench" else case("bench-bad-backend", [*base, "--backend", "mpi"], 2, "argument --backend"))
+        out.append(
+            case(
+                f"{verb}-unknown-flag",
+                [*base, "--no-such-flag"],
+                2,
+                rf"^onnxslice {verb}: error: unrecognized arguments: --no-such-flag \(usage: onnxslice {verb} ",
+            )
+        )
+        out.append(
+            case(f"{verb}-no-args", [verb], 2, rf"^onnxslice {verb}: error: .*required.*usage: onnxslice {verb}")
+        )
+        out.append(
+            case(f"{verb}-bad-device", [*base, "--device", "tpu"], 2, rf"onnxslice {verb}: error: .*--device")
+            if verb != "bench"
+            else case("bench-bad-backend", [*base, "--backend", "mpi"], 2, "argument --backend")
+        )
         out.append(case(f"{verb}-max-size-0", [*base, "--max-size", "0"], 2, "argument --max-size"))
     out += [
         case("no-verb", [], 2, r"^onnxslice: error: .*required.*usage: onnxslice VERB"),

@@ -42,8 +42,19 @@ def test_rank_same_seed_same_scores(ws: Workspace, capsys: pytest.CaptureFixture
 
 
 def test_prune_random_channels_same_seed_same_plan(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["prune", "{m}", "--ratio", "0.3", "--channel-score", "random", "-o", "{o}/p.onnx", "--repeats", "1",
-            "--json"]
+    argv = [
+        "prune",
+        "{m}",
+        "--ratio",
+        "0.3",
+        "--channel-score",
+        "random",
+        "-o",
+        "{o}/p.onnx",
+        "--repeats",
+        "1",
+        "--json",
+    ]
     a = json.loads(_run(ws, argv, capsys))["plan"]["layers"]
     b = json.loads(_run(ws, argv, capsys))["plan"]["layers"]
     assert a == b

@@ -18,8 +18,14 @@ import onnx
 import pytest
 from _bad import VERB_ARGS, Workspace, case, run_case
 
-_WRITERS = [("profile", "{o}/p.npz"), ("grad", "{o}/g.npz"), ("slice", "{o}/s.npz"), ("rank", "{o}/sc.json"),
-            ("prune", "{o}/pm.onnx"), ("quantize", "{o}/qm.onnx")]
+_WRITERS = [
+    ("profile", "{o}/p.npz"),
+    ("grad", "{o}/g.npz"),
+    ("slice", "{o}/s.npz"),
+    ("rank", "{o}/sc.json"),
+    ("prune", "{o}/pm.onnx"),
+    ("quantize", "{o}/qm.onnx"),
+]
 
 
 def _interrupting(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
@@ -59,8 +65,9 @@ def _interrupting(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 @pytest.mark.parametrize(("verb", "out"), _WRITERS, ids=[v for v, _ in _WRITERS])
-def test_interrupt_during_save(ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                               verb: str, out: str, how: str) -> None:
+def test_interrupt_during_save(
+    ws: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, verb: str, out: str, how: str
+) -> None:
     argv = [*VERB_ARGS[verb], "-o", out]
     before_handler = signal.getsignal(signal.SIGTERM)
     _interrupting(monkeypatch, how)
@@ -86,8 +93,13 @@ sys.exit(main(sys.argv[3:]))
 
 def _child(ws: Workspace, marker: Path, sleep: float, argv: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "ONNXSLICE_PROGRESS": "0"}
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(marker), str(sleep), *ws.argv(argv)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(marker), str(sleep), *ws.argv(argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for(marker: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
@@ -110,8 +122,9 @@ def test_sigterm_to_a_process_during_save(ws: Workspace, tmp_path: Path) -> None
     assert list(out.iterdir()) == []
 
 
-def test_sigkill_leftover_is_cleaned_by_the_next_run(ws: Workspace, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkill_leftover_is_cleaned_by_the_next_run(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from onnxslice.cli import main
 
     out = ws.root / "out"
