@@ -76,7 +76,7 @@ def parse_targets(spec: str | int | Sequence[str | int], output: str, output_sha
         elif text.startswith("class:") or re.fullmatch(r"-?\d+", text):
             body = text.split(":", 1)[-1]
             try:
-                classes = [int(c) for c in body.split(",") if c.strip()]
+                classes = [int(c) for c in body.split(",")]
             except ValueError as e:
                 raise DataError(f"bad class target '{text}'; use class:K or class:K1,K2") from e
             out.extend(_class_target(c, output, output_shape) for c in classes)

@@ -95,3 +95,47 @@ CASES = _numeric_cases() + _usage_cases()
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_usage(ws: Workspace, capsys: pytest.CaptureFixture[str], c: Case) -> None:
     run_case(ws, c, capsys)
+
+
+# -- option values that argparse cannot type-check: targets, sample lists, names of criteria -------------------
+_SEMANTIC = [
+    case("slice-target-empty-class", [*VERB_ARGS["slice"], "--target", "class:"], 2, "bad class target 'class:'"),
+    case("slice-target-empty-item", [*VERB_ARGS["slice"], "--target", "class:1,,2"], 2, "bad class target"),
+    case("slice-target-class-text", [*VERB_ARGS["slice"], "--target", "class:cat"], 2, "bad class target"),
+    case("slice-target-class-range", [*VERB_ARGS["slice"], "--target", "class:7"], 2, "out of range"),
+    case("slice-target-unknown", [*VERB_ARGS["slice"], "--target", "best"], 2, "unknown slicing target 'best'"),
+    case("slice-target-value-missing", [*VERB_ARGS["slice"], "--target", "value:nope"], 2, "nope"),
+    case("slice-samples-reversed", [*verb_argv("slice", drop=["--samples"]), "--samples", "5:2"], 2, "samples '5:2'"),
+    case("slice-samples-negative", [*verb_argv("slice", drop=["--samples"]), "--samples", "-1"], 2, "samples '-1'"),
+    case("slice-samples-text", [*verb_argv("slice", drop=["--samples"]), "--samples", "a:b"], 2, "cannot read samples"),
+    case("slice-samples-past-end", [*verb_argv("slice", drop=["--samples"]), "--samples", "100"], 2, "outside"),
+    case("slice-output-unknown", [*VERB_ARGS["slice"], "--output", "nope"], 2, "nope"),
+    case("grad-samples-text", [*VERB_ARGS["grad"], "--samples", "x"], 2, "cannot read samples 'x'"),
+    case("grad-samples-past-end", [*VERB_ARGS["grad"], "--samples", "8"], 2, "outside the data set's 0..7"),
+    case("grad-target-unknown", [*VERB_ARGS["grad"], "--target", "best"], 2, "best"),
+    case("grad-target-class-text", [*VERB_ARGS["grad"], "--target", "class:x"], 2, "class:x"),
+    case("grad-weights-unknown", [*VERB_ARGS["grad"], "--weights", "nope"], 2, "nope"),
+    case("rank-criterion-unknown", [*verb_argv("rank", drop=["-c"]), "-c", "magic"], 2, "magic"),
+    case("rank-reduction-unknown", [*VERB_ARGS["rank"], "-r", "median"], 2, "median"),
+    case("rank-ground-truth-bad", [*VERB_ARGS["rank"], "-g", "X:weights"], 2, "is not NOISE:ON"),
+    case("rank-target-unknown", [*verb_argv("rank", drop=["-c"]), "-c", "grad", "--target", "best"], 2, "best"),
+    case("prune-no-ratio", ["prune", "{m}", "-o", "{o}/p.onnx"], 2, "give --ratio"),
+    case("prune-sensitivity-no-data", [*VERB_ARGS["prune"], "--budget", "sensitivity"], 2, "needs --data"),
+    case("prune-slice-no-data", [*VERB_ARGS["prune"], "--budget", "slice"], 2, "needs --slice"),
+    case("prune-criterion-unknown", [*VERB_ARGS["prune"], "--budget", "sensitivity", "-d", "{d}", "--criterion", "x"],
+         2, "'x'"),
+    case("prune-target-empty", [*VERB_ARGS["prune"], "--budget", "slice", "-d", "{d}", "--target", "class:"], 2,
+         "bad class target|no slicing target"),
+    case("quantize-no-budget", ["quantize", "{m}", "-o", "{o}/q.onnx"], 2, "give a budget"),
+    case("quantize-choices-unknown", [*VERB_ARGS["quantize"], "--choices", "int3,int8"], 2, "int3"),
+    case("quantize-criterion-no-data", ["quantize", "{m}", "--avg-bits", "6", "-o", "{o}/q.onnx"], 2, "needs --data"),
+    case("quantize-criterion-unknown", [*VERB_ARGS["quantize"], "--criterion", "magic", "-d", "{d}"], 2, "magic"),
+    case("bench-magnitudes-range", ["bench", "safer", "--magnitudes", "0,2"], 2, r"must be in \(0, 1\]"),
+    case("bench-magnitudes-text", ["bench", "safer", "--magnitudes", "a"], 2, "not a comma list of numbers"),
+    case("bench-families-unknown", ["bench", "safer", "--families", "cnn"], 2, "unknown family cnn"),
+]
+
+
+@pytest.mark.parametrize("c", _SEMANTIC, ids=[c.id for c in _SEMANTIC])
+def test_bad_option_value(ws: Workspace, capsys: pytest.CaptureFixture[str], c: Case) -> None:
+    run_case(ws, c, capsys)
