@@ -245,3 +245,15 @@ def test_stale_leftovers_are_cleaned_live_ones_kept(ws: Workspace, capsys: pytes
     assert main(ws.argv(["inspect", "{m}"])) == 0  # reads only: touches no folder
     assert snapshot(ws.root) == before
     capsys.readouterr()
+
+
+def test_missing_output_folder_is_created_only_on_success(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing folder is created at the write, so a failing command leaves no empty folder behind."""
+    np_bad = ws.root / "bad.npz"
+    import numpy as np
+
+    np.savez(np_bad, x=np.full((2, 1, 8, 8), np.nan, np.float32))
+    run_case(ws, case("fails", ["profile", "{m}", "-d", str(np_bad), "-o", "{o}/new/deeper/p.npz"], 2, "NaN"), capsys)
+    assert main(ws.argv(["profile", "{m}", "-d", "{d}", "-o", "{o}/new/deeper/p.npz"])) == 0
+    assert (ws.root / "out" / "new" / "deeper" / "p.npz").is_file()
+    capsys.readouterr()
