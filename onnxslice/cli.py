@@ -186,17 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(verb, str(e))
         return code
     except KeyboardInterrupt:
-        sys.stderr.write(f"onnxslice {verb}: interrupted; nothing was written\n")
+        sys.stderr.write(f"onnxslice {verb}: interrupted; no partial file was left\n")
         return 130
     except MemoryError:
         _report(verb, "out of memory; use smaller data (?n=...) or a smaller --batch-size")
         return 2
-    except OSError as e:
-        if e.filename is None:
-            raise
-        _report(verb, f"cannot access '{e.filename}': {e.strerror or e}")
-        return 2
     except Exception as e:
+        if isinstance(e, OSError) and e.filename is not None:  # a file the user named cannot be read
+            _report(verb, f"cannot access '{e.filename}': {e.strerror or e}")
+            return 2
         ort_code = _ort_exit_code(e)
         if ort_code is not None:
             _report(verb, f"onnxruntime cannot run this model: {e}")

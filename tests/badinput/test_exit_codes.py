@@ -23,7 +23,7 @@ def _raise(exc: BaseException):  # type: ignore[no-untyped-def]
         (ValueError("an internal invariant broke"), 1, r"this is a bug in onnxslice .*please report it"),
         (UnsupportedOpError("Frob", "com.example", 1, "vjp", node="n1"), 3, r"no 'vjp' rule for op com.example::Frob"),
         (MemoryError(), 2, "out of memory"),
-        (KeyboardInterrupt(), 130, "interrupted; nothing was written"),
+        (KeyboardInterrupt(), 130, "interrupted; no partial file was left"),
         (PermissionError(13, "Permission denied", "/some/file"), 2, "cannot access '/some/file': Permission denied"),
     ],
     ids=["bug", "unsupported-op", "memory", "interrupt", "permission"],

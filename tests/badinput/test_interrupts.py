@@ -71,7 +71,7 @@ def test_interrupt_during_save(
     argv = [*VERB_ARGS[verb], "-o", out]
     before_handler = signal.getsignal(signal.SIGTERM)
     _interrupting(monkeypatch, how)
-    run_case(ws, case(verb, argv, 130, rf"^onnxslice {verb}: interrupted; nothing was written$"), capsys)
+    run_case(ws, case(verb, argv, 130, rf"^onnxslice {verb}: interrupted; no partial file was left$"), capsys)
     assert signal.getsignal(signal.SIGTERM) is before_handler  # the CLI restores the previous handler
 
 
@@ -118,7 +118,7 @@ def test_sigterm_to_a_process_during_save(ws: Workspace, tmp_path: Path) -> None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines() == ["onnxslice profile: interrupted; nothing was written"], err
+    assert err.strip().splitlines() == ["onnxslice profile: interrupted; no partial file was left"], err
     assert list(out.iterdir()) == []
 
 
