@@ -52,7 +52,7 @@ from onnxslice.rewrite.precision import quantizable_layers  # noqa: E402
 from onnxslice.rewrite.static_quant import FeedReader  # noqa: E402
 from onnxslice.sensitivity import criteria_names  # noqa: E402
 from onnxslice.sensitivity.scores import LayerScores  # noqa: E402
-from onnxslice.console import format_table  # noqa: E402
+from onnxslice.table import format_table  # noqa: E402
 
 
 def model_path(name: str, models_dir: Path | None) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 
 from onnxslice.errors import DataError
 from onnxslice.model import Model
-from onnxslice.console import progress
+from onnxslice.progress import progress
 from onnxslice.record import Device, Recorder, as_feed, recordable_values
 
 __all__ = ["Profile", "profile"]

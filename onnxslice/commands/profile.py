@@ -8,7 +8,7 @@ from onnxslice.commands import add_common, emit_json
 from onnxslice.data import load_data
 from onnxslice.model import load
 from onnxslice.profile import profile
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 NAME = "profile"
 HELP = "profile mean activations of every neuron over a data set (NNSlicer phase 1)"

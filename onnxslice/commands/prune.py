@@ -11,7 +11,7 @@ import numpy as np
 from onnxslice.commands import emit_json
 from onnxslice.errors import OnnxSliceError, PlanError
 from onnxslice.model import load
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 NAME = "prune"
 HELP = "prune a model (structured: really removes channels; unstructured: masks) and report size/speed/fidelity"

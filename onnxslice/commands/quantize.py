@@ -16,7 +16,7 @@ from onnxslice.commands import add_common, emit_json
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import Model, load
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 NAME = "quantize"
 HELP = "mixed-precision quantization (int4/int8/fp16 weights, or static QDQ) planned by layer sensitivity"

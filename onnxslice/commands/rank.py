@@ -15,7 +15,7 @@ from typing import Any
 
 from onnxslice.commands import add_common, emit_json
 from onnxslice.errors import DataError, UnsupportedOpError
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 NAME = "rank"
 HELP = "rank layers by a SAfER sensitivity criterion (optionally checked against a perturbation ground truth)"

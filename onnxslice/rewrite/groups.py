@@ -22,7 +22,7 @@ import numpy as np
 from onnxslice.model import Model, Node
 from onnxslice.opsets import REGISTRY
 from onnxslice.opsets.prune import CountEdit, Effect, Port, Ref
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 __all__ = ["ChannelGroup", "GroupSet", "discover_groups"]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxslice.errors import DataError
 from onnxslice.model import Model
-from onnxslice.console import progress
+from onnxslice.progress import progress
 from onnxslice.record import Recorder, as_feed, validate_inputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize

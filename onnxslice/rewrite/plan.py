@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxslice.errors import PlanError
 from onnxslice.io import save_json
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 if TYPE_CHECKING:
     from onnxslice.model import Model

@@ -36,7 +36,7 @@ from onnxslice.sensitivity.criteria import get_criterion
 from onnxslice.sensitivity.groundtruth import perturbation_importance
 from onnxslice.sensitivity.reductions import REDUCTIONS, reduce
 from onnxslice.sensitivity.scores import LayerScores
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 __all__ = ["SAFER_TABLE1_AVG", "evaluate_model", "family_of", "run_benchmark", "settings_for", "tables"]
 

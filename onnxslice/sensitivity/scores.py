@@ -11,7 +11,7 @@ import numpy as np
 
 from onnxslice.errors import DataError
 from onnxslice.io import save_json
-from onnxslice.console import format_table
+from onnxslice.table import format_table
 
 __all__ = ["LayerScores"]
 
