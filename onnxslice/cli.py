@@ -96,6 +96,16 @@ class _TopParser(_Parser):
         return ns
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     parser = _TopParser(prog="onnxslice", description="Slice, rank and rewrite ONNX models (NNSlicer + SAfER).")
@@ -104,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     parser.verb_parsers = {}
     for mod in _verbs():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP, formatter_class=HelpFormatter)
         mod.add_arguments(p)
         if not any("--verbose" in a.option_strings for a in p._actions):
             p.add_argument("--verbose", action="store_true",

@@ -89,6 +89,23 @@ def _parse_truths(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _announce(model: Any, args: argparse.Namespace, chosen: str, truths: list[tuple[str, str]], data: Any) -> None:
+    """Say before starting when the ranking will take minutes (an estimate from samples x layers)."""
+    from onnxslice.console import warn_if_long
+    from onnxslice.sensitivity import criteria_names
+    from onnxslice.sensitivity.cost import criterion_passes, forward_seconds, groundtruth_passes
+
+    layers = len(model.layers)
+    names = criteria_names() if truths else [chosen]
+    passes = sum(criterion_passes(n, layers, steps=args.steps, noise_samples=args.noise_samples, path=args.path)
+                 for n in names) + len(truths) * groundtruth_passes(layers, args.draws)
+    if passes < 4:
+        return
+    unit = forward_seconds(model, data, args.samples)
+    warn_if_long(passes * unit, f"rank ({', '.join(names)}{' + ground truth' if truths else ''}) on "
+                 f"{args.samples} samples x {layers} layers", "lower --samples, --steps or --draws")
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxslice.model import load
     from onnxslice.sensitivity import agreement, criteria_names, get_criterion, perturbation_importance
@@ -123,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
         sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
         chosen = "fd"
+    _announce(model, args, chosen, truths, ds)
     scores = _score(model, args, chosen, args.reduction, ds)
     scores.meta["requested_criterion"] = args.criterion
     stamp(scores.meta, model)
