@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int
 from onnxslice.console import format_table
 from onnxslice.errors import DataError
 from onnxslice.io import atomic_write_bytes
@@ -42,24 +43,25 @@ def _write(body: bytes, path: Path) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data=True)
     p.add_argument("--out", "-o", required=True, help="the HTML page to write; section JSON goes to <stem>_data/")
-    p.add_argument("--samples", type=int, default=256, help="calibration samples for criteria, oracle and fidelity")
+    p.add_argument("--samples", type=positive_int, default=256,
+                   help="calibration samples for criteria, oracle and fidelity")
     p.add_argument("--criteria", default="weight,grad,wgrad,gradcampp",
                    help="SAfER criteria to compute (comma-separated)")
     p.add_argument("--reduction", default="linf", help="reduction of the criteria")
-    p.add_argument("--gt-draws", type=int, default=8, help="oracle draws per layer (0: no oracle, no verdict)")
+    p.add_argument("--gt-draws", type=nonneg_int, default=8, help="oracle draws per layer (0: no oracle, no verdict)")
     p.add_argument("--ground-truth", default="N:weights", help="the oracle's perturbation NOISE:ON")
     p.add_argument("--classes", type=_ints, default=None, help="classes whose slices are shown (default: first 3)")
-    p.add_argument("--slice-samples", type=int, default=8, help="samples sliced per class")
-    p.add_argument("--theta", type=float, default=0.3, help="NNSlicer theta of the slices")
+    p.add_argument("--slice-samples", type=positive_int, default=8, help="samples sliced per class")
+    p.add_argument("--theta", type=fraction_open01, default=0.3, help="NNSlicer theta of the slices")
     p.add_argument("--ratios", type=_floats, default=[0.1, 0.3, 0.5], help="pruning ratios of the sweep")
     p.add_argument("--avg-bits", type=_floats, default=[4.5, 6.0], help="average-bit budgets of the int4/int8 sweep")
-    p.add_argument("--repeats", type=int, default=30, help="latency repeats per emitted model (median)")
+    p.add_argument("--repeats", type=positive_int, default=30, help="latency repeats per emitted model (median)")
     p.add_argument("--skip", action="append", choices=("slices", "prune", "quantize"), default=[],
                    help="sections not to compute (repeatable)")
     p.add_argument("--profile", "-p", default=None, help="reuse this profile (.npz from `onnxslice profile`)")
     p.add_argument("--scores", action="append", default=[],
                    help="reuse these LayerScores JSON files (from `onnxslice rank --out`); repeatable")
-    p.add_argument("--seed", type=int, default=0, help="base seed of every random draw")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="base seed of every random draw")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,19 +72,16 @@ def run(args: argparse.Namespace) -> int:
     from onnxslice.report import SECTIONS, ReportOptions, build_report, json_ready
     from onnxslice.sensitivity import LayerScores
 
-    if args.samples < 1 or args.slice_samples < 1 or args.repeats < 1 or args.gt_draws < 0:
-        raise DataError("--samples, --slice-samples and --repeats must be >= 1 and --gt-draws >= 0")
-    if not 0 < args.theta < 1:
-        raise DataError(f"--theta {args.theta} is outside (0, 1)")
     if any(not 0 <= r < 1 for r in args.ratios):
         raise DataError(f"--ratios {args.ratios}: every ratio must be in [0, 1)")
+    if any(not 1 <= b <= 32 for b in args.avg_bits):
+        raise DataError(f"--avg-bits {args.avg_bits}: every budget must be between 1 and 32 bits")
     outs = Outputs(NAME)
-    outs.reads(args.model, "MODEL")
+    outs.reads_model(args.model)
+    outs.reads_data(args.data)
     outs.reads(args.profile, "--profile")
     for s in args.scores:
         outs.reads(s, "--scores")
-    if Path(args.data).exists():
-        outs.reads(args.data, "--data")
     page = Path(args.out)
     outs.writes(page, "--out")
     data_dir = page.with_name(page.stem + "_data")
