@@ -65,11 +65,13 @@ VERB_ARGS: dict[str, list[str]] = {
         "-o",
         "{o}/qm.onnx",
     ],
+    "report": ["report", "{m}", "-d", "{d}", "-o", "{o}/r.html", "--samples", "8", "--gt-draws", "1",
+               "--criteria", "weight", "--skip", "slices", "--skip", "prune", "--skip", "quantize"],
 }
 #: Verbs that read --data.
-DATA_VERBS = ("profile", "grad", "slice", "rank")
+DATA_VERBS = ("profile", "grad", "slice", "rank", "report")
 #: Verbs that read a model (every one but bench).
-MODEL_VERBS = ("inspect", "profile", "grad", "slice", "rank", "prune", "quantize")
+MODEL_VERBS = ("inspect", "profile", "grad", "slice", "rank", "prune", "quantize", "report")
 
 
 def build_base(folder: Path) -> Path:

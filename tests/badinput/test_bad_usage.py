@@ -37,6 +37,13 @@ _NUMERIC: list[tuple[str, str, tuple[str, ...]]] = [
     ("bench", "--workers", ("0",)),
     ("bench", "--draws", ("0",)),
     ("bench", "--samples", ("-3",)),
+    ("report", "--samples", _POS_INT),
+    ("report", "--gt-draws", ("-1", "x")),
+    ("report", "--slice-samples", ("0", "-2")),
+    ("report", "--theta", ("0", "1", "nan")),
+    ("report", "--repeats", ("0",)),
+    ("report", "--ratios", ("x", "0.1,y")),
+    ("report", "--avg-bits", ("six",)),
 ]
 _VERB_OF = {"bench": ["bench", "safer"]}
 _REPLACED = {"--avg-bits", "--ratio", "--samples", "--workers"}
