@@ -98,3 +98,10 @@ REGISTRY.add("info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", 
 # ai.onnx.ml ops emitted by skl2onnx: analysable as opaque nodes (recording works; no gradients).
 for _op in ("ZipMap", "LinearClassifier", "LinearRegressor", "Normalizer", "Scaler", "ArrayFeatureExtractor"):
     REGISTRY.add("info", _op, OpInfo("other"), domain="ai.onnx.ml", since=1, origin=__name__)
+# Recurrent layers: W [D, G*H, I] is the layer weight (its rows, axis 1, are the gates' neurons), R and the
+# peepholes P are further parameters; sequence_lens carries no gradient.
+_reg(
+    "LSTM GRU RNN",
+    OpInfo("recurrent", layer_weights=(1,), bias_input=3, param_inputs=(2, 7), non_differentiable=(4,)),
+    since=7,
+)
