@@ -108,7 +108,130 @@ def extra_cases() -> list[Case]:
             name="reverse-clip-relu",
         ),
     ]
-    return _RECURRENT
+
+    def sizes(*v: int) -> tuple[str, np.ndarray]:
+        return ("i", np.array(v, dtype=np.int64))
+
+    def f32(*v: float) -> tuple[str, np.ndarray]:  # scales: float32 only (the case runs in float32)
+        return ("c", np.array(v, dtype=np.float32))
+
+    up, down = sizes(1, 2, 7, 9), sizes(1, 2, 3, 2)
+    _RESIZE = [
+        Case("Resize", [X(1, 2, 3, 5), NONE, NONE, up], opset=13, name="nearest-default"),
+        Case(
+            "Resize",
+            [X(1, 2, 6, 5), NONE, NONE, down],
+            {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+            opset=13,
+            name="nearest-asymmetric-floor-down",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, up],
+            {"coordinate_transformation_mode": "align_corners", "nearest_mode": "round_prefer_ceil"},
+            opset=13,
+            name="nearest-align-ceil",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, up],
+            {"coordinate_transformation_mode": "tf_half_pixel_for_nn", "nearest_mode": "ceil"},
+            opset=13,
+            name="nearest-tfnn-ceil",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 4), NONE, NONE, sizes(1, 2, 6, 8)],
+            {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "round_prefer_floor"},
+            opset=13,
+            name="nearest-asymmetric-ties",
+        ),
+        Case("Resize", [X(1, 2, 3, 5), NONE, NONE, up], {"mode": "linear"}, opset=13, name="linear-half-pixel"),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, up],
+            {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+            opset=13,
+            name="linear-align",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 6, 5), NONE, NONE, down],
+            {"mode": "linear", "coordinate_transformation_mode": "asymmetric"},
+            opset=13,
+            name="linear-asym-down",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, sizes(1, 2, 1, 9)],
+            {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
+            opset=13,
+            name="linear-pytorch-size1",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, up],
+            {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+            opset=19,
+            name="linear-half-pixel-symmetric",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 4, 5), ("c", np.array([0, 0, 0.1, 0.2, 1, 1, 0.8, 1.1])), NONE, sizes(1, 2, 5, 6)],
+            {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": 0.5},
+            opset=13,
+            name="linear-tf-crop",
+        ),
+        Case("Resize", [X(1, 2, 4, 5), NONE, NONE, up], {"mode": "cubic"}, opset=13, name="cubic"),
+        Case(
+            "Resize",
+            [X(1, 2, 4, 5), NONE, NONE, down],
+            {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1},
+            opset=13,
+            name="cubic-exclude-down",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, f32(1, 1, 2, 1.5)],
+            {"mode": "nearest"},
+            opset=13,
+            dtype="float32",
+            name="nearest-scales",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 4, 5), NONE, f32(1, 1, 1.5, 0.7)],
+            {"mode": "linear"},
+            opset=13,
+            dtype="float32",
+            name="linear-scales",
+        ),
+        Case(
+            "Resize",
+            [X(1, 2, 3, 5), NONE, NONE, sizes(8, 8)],
+            {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"},
+            opset=18,
+            name="linear-axes-not-larger",
+        ),
+        Case(
+            "Resize", [X(1, 2, 3, 5), f32(1, 1, 2, 2)], {"mode": "nearest"}, opset=10, dtype="float32", name="opset10"
+        ),
+        Case(
+            "Upsample", [X(1, 2, 3, 5), f32(1, 1, 2, 3)], {"mode": "nearest"}, opset=9, dtype="float32", name="nearest"
+        ),
+        Case(
+            "Upsample", [X(1, 2, 3, 5), f32(1, 1, 2, 2.5)], {"mode": "linear"}, opset=9, dtype="float32", name="linear"
+        ),
+        Case(
+            "Upsample",
+            [X(1, 2, 3, 5)],
+            {"mode": "nearest", "scales": [1.0, 1.0, 2.0, 2.0]},
+            opset=7,
+            dtype="float32",
+            name="attr-scales",
+        ),
+    ]
+    return _RECURRENT + _RESIZE
 
 
 #: ops whose onnx.reference kernels do not implement the spec the cases use (sequence_lens, per-direction
