@@ -107,3 +107,134 @@ def test_contrib_resize_nearest_routes_contrib() -> None:
     _, _, _, _, seeds, neurons, _ = _run(node, (2, 3, 3), (2, 6, 6), {"scales": np.array([1, 1, 2, 2], np.float32)})
     expected = seeds["y"].reshape(2, 2, 3, 2, 3, 2).sum(axis=(5, 3)).sum(axis=0)
     np.testing.assert_array_equal(neurons["x"], expected)
+
+
+def _convt_edges(w: np.ndarray, x_sp, y_sp, strides, begin, dil, group):
+    """(out flat, in flat, weight, weight flat index) of ConvTranspose, straight from its definition."""
+    cin, cout_g, kh, kw = w.shape
+    cin_g = cin // group
+    edges = []
+    for c in range(cin):
+        g = c // cin_g
+        for o in range(cout_g):
+            for i in range(x_sp[0]):
+                for j in range(x_sp[1]):
+                    for a in range(kh):
+                        for b in range(kw):
+                            qi = i * strides[0] + a * dil[0] - begin[0]
+                            qj = j * strides[1] + b * dil[1] - begin[1]
+                            if 0 <= qi < y_sp[0] and 0 <= qj < y_sp[1]:
+                                co = g * cout_g + o
+                                widx = ((c * cout_g + o) * kh + a) * kw + b
+                                edges.append(
+                                    (
+                                        ((co * y_sp[0]) + qi) * y_sp[1] + qj,
+                                        (c * x_sp[0] + i) * x_sp[1] + j,
+                                        float(w.flat[widx]),
+                                        widx,
+                                    )
+                                )
+    return edges
+
+
+def _naive_edges(edges, d, seeds, values, w_size: int):
+    bsz = d["x"].shape[0]
+    tab = np.zeros(d["x"][0].size, np.int64)
+    syn = np.zeros(w_size, np.int64)
+    by_out: dict[int, list] = {}
+    for o, i, wt, wi in edges:
+        by_out.setdefault(o, []).append((i, wt, wi))
+    for b in range(bsz):
+        dx, dy, c, y = d["x"][b].ravel(), d["y"][b].ravel(), seeds["y"][b].ravel(), values["y"][b].ravel()
+        for o, ins in by_out.items():
+            if c[o] == 0:
+                continue
+            terms = [wt * float(dx[i]) for i, wt, _ in ins]
+            keep = [True] * len(ins)
+            if abs(float(y[o])) >= 1e-12:
+                acc = 0.0
+                for q in sorted(range(len(ins)), key=lambda q: abs(terms[q])):
+                    acc += terms[q]
+                    if abs(acc) < THETA * abs(float(y[o])):
+                        keep[q] = False
+                    else:
+                        break
+            for (i, _, wi), t, k in zip(ins, terms, keep, strict=True):
+                if k:
+                    sg = int(np.sign(c[o]) * np.sign(dy[o]) * np.sign(np.float32(t)))
+                    tab[i] += sg
+                    syn[wi] += sg
+    return tab.reshape(d["x"].shape[1:]), syn
+
+
+CONVT = [
+    ({}, (3, 4, 3, 3), (3, 4, 4), 1, (0, 0)),
+    ({"strides": [2, 2], "pads": [1, 0, 0, 1]}, (4, 3, 3, 3), (4, 3, 4), 1, (1, 0)),
+    ({"strides": [2, 2], "dilations": [2, 1], "group": 2}, (4, 2, 3, 2), (4, 3, 3), 2, (0, 0)),
+    ({"strides": [2, 2], "output_padding": [1, 1], "pads": [1, 1, 1, 1]}, (2, 3, 3, 3), (2, 3, 3), 1, (1, 1)),
+    ({"strides": [2, 2], "auto_pad": "SAME_UPPER"}, (2, 3, 3, 3), (2, 3, 3), 1, None),
+]
+
+
+@pytest.mark.parametrize(("attrs", "w_shape", "x_shape", "group", "begin"), CONVT, ids=lambda v: str(v))
+def test_contrib_conv_transpose_matches_naive(attrs, w_shape, x_shape, group, begin) -> None:
+    w = RNG.standard_normal(w_shape).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], **attrs)
+    probe = load(
+        make_model([node], {"x": (np.float32, ["N", *x_shape])}, {"y": (np.float32, ["N", None, None, None])}, {"w": w})
+    )
+    (y0,) = run_ort(probe, {"x": np.zeros((1, *x_shape), np.float32)})
+    y_shape = y0.shape[1:]
+    _, _, values, d, seeds, neurons, synapses = _run(node, x_shape, y_shape, {"w": w})
+    if begin is None:  # SAME_UPPER: total padding split with the extra cell at the end
+        full = [(i - 1) * s + k for i, s, k in zip(x_shape[1:], attrs["strides"], w_shape[2:], strict=True)]
+        begin = tuple((f - o) // 2 for f, o in zip(full, y_shape[1:], strict=True))
+    edges = _convt_edges(
+        w, x_shape[1:], y_shape[1:], attrs.get("strides", [1, 1]), begin, attrs.get("dilations", [1, 1]), group
+    )
+    ref_in, ref_syn = _naive_edges(edges, d, seeds, values, w.size)
+    assert np.abs(ref_in).sum() > 0
+    np.testing.assert_array_equal(neurons["x"], ref_in)
+    np.testing.assert_array_equal(synapses["w"].ravel(), ref_syn)
+    # the edges reproduce the op: sum of weight * x over each output's edges is the recorded output
+    y = np.zeros(int(np.prod(y_shape)))
+    for o, i, wt, _ in edges:
+        y[o] += wt * float(values["x"][0].ravel()[i])
+    np.testing.assert_allclose(y, values["y"][0].ravel(), rtol=1e-4, atol=1e-4)
+
+
+def test_contrib_conv_transpose_chunking_and_channel_level() -> None:
+    attrs, w_shape, x_shape, group, begin = CONVT[1]
+    w = RNG.standard_normal(w_shape).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], **attrs)
+    y_shape = (3, 6, 8)
+    model, _, values, d, seeds, neurons, synapses = _run(node, x_shape, y_shape, {"w": w})
+    n2, s2 = backward(model, values, d, seeds, BackwardOptions(theta=THETA, chunk=5))
+    np.testing.assert_array_equal(n2["x"], neurons["x"])
+    np.testing.assert_array_equal(s2["w"], synapses["w"])
+    # channel level: t[o, c] = mean over output positions of the (o, c) terms
+    ch_seeds = {"y": seeds["y"].reshape(2, 3, -1).sum(axis=2)}
+    nc, sc = backward(model, values, d, ch_seeds, BackwardOptions(theta=THETA, granularity="channel"))
+    edges = _convt_edges(w, x_shape[1:], y_shape[1:], attrs["strides"], begin, [1, 1], group)
+    npos, nin = int(np.prod(y_shape[1:])), int(np.prod(x_shape[1:]))
+    ref_in, ref_pair = np.zeros(4, np.int64), np.zeros((4, 3), np.int64)
+    for b in range(2):
+        t = np.zeros((3, 4))
+        for o, i, wt, _ in edges:
+            t[o // npos, i // nin] += wt * float(d["x"][b].ravel()[i]) / npos
+        y_c, dy_c = values["y"][b].reshape(3, -1).mean(1), d["y"][b].reshape(3, -1).mean(1)
+        for co in range(3):
+            if ch_seeds["y"][b, co] == 0:
+                continue
+            keep, acc = np.ones(4, bool), 0.0
+            for j in np.argsort(np.abs(t[co]), kind="stable"):
+                acc += t[co, j]
+                if abs(acc) < THETA * abs(y_c[co]):
+                    keep[j] = False
+                else:
+                    break
+            sg = (np.sign(ch_seeds["y"][b, co]) * np.sign(dy_c[co]) * np.sign(t[co]) * keep).astype(np.int64)
+            ref_in += sg
+            ref_pair[:, co] += sg
+    np.testing.assert_array_equal(nc["x"], ref_in)
+    np.testing.assert_array_equal(sc["w"], np.broadcast_to(ref_pair[:, :, None, None], w.shape))
