@@ -231,7 +231,17 @@ def extra_cases() -> list[Case]:
             name="attr-scales",
         ),
     ]
-    return _RECURRENT + _RESIZE
+    _EINSUM = [
+        Case("Einsum", [X(2, 3, 4), X(2, 4, 5)], {"equation": "bik,bkj->bij"}, opset=12),
+        Case("Einsum", [X(2, 3, 4), W(4, 5)], {"equation": "...k,kj->...j"}, opset=12, name="ellipsis-weight"),
+        Case("Einsum", [X(2, 3, 3, 4), X(2, 3, 5, 4)], {"equation": "...ik,...jk"}, opset=12, name="implicit-ellipsis"),
+        Case("Einsum", [X(2, 3, 4), X(4)], {"equation": "bij,j->bi"}, opset=12, name="vector"),
+        Case("Einsum", [X(2, 3, 4)], {"equation": "bij->bj"}, opset=12, name="reduce"),
+        Case("Einsum", [X(2, 3), X(4)], {"equation": "bi,j->bij"}, opset=12, name="outer"),
+        Case("Einsum", [X(2, 3), X(3, 4), X(4)], {"equation": "ai,ij,j->a"}, opset=12, name="three"),
+        Case("Einsum", [X(2, 3), X(5)], {"equation": "ai,k->a"}, opset=12, name="summed-out"),
+    ]
+    return _RECURRENT + _RESIZE + _EINSUM
 
 
 #: ops whose onnx.reference kernels do not implement the spec the cases use (sequence_lens, per-direction

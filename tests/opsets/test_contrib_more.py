@@ -238,3 +238,124 @@ def test_contrib_conv_transpose_chunking_and_channel_level() -> None:
             ref_pair[:, co] += sg
     np.testing.assert_array_equal(nc["x"], ref_in)
     np.testing.assert_array_equal(sc["w"], np.broadcast_to(ref_pair[:, :, None, None], w.shape))
+
+
+def _run_two(
+    node: Any,
+    shapes: dict[str, tuple[int, ...]],
+    y_shape: tuple[int, ...],
+    inits: dict[str, np.ndarray],
+    batch: int = 2,
+):
+    """Like :func:`_run` for a node whose data inputs are the graph inputs in ``shapes`` (sample axis first)."""
+    model = load(
+        make_model(
+            [node], {k: (np.float32, ["N", *s]) for k, s in shapes.items()}, {"y": (np.float32, ["N", *y_shape])}, inits
+        )
+    )
+    feed = {k: RNG.standard_normal((batch, *s)).astype(np.float32) for k, s in shapes.items()}
+    values = Recorder(model, "all", "cpu").run(feed)
+    values.update(feed)
+    means = {k: (0.5 * RNG.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+    means["y"] = (0.5 * RNG.standard_normal(y_shape)).astype(np.float32)
+    d = deltas(Profile(means, 1, model.fingerprint), values)
+    seeds = {"y": RNG.integers(-2, 3, size=(batch, *y_shape)).astype(np.int32)}
+    neurons, synapses = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    return values, d, seeds, neurons, synapses
+
+
+def _naive_product(eq: str, names: list[str], values, d, seeds, inits):
+    """Product rule over an explicit einsum equation (sample letter 'n' first), one term per operand with neurons."""
+    import itertools
+
+    lhs, out = eq.split("->")
+    subs = lhs.split(",")
+    size: dict[str, int] = {}
+    arrs = [values[n] if n in values else inits[n] for n in names]
+    for s, a in zip(subs, arrs, strict=True):
+        size.update(zip(s, a.shape, strict=True))
+    contracted = [c for c in dict.fromkeys("".join(subs)) if c not in out]
+    tabs = {n: np.zeros(a.shape, np.int64) for n, a in zip(names, arrs, strict=True)}
+    for oidx in itertools.product(*(range(size[c]) for c in out)):
+        env = dict(zip(out, oidx, strict=True))
+        c = int(seeds["y"][oidx])
+        if c == 0:
+            continue
+        yv, dyv = float(values["y"][oidx]), float(d["y"][oidx])
+        terms = []  # (operand name, index, term)
+        for cidx in itertools.product(*(range(size[ch]) for ch in contracted)):
+            full = {**env, **dict(zip(contracted, cidx, strict=True))}
+            for i, (s, n) in enumerate(zip(subs, names, strict=True)):
+                if n not in d:
+                    continue
+                other = 1.0
+                for j, (sj, aj) in enumerate(zip(subs, arrs, strict=True)):
+                    if j != i:
+                        other *= float(aj[tuple(full[ch] for ch in sj)])
+                idx = tuple(full[ch] for ch in s)
+                terms.append((n, idx, other * float(d[n][idx]), full))
+        keep = [True] * len(terms)
+        if abs(yv) >= 1e-12:
+            acc = 0.0
+            for q in sorted(range(len(terms)), key=lambda q: abs(terms[q][2])):
+                acc += terms[q][2]
+                if abs(acc) < THETA * abs(yv):
+                    keep[q] = False
+                else:
+                    break
+        for (n, idx, t, full), k in zip(terms, keep, strict=True):
+            if not k:
+                continue
+            sg = int(np.sign(c) * np.sign(dyv) * np.sign(np.float32(t)))
+            tabs[n][idx] += sg
+            for sw, nw in zip(subs, names, strict=True):
+                if nw in inits and nw != n:
+                    tabs[nw][tuple(full[ch] for ch in sw)] += sg
+    return tabs
+
+
+PRODUCTS = [
+    ("MatMul", {}, {"a": (3, 4), "b": (4, 2)}, (3, 2), "nik,nkj->nij", {}),
+    ("MatMul", {}, {"a": (2, 3, 4), "b": (2, 4, 3)}, (2, 3, 3), "nhik,nhkj->nhij", {}),
+    ("MatMul", {}, {"b": (4, 3)}, (2, 3), "ik,nkj->nij", {"a": (2, 4)}),
+    ("Einsum", {"equation": "bqd,bkd->bqk"}, {"a": (3, 4), "b": (2, 4)}, (3, 2), "nqd,nkd->nqk", {}),
+    ("Einsum", {"equation": "bi,bj->bij"}, {"a": (3,), "b": (2,)}, (3, 2), "ni,nj->nij", {}),
+    ("Einsum", {"equation": "...d,de->...e"}, {"a": (3, 4)}, (3, 2), "nid,de->nie", {"b": (4, 2)}),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs", "shapes", "y_shape", "eq", "consts"), PRODUCTS, ids=lambda v: str(v))
+def test_contrib_products_of_activations_match_naive(op, attrs, shapes, y_shape, eq, consts) -> None:
+    inits = {k: RNG.standard_normal(s).astype(np.float32) for k, s in consts.items()}
+    node = helper.make_node(op, ["a", "b"], ["y"], **attrs)
+    values, d, seeds, neurons, synapses = _run_two(node, shapes, y_shape, inits)
+    tabs = _naive_product(eq, ["a", "b"], values, d, seeds, inits)
+    for name in ("a", "b"):
+        if name in shapes:
+            assert np.abs(tabs[name]).sum() > 0
+            np.testing.assert_array_equal(neurons[name], tabs[name].sum(axis=0), err_msg=name)
+        else:
+            np.testing.assert_array_equal(synapses[name], tabs[name], err_msg=name)
+
+
+def test_contrib_product_chunking_does_not_change_tables() -> None:
+    node = helper.make_node("MatMul", ["a", "b"], ["y"])
+    model = load(
+        make_model(
+            [node],
+            {"a": (np.float32, ["N", 2, 3, 4]), "b": (np.float32, ["N", 2, 4, 3])},
+            {"y": (np.float32, ["N", 2, 3, 3])},
+        )
+    )
+    feed = {
+        "a": RNG.standard_normal((3, 2, 3, 4)).astype(np.float32),
+        "b": RNG.standard_normal((3, 2, 4, 3)).astype(np.float32),
+    }
+    values = {**Recorder(model, "all", "cpu").run(feed), **feed}
+    means = {k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}
+    d = deltas(Profile(means, 1, model.fingerprint), values)
+    seeds = {"y": RNG.integers(-2, 3, size=(3, 2, 3, 3)).astype(np.int32)}
+    n1, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    n2, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA, chunk=10))
+    for k in ("a", "b"):
+        np.testing.assert_array_equal(n1[k], n2[k])
