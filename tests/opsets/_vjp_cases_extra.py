@@ -241,9 +241,66 @@ def extra_cases() -> list[Case]:
         Case("Einsum", [X(2, 3), X(3, 4), X(4)], {"equation": "ai,ij,j->a"}, opset=12, name="three"),
         Case("Einsum", [X(2, 3), X(5)], {"equation": "ai,k->a"}, opset=12, name="summed-out"),
     ]
-    return _RECURRENT + _RESIZE + _EINSUM
+    _MORE = [
+        Case(
+            "Clip",
+            [X(2, 3, 4), ("w", np.array(-0.55)), ("w", np.array(0.45))],
+            gen="spaced",
+            opset=13,
+            name="bound-grads",
+        ),
+        Case("Clip", [X(2, 3, 4), NONE, ("w", np.array(0.45))], gen="spaced", opset=13, name="max-grad"),
+        Case(
+            "Clip",
+            [X(2, 3, 4), ("w", np.array(0.3)), ("w", np.array(-0.2))],
+            gen="spaced",
+            opset=13,
+            name="min-above-max",
+        ),
+        Case("InstanceNormalization", [X(2, 3, 4, 5), W(3), W(3)], {"epsilon": 1e-3}),
+        Case("InstanceNormalization", [X(2, 3, 7), W(3), W(3)], name="1d"),
+        Case(
+            "GroupNormalization",
+            [X(2, 6, 3, 4), W(6), W(6)],
+            {"num_groups": 2, "epsilon": 1e-3},
+            opset=21,
+            dtype="float32",
+        ),
+        Case("PRelu", [X(2, 3, 4, 4), W(3, 1, 1)], gen="away"),
+        Case("PRelu", [X(2, 3, 4), W(1)], gen="away", name="scalar-slope"),
+        Case("DepthToSpace", [X(2, 8, 2, 3)], {"blocksize": 2}, opset=13),
+        Case("DepthToSpace", [X(2, 8, 2, 3)], {"blocksize": 2, "mode": "CRD"}, opset=13, name="crd"),
+        Case("SpaceToDepth", [X(2, 2, 4, 6)], {"blocksize": 2}, opset=13),
+        Case(
+            "DequantizeLinear",
+            [
+                ("i", np.arange(-12, 12, dtype=np.int8).reshape(2, 3, 4)),
+                ("w", np.array(0.1)),
+                ("i", np.array(3, np.int8)),
+            ],
+            opset=13,
+            dtype="float32",
+        ),
+        Case(
+            "DequantizeLinear",
+            [("i", np.arange(0, 24, dtype=np.uint8).reshape(2, 3, 4)), W(3), ("i", np.array([1, 2, 3], np.uint8))],
+            {"axis": 1},
+            opset=13,
+            dtype="float32",
+            name="per-axis",
+        ),
+    ]
+    return _RECURRENT + _RESIZE + _EINSUM + _MORE
 
 
 #: ops whose onnx.reference kernels do not implement the spec the cases use (sequence_lens, per-direction
-#: activations, layout): their float64 check is the torch twin (tests/opsets/test_rnn.py)
-NO_REFERENCE = frozenset({"LSTM", "GRU", "RNN"})
+#: activations, layout; DequantizeLinear before opset 19) or compute in float32 inside (GroupNormalization's
+#: stash_type): their float64 check is a torch twin (tests/opsets/test_rnn.py) or none
+NO_REFERENCE = frozenset({"LSTM", "GRU", "RNN", "DequantizeLinear", "GroupNormalization"})
+
+#: ops that compute in float32 inside even on float64 data: checked in float32 only
+FLOAT32_INSIDE = frozenset({"GroupNormalization"})
+
+#: ops whose VJP is the straight-through estimator, not a derivative: finite differences cannot check it;
+#: tests/opsets/test_quantize_ste.py checks it against torch's fake-quantize
+STRAIGHT_THROUGH_ONLY = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
