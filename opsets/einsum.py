@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["broadcast_operands", "explicit", "matmul_equation", "unbroadcast_to"]
+__all__ = ["broadcast_operands", "explicit", "has_diagonal", "matmul_equation", "unbroadcast_to"]
 
 
 def explicit(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
@@ -70,3 +70,9 @@ def unbroadcast_to(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Sum ``arr`` over the axes where ``shape`` has 1 and ``arr`` does not (same rank)."""
     axes = tuple(i for i, (s, n) in enumerate(zip(shape, arr.shape, strict=True)) if s == 1 and n != 1)
     return arr.sum(axis=axes, keepdims=True) if axes else arr
+
+
+def has_diagonal(equation: str) -> bool:
+    """Whether a subscript repeats inside one operand or the output (``ii->i``)."""
+    parts = equation.replace(" ", "").replace("->", ",").split(",")
+    return any(len(set(t.replace("...", ""))) != len(t.replace("...", "")) for t in parts)

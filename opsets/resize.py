@@ -26,7 +26,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
-__all__ = ["apply", "axis_matrices", "check", "coord_dtype", "extrapolated"]
+__all__ = ["apply", "axis_matrices", "check", "coord_dtype", "declare_refusals", "extrapolated"]
 
 _F = np.float32
 
@@ -269,3 +269,16 @@ def check(node: Any, x: np.ndarray, y: np.ndarray | None, mats: Sequence[np.ndar
             f"rebuilding {node.op_type} as interpolation matrices misses the recorded output by {err:.3g} "
             "(an attribute combination onnxslice does not model); report it with the model",
         )
+
+
+def declare_refusals(capability: str) -> None:
+    """Declare the configurations :func:`axis_matrices` refuses (see ``coverage.py``)."""
+    from .coverage import refuses
+
+    refuses(capability, "Resize", "antialias=1", lambda n, m: n.opset >= 18 and bool(int(n.attr("antialias", 0))))
+    refuses(
+        capability,
+        "Resize Upsample",
+        "a mode other than nearest, linear or cubic",
+        lambda n, m: str(n.attr("mode", "nearest")) not in ("nearest", "linear", "cubic", "bilinear", "trilinear"),
+    )

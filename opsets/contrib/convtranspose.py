@@ -23,6 +23,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
+from ..coverage import computed, refuses
 from ..geometry import same_pads
 from ..registry import REGISTRY
 from .base import ContribContext, ContribResult, sign_terms
@@ -192,3 +193,4 @@ def _channel(
 
 
 REGISTRY.register("contributions", "ConvTranspose")(conv_transpose_contributions)
+refuses("contributions", "ConvTranspose", "a weight computed from the input", computed(1))

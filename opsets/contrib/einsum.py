@@ -21,7 +21,8 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
-from ..einsum import broadcast_operands, explicit, matmul_equation, unbroadcast_to
+from ..coverage import computed, refuses
+from ..einsum import broadcast_operands, explicit, has_diagonal, matmul_equation, unbroadcast_to
 from ..registry import REGISTRY
 from .base import ContribContext, ContribResult, sign_terms
 from .weighted import dense_contributions
@@ -133,3 +134,11 @@ def matmul_contributions(ctx: ContribContext) -> ContribResult:
 
 REGISTRY.register("contributions", "Einsum", since=12)(einsum_contributions)
 REGISTRY.register("contributions", "MatMul")(matmul_contributions)
+refuses(
+    "contributions",
+    "Einsum",
+    "a repeated subscript inside one operand",
+    lambda n, m: has_diagonal(str(n.attr("equation"))),
+)
+refuses("contributions", "Einsum", "granularity='channel'")
+refuses("contributions", "MatMul", "granularity='channel' for a product of two activations", computed(1))

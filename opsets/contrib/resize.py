@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import REGISTRY
-from ..resize import apply, axis_matrices, check
+from ..resize import apply, axis_matrices, check, declare_refusals
 from ..resize import coord_dtype as _coord_dtype
 from .base import ContribContext, ContribResult
 from .routing import routing_contributions
@@ -46,3 +46,4 @@ def resize_contributions(ctx: ContribContext) -> ContribResult:
 
 REGISTRY.register("contributions", "Resize", since=10)(resize_contributions)
 REGISTRY.register("contributions", "Upsample", since=7)(resize_contributions)
+declare_refusals("contributions")

@@ -30,6 +30,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
+from ..coverage import computed, refuses
 from ..recurrent import Cell, Spec, Step, check_replay, decode, from_layout, replay, to_layout
 from ..registry import REGISTRY
 from .base import ContribContext, ContribResult, sign_terms
@@ -347,3 +348,11 @@ def recurrent_contributions(ctx: ContribContext) -> ContribResult:
 
 
 REGISTRY.register("contributions", ["LSTM", "GRU", "RNN"], since=7)(recurrent_contributions)
+refuses("contributions", "LSTM", "input_forget=1", lambda n, m: bool(int(n.attr("input_forget", 0))))
+refuses("contributions", "LSTM GRU RNN", "granularity='channel'")
+refuses(
+    "contributions",
+    "LSTM GRU RNN",
+    "W or R computed from the input",
+    lambda n, m: computed(1)(n, m) or computed(2)(n, m),
+)

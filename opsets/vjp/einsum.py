@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..einsum import broadcast_operands, explicit, unbroadcast_to
+from ..coverage import refuses
+from ..einsum import broadcast_operands, explicit, has_diagonal, unbroadcast_to
 from .base import Grads, VjpContext, vjp
 
 
@@ -41,3 +42,6 @@ def einsum(ctx: VjpContext) -> Grads:
         d = np.broadcast_to(d, bx[i].shape)
         out[i] = np.ascontiguousarray(unbroadcast_to(d, xs[i].shape)).astype(xs[i].dtype, copy=False)
     return out
+
+
+refuses("vjp", "Einsum", "a repeated subscript inside one operand", lambda n, m: has_diagonal(str(n.attr("equation"))))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..coverage import refuses
 from .base import Grads, VjpContext, vjp
 
 _RANGE = {
@@ -91,3 +92,11 @@ def dynamic_quantize_linear(ctx: VjpContext) -> Grads:
         return [None]
     scale = float(np.asarray(ctx.y(1)).reshape(()))
     return [(ctx.g(0) / scale).astype(x.dtype)]
+
+
+refuses(
+    "vjp",
+    "QuantizeLinear DequantizeLinear",
+    "block_size (blocked quantization)",
+    lambda n, m: bool(int(n.attr("block_size", 0))),
+)

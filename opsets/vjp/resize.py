@@ -8,7 +8,7 @@ a configuration they do not reproduce is refused, never differentiated wrongly. 
 
 from __future__ import annotations
 
-from ..resize import apply, axis_matrices, check
+from ..resize import apply, axis_matrices, check, declare_refusals
 from ..resize import coord_dtype as _coord_dtype
 from .base import Grads, VjpContext, vjp
 
@@ -27,3 +27,4 @@ def resize(ctx: VjpContext) -> Grads:
 
 vjp("Resize", since=10)(resize)
 vjp("Upsample", since=7)(resize)
+declare_refusals("vjp")

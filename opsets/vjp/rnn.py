@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..coverage import refuses
 from ..recurrent import Cell, Spec, Step, check_replay, decode, from_layout, replay, to_layout
 from .base import Grads, VjpContext, vjp
 
@@ -219,3 +220,6 @@ def recurrent(ctx: VjpContext) -> Grads:
         if ctx.has(i) and ctx.need(i) and (i == 5 or spec.op == "LSTM"):
             out[i] = cast(i, _per_sample_state(g, spec.layout) if ctx.keep(i) else to_layout(spec, g, True))
     return out
+
+
+refuses("vjp", "LSTM", "input_forget=1", lambda n, m: bool(int(n.attr("input_forget", 0))))

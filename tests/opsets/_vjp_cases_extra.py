@@ -289,6 +289,7 @@ def extra_cases() -> list[Case]:
             dtype="float32",
             name="per-axis",
         ),
+        Case("Mod", [X(2, 3, 4), ("w", np.array([0.7, -0.9, 1.3, 0.8]))], {"fmod": 1}, gen="away", name="fmod"),
     ]
     return _RECURRENT + _RESIZE + _EINSUM + _MORE
 
