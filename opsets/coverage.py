@@ -111,3 +111,29 @@ refuses(
     "contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: _rank_over(m, n.input(0), 2)
 )
 refuses("contributions", "Pow", "a data-dependent exponent", computed(1))
+
+
+def declared(capability: str, op_type: str, domain: str = "") -> list[str]:
+    """Every case declared for the ``capability`` rule of ``op_type`` (whatever the node)."""
+    return [r.case for r in _TABLE.get((capability, normalize_domain(domain), op_type), [])]
+
+
+def coverage_markdown(capabilities: tuple[str, ...] = ("vjp", "contributions", "prune")) -> str:
+    """The rule coverage table of the default domain as markdown (``docs/rules.md`` embeds it).
+
+    A cell is ``yes`` (a rule), ``partial`` (a rule with declared refusals, listed in the last column) or
+    ``-`` (no rule).
+    """
+    from .registry import REGISTRY
+
+    ops = sorted({op for cap in capabilities for d, op in REGISTRY.ops(cap) if d == ""})
+    lines = ["| op | " + " | ".join(capabilities) + " | refused cases |", "|---" * (len(capabilities) + 2) + "|"]
+    for op in ops:
+        cells, notes = [], []
+        for cap in capabilities:
+            has = any(o == op and d == "" for d, o in REGISTRY.ops(cap))
+            cases = declared(cap, op)
+            cells.append("-" if not has else "partial" if cases else "yes")
+            notes += [f"{cap}: {c}" for c in cases] if has else []
+        lines.append(f"| {op} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from onnxslice.model import Node
 
+from ..coverage import refuses
 from ..registry import REGISTRY
 from .base import Context, Effect, Port, Ref, blocked
 
@@ -43,3 +44,4 @@ class RecurrentRule:
 
 
 REGISTRY.register("prune", ["LSTM", "GRU", "RNN"], since=7)(RecurrentRule())
+refuses("prune", "LSTM GRU RNN", "its own hidden units (left alone; the layer before it prunes)", lambda n, m: True)

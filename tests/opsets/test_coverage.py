@@ -60,3 +60,15 @@ def test_inspect_run_time_refusals_are_marked_may() -> None:
     d = describe(model)
     assert d["partial_rules"]["contributions"]["GRU"] == ["granularity='channel' (may refuse)"]
     assert "GRU" not in d["partial_rules"].get("vjp", {})
+
+
+def test_docs_rules_table_is_the_registry() -> None:
+    from pathlib import Path
+
+    from onnxslice.opsets.coverage import coverage_markdown
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "rules.md").read_text()
+    start = text.index("<!-- coverage-table")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- /coverage-table -->")
+    assert text[start:end].strip() == coverage_markdown().strip(), "regenerate the table in docs/rules.md"
