@@ -359,3 +359,53 @@ def test_contrib_product_chunking_does_not_change_tables() -> None:
     n2, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA, chunk=10))
     for k in ("a", "b"):
         np.testing.assert_array_equal(n1[k], n2[k])
+
+
+@pytest.mark.parametrize("attrs", [{}, {"exclusive": 1, "reverse": 1}], ids=str)
+def test_contrib_cumsum_matches_naive(attrs) -> None:
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], **attrs)
+    model, _, values, d, seeds, neurons, _ = _run(node, (3, 4), (3, 4), {"axis": np.array(1, np.int64)})
+    ref = _naive(_linear_map(model, (3, 4)), d, seeds, values, theta=False)
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_array_equal(neurons["x"], ref)
+
+
+def test_contrib_trilu_routes_contrib() -> None:
+    node = helper.make_node("Trilu", ["x", "k"], ["y"], upper=0)
+    _, _, _, _, seeds, neurons, _ = _run(node, (3, 4), (3, 4), {"k": np.array(1, np.int64)})
+    np.testing.assert_array_equal(neurons["x"], (seeds["y"] * np.tril(np.ones((3, 4)), 1)).sum(axis=0))
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "inits", "local"),
+    [
+        (
+            "GroupNormalization",
+            {"num_groups": 2},
+            {"s": np.array([1.0, -2.0, 0.5, -1.0], np.float32), "b": np.zeros(4, np.float32)},
+            np.array([1.0, -1.0, 1.0, -1.0]).reshape(4, 1, 1),
+        ),
+        ("LpNormalization", {"axis": 1}, {}, np.ones((4, 1, 1))),
+    ],
+    ids=["GroupNormalization", "LpNormalization"],
+)
+def test_contrib_one_to_one_norms(op, attrs, inits, local) -> None:
+    node = helper.make_node(op, ["x", *inits], ["y"], **attrs)
+    opset_node = node
+    model = load(
+        make_model(
+            [opset_node], {"x": (np.float32, ["N", 4, 2, 3])}, {"y": (np.float32, ["N", 4, 2, 3])}, inits, opset=21
+        )
+    )
+    x = RNG.standard_normal((2, 4, 2, 3)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: (0.5 * RNG.standard_normal(v.shape[1:])).astype(np.float32) for k, v in values.items()},
+        1,
+        model.fingerprint,
+    )
+    d = deltas(prof, values)
+    seeds = {"y": RNG.integers(-2, 3, size=(2, 4, 2, 3)).astype(np.int32)}
+    neurons, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    expected = (np.sign(seeds["y"]) * np.sign(d["y"]) * np.sign(local * d["x"])).astype(np.int64).sum(axis=0)
+    np.testing.assert_array_equal(neurons["x"], expected)
