@@ -409,3 +409,25 @@ def test_contrib_one_to_one_norms(op, attrs, inits, local) -> None:
     neurons, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
     expected = (np.sign(seeds["y"]) * np.sign(d["y"]) * np.sign(local * d["x"])).astype(np.int64).sum(axis=0)
     np.testing.assert_array_equal(neurons["x"], expected)
+
+
+def test_contrib_crosses_quantize_dequantize_pairs() -> None:
+    w = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["h", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    inits = {"w": w, "s": np.array(0.05, np.float32), "z": np.array(128, np.uint8)}
+    model = load(make_model(nodes, {"x": (np.float32, ["N", 2, 4, 4])}, {"y": (np.float32, ["N", 3, 4, 4])}, inits))
+    x = RNG.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: np.zeros(v.shape[1:], np.float32) for k, v in values.items() if v.dtype == np.float32}, 1, model.fingerprint
+    )
+    d = deltas(prof, values)
+    assert "q" not in d  # the integer value holds no neurons
+    seeds = {"y": RNG.integers(-2, 3, size=(2, 3, 4, 4)).astype(np.int32)}
+    neurons, synapses = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    np.testing.assert_array_equal(neurons["h"], seeds["y"].sum(axis=0))  # element n of y is element n of h
+    assert "q" not in neurons and np.abs(synapses["w"]).sum() > 0 and np.abs(neurons["x"]).sum() > 0
