@@ -431,3 +431,23 @@ def test_contrib_crosses_quantize_dequantize_pairs() -> None:
     neurons, synapses = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
     np.testing.assert_array_equal(neurons["h"], seeds["y"].sum(axis=0))  # element n of y is element n of h
     assert "q" not in neurons and np.abs(synapses["w"]).sum() > 0 and np.abs(neurons["x"]).sum() > 0
+
+
+def test_contrib_routing_when_axis0_is_not_the_samples() -> None:
+    """Split of a stacked [3, N, ...] value then Squeeze (attention's qkv): the map uses the recorded shapes."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("Split", ["t"], ["a", "b", "c"], axis=0, num_outputs=3),
+        helper.make_node("Squeeze", ["b", "ax"], ["y"]),
+    ]
+    inits = {"shape": np.array([-1, 3, 2], np.int64), "ax": np.array([0], np.int64)}
+    model = load(make_model(nodes, {"x": (np.float32, ["N", 6])}, {"y": (np.float32, ["N", 2])}, inits, opset=18))
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile({k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}, 1, model.fingerprint)
+    seeds = {"y": RNG.integers(-2, 3, size=(4, 2)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions(theta=THETA))
+    expected = np.zeros((4, 6), np.int64)
+    expected[:, 2:4] = seeds["y"]  # y = x.reshape(N, 3, 2)[:, 1]
+    np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
