@@ -302,6 +302,20 @@ def extra_cases() -> list[Case]:
         Case("Trilu", [X(2, 4, 5)], {"upper": 0}, opset=14, name="lower"),
         Case("LpNormalization", [X(2, 3, 4)], {"axis": 1}, opset=13),
         Case("LpNormalization", [X(2, 3, 4)], {"axis": -1, "p": 1}, opset=13, gen="away", name="l1"),
+        Case("TopK", [X(2, 3, 5), ("i", np.array([2]))], {"axis": -1}, opset=11, outputs=2, gen="spaced"),
+        Case(
+            "TopK",
+            [X(2, 5, 3), ("i", np.array([2]))],
+            {"axis": 1, "largest": 0},
+            opset=11,
+            outputs=2,
+            gen="spaced",
+            name="smallest",
+        ),
+        Case("ScatterND", [X(4, 3), ("i", np.array([[1], [3]])), X(2, 3)], opset=13),
+        Case(
+            "ScatterND", [X(4, 3), ("i", np.array([[0, 1], [2, 2]])), X(2)], {"reduction": "add"}, opset=16, name="add"
+        ),
     ]
     return _RECURRENT + _RESIZE + _EINSUM + _MORE
 

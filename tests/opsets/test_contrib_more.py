@@ -451,3 +451,27 @@ def test_contrib_routing_when_axis0_is_not_the_samples() -> None:
     expected = np.zeros((4, 6), np.int64)
     expected[:, 2:4] = seeds["y"]  # y = x.reshape(N, 3, 2)[:, 1]
     np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
+
+
+def test_contrib_topk_routes_to_the_selected_elements() -> None:
+    node = helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=1)
+    model = load(
+        make_model(
+            [node],
+            {"x": (np.float32, ["N", 5])},
+            {"y": (np.float32, ["N", 2]), "i": (np.int64, ["N", 2])},
+            {"k": np.array([2], np.int64)},
+        )
+    )
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: np.zeros(v.shape[1:], np.float32) for k, v in values.items() if v.dtype == np.float32}, 1, model.fingerprint
+    )
+    seeds = {"y": RNG.integers(-2, 3, size=(3, 2)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions(theta=THETA))
+    expected = np.zeros((3, 5), np.int64)
+    for b in range(3):
+        for j in range(2):
+            expected[b, int(np.argsort(-x[b])[j])] += seeds["y"][b, j]
+    np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
