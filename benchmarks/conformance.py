@@ -122,6 +122,9 @@ def run_cell(name: str, verb: str, model: Path, data: str, work: Path, target: s
                     time.perf_counter() - t0)
     dt = time.perf_counter() - t0
     lines = [ln for ln in err.getvalue().strip().splitlines() if ln.startswith("onnxslice")]
+    warned = [ln for ln in lines if "warning:" in ln]
+    if rc == 0 and warned:  # an empty or all-zero result that the verb reported: not ok, not silent
+        return Cell(name, verb, "refused", warned[0][:300], dt)
     if rc == 0:
         why = _empty(verb, out.getvalue())
         note = " ".join(ln for ln in lines if "falling back" in ln or "empty" in ln or "zero" in ln)

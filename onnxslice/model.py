@@ -191,6 +191,14 @@ def _normalize(proto: onnx.ModelProto) -> list[str]:
         notes.append(f"{converted} Constant node(s) became initializers")
         if proto.ir_version < 4:  # initializers must be graph inputs before IR 4
             proto.ir_version = 4
+    init_names = {t.name for t in g.initializer}
+    listed = [i for i in g.input if i.name in init_names]
+    if listed:  # old exports (IR < 4) also list every initializer as a graph input; they are weights, not inputs
+        real = [i for i in g.input if i.name not in init_names]
+        del g.input[:]
+        g.input.extend(real)
+        proto.ir_version = max(proto.ir_version, 4)
+        notes.append(f"{len(listed)} initializer(s) listed as graph inputs are weights, not inputs (old export)")
     seen: set[str] = set()
     renamed = 0
     for i, node in enumerate(g.node):

@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxslice.io import _default
 
-__all__ = ["add_common", "emit_json"]
+__all__ = ["add_common", "emit_json", "empty_slice_reason", "warn", "warn_if_zero"]
 
 
 def add_common(p: argparse.ArgumentParser, *, model: bool = True, data: bool = False) -> None:
@@ -31,3 +31,38 @@ def emit_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout."""
     json.dump(obj, sys.stdout, indent=2, default=_default)
     sys.stdout.write("\n")
+
+
+def warn(verb: str, message: str) -> None:
+    """One warning line on stderr (``onnxslice VERB: warning: ...``)."""
+    sys.stderr.write(f"onnxslice {verb}: warning: {message}\n")
+
+
+def warn_if_zero(verb: str, target: str, tables: Any) -> str | None:
+    """Warn (and return the message) when every array of ``tables`` (dicts of arrays) is zero."""
+    import numpy as np
+
+    arrays = [np.asarray(v) for t in tables for v in t.values()]
+    if any(a.size and np.any(a != 0) for a in arrays):
+        return None
+    msg = (f"every gradient of target '{target}' is zero (zero gradient: the target does not depend on the "
+           "weights or inputs on these samples, e.g. a dead output or saturated activations); try another "
+           "--target, --output or more --samples")
+    warn(verb, msg)
+    return msg
+
+
+def empty_slice_reason(sl: Any, theta: float) -> str | None:
+    """Why a slice holds no neuron of any layer (None when it holds some)."""
+    rows = sl.per_layer()
+    if any(r["neurons_in"] > 0 or r["synapses_in"] > 0 for r in rows):
+        return None
+    if not rows:
+        return ("the slice is empty: the model has no layer (no node owns a float weight); for a pre-quantized "
+                "model load its float view (dequantize) first")
+    seeded = [k for k, v in sl.neurons.items() if getattr(v, "size", 0) and (v != 0).any()]
+    if not seeded:
+        return ("the slice is empty: the target seeds no neuron (a dead output, or a target that selects nothing); "
+                "choose another --target or --output")
+    return (f"the slice is empty: no synapse reaches theta {theta} (theta too strict, or zero contributions); "
+            "lower --theta")

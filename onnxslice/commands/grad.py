@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import add_common, emit_json, warn_if_zero
 from onnxslice.data import load_data, parse_samples
 from onnxslice.grad import GradientEngine
 from onnxslice.model import load
@@ -20,8 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target",
         "-t",
         default="pred",
-        help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm",
+        help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm, "
+        "value:NAME[idx]; any output layout (see docs/targets.md)",
     )
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--out", "-o", help="where to write the gradients (.npz); omit to print the table only")
     p.add_argument("--samples", help="which samples: START:STOP, an index or a comma list (default: all)")
     p.add_argument("--weights", default="all", help="all (default), layers, or a comma list of initializer names")
@@ -35,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     ds = load_data(args.data)
     ds = ds.subset(parse_samples(args.samples, len(ds)))
     weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")
-    engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact)
+    engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact,
+                            output=args.output)
     grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)
+    zero = warn_if_zero("grad", grads.target, [grads.weights, grads.inputs])
     path = grads.save(args.out) if args.out else None
     rows = grads.summary()
     if args.json:
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
                 "mean_target": float(grads.target_values.mean()),
                 "layers": rows,
                 "inputs": {k: float((v**2).sum() ** 0.5) for k, v in grads.inputs.items()},
+                "warning": zero,
             }
         )
         return 0

@@ -37,8 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "block on AVX-512) so that the speedup follows the FLOPs")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
-                   help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
-                        "the slice is computed over --data's samples of these classes")
+                   help="for --budget sensitivity: the criterion's target (default pred; class:K, loss, output-norm, "
+                        "value:NAME[idx]); for --budget slice without --slice: target classes (class:K, class:K1,K2; "
+                        "repeatable), the slice is computed over --data's samples of these classes")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--theta", type=float, default=0.3, help="NNSlicer theta when computing the slice (default 0.3)")
     p.add_argument("--plan", help="apply this plan JSON instead of planning (writes nothing else)")
     p.add_argument("--save-plan", help="also write the plan as JSON here")
@@ -58,7 +60,9 @@ def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
         return LayerScores.load(args.scores)
     if data is None and args.criterion != "weight":
         raise PlanError(f"--budget sensitivity with criterion '{args.criterion}' needs --data (or --scores FILE)")
-    return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples)
+    extra = {"output": args.output} if args.output else {}
+    return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples,
+                              target=args.target[0] if args.target else "pred", **extra)
 
 
 def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
@@ -138,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
                               "ratio": before.ratio(after), "latency_batch": args.latency_batch}
     if fid_data is not None:
-        classes = [int(t.split(":", 1)[1]) for t in (sl.targets if sl is not None else []) if t.startswith("class:")]
+        classes = [int(k) for t in (sl.targets if sl is not None else []) if t.startswith("class:")
+                   for k in t.split(":", 1)[1].split(",")]
         result.update(_fidelity_rows(model, pruned, fid_data, classes))
     if args.json:
         emit_json(result)

@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "each layer alone (one pass over the data per layer)",
     )
     p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
+    p.add_argument("--target", "-t", default="pred",
+                   help="the SAfER criterion's target: pred (default), class:K, loss, output-norm, value:NAME[idx] "
+                        "(see docs/targets.md)")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--steps", type=int, default=16, help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws")
     p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
     p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
@@ -60,7 +64,9 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
             f"planning by '{args.criterion}' needs --data (or use --criterion weight, --scores FILE or --plan FILE)"
         )
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
-    options = {} if is_oracle(args.criterion) else {"steps": args.steps, "noise_samples": args.steps}
+    options: dict[str, Any] = {} if is_oracle(args.criterion) else {
+        "steps": args.steps, "noise_samples": args.steps, "target": args.target,
+        **({"output": args.output} if args.output else {})}
     return quantization_scores(
         model, calib, args.criterion, args.reduction, samples=args.samples, block_size=args.block_size,
         use_matmul_nbits=not args.no_matmul_nbits, **options,

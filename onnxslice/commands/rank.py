@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", "-c", default="wgrad",
                    help="weight, grad, wgrad, gradcampp, ig, gig, idgi, smoothgrad, vargrad, hsic, fd")
     p.add_argument("--reduction", "-r", default="linf", help="mean, percentile, l1, l2, linf")
-    p.add_argument("--target", default="pred", help="pred, class:K, loss, output-norm")
+    p.add_argument("--target", default="pred",
+                   help="pred (default), class:K, loss, output-norm, value:NAME[idx] (see docs/targets.md)")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--samples", type=int, default=256, help="calibration samples (the first ones)")
     p.add_argument("--steps", type=int, default=16, help="path steps (ig, gig, idgi)")
     p.add_argument("--noise-samples", type=int, default=16, help="noise draws (smoothgrad, vargrad)")
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON)")
 
 
-def _gradient_failure(name: str, model: Any) -> str | None:
+def _gradient_failure(name: str, model: Any, output: str | None = None) -> str | None:
     """Why gradient criterion ``name`` cannot run on ``model`` (None when it can)."""
     from onnxslice.sensitivity import get_criterion
     from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
@@ -53,7 +55,7 @@ def _gradient_failure(name: str, model: Any) -> str | None:
     try:
         from onnxslice.grad import GradientEngine
 
-        GradientEngine(model, exact=True)
+        GradientEngine(model, exact=True, output=output)
     except ImportError:
         return "the gradient engine is not part of this build"
     except UnsupportedOpError as e:
@@ -66,7 +68,7 @@ def _score(model: Any, args: argparse.Namespace, name: str, reduction: str) -> A
 
     return sensitivity(model, args.data, name, reduction, args.target, samples=args.samples, steps=args.steps,
                        noise_samples=args.noise_samples, seed=args.seed, batch_size=args.batch_size,
-                       device=args.device, path=args.path)
+                       device=args.device, path=args.path, **({"output": args.output} if args.output else {}))
 
 
 def _parse_truths(text: str) -> list[tuple[str, str]]:
@@ -96,13 +98,17 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     notes: list[str] = []
     chosen = args.criterion
-    why = _gradient_failure(chosen, model)
+    why = _gradient_failure(chosen, model, args.output)
     if why is not None:
         notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
         sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
         chosen = "fd"
     scores = _score(model, args, chosen, args.reduction)
     scores.meta["requested_criterion"] = args.criterion
+    if scores.scores and not any(float(v) for v in scores.scores.values()):
+        notes.append(f"every layer's score is zero (zero gradient of target '{args.target}': a dead output or "
+                     "saturated activations on these samples); try another --target, --output or more --samples")
+        sys.stderr.write(f"onnxslice rank: warning: {notes[-1]}\n")
     if args.out:
         scores.save(args.out)
     report: dict[str, Any] = {"model": str(args.model), "criterion": chosen, "reduction": args.reduction,
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                        samples=args.samples, seed=args.seed, device=args.device) for n, on in truths]
         report["ground_truth"] = [g.to_dict() for g in gts]
         for name in criteria_names():
-            reason = _gradient_failure(name, model)
+            reason = _gradient_failure(name, model, args.output)
             if reason is not None:
                 rows.append({"criterion": name, "note": f"skipped: {reason.splitlines()[0][:80]}"})
                 continue

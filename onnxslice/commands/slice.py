@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import add_common, emit_json, empty_slice_reason, warn
 from onnxslice.data import load_data
 from onnxslice.model import load
 from onnxslice.profile import Profile
@@ -30,13 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-t",
         action="append",
         default=None,
-        help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...]; repeatable",
+        help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...] (slices i:j allowed); "
+        "repeatable; any output layout (see docs/targets.md)",
     )
     p.add_argument("--theta", type=float, default=0.3, help="significance threshold in (0, 1) (default 0.3)")
     p.add_argument("--granularity", choices=("element", "channel"), default="element")
     p.add_argument("--theta-denominator", choices=("raw", "delta"), default="raw", help="|y_n| (raw) or |dy_n|")
     p.add_argument("--theta-sum", choices=("signed", "abs"), default="signed", help="partial sums of w*dx or |w*dx|")
-    p.add_argument("--output", default=None, help="the output that pred/class targets refer to (default: first)")
+    p.add_argument("--output", default=None,
+                   help="the output (or value) that pred/class targets refer to (default: the first output)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per unit of work")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument(
@@ -68,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         device=args.device,
     )
+    empty = empty_slice_reason(s, args.theta)
+    if empty:
+        warn("slice", empty)
     path = s.save(args.out)
     sliced = None
     if args.sliced_model:
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 "theta": s.theta,
                 "options": s.options,
                 "layers": s.per_layer(),
+                "warning": empty,
             }
         )
         return 0

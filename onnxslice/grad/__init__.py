@@ -1,7 +1,7 @@
 """Reverse-mode gradients from the ONNX graph: the engine, the result, targets and checks.
 
 ``gradients(model, inputs, target)`` and :class:`GradientEngine` differentiate a scalar target with
-respect to weights and inputs using the VJP rules in ``onnxslice.opsets.vjp``; :func:`check_vjp`
+respect to weights and inputs (targets: :mod:`onnxslice.targets`) using the VJP rules in ``onnxslice.opsets.vjp``; :func:`check_vjp`
 compares them with central finite differences through onnxruntime.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from .check import VjpCheck, check_vjp
 from .engine import GradientEngine, gradients
 from .result import Gradients
-from .targets import TARGET_KINDS, Target, parse_target
+from onnxslice.targets import TARGET_KINDS, parse_target
+from onnxslice.targets import TargetSpec as Target
 
 __all__ = [
     "TARGET_KINDS",
