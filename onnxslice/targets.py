@@ -139,7 +139,7 @@ def parse_target(spec: str | int | TargetSpec) -> TargetSpec:
         try:
             classes = tuple(int(c) for c in body.split(",") if c.strip())
         except ValueError:
-            raise DataError(f"target '{s}': the class after 'class:' must be an integer (class:3 or class:1,3)") from None
+            raise DataError(f"target '{s}': the class after 'class:' must be an integer (class:3, class:1,3)") from None
         if not classes:
             raise DataError(f"target '{s}' names no class; use class:K")
         return TargetSpec("class", classes)
@@ -414,7 +414,8 @@ class BoundTarget:
             if len(idx) > per.ndim - 1:
                 raise DataError(f"target {self.spec}: index has {len(idx)} axes, the value has {per.ndim - 1} "
                                 f"per sample (shape {list(arr.shape)})")
-            for axis, (i, size) in enumerate(zip(idx, per.shape[1:], strict=False)):
+            sizes: tuple[int, ...] = tuple(per.shape[1:])
+            for axis, (i, size) in enumerate(zip(idx, sizes, strict=False)):
                 if isinstance(i, int) and not -size <= i < size:
                     raise DataError(f"target {self.spec}: index {i} on axis {axis} is out of range (size {size})")
             sel: tuple[Any, ...] = (slice(None), *idx)

@@ -23,9 +23,8 @@ from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
 from onnxslice.record import Device, Recorder, as_feed, validate_inputs
-from onnxslice.walk import Walker
-
 from onnxslice.targets import BoundTarget, TargetSpec, logits_value, parse_target
+from onnxslice.walk import Walker
 
 from .fallback import finite_difference_rule
 from .result import Gradients
@@ -112,7 +111,9 @@ class GradientEngine:
         self.bound = BoundTarget(m, self.target, self.output, logits=logits)
         self.value = self.bound.value
         if self.target.kind == "value" and m.producer(self.value) is None:
-            raise DataError(f"target value '{self.value}' is not computed by a node of this model (see `onnxslice inspect`)")
+            raise DataError(
+                f"target value '{self.value}' is not computed by a node of this model (see `onnxslice inspect`)"
+            )
         self.weight_names = self._weights(weights)
         self.input_names = [
             i.name for i in m.inputs if inputs and i.dtype is not None and np.issubdtype(i.dtype, np.floating)
@@ -360,7 +361,9 @@ class GradientEngine:
                 raise DataError(f"a cotangent for '{k}', which is not among the engine's outputs {self.outputs}")
             if np.asarray(v).ndim == 0 or n not in np.shape(v):
                 raise DataError(f"the cotangent of '{k}' must have {n} samples on its output's sample axis")
-        self._cot_axes = {k: BoundTarget(self.model, "cotangent", k).batch_axis(np.asarray(v), n) for k, v in cots.items()}
+        self._cot_axes = {
+            k: BoundTarget(self.model, "cotangent", k).batch_axis(np.asarray(v), n) for k, v in cots.items()
+        }
         return {k: np.asarray(v) for k, v in cots.items()}
 
     def _seeds(

@@ -16,8 +16,8 @@ import numpy as np
 from onnxslice.model import Layer, Model
 from onnxslice.record import Device, Recorder
 from onnxslice.sensitivity.common import Calibration, Target, calibration, logits_value, model_layers
-from onnxslice.targets import BoundTarget
 from onnxslice.sensitivity.cut import Suffix
+from onnxslice.targets import BoundTarget
 
 __all__ = ["Context"]
 
