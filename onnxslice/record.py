@@ -210,7 +210,7 @@ def validate_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, np.nda
                     f"the model expects {vi.describe()} (rank {len(vi.shape)})"
                 )
             for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape, strict=True)):
-                if isinstance(dim, int) and dim > 0 and got != dim and not (axis == 0 and dim == 1):
+                if isinstance(dim, int) and dim > 0 and got != dim and axis != 0:
                     raise DataError(
                         f"input '{name}' has shape {list(arr.shape)}; the model expects "
                         f"{vi.describe()} (axis {axis} must be {dim})"
@@ -374,11 +374,46 @@ class Recorder:
                 if w.shape != ref.shape:
                     raise DataError(f"weight '{name}' must have shape {list(ref.shape)}, got {list(w.shape)}")
                 feed[name] = np.ascontiguousarray(w, dtype=ref.dtype)
+        n = _samples(feed, self.model)
+        if self.fixed_batch is not None and n is not None and n != self.fixed_batch:
+            return self._run_fixed(feed, n, self.fixed_batch)
         try:
             res = self.session.run(self.values, feed)
         except Exception as e:
             raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
         return dict(zip(self.values, res, strict=True))
+
+    def _run_fixed(self, feed: dict[str, np.ndarray], n: int, b: int) -> dict[str, np.ndarray]:
+        """Run a model whose batch is fixed to ``b`` on ``n`` samples: chunks of ``b``, the last one padded
+        by repeating its last sample, the padding cut off again along each value's sample axis."""
+        data = set(self.model.input_names)
+        parts: list[tuple[int, dict[str, np.ndarray]]] = []
+        for s in range(0, n, b):
+            chunk = {}
+            for k, v in feed.items():
+                if k in data and v.ndim:
+                    part = v[s : s + b]
+                    if len(part) < b:
+                        part = np.concatenate([part, np.repeat(part[-1:], b - len(part), axis=0)])
+                    chunk[k] = part
+                else:
+                    chunk[k] = v
+            try:
+                res = self.session.run(self.values, chunk)
+            except Exception as e:
+                raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
+            parts.append((min(b, n - s), dict(zip(self.values, res, strict=True))))
+        out: dict[str, np.ndarray] = {}
+        for name in self.values:
+            first = parts[0][1][name]
+            axis = _fixed_axis(first.shape, b)
+            if axis is None:
+                out[name] = first  # batch-independent (shapes, constants)
+                continue
+            out[name] = np.concatenate(
+                [np.take(p[name], np.arange(keep), axis=axis) for keep, p in parts], axis=axis
+            )
+        return out
 
     def iter_batches(
         self,
@@ -388,14 +423,32 @@ class Recorder:
     ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """Validate once, then yield ``(n, batch_inputs, recorded)`` per batch.
 
-        A model whose batch axis is fixed to 1 runs sample by sample.
+        A model whose batch axis is fixed (to 1, 4, ...) runs in batches of that size (see :meth:`run`).
         """
         feed = validate_inputs(self.model, inputs)
         n = len(next(iter(feed.values()))) if feed else 1
-        bs = self.fixed_batch or batch_size or n
+        bs = batch_size or n
+        if self.fixed_batch is not None:
+            bs = max(self.fixed_batch, bs - bs % self.fixed_batch)
         for s in range(0, n, bs):
             chunk = {k: v[s : s + bs] for k, v in feed.items()}
             yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True, weights=weights)
+
+
+def _samples(feed: Mapping[str, np.ndarray], model: Model) -> int | None:
+    """Samples in a feed: the leading size of the first data input that has an axis."""
+    for name in model.input_names:
+        v = feed.get(name)
+        if v is not None and np.ndim(v):
+            return int(np.shape(v)[0])
+    return None
+
+
+def _fixed_axis(shape: tuple[int, ...], b: int) -> int | None:
+    """The sample axis of a value recorded at fixed batch ``b`` (axis 0 first; None: no sample axis)."""
+    if b == 1:
+        return 0 if shape and shape[0] == 1 else None
+    return next((i for i, s in enumerate(shape) if s == b), None)
 
 
 def _merge(parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:

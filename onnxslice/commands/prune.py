@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         feed = {v.name: np.zeros([d if isinstance(d, int) else 1 for d in (v.shape or [1])],
                                  dtype=v.dtype or np.float32) for v in model.inputs}
+    fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    if isinstance(fixed, int) and fixed > 0 and fixed != args.latency_batch:
+        args.latency_batch = fixed  # the model's batch is fixed: time it at that batch
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
     lat = paired_latency_ms([model, pruned], batch, args.repeats)
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])

@@ -63,16 +63,7 @@ def _state(job: _Job) -> tuple[Model, Recorder]:
 
 
 def _record(rec: Recorder, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if rec.fixed_batch is None or rec.fixed_batch == len(next(iter(feed.values()))):
-        return rec.run(feed, validated=True)
-    n = len(next(iter(feed.values())))
-    parts = [rec.run({k: v[i : i + 1] for k, v in feed.items()}, validated=True) for i in range(n)]
-    merged = {}
-    for name in parts[0]:
-        arrays = [p[name] for p in parts]
-        batched = all(a.ndim and a.shape[0] == 1 for a in arrays)
-        merged[name] = np.concatenate(arrays) if batched and len(arrays) > 1 else arrays[0]
-    return merged
+    return rec.run(feed, validated=True)  # a fixed-batch model runs in chunks of its batch (Recorder.run)
 
 
 _UnitResult = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
