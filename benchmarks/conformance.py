@@ -50,7 +50,8 @@ class Cell:
     seconds: float
 
 
-def _argv(verb: str, model: Path, data: str, work: Path, target: str, output: str) -> list[str]:
+def _argv(verb: str, model: Path, data: str, work: Path, target: str, output: str,
+          rewrite: tuple[str, ...] = ()) -> list[str]:
     prof = work / "profile.npz"
     tgt = ["--target", target] if target else []
     out = ["--output", output] if output else []
@@ -71,10 +72,10 @@ def _argv(verb: str, model: Path, data: str, work: Path, target: str, output: st
         budget = verb.split("-", 1)[1]
         extra = [*tgt, *out] if budget == "sensitivity" else []
         return ["prune", str(model), "--ratio", "0.3", "--budget", budget, "--data", data, "--samples", str(SAMPLES),
-                "--repeats", "2", "--out", str(work / f"{verb}.onnx"), "--json", *extra]
+                "--repeats", "2", "--out", str(work / f"{verb}.onnx"), "--json", *extra, *rewrite]
     if verb == "quantize":
         return ["quantize", str(model), "--avg-bits", "6", "--data", data, "--samples", str(SAMPLES), "--out",
-                str(work / "q.onnx"), "--json", "--device", "cpu", *tgt, *out]
+                str(work / "q.onnx"), "--json", "--device", "cpu", *tgt, *out, *rewrite]
     raise ValueError(verb)
 
 
@@ -104,11 +105,12 @@ def _empty(verb: str, out: str) -> str | None:
     return None
 
 
-def run_cell(name: str, verb: str, model: Path, data: str, work: Path, target: str, output: str) -> Cell:
+def run_cell(name: str, verb: str, model: Path, data: str, work: Path, target: str, output: str,
+             rewrite: tuple[str, ...] = ()) -> Cell:
     """Run one verb on one model in this process and classify the outcome."""
     from onnxslice.cli import main
 
-    argv = _argv(verb, model, data, work, target, output)
+    argv = _argv(verb, model, data, work, target, output, rewrite)
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
     try:
@@ -153,7 +155,7 @@ def run_matrix(models: list[str], verbs: list[str], log: Any = print) -> list[Ce
             for verb in verbs:
                 if verb == "slice" and "profile" not in verbs:
                     run_cell(name, "profile", path, data, work, e.target, e.output)
-                c = run_cell(name, verb, path, data, work, e.target, e.output)
+                c = run_cell(name, verb, path, data, work, e.target, e.output, e.rewrite_args)
                 cells.append(c)
                 log(f"{name:20s} {verb:18s} {c.status:8s} {c.seconds:7.1f}s {c.reason[:140]}")
     return cells

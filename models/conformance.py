@@ -27,7 +27,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ class Entry:
         data: ``builtin:...`` spec, or empty for the random inputs written beside the model.
         target: the ``--target`` the matrix passes (empty: the verbs' default).
         output: the ``--output`` the matrix passes (empty: first output).
+        rewrite_args: extra arguments of ``prune`` and ``quantize`` (``--dequantize`` for pre-quantized models,
+            which these verbs refuse without it).
     """
 
     name: str
@@ -63,7 +65,7 @@ class Entry:
     data: str = ""
     target: str = ""
     output: str = ""
-    options: dict[str, str] = field(default_factory=dict)
+    rewrite_args: tuple[str, ...] = ()
 
 
 def _light_dir() -> Path:
@@ -108,13 +110,13 @@ ENTRIES: list[Entry] = [
     Entry("cnn_opset8", "the same CNN converted by onnx.version_converter to opset 8, IR 3 inputs",
           "this repository", "old export: opset 8, initializers listed as graph inputs"),
     Entry("vit_tiny_qdyn", "onnxruntime.quantization.quantize_dynamic(vit_tiny)", "this repository (MIT tool)",
-          "DynamicQuantizeLinear + MatMulInteger"),
+          "DynamicQuantizeLinear + MatMulInteger", rewrite_args=("--dequantize",)),
     Entry("crnn_ctc_qdyn", "onnxruntime.quantization.quantize_dynamic(crnn_ctc)", "this repository (MIT tool)",
-          "ConvInteger + DynamicQuantizeLSTM"),
+          "ConvInteger + DynamicQuantizeLSTM", rewrite_args=("--dequantize",)),
     Entry("cnn_qdq", "onnxruntime.quantization.quantize_static(cnn, QDQ)", "this repository (MIT tool)",
-          "QDQ format: QuantizeLinear/DequantizeLinear around Conv/Gemm"),
+          "QDQ format: QuantizeLinear/DequantizeLinear around Conv/Gemm", rewrite_args=("--dequantize",)),
     Entry("cnn_qop", "onnxruntime.quantization.quantize_static(cnn, QOperator)", "this repository (MIT tool)",
-          "QLinearConv, QLinearMatMul/QGemm"),
+          "QLinearConv, QLinearMatMul/QGemm", rewrite_args=("--dequantize",)),
 ]
 
 

@@ -543,6 +543,7 @@ def load(
     *,
     check: bool = True,
     infer_shapes: bool = True,
+    dequantize: bool | str = False,
 ) -> Model:
     """Load, validate and normalize an ONNX model.
 
@@ -551,6 +552,9 @@ def load(
             (copied, never modified), or serialized bytes.
         check: run the ONNX checker.
         infer_shapes: run ONNX shape inference so every intermediate value has a type.
+        dequantize: load a pre-quantized model's float view (:mod:`onnxslice.dequantize`): integer ops
+            become float ops on dequantized weights; a float model is unchanged. ``"strip"`` also removes
+            the quantize-dequantize pairs of activations (the float model the rewrites edit).
 
     Returns:
         The normalized :class:`Model`.
@@ -579,6 +583,10 @@ def load(
     if check:
         _check(proto, where)
     notes = _normalize(proto)
+    if dequantize:
+        from onnxslice.dequantize import float_view
+
+        notes += float_view(proto, "strip" if dequantize == "strip" else "keep")
     if infer_shapes:
         proto = _infer(proto, where)
     return Model(proto, path.resolve() if path else None, notes)

@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxslice.io import _default
 
-__all__ = ["add_common", "emit_json", "empty_slice_reason", "warn", "warn_if_zero"]
+__all__ = ["add_common", "emit_json", "empty_slice_reason", "load_for_rewrite", "warn", "warn_if_zero"]
 
 
 def add_common(p: argparse.ArgumentParser, *, model: bool = True, data: bool = False) -> None:
@@ -66,3 +66,27 @@ def empty_slice_reason(sl: Any, theta: float) -> str | None:
                 "choose another --target or --output")
     return (f"the slice is empty: no synapse reaches theta {theta} (theta too strict, or zero contributions); "
             "lower --theta")
+
+
+DEQUANTIZE_HELP = ("rewrite the float view of a pre-quantized model (weights dequantized, integer ops as float ops; "
+                   "the output is then built from float weights); off by default: a quantized model is refused")
+
+
+def load_for_rewrite(path: Any, verb: str, dequantize: bool) -> Any:
+    """Load the model a rewrite verb edits; a pre-quantized model is refused unless ``dequantize``.
+
+    Raises:
+        QuantizedModelError: the model is already quantized and ``--dequantize`` was not given.
+    """
+    from onnxslice.dequantize import is_quantized
+    from onnxslice.errors import QuantizedModelError
+    from onnxslice.model import load
+
+    model = load(path, dequantize="strip" if dequantize else False)
+    ops = is_quantized(model.proto) if not dequantize else []
+    if ops:
+        raise QuantizedModelError(
+            f"'{path}' is already quantized ({', '.join(ops)}): {verb} rewrites float weights. Pass --dequantize to "
+            f"{verb} its float view (weights dequantized), or start from the float model"
+        )
+    return model

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     ds = load_data(args.data)
     ds = ds.subset(parse_samples(args.samples, len(ds)))
     weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     ds = load_data(args.data)
     prof = profile(model, ds, args.batch_size, device=args.device)
     path = prof.save(args.out)

@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxslice.commands import emit_json
+from onnxslice.commands import DEQUANTIZE_HELP, emit_json, load_for_rewrite
 from onnxslice.errors import OnnxSliceError, PlanError
-from onnxslice.model import load
 from onnxslice.table import format_table
 
 NAME = "prune"
@@ -50,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20, help="latency repeats (median)")
     p.add_argument("--latency-batch", type=int, default=1, help="batch size of the latency runs (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
 
 def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.model)
     if Path(args.out).resolve() == src.resolve():
         raise OnnxSliceError(f"refusing to overwrite the input model '{src}'; choose another --out")
-    model = load(src)
+    model = load_for_rewrite(src, "prune", args.dequantize)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)

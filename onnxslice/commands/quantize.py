@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import DEQUANTIZE_HELP, add_common, emit_json, load_for_rewrite
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
-from onnxslice.model import Model, load
+from onnxslice.model import Model
 from onnxslice.table import format_table
 
 NAME = "quantize"
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
     p.add_argument("--samples", type=int, default=256, help="samples used for scoring and calibration")
     p.add_argument("--save-plan", help="also write the plan used (JSON)")
+    p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
 
 def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
     from onnxslice.rewrite.quantize import check_plan
 
-    model = load(args.model)
+    model = load_for_rewrite(args.model, "quantize", args.dequantize)
     out = Path(args.out)
     if model.path is not None and out.resolve() == model.path:
         raise PlanError(f"refusing to overwrite the input model '{out}'; choose another --out")

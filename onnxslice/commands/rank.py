@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.criterion not in GRADIENT_CRITERIA:
         get_criterion(args.criterion)  # unknown names fail before any work
     truths = _parse_truths(args.ground_truth) if args.ground_truth else []
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is ranked on its float view
     notes: list[str] = []
     chosen = args.criterion
     why = _gradient_failure(chosen, model, args.output)

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     prof = Profile.load(args.profile)
     ds = load_data(args.data)
     s = slice_model(
