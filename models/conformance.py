@@ -103,6 +103,8 @@ ENTRIES: list[Entry] = [
           "Gather embedding + GRU, [N,C]"),
     Entry("seq_tagger", "torch.onnx.export of a conv sequence tagger defined here (random weights)", "this repository",
           "sequence output [N,T,C]"),
+    Entry("cnn", "torch.onnx.export of a small CNN defined here, dynamic batch (random weights)",
+          "this repository", "the float net behind the fixed-batch, opset-8 and quantized variants"),
     Entry("cnn_batch1", "torch.onnx.export of a small CNN defined here, batch fixed to 1 (random weights)",
           "this repository", "static batch 1"),
     Entry("cnn_batch4", "torch.onnx.export of the same CNN, batch fixed to 4 (random weights)",

@@ -15,10 +15,11 @@ The output (``--output``, default the first) need not be ``[N, C]``. Its layout 
 - the **batch axis** is the axis that carries the model *input's* batch: the output dimension with
   the same symbolic name as the first input's batch dimension, else the axis whose size is the number
   of samples (axis 0 first), so a time-first ``[T, N, C]`` output is read correctly;
-- the **class axis**: singleton dimensions are ignored (``[N, C, 1, 1]`` is ``[N, C]``); with one axis left
-  it holds the classes; a rank-4+ output is channels-first (``[N, C, H, W]``, per pixel); a rank-3 output
-  is a sequence with classes last (``[N, T, C]`` or ``[T, N, C]``); an output whose only non-singleton
-  axes are positions (``[N, 1, H, W]``, ``[N]``) has no class axis and is its own score.
+- the **class axis**: a rank-4+ batch-first output is channels-first (``[N, C, H, W]``, per pixel;
+  ``[N, C, 1, 1]`` is ``[N, C]``; ``[N, 1, H, W]`` has no class axis and is its own score); otherwise
+  singleton dimensions are ignored and the one axis left holds the classes (``[N, C]``, ``[N, 1, C]``),
+  or with several left the last one does (sequences ``[N, T, C]`` and ``[T, N, C]``); ``[N]`` and
+  ``[N, 1]`` are their own score.
 
 ``pred`` and ``class:K`` sum, over every position (time step, pixel), that position's predicted (or
 K-th) class logit; on a single-channel map that is the sum of the map. When the output is computed by
@@ -269,10 +270,10 @@ def layout(model: Model, names: Sequence[str], shape: tuple[int, ...], n: int | 
     rest = [i for i, s in enumerate(shape) if i != b and s != 1]
     if not rest:
         cls = None
-    elif len(rest) == 1:
-        cls = rest[0]
     elif len(shape) >= 4 and b == 0:
         cls = 1 if shape[1] != 1 else None
+    elif len(rest) == 1:
+        cls = rest[0]
     else:
         cls = len(shape) - 1
     return Layout(b, cls, tuple(shape))
