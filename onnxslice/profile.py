@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,19 @@ class Profile:
         count: number of samples profiled.
         fingerprint: structure hash of the profiled model (see ``Model.fingerprint``).
         data: the data spec it was computed on.
+        axes: the sample axis of values whose samples are not on axis 0 (time-first ``[T, N, ...]``
+            values of recurrent nets); ``mean`` is over that axis.
     """
 
     mean: dict[str, np.ndarray]
     count: int
     fingerprint: str
     data: str = ""
+    axes: dict[str, int] = field(default_factory=dict)
+
+    def axis(self, value: str) -> int:
+        """The sample axis of ``value`` (0 unless the value is time-first)."""
+        return self.axes.get(value, 0)
 
     def channel(self, value: str) -> np.ndarray:
         """Channel-level mean of ``value`` (axis 1 of the batched value)."""
@@ -66,7 +73,8 @@ class Profile:
         return save_npz(
             path,
             {f"mean/{k}": v for k, v in self.mean.items()},
-            {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data},
+            {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data,
+             "axes": self.axes},
         )
 
     @classmethod
@@ -80,6 +88,7 @@ class Profile:
             int(meta["count"]),
             str(meta["fingerprint"]),
             str(meta.get("data", "")),
+            {str(k): int(v) for k, v in (meta.get("axes") or {}).items()},
         )
 
     def summary(self) -> list[dict[str, Any]]:
@@ -131,15 +140,23 @@ def profile(
         raise DataError("cannot profile on an empty data set")
     wanted = recordable_values(model) if values == "all" else list(values)
     rec = Recorder(model, wanted, device)
+    from onnxslice.targets import symbolic_batch_axis
+
     sums: dict[str, np.ndarray] = {}
+    axes: dict[str, int] = {}
     total = 0
     batches = rec.iter_batches(feed, batch_size)
     nb = -(-n // (rec.fixed_batch or batch_size))
     for size, chunk, out in progress(batches, nb, "profile", show_progress):
         for key, arr in [*chunk.items(), *out.items()]:
-            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or arr.shape[0] != size:
+            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or size not in arr.shape:
                 continue  # shapes, indices and batch-independent values have no neurons
-            s = arr.sum(axis=0, dtype=np.float64)
+            if key not in axes:  # the sample axis: where the input's batch went (time-first values), else 0
+                sym = symbolic_batch_axis(model, key, tuple(arr.shape))
+                axes[key] = sym if sym is not None and arr.shape[sym] == size else 0
+            if arr.shape[axes[key]] != size:
+                continue
+            s = arr.sum(axis=axes[key], dtype=np.float64)
             if key in sums:
                 if sums[key].shape != s.shape:
                     raise DataError(f"value '{key}' changes shape between batches; profile with one batch size")
@@ -148,4 +165,4 @@ def profile(
                 sums[key] = s
         total += size
     mean = {k: (v / total).astype(np.float32) for k, v in sums.items()}
-    return Profile(mean, total, model.fingerprint, name)
+    return Profile(mean, total, model.fingerprint, name, {k: a for k, a in axes.items() if a and k in mean})

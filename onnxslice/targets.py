@@ -50,6 +50,7 @@ __all__ = [
     "logits_value",
     "parse_target",
     "parse_targets",
+    "symbolic_batch_axis",
 ]
 
 TARGET_KINDS = ("pred", "class", "loss", "output-norm", "value", "cotangent")
@@ -196,6 +197,16 @@ def _input_batch_symbol(model: Model) -> str | None:
         if vi.shape and isinstance(vi.shape[0], str) and vi.shape[0]:
             return vi.shape[0]
     return None
+
+
+def symbolic_batch_axis(model: Model, name: str, shape: tuple[int, ...]) -> int | None:
+    """The axis of value ``name`` that shape inference named like the first input's batch dimension."""
+    sym = _input_batch_symbol(model)
+    vi = model.value_info.get(name)
+    if sym is None or vi is None or not vi.shape or len(vi.shape) != len(shape):
+        return None
+    axes = [i for i, d in enumerate(vi.shape) if d == sym]
+    return axes[0] if len(axes) == 1 else None
 
 
 def batch_axis(model: Model, names: Sequence[str], shape: tuple[int, ...], n: int | None) -> int:

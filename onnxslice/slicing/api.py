@@ -79,7 +79,7 @@ def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> _UnitResult:
     seeds = seed_tables(model, job.targets, job.output, values, job.options.granularity == "channel", len(unit))
     out = values[job.output]
     preds = out.reshape(out.shape[0], -1).argmax(axis=1) if out.ndim == 2 else np.zeros(0, np.int64)
-    neurons, synapses = backward(model, values, d, seeds, job.options)
+    neurons, synapses = backward(model, values, d, seeds, job.options, job.profile.axes)
     return neurons, synapses, preds
 
 
