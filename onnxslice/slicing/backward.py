@@ -88,7 +88,17 @@ def backward(
         if not any(c is not None and c.any() for c in outs):
             continue
         ctx = _context(model, node, values, deltas, outs, options)
-        res = step.rule(ctx)
+        shifted = [v for v in (*node.inputs, *node.outputs) if v and (axes or {}).get(v, 0)]
+        try:
+            res = step.rule(ctx)
+        except (ValueError, IndexError) as e:
+            if not shifted:
+                raise
+            raise UnsupportedOpError.for_node(
+                node, "contributions",
+                f"its rule expects samples on axis 0, but '{shifted[0]}' is time-first (samples on axis "
+                f"{(axes or {})[shifted[0]]}); slice from a batch-first value (--target value:NAME[idx])",
+            ) from e
         for i, inc in res.inputs.items():
             name = node.inputs[i]
             if name in deltas:
