@@ -529,6 +529,8 @@ def _out_axis(node: Node, w: np.ndarray, widx: int) -> int:
     """The weight axis that indexes the layer's output channels (neurons)."""
     if node.op_type == "ConvTranspose":
         return 1
+    if node.op_type in ("LSTM", "GRU", "RNN"):  # W [directions, gates * hidden, input]: the gate rows
+        return 1
     if node.op_type == "Gemm":
         if widx == 1:
             return 0 if node.attr("transB", 0) else 1

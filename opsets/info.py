@@ -26,6 +26,8 @@ class OpInfo:
         param_inputs: further inputs that are parameters when they are initializers (BN scale, ...).
         non_differentiable: input indices that carry no gradient (shapes, indices, axes, sizes).
         layout_only: the op only moves, copies or selects elements (routing in NNSlicer terms).
+        straight_through: gradients pass through its integer values by the straight-through estimator
+            (quantize/dequantize ops; see ``vjp/quantize.py``).
     """
 
     family: str
@@ -34,6 +36,7 @@ class OpInfo:
     param_inputs: tuple[int, ...] = ()
     non_differentiable: tuple[int, ...] = ()
     layout_only: bool = False
+    straight_through: bool = False
 
     @property
     def may_be_layer(self) -> bool:
@@ -65,8 +68,9 @@ _reg(
     "IsNaN IsInf Softmax LogSoftmax Hardmax Cast CastLike Dropout",
     OpInfo("elementwise"),
 )
-_reg("Clip", OpInfo("elementwise", non_differentiable=(1, 2)))
+_reg("Clip", OpInfo("elementwise"))  # its bounds (inputs from opset 11) get cotangents: vjp/clip.py
 _reg("Add Sub Mul Div Pow Max Min Mean Sum", OpInfo("binary"))
+_reg("Mod", OpInfo("binary"), since=10)
 _reg("Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor", OpInfo("binary"))
 _reg("Where", OpInfo("binary", non_differentiable=(0,)))
 _reg("Identity Flatten Transpose", OpInfo("layout", layout_only=True))
@@ -93,8 +97,17 @@ _reg(
 )
 _reg("Constant", OpInfo("shape"))
 _reg("If Loop Scan", OpInfo("control"))
-_reg("QuantizeLinear DequantizeLinear", OpInfo("other", non_differentiable=(1, 2)))
+_reg("QuantizeLinear", OpInfo("other", non_differentiable=(1, 2), straight_through=True))
+_reg("DequantizeLinear", OpInfo("other", non_differentiable=(2,), straight_through=True))
+_reg("DynamicQuantizeLinear", OpInfo("other", straight_through=True))
 REGISTRY.add("info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", since=1, origin=__name__)
 # ai.onnx.ml ops emitted by skl2onnx: analysable as opaque nodes (recording works; no gradients).
 for _op in ("ZipMap", "LinearClassifier", "LinearRegressor", "Normalizer", "Scaler", "ArrayFeatureExtractor"):
     REGISTRY.add("info", _op, OpInfo("other"), domain="ai.onnx.ml", since=1, origin=__name__)
+# Recurrent layers: W [D, G*H, I] is the layer weight (its rows, axis 1, are the gates' neurons), R and the
+# peepholes P are further parameters; sequence_lens carries no gradient.
+_reg(
+    "LSTM GRU RNN",
+    OpInfo("recurrent", layer_weights=(1,), bias_input=3, param_inputs=(2, 7), non_differentiable=(4,)),
+    since=7,
+)

@@ -35,6 +35,33 @@ def coverage(model: Model) -> dict[str, list[str]]:
     return out
 
 
+def partial(model: Model) -> dict[str, dict[str, list[str]]]:
+    """Capability -> op type -> the cases its rule refuses for this model's nodes.
+
+    A case that depends on run-time values or options (``granularity='channel'``, ...) is marked
+    ``(may refuse)``; the others refuse a node of this model for certain. Op types without a rule are in
+    :func:`coverage`, not here.
+    """
+    from onnxslice.opsets import REGISTRY
+    from onnxslice.opsets.coverage import refusals
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for cap in REGISTRY.capabilities:
+        ops: dict[str, list[str]] = {}
+        for n in model.nodes:
+            if not REGISTRY.has(cap, n.op_type, n.domain, n.opset):
+                continue
+            key = f"{n.domain}::{n.op_type}" if n.domain else n.op_type
+            for case, certain in refusals(cap, n, model):
+                label = case if certain else f"{case} (may refuse)"
+                cases = ops.setdefault(key, [])
+                if label not in cases:
+                    cases.append(label)
+        if ops:
+            out[cap] = dict(sorted(ops.items()))
+    return out
+
+
 def describe(model: Model) -> dict[str, Any]:
     """Everything ``inspect`` reports, as a JSON-ready dict."""
     return {
@@ -52,6 +79,7 @@ def describe(model: Model) -> dict[str, Any]:
             for x in model.layers
         ],
         "missing_rules": coverage(model),
+        "partial_rules": partial(model),
         "notes": model.notes,
         "fingerprint": model.fingerprint,
     }
@@ -73,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(d["layers"], title="layers"))
     print()
-    print("plugin coverage (op types with no rule):")
+    print("plugin coverage (op types with no rule; partial: rules that refuse some of this model's nodes):")
     for cap, ops in d["missing_rules"].items():
-        print(f"  {cap:<14} {', '.join(ops) if ops else 'all covered'}")
+        part = d["partial_rules"].get(cap, {})
+        print(f"  {cap:<14} {', '.join(ops) if ops else ('all covered' if not part else 'all have a rule')}")
+        for op, cases in part.items():
+            print(f"  {'':<14} partial: {op} refuses {'; '.join(cases)}")
     return 0

@@ -181,7 +181,8 @@ class GradientEngine:
         reach = set(self.weight_names) | set(self.input_names)
         for node in m.nodes:
             if any(node.inputs[i] in reach for i in self._diff_inputs(node)):
-                reach.update(o for o in node.outputs if o and _is_float(m, o) is not False)
+                straight = m.info(node).straight_through  # quantize ops: the STE crosses their integers
+                reach.update(o for o in node.outputs if o and (straight or _is_float(m, o) is not False))
         need = {self.value, *self.outputs} & reach
         for node in reversed(m.nodes):
             if any(o in need for o in node.outputs):
@@ -466,7 +467,11 @@ class GradientEngine:
                 continue
             ins = [value(v) for v in node.inputs]
             outs = [value(o) for o in node.outputs]
-            needs = tuple(nd and ins[i] is not None and ins[i].dtype.kind == "f" for i, nd in enumerate(step.needs))  # type: ignore[union-attr]
+            ste = m.info(node).straight_through
+            needs = tuple(
+                nd and ins[i] is not None and (ste or ins[i].dtype.kind == "f")  # type: ignore[union-attr]
+                for i, nd in enumerate(step.needs)
+            )
             if per_sample and (any(step.static_in[i] for i, nd in enumerate(needs) if nd)):
                 res = self._per_sample_call(step, ins, outs, out_grads, needs, n)
             else:

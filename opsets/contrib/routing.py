@@ -2,7 +2,7 @@
 
 One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
 Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, nearest Resize): the op itself is run by the ONNX reference
+DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX reference
 evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
 and pads keep their recorded values), so its output says, per output element, which input element it
 copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
@@ -258,8 +258,6 @@ REGISTRY.register(
         "DepthToSpace",
         "SpaceToDepth",
         "Where",
-        "Resize",
-        "Upsample",
     ],
 )(routing_contributions)
 REGISTRY.register(

@@ -185,4 +185,5 @@ def dense_contributions(ctx: ContribContext) -> ContribResult:
 
 
 REGISTRY.register("contributions", "Conv")(conv_contributions)
-REGISTRY.register("contributions", ["Gemm", "MatMul"])(dense_contributions)
+REGISTRY.register("contributions", "Gemm")(dense_contributions)
+# MatMul: registered in einsum.py, which keeps this rule for x @ W and adds the product of two activations

@@ -257,3 +257,7 @@ _LAYOUT = [
 ]
 
 CASES: list[Case] = _UNARY + _BINARY + _WEIGHTED + _NORM_POOL + _REDUCE + _LAYOUT
+
+from _vjp_cases_extra import extra_cases  # noqa: E402  (cases of the rules in the new rule files)
+
+CASES += extra_cases()
