@@ -120,3 +120,13 @@ def test_value_target_with_slices_and_errors():
         parse_target("bogus")
     with pytest.raises(DataError, match="no output named"):
         BoundTarget(m, "pred", "nope")
+
+
+def test_fidelity_outputs_put_samples_first_for_time_first_outputs():
+    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+
+    m = _linear((1, 0, 2), ["batch", 6, 4], (4, 5))
+    x = np.random.default_rng(3).normal(size=(7, 6, 4)).astype(np.float32)
+    (y,) = run_outputs(m, {"x": x}, batch_size=3)
+    np.testing.assert_allclose(y, x @ m.initializer("w"), rtol=1e-5)  # [N, T, C], batches joined on samples
+    assert compare_outputs([y], [y]).samples == 7
