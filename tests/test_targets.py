@@ -130,3 +130,11 @@ def test_fidelity_outputs_put_samples_first_for_time_first_outputs():
     (y,) = run_outputs(m, {"x": x}, batch_size=3)
     np.testing.assert_allclose(y, x @ m.initializer("w"), rtol=1e-5)  # [N, T, C], batches joined on samples
     assert compare_outputs([y], [y]).samples == 7
+
+
+def test_per_sample_gradients_of_a_time_first_output_equal_the_batch_first_twin():
+    a, b = _linear(None, ["batch", 6, 4], (4, 5)), _linear((1, 0, 2), ["batch", 6, 4], (4, 5))
+    x = np.random.default_rng(0).normal(size=(3, 6, 4)).astype(np.float32)
+    ga = GradientEngine(a, "pred")({"x": x}, per_sample=True)
+    gb = GradientEngine(b, "pred")({"x": x}, per_sample=True)
+    np.testing.assert_allclose(ga.weights["w"], gb.weights["w"], rtol=1e-6)

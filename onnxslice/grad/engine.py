@@ -23,7 +23,7 @@ from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
 from onnxslice.record import Device, Recorder, as_feed, validate_inputs
-from onnxslice.targets import BoundTarget, TargetSpec, logits_value, parse_target
+from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, logits_value, parse_target
 from onnxslice.walk import Walker
 
 from .fallback import finite_difference_rule
@@ -422,10 +422,13 @@ class GradientEngine:
     ) -> dict[str, np.ndarray]:
         """Per-sample gradients by one backward pass per sample (when a node cannot batch them)."""
         parts: list[dict[str, np.ndarray]] = []
+        axes = {k: BoundTarget(self.model, "cotangent", k).batch_axis(v, n) if k in self.model.output_names
+                else batch_axis(self.model, [k, self.output], v.shape, n) for k, v in seed.items()}  # time-first seeds
         for i in range(n):
             ci = {k: v[i : i + 1] for k, v in chunk.items()}
             vi = self.recorder.run(ci, validated=True, weights=dict(w_over) or None)
-            parts.append(self._backward(ci, vi, w_over, {k: v[i : i + 1] for k, v in seed.items()}, 1, False))
+            si = {k: np.take(v, [i], axis=axes[k]) for k, v in seed.items()}
+            parts.append(self._backward(ci, vi, w_over, si, 1, False))
         out: dict[str, np.ndarray] = {}
         for k in parts[0]:
             if k in self.input_names:
