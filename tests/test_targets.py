@@ -138,3 +138,32 @@ def test_per_sample_gradients_of_a_time_first_output_equal_the_batch_first_twin(
     ga = GradientEngine(a, "pred")({"x": x}, per_sample=True)
     gb = GradientEngine(b, "pred")({"x": x}, per_sample=True)
     np.testing.assert_allclose(ga.weights["w"], gb.weights["w"], rtol=1e-6)
+
+
+def test_zero_gradient_and_empty_slice_are_reported_not_silent(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    from onnxslice.cli import main
+
+    dead = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+         helper.make_node("Add", ["h", "b"], ["a"], name="bias"),
+         helper.make_node("Relu", ["a"], ["y"], name="relu")],
+        {"x": (np.float32, ["batch", 4])}, {"y": (np.float32, ["batch", 3])},
+        {"w": np.zeros((4, 3), np.float32), "b": -np.ones(3, np.float32)},
+    )
+    onnx.save_model(dead, str(tmp_path / "dead.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32))
+    m, d = str(tmp_path / "dead.onnx"), str(tmp_path / "d.npz")
+    assert main(["grad", m, "--data", d, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "every gradient of target 'pred' is zero" in json.loads(out)["warning"]
+    assert len(err.strip().splitlines()) == 1 and "warning" in err
+    assert main(["profile", m, "--data", d, "--out", str(tmp_path / "p.npz")]) == 0
+    capsys.readouterr()
+    assert main(["slice", m, "--profile", str(tmp_path / "p.npz"), "--data", d, "--out", str(tmp_path / "s.npz"),
+                 "--workers", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "the slice is empty" in json.loads(out)["warning"] and "lower --theta" in err
