@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+LARGE_NOTE = ("The large `light_*` ImageNet models (shufflenet, inception v1, densenet121, resnet50) run with "
+              "`--full` (minutes per verb).")
 VERBS = ("inspect", "profile", "slice", "grad", "rank", "prune-uniform", "prune-sensitivity", "quantize")
 SAMPLES = 8
 
@@ -219,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{s['cells']} cells: {s['ok']} ok, {s['refused']} refused, {s['FAIL']} FAIL "
           f"({100 * s['ok_fraction']:.1f}% ok) in {time.time() - t0:.0f}s")
     if not args.no_save:
-        entries = {e.name: {"source": e.source, "licence": e.licence, "kind": e.kind, "small": e.small}
+        entries = {e.name: {"source": e.source, "licence": e.licence, "kind": e.kind, "small": e.small,
+                            "options": " ".join([*(["--target", e.target] if e.target else []),
+                                                 *(["--output", e.output] if e.output else []),
+                                                 *(f"{a} (prune, quantize)" for a in e.rewrite_args)])}
                    for e in conformance.ENTRIES if e.name in models}
         res = {"summary": s, "models": entries, "verbs": verbs, "cells": [asdict(c) for c in cells],
                "seconds": round(time.time() - t0, 1),
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_md(path: Path, tab: str, s: dict[str, Any], entries: dict[str, Any], full: bool) -> None:
-    src = "\n".join(f"| `{k}` | {v['source']} | {v['licence']} | {v['kind']} |" for k, v in entries.items())
+    src = "\n".join(f"| `{k}` | {v['source']} | {v['licence']} | {v['kind']} | {v['options'] or ''} |"
+                    for k, v in entries.items())
     text = f"""# Conformance matrix
 
 Every verb of the CLI on models that nobody on the team designed, as a new user would bring them. The
@@ -249,12 +255,17 @@ or **FAIL** (a traceback, or an empty result that was not reported).
 
 ## The models
 
-| model | source | licence | what it exercises |
-|---|---|---|---|
+| model | source | licence | what it exercises | options the matrix passes |
+|---|---|---|---|---|
 {src}
 
 Torch models have seeded random weights (they are not trained: the matrix tests that the verbs run and
-agree with onnxruntime, not accuracy). The `light_*` models' weights are constants (`ConstantOfShape`).
+agree with onnxruntime, not accuracy). The `light_*` models' weights are constants (`ConstantOfShape`),
+so their outputs do not vary between samples and slices at theta 0.3 come out empty (reported). The data
+are seeded random inputs of the model's input shape (`builtin:mnist` / `builtin:digits` for the Keras and
+scikit-learn models). Pre-quantized models are analysed on their float view; `prune` and `quantize`
+refuse them without `--dequantize` (see [targets.md](targets.md)), so the matrix passes it.
+{LARGE_NOTE if not full else ""}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
