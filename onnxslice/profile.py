@@ -122,7 +122,7 @@ def profile(
     Args:
         model: the model.
         data: a Dataset, a data spec string, a mapping of arrays, or one array.
-        batch_size: samples per onnxruntime run (a model with a fixed batch of 1 runs one by one).
+        batch_size: samples per unit (a model with a fixed batch runs in whole batches of its size).
         values: value names or ``"all"`` float node outputs with a sample axis.
         device: onnxruntime device.
         show_progress: draw a progress bar on stderr (default: when stderr is a terminal).
@@ -146,7 +146,8 @@ def profile(
     axes: dict[str, int] = {}
     total = 0
     batches = rec.iter_batches(feed, batch_size)
-    nb = -(-n // (rec.fixed_batch or batch_size))
+    step = max(rec.fixed_batch, batch_size - batch_size % rec.fixed_batch) if rec.fixed_batch else batch_size
+    nb = -(-n // step)
     for size, chunk, out in progress(batches, nb, "profile", show_progress):
         for key, arr in [*chunk.items(), *out.items()]:
             if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or size not in arr.shape:
