@@ -31,6 +31,7 @@ __all__ = [
     "Trace",
     "as_feed",
     "cuda_usable",
+    "fixed_batch_of",
     "make_session",
     "max_ort_ir_version",
     "record",
@@ -326,8 +327,7 @@ class Recorder:
         self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device)
         self.device = _session_device(self.session)
         self._refuse_non_tensors()
-        fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
-        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+        self.fixed_batch = fixed_batch_of(model)
 
     def _refuse_non_tensors(self) -> None:
         """A Trace holds arrays: a recorded value that is a sequence or a map (ZipMap) is refused here,
@@ -350,6 +350,7 @@ class Recorder:
         *,
         validated: bool = False,
         weights: Mapping[str, np.ndarray] | None = None,
+        samples: int | None = None,
     ) -> dict[str, np.ndarray]:
         """One onnxruntime run on a batch; returns value -> array.
 
@@ -357,6 +358,8 @@ class Recorder:
             inputs: model inputs (validated unless ``validated``).
             validated: skip validation (inputs come from :func:`validate_inputs`).
             weights: new values for some of the swappable ``weight_inputs``.
+            samples: how many samples the inputs hold (default: the first data input's leading size); with
+                it, the inputs whose leading size is ``samples`` carry samples (a sub-model's boundary).
         """
         feed = dict(inputs) if validated else validate_inputs(self.model, inputs)
         if weights:
@@ -374,19 +377,20 @@ class Recorder:
                 if w.shape != ref.shape:
                     raise DataError(f"weight '{name}' must have shape {list(ref.shape)}, got {list(w.shape)}")
                 feed[name] = np.ascontiguousarray(w, dtype=ref.dtype)
-        n = _samples(feed, self.model)
+        n = samples if samples is not None else _samples(feed, self.model)
         if self.fixed_batch is not None and n is not None and n != self.fixed_batch:
-            return self._run_fixed(feed, n, self.fixed_batch)
+            keys = ({k for k, v in feed.items() if np.ndim(v) and np.shape(v)[0] == n} if samples is not None
+                    else set(self.model.input_names))
+            return self._run_fixed(feed, n, self.fixed_batch, keys)
         try:
             res = self.session.run(self.values, feed)
         except Exception as e:
             raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
         return dict(zip(self.values, res, strict=True))
 
-    def _run_fixed(self, feed: dict[str, np.ndarray], n: int, b: int) -> dict[str, np.ndarray]:
+    def _run_fixed(self, feed: dict[str, np.ndarray], n: int, b: int, data: set[str]) -> dict[str, np.ndarray]:
         """Run a model whose batch is fixed to ``b`` on ``n`` samples: chunks of ``b``, the last one padded
         by repeating its last sample, the padding cut off again along each value's sample axis."""
-        data = set(self.model.input_names)
         parts: list[tuple[int, dict[str, np.ndarray]]] = []
         for s in range(0, n, b):
             chunk = {}
@@ -433,6 +437,12 @@ class Recorder:
         for s in range(0, n, bs):
             chunk = {k: v[s : s + bs] for k, v in feed.items()}
             yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True, weights=weights)
+
+
+def fixed_batch_of(model: Model) -> int | None:
+    """The batch size fixed by the model's first input shape (None when the batch axis is dynamic)."""
+    fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    return fixed if isinstance(fixed, int) and fixed > 0 else None
 
 
 def _samples(feed: Mapping[str, np.ndarray], model: Model) -> int | None:
