@@ -167,3 +167,27 @@ def test_zero_gradient_and_empty_slice_are_reported_not_silent(tmp_path, capsys)
                  "--workers", "1", "--json"]) == 0
     out, err = capsys.readouterr()
     assert "the slice is empty" in json.loads(out)["warning"] and "lower --theta" in err
+
+
+def test_prune_and_quantize_fall_back_to_fd_when_gradients_are_unavailable(tmp_path, capsys):
+    import onnx
+
+    from onnxslice.cli import main
+
+    rng = np.random.default_rng(0)
+    net = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("LpNormalization", ["c"], ["n"], name="norm", axis=1),  # no VJP rule
+         helper.make_node("Flatten", ["n"], ["f"], name="flat"),
+         helper.make_node("MatMul", ["f", "fc"], ["y"], name="head")],
+        {"x": (np.float32, ["batch", 2, 4, 4])}, {"y": (np.float32, ["batch", 3])},
+        {"w": rng.normal(size=(8, 2, 3, 3)).astype(np.float32), "fc": rng.normal(size=(128, 3)).astype(np.float32)},
+    )
+    onnx.save_model(net, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(6, 2, 4, 4)).astype(np.float32))
+    m, d = str(tmp_path / "m.onnx"), str(tmp_path / "d.npz")
+    for argv in (["prune", m, "--ratio", "0.3", "--budget", "sensitivity", "--mode", "unstructured", "--repeats", "1"],
+                 ["quantize", m, "--avg-bits", "6"]):
+        assert main([*argv, "--data", d, "--out", str(tmp_path / "o.onnx"), "--json"]) == 0
+        err = capsys.readouterr().err
+        assert "falling back to 'fd'" in err and "LpNormalization" in err

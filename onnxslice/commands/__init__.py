@@ -9,7 +9,16 @@ from typing import Any
 
 from onnxslice.io import _default
 
-__all__ = ["add_common", "emit_json", "empty_slice_reason", "load_for_rewrite", "warn", "warn_if_zero"]
+__all__ = [
+    "add_common",
+    "criterion_or_fd",
+    "emit_json",
+    "empty_slice_reason",
+    "gradient_failure",
+    "load_for_rewrite",
+    "warn",
+    "warn_if_zero",
+]
 
 
 def add_common(p: argparse.ArgumentParser, *, model: bool = True, data: bool = False) -> None:
@@ -90,3 +99,33 @@ def load_for_rewrite(path: Any, verb: str, dequantize: bool) -> Any:
             f"{verb} its float view (weights dequantized), or start from the float model"
         )
     return model
+
+
+def gradient_failure(name: str, model: Any, output: str | None = None) -> str | None:
+    """Why gradient criterion ``name`` cannot run on ``model`` (None when it can)."""
+    from onnxslice.errors import UnsupportedOpError
+    from onnxslice.sensitivity import get_criterion
+    from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
+
+    if name not in GRADIENT_CRITERIA and not get_criterion(name).needs_gradients:
+        return None
+    try:
+        from onnxslice.grad import GradientEngine
+
+        GradientEngine(model, exact=True, output=output)
+    except ImportError:
+        return "the gradient engine is not part of this build"
+    except UnsupportedOpError as e:
+        return str(e)
+    return None
+
+
+def criterion_or_fd(verb: str, model: Any, criterion: str, output: str | None = None) -> str:
+    """``criterion``, or the black-box ``fd`` when it needs gradients the model cannot give (said on stderr),
+    as ``rank`` does."""
+    why = gradient_failure(criterion, model, output)
+    if why is None:
+        return criterion
+    sys.stderr.write(f"onnxslice {verb}: criterion '{criterion}' needs gradients, which are unavailable ({why}); "
+                     "falling back to 'fd'\n")
+    return "fd"

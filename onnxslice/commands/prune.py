@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxslice.commands import DEQUANTIZE_HELP, emit_json, load_for_rewrite
+from onnxslice.commands import DEQUANTIZE_HELP, criterion_or_fd, emit_json, load_for_rewrite
 from onnxslice.errors import OnnxSliceError, PlanError
 from onnxslice.table import format_table
 
@@ -61,7 +61,8 @@ def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
     if data is None and args.criterion != "weight":
         raise PlanError(f"--budget sensitivity with criterion '{args.criterion}' needs --data (or --scores FILE)")
     extra = {"output": args.output} if args.output else {}
-    return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples,
+    crit = criterion_or_fd("prune", model, args.criterion, args.output) if args.criterion != "weight" else "weight"
+    return sensitivity_scores(model, data, crit, args.reduction, samples=args.samples,
                               target=args.target[0] if args.target else "pred", **extra)
 
 

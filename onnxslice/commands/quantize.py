@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from onnxslice.commands import DEQUANTIZE_HELP, add_common, emit_json, load_for_rewrite
+from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import Model
@@ -65,11 +65,13 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
             f"planning by '{args.criterion}' needs --data (or use --criterion weight, --scores FILE or --plan FILE)"
         )
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
+    crit = args.criterion if is_oracle(args.criterion) else criterion_or_fd("quantize", model, args.criterion,
+                                                                              args.output)
     options: dict[str, Any] = {} if is_oracle(args.criterion) else {
         "steps": args.steps, "noise_samples": args.steps, "target": args.target,
         **({"output": args.output} if args.output else {})}
     return quantization_scores(
-        model, calib, args.criterion, args.reduction, samples=args.samples, block_size=args.block_size,
+        model, calib, crit, args.reduction, samples=args.samples, block_size=args.block_size,
         use_matmul_nbits=not args.no_matmul_nbits, **options,
     )
 

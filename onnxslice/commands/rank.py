@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
-from onnxslice.errors import DataError, UnsupportedOpError
+from onnxslice.commands import gradient_failure as _gradient_failure
+from onnxslice.errors import DataError
 from onnxslice.table import format_table
 
 NAME = "rank"
@@ -43,24 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=8, help="ground-truth draws per layer")
     p.add_argument("--gt-data", help="data for the ground truth (default: --data)")
     p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON)")
-
-
-def _gradient_failure(name: str, model: Any, output: str | None = None) -> str | None:
-    """Why gradient criterion ``name`` cannot run on ``model`` (None when it can)."""
-    from onnxslice.sensitivity import get_criterion
-    from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
-
-    if name not in GRADIENT_CRITERIA and not get_criterion(name).needs_gradients:
-        return None
-    try:
-        from onnxslice.grad import GradientEngine
-
-        GradientEngine(model, exact=True, output=output)
-    except ImportError:
-        return "the gradient engine is not part of this build"
-    except UnsupportedOpError as e:
-        return str(e)
-    return None
 
 
 def _score(model: Any, args: argparse.Namespace, name: str, reduction: str) -> Any:
