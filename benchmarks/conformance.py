@@ -208,18 +208,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md-out", default=str(ROOT / "docs" / "conformance.md"),
                    help="where to write the Markdown table (default docs/conformance.md)")
     p.add_argument("--no-save", action="store_true", help="print only")
+    p.add_argument("--keep-previous", action="store_true",
+                   help="keep the cells of models not run now from the existing --json-out (e.g. a --full run of the "
+                        "large models, then the small ones); off by default")
     args = p.parse_args(argv)
     os.environ.setdefault("ONNXSLICE_PROGRESS", "0")
     models = args.models.split(",") if args.models else conformance.names(small_only=not args.full)
     verbs = args.verbs.split(",") if args.verbs else list(VERBS)
     t0 = time.time()
     cells = run_matrix(models, verbs)
+    seconds = time.time() - t0
+    if args.keep_previous and Path(args.json_out).exists():
+        old = json.loads(Path(args.json_out).read_text())
+        kept = [Cell(**c) for c in old["cells"] if c["model"] not in models and c["verb"] in verbs]
+        order = {n: i for i, n in enumerate(conformance.names())}
+        models = sorted({*models, *(c.model for c in kept)}, key=lambda n: order.get(n, len(order)))
+        cells = sorted([*cells, *kept], key=lambda c: order.get(c.model, len(order)))
+        seconds += float(old.get("seconds", 0.0))
     tab = table(cells, models, verbs)
     s = summary(cells)
     print()
     print(tab)
     print(f"\n{s['cells']} cells: {s['ok']} ok, {s['refused']} refused, {s['FAIL']} FAIL "
-          f"({100 * s['ok_fraction']:.1f}% ok) in {time.time() - t0:.0f}s")
+          f"({100 * s['ok_fraction']:.1f}% ok) in {seconds:.0f}s")
     if not args.no_save:
         entries = {e.name: {"source": e.source, "licence": e.licence, "kind": e.kind, "small": e.small,
                             "options": " ".join([*(["--target", e.target] if e.target else []),
@@ -227,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  *(f"{a} (prune, quantize)" for a in e.rewrite_args)])}
                    for e in conformance.ENTRIES if e.name in models}
         res = {"summary": s, "models": entries, "verbs": verbs, "cells": [asdict(c) for c in cells],
-               "seconds": round(time.time() - t0, 1),
+               "seconds": round(seconds, 1),
                "machine": "2 shared CPU cores (eight sessions at once), onnxruntime CPU provider"}
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
-        _write_md(Path(args.md_out), tab, s, entries, args.full)
+        _write_md(Path(args.md_out), tab, s, entries, args.full or any(not e["small"] for e in entries.values()))
     return 0 if s["FAIL"] == 0 else 1
 
 
