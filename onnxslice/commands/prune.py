@@ -74,7 +74,8 @@ def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
         return Slice.load(args.slice_file)
     if data is None or not args.target:
         raise PlanError("--budget slice needs --slice S.npz (from `onnxslice slice`) or --data with --target class:K")
-    return class_slice(model, data, args.target, samples=args.samples, theta=args.theta)
+    return class_slice(model, data, args.target, samples=args.samples, theta=args.theta,
+                       **({"output": args.output} if args.output else {}))
 
 
 def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
