@@ -111,6 +111,12 @@ refuses(
     "contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: _rank_over(m, n.input(0), 2)
 )
 refuses("contributions", "Pow", "a data-dependent exponent", computed(1))
+refuses(
+    "contributions",
+    "ReduceMean ReduceSum ReduceMax ReduceMin",
+    "a reduction over the sample axis 0 (or the channel axis at channel level)",
+    lambda n, m: True if 0 in (n.attr("axes") or [1]) else None if n.attr("axes") is None else False,
+)
 
 
 def declared(capability: str, op_type: str, domain: str = "") -> list[str]:

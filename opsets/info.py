@@ -71,6 +71,10 @@ _reg(
 _reg("Clip", OpInfo("elementwise"))  # its bounds (inputs from opset 11) get cotangents: vjp/clip.py
 _reg("Add Sub Mul Div Pow Max Min Mean Sum", OpInfo("binary"))
 _reg("Mod", OpInfo("binary"), since=10)
+_reg("CumSum", OpInfo("other", non_differentiable=(1,)), since=11)
+_reg("Trilu", OpInfo("layout", non_differentiable=(1,), layout_only=True), since=14)
+_reg("LpNormalization", OpInfo("norm"))
+_reg("ScatterND", OpInfo("layout", non_differentiable=(1,)), since=11)
 _reg("Equal Greater Less GreaterOrEqual LessOrEqual And Or Xor", OpInfo("binary"))
 _reg("Where", OpInfo("binary", non_differentiable=(0,)))
 _reg("Identity Flatten Transpose", OpInfo("layout", layout_only=True))

@@ -32,7 +32,7 @@ __all__ = [
 BITS = {"int4": 4, "int8": 8, "fp16": 16, "fp32": 32}
 PRECISIONS = tuple(BITS)
 #: Layer op types whose weight can be stored in reduced precision.
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
 def check_precision(name: object, where: str = "") -> str:
@@ -90,6 +90,8 @@ def layout(model: Model, layer: Layer) -> WeightLayout:
     axis = layer.out_axis
     if len(shape) == 2:
         return WeightLayout(axis, (shape[0], shape[1]), 1 - axis)
+    if layer.op_type in ("LSTM", "GRU", "RNN"):  # W [D, G*H, I]: a row per gate neuron, blocks run over I
+        return WeightLayout(axis, (shape[0] * shape[1], shape[2]), 1)
     if axis == len(shape) - 1:  # [..., N]: blocks run over the flattened leading axes
         return WeightLayout(axis, (int(np.prod(shape[:-1])), shape[-1]), 0)
     if axis == 0:  # Conv [O, I, k...]: blocks run over I*k...

@@ -43,6 +43,12 @@ def _deferred(node: Node, err: UnsupportedOpError) -> Any:
     return rule
 
 
+def _straight_through(model: Model, name: str) -> bool:
+    """Whether ``name`` is an integer value of a quantize op that CONTRIB crosses (it holds no neurons)."""
+    producer = model.producer(name)
+    return producer is not None and bool(getattr(model.info(producer), "straight_through", False))
+
+
 def _add(table: dict[str, np.ndarray], name: str, inc: np.ndarray) -> None:
     cur = table.get(name)
     if cur is None:
@@ -101,7 +107,7 @@ def backward(
             ) from e
         for i, inc in res.inputs.items():
             name = node.inputs[i]
-            if name in deltas:
+            if name in deltas or _straight_through(model, name):
                 _add(live, name, inc)
         for i, inc in res.synapses.items():
             name = node.inputs[i]

@@ -55,8 +55,9 @@ def _structural(ctx: ContribContext) -> set[int]:
     return set(info.non_differentiable) if info is not None else set()
 
 
-def _eval_maps(ctx: ContribContext, group: int) -> tuple[list[np.ndarray], list[int], list[tuple[int, ...]]]:
-    """Run the node on index tensors whose batch axis has ``group`` samples.
+def _eval_maps(ctx: ContribContext, group: int | None) -> tuple[list[np.ndarray], list[int], list[tuple[int, ...]]]:
+    """Run the node on index tensors whose batch axis has ``group`` samples (``None``: the recorded shapes,
+    for values whose axis 0 is not the samples, such as one part of a stacked ``[3, N, ...]`` qkv).
 
     Returns, per output, the source id (1-based over the concatenated data inputs, 0 = none) of each
     element; per input, its offset; per data input, the shape of one group.
@@ -78,7 +79,7 @@ def _eval_maps(ctx: ContribContext, group: int) -> tuple[list[np.ndarray], list[
         if x is None:
             continue
         if dx is not None:
-            shape = (group, *x.shape[1:])
+            shape = tuple(x.shape) if group is None else (group, *x.shape[1:])
             feeds[name] = np.arange(total + 1, total + 1 + int(np.prod(shape)), dtype=np.float64).reshape(shape)
             shapes[i] = shape
             total += int(np.prod(shape))
@@ -119,7 +120,7 @@ def _maps(ctx: ContribContext) -> _Maps:
         ),
     )
     failure = ""
-    for group in (bsz, 1):
+    for group in (bsz, 1, None):
         k = (*key, group)
         if k in _CACHE:
             _CACHE.move_to_end(k)
@@ -129,8 +130,9 @@ def _maps(ctx: ContribContext) -> _Maps:
         except Exception as e:  # the reference evaluator raises many types; report the last one
             failure = f"{type(e).__name__}: {e}"
             continue
-        if all(m.shape == (group, *y.shape[1:]) for m, y in zip(maps, ctx.y, strict=True)):
-            _CACHE[k] = (maps, offsets, shapes, group)
+        want = [y.shape if group is None else (group, *y.shape[1:]) for y in ctx.y]
+        if all(m.shape == w for m, w in zip(maps, want, strict=True)):
+            _CACHE[k] = (maps, offsets, shapes, bsz if group is None else group)
             if len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
             return _CACHE[k]

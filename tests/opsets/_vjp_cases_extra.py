@@ -290,6 +290,32 @@ def extra_cases() -> list[Case]:
             name="per-axis",
         ),
         Case("Mod", [X(2, 3, 4), ("w", np.array([0.7, -0.9, 1.3, 0.8]))], {"fmod": 1}, gen="away", name="fmod"),
+        Case("Mish", [X(2, 3, 4)], opset=18),
+        Case("Celu", [X(2, 3, 4)], {"alpha": 0.7}, opset=12, gen="away"),
+        Case("ThresholdedRelu", [X(2, 3, 4)], {"alpha": 0.3}, opset=10, gen="spaced"),
+        Case("GatherElements", [X(3, 4), ("i", np.array([[0, 2, 2, 1], [1, 0, -1, 0]]))], {"axis": 0}, opset=13),
+        Case("GatherND", [X(2, 3, 4), ("i", np.array([[0, 1], [1, 2], [0, 1]]))], opset=13),
+        Case("GatherND", [X(2, 3, 4), ("i", np.array([[1], [0]]))], {"batch_dims": 1}, opset=13, name="batch-dims"),
+        Case("CumSum", [X(2, 3, 4), ("i", np.array(1))], opset=14),
+        Case("CumSum", [X(2, 3, 4), ("i", np.array(-1))], {"exclusive": 1, "reverse": 1}, opset=14, name="excl-rev"),
+        Case("Trilu", [X(2, 4, 5), ("i", np.array(1))], opset=14),
+        Case("Trilu", [X(2, 4, 5)], {"upper": 0}, opset=14, name="lower"),
+        Case("LpNormalization", [X(2, 3, 4)], {"axis": 1}, opset=13),
+        Case("LpNormalization", [X(2, 3, 4)], {"axis": -1, "p": 1}, opset=13, gen="away", name="l1"),
+        Case("TopK", [X(2, 3, 5), ("i", np.array([2]))], {"axis": -1}, opset=11, outputs=2, gen="spaced"),
+        Case(
+            "TopK",
+            [X(2, 5, 3), ("i", np.array([2]))],
+            {"axis": 1, "largest": 0},
+            opset=11,
+            outputs=2,
+            gen="spaced",
+            name="smallest",
+        ),
+        Case("ScatterND", [X(4, 3), ("i", np.array([[1], [3]])), X(2, 3)], opset=13),
+        Case(
+            "ScatterND", [X(4, 3), ("i", np.array([[0, 1], [2, 2]])), X(2)], {"reduction": "add"}, opset=16, name="add"
+        ),
     ]
     return _RECURRENT + _RESIZE + _EINSUM + _MORE
 

@@ -508,7 +508,7 @@ def test_contrib_conv_channel_level_matches_reference():
 
 def test_contrib_missing_rule_names_op():
     proto = make_model(
-        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("LpNormalization", ["h"], ["y"], axis=1)],
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("MeanVarianceNormalization", ["h"], ["y"], axes=[1])],
         {"x": (np.float32, ["N", 4])},
         {"y": (np.float32, ["N", 4])},
     )
@@ -517,7 +517,7 @@ def test_contrib_missing_rule_names_op():
     values = Recorder(model, "all", "cpu").run({"x": x})
     values["x"] = x
     prof = Profile({k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}, 1, model.fingerprint)
-    with pytest.raises(UnsupportedOpError, match="LpNormalization") as e:
+    with pytest.raises(UnsupportedOpError, match="MeanVarianceNormalization") as e:
         backward(model, values, deltas(prof, values), {"y": np.ones((2, 4), np.int32)}, BackwardOptions())
     assert e.value.capability == "contributions"
 

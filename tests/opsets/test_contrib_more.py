@@ -359,3 +359,119 @@ def test_contrib_product_chunking_does_not_change_tables() -> None:
     n2, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA, chunk=10))
     for k in ("a", "b"):
         np.testing.assert_array_equal(n1[k], n2[k])
+
+
+@pytest.mark.parametrize("attrs", [{}, {"exclusive": 1, "reverse": 1}], ids=str)
+def test_contrib_cumsum_matches_naive(attrs) -> None:
+    node = helper.make_node("CumSum", ["x", "axis"], ["y"], **attrs)
+    model, _, values, d, seeds, neurons, _ = _run(node, (3, 4), (3, 4), {"axis": np.array(1, np.int64)})
+    ref = _naive(_linear_map(model, (3, 4)), d, seeds, values, theta=False)
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_array_equal(neurons["x"], ref)
+
+
+def test_contrib_trilu_routes_contrib() -> None:
+    node = helper.make_node("Trilu", ["x", "k"], ["y"], upper=0)
+    _, _, _, _, seeds, neurons, _ = _run(node, (3, 4), (3, 4), {"k": np.array(1, np.int64)})
+    np.testing.assert_array_equal(neurons["x"], (seeds["y"] * np.tril(np.ones((3, 4)), 1)).sum(axis=0))
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "inits", "local"),
+    [
+        (
+            "GroupNormalization",
+            {"num_groups": 2},
+            {"s": np.array([1.0, -2.0, 0.5, -1.0], np.float32), "b": np.zeros(4, np.float32)},
+            np.array([1.0, -1.0, 1.0, -1.0]).reshape(4, 1, 1),
+        ),
+        ("LpNormalization", {"axis": 1}, {}, np.ones((4, 1, 1))),
+    ],
+    ids=["GroupNormalization", "LpNormalization"],
+)
+def test_contrib_one_to_one_norms(op, attrs, inits, local) -> None:
+    node = helper.make_node(op, ["x", *inits], ["y"], **attrs)
+    opset_node = node
+    model = load(
+        make_model(
+            [opset_node], {"x": (np.float32, ["N", 4, 2, 3])}, {"y": (np.float32, ["N", 4, 2, 3])}, inits, opset=21
+        )
+    )
+    x = RNG.standard_normal((2, 4, 2, 3)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: (0.5 * RNG.standard_normal(v.shape[1:])).astype(np.float32) for k, v in values.items()},
+        1,
+        model.fingerprint,
+    )
+    d = deltas(prof, values)
+    seeds = {"y": RNG.integers(-2, 3, size=(2, 4, 2, 3)).astype(np.int32)}
+    neurons, _ = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    expected = (np.sign(seeds["y"]) * np.sign(d["y"]) * np.sign(local * d["x"])).astype(np.int64).sum(axis=0)
+    np.testing.assert_array_equal(neurons["x"], expected)
+
+
+def test_contrib_crosses_quantize_dequantize_pairs() -> None:
+    w = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["h", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    inits = {"w": w, "s": np.array(0.05, np.float32), "z": np.array(128, np.uint8)}
+    model = load(make_model(nodes, {"x": (np.float32, ["N", 2, 4, 4])}, {"y": (np.float32, ["N", 3, 4, 4])}, inits))
+    x = RNG.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: np.zeros(v.shape[1:], np.float32) for k, v in values.items() if v.dtype == np.float32}, 1, model.fingerprint
+    )
+    d = deltas(prof, values)
+    assert "q" not in d  # the integer value holds no neurons
+    seeds = {"y": RNG.integers(-2, 3, size=(2, 3, 4, 4)).astype(np.int32)}
+    neurons, synapses = backward(model, values, d, seeds, BackwardOptions(theta=THETA))
+    np.testing.assert_array_equal(neurons["h"], seeds["y"].sum(axis=0))  # element n of y is element n of h
+    assert "q" not in neurons and np.abs(synapses["w"]).sum() > 0 and np.abs(neurons["x"]).sum() > 0
+
+
+def test_contrib_routing_when_axis0_is_not_the_samples() -> None:
+    """Split of a stacked [3, N, ...] value then Squeeze (attention's qkv): the map uses the recorded shapes."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0, 2]),
+        helper.make_node("Split", ["t"], ["a", "b", "c"], axis=0, num_outputs=3),
+        helper.make_node("Squeeze", ["b", "ax"], ["y"]),
+    ]
+    inits = {"shape": np.array([-1, 3, 2], np.int64), "ax": np.array([0], np.int64)}
+    model = load(make_model(nodes, {"x": (np.float32, ["N", 6])}, {"y": (np.float32, ["N", 2])}, inits, opset=18))
+    x = RNG.standard_normal((4, 6)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile({k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}, 1, model.fingerprint)
+    seeds = {"y": RNG.integers(-2, 3, size=(4, 2)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions(theta=THETA))
+    expected = np.zeros((4, 6), np.int64)
+    expected[:, 2:4] = seeds["y"]  # y = x.reshape(N, 3, 2)[:, 1]
+    np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
+
+
+def test_contrib_topk_routes_to_the_selected_elements() -> None:
+    node = helper.make_node("TopK", ["x", "k"], ["y", "i"], axis=1)
+    model = load(
+        make_model(
+            [node],
+            {"x": (np.float32, ["N", 5])},
+            {"y": (np.float32, ["N", 2]), "i": (np.int64, ["N", 2])},
+            {"k": np.array([2], np.int64)},
+        )
+    )
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile(
+        {k: np.zeros(v.shape[1:], np.float32) for k, v in values.items() if v.dtype == np.float32}, 1, model.fingerprint
+    )
+    seeds = {"y": RNG.integers(-2, 3, size=(3, 2)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions(theta=THETA))
+    expected = np.zeros((3, 5), np.int64)
+    for b in range(3):
+        for j in range(2):
+            expected[b, int(np.argsort(-x[b])[j])] += seeds["y"][b, j]
+    np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))

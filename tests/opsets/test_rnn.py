@@ -199,3 +199,56 @@ def test_rnn_nodes_are_layers_with_gate_rows_as_channels() -> None:
     )
     (layer,) = load(proto).layers
     assert (layer.op_type, layer.weight, layer.bias, layer.out_axis, layer.out_channels) == ("LSTM", "W", "B", 1, 4 * h)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_rnn_exported_by_torch_gradients_match_autograd(kind: str, tmp_path) -> None:
+    """torch.onnx.export of a batch-first bidirectional recurrent net: the engine's input and weight gradients
+    equal torch autograd's (weights map through the exporter's own gate reordering)."""
+    from onnxslice.grad import GradientEngine
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = getattr(torch.nn, kind)(4, 5, batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(10, 3)
+
+        def forward(self, x: Any) -> Any:
+            y = self.rnn(x)[0]
+            return self.fc(y[:, -1])
+
+    net = Net().eval()
+    x = torch.randn(3, 6, 4)
+    path = tmp_path / "rnn.onnx"
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+        opset_version=14,
+        dynamo=False,
+    )
+    model = load(str(path))
+    assert [layer.op_type for layer in model.layers].count(kind) == 1
+    cot = np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32)
+    eng = GradientEngine(model, "cotangent", weights="all", exact=True, device="cpu")
+    g = eng(x.numpy(), cotangent=cot)
+    xt = x.clone().requires_grad_(True)
+    (net(xt) * torch.from_numpy(cot)).sum().backward()
+    np.testing.assert_allclose(g.inputs["x"], xt.grad.numpy(), rtol=2e-4, atol=2e-5)
+    fc_w = next(k for k in g.weights if g.weights[k].shape == (10, 3) or g.weights[k].shape == (3, 10))
+    got = g.weights[fc_w] if g.weights[fc_w].shape == (3, 10) else g.weights[fc_w].T
+    np.testing.assert_allclose(got, net.fc.weight.grad.numpy(), rtol=2e-4, atol=2e-5)
+    rnn_layer = next(layer for layer in model.layers if layer.op_type == kind)
+    w = g.weights[rnn_layer.weight]
+    ref = np.stack(
+        [
+            _reorder(net.rnn.weight_ih_l0.grad.numpy(), kind, 5),
+            _reorder(net.rnn.weight_ih_l0_reverse.grad.numpy(), kind, 5),
+        ]
+    )
+    np.testing.assert_allclose(w, ref, rtol=2e-4, atol=2e-5)

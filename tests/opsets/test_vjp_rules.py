@@ -100,7 +100,8 @@ def build(case: Case, dtype: type) -> tuple[onnx.ModelProto, dict[str, np.ndarra
     node = helper.make_node(case.op, names, outs, **case.attrs)
 
     def make(shapes: list[tuple[int, ...] | None]) -> onnx.ModelProto:
-        vis = [helper.make_tensor_value_info(o, out_type, s) for o, s in zip(outs, shapes, strict=True)]
+        types = [onnx.TensorProto.INT64 if case.op == "TopK" and k == 1 else out_type for k in range(len(outs))]
+        vis = [helper.make_tensor_value_info(o, t, s) for o, t, s in zip(outs, types, shapes, strict=True)]
         graph = helper.make_graph([node], case.id, graph_inputs, vis, inits)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)], ir_version=8)
 

@@ -73,3 +73,24 @@ def test_prune_plan_with_recurrent_layer_runs() -> None:
     pruned = prune(model, plan_pruning(model, 0.3))
     assert pruned.num_params < model.num_params
     assert [(v.name, v.shape) for v in pruned.outputs] == [(v.name, v.shape) for v in model.outputs]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
+def test_quantize_recurrent_layer_weight(precision: str) -> None:
+    from onnxslice.rewrite import quantize
+    from onnxslice.rewrite.weight_quant import fake_quantize
+
+    rng = np.random.default_rng(2)
+    model = osl.load(_net("GRU", rng))
+    layer = model.layer("rnn")
+    q = quantize(model, Plan("quantize", {"rnn": precision}))
+    onnx.checker.check_model(q.proto, full_check=True)
+    assert "W" not in q.initializer_names or q.initializer("W").dtype != np.float32 or precision == "fp16"
+    # the emitted graph computes exactly the fake-quantized weight: same outputs as the float model with it
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model.proto)
+    for t in ref.graph.initializer:
+        if t.name == "W":
+            t.CopyFrom(numpy_helper.from_array(fake_quantize(model, layer, precision), "W"))
+    x = rng.standard_normal((T, N, F)).astype(np.float32)
+    assert_models_close(osl.load(ref), q, {"x": x}, rtol=1e-4, atol=1e-5)
