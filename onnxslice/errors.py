@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DataError", "ModelError", "OnnxSliceError", "PlanError", "UnsupportedOpError"]
+__all__ = ["DataError", "ModelError", "OnnxSliceError", "PlanError", "QuantizedModelError", "UnsupportedOpError"]
 
 
 class OnnxSliceError(Exception):
@@ -19,6 +19,12 @@ class OnnxSliceError(Exception):
 
 class ModelError(OnnxSliceError):
     """The model cannot be loaded, or is not a valid ONNX graph."""
+
+
+class QuantizedModelError(ModelError):
+    """A pre-quantized model where a float model is needed (exit 3: unsupported model)."""
+
+    exit_code = 3
 
 
 class DataError(OnnxSliceError):

@@ -191,6 +191,14 @@ def _normalize(proto: onnx.ModelProto) -> list[str]:
         notes.append(f"{converted} Constant node(s) became initializers")
         if proto.ir_version < 4:  # initializers must be graph inputs before IR 4
             proto.ir_version = 4
+    init_names = {t.name for t in g.initializer}
+    listed = [i for i in g.input if i.name in init_names]
+    if listed:  # old exports (IR < 4) also list every initializer as a graph input; they are weights, not inputs
+        real = [i for i in g.input if i.name not in init_names]
+        del g.input[:]
+        g.input.extend(real)
+        proto.ir_version = max(proto.ir_version, 4)
+        notes.append(f"{len(listed)} initializer(s) listed as graph inputs are weights, not inputs (old export)")
     seen: set[str] = set()
     renamed = 0
     for i, node in enumerate(g.node):
@@ -640,6 +648,7 @@ def load(
     *,
     check: bool = True,
     infer_shapes: bool = True,
+    dequantize: bool | str = False,
 ) -> Model:
     """Load, validate and normalize an ONNX model.
 
@@ -648,6 +657,9 @@ def load(
             (copied, never modified), or serialized bytes.
         check: run the ONNX checker.
         infer_shapes: run ONNX shape inference so every intermediate value has a type.
+        dequantize: load a pre-quantized model's float view (:mod:`onnxslice.dequantize`): integer ops
+            become float ops on dequantized weights; a float model is unchanged. ``"strip"`` also removes
+            the quantize-dequantize pairs of activations (the float model the rewrites edit).
 
     Returns:
         The normalized :class:`Model`.
@@ -676,6 +688,10 @@ def load(
     if check:
         _check(proto, where)
     notes = _normalize(proto)
+    if dequantize:
+        from onnxslice.dequantize import float_view
+
+        notes += float_view(proto, "strip" if dequantize == "strip" else "keep")
     if infer_shapes:
         proto = _infer(proto, where)
     return Model(proto, path.resolve() if path else None, notes)

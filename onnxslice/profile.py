@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class Profile:
         fingerprint: structure hash of the profiled model (see ``Model.fingerprint``).
         data: the data spec it was computed on.
         weights: weights hash of the profiled model (``Model.weights_fingerprint``; empty in old files).
+        axes: the sample axis of values whose samples are not on axis 0 (time-first ``[T, N, ...]``
+            values of recurrent nets); ``mean`` is over that axis.
     """
 
     mean: dict[str, np.ndarray]
@@ -48,6 +50,11 @@ class Profile:
     fingerprint: str
     data: str = ""
     weights: str = ""
+    axes: dict[str, int] = field(default_factory=dict)
+
+    def axis(self, value: str) -> int:
+        """The sample axis of ``value`` (0 unless the value is time-first)."""
+        return self.axes.get(value, 0)
 
     def channel(self, value: str) -> np.ndarray:
         """Channel-level mean of ``value`` (axis 1 of the batched value)."""
@@ -74,7 +81,7 @@ class Profile:
             path,
             {f"mean/{k}": v for k, v in self.mean.items()},
             {"kind": "Profile", "count": self.count, "fingerprint": self.fingerprint, "data": self.data,
-             "weights": self.weights},
+             "weights": self.weights, "axes": self.axes},
         )
 
     @classmethod
@@ -104,6 +111,7 @@ class Profile:
             str(meta["fingerprint"]),
             str(meta.get("data", "")),
             str(meta.get("weights", "") or ""),
+            {str(k): int(v) for k, v in (meta.get("axes") or {}).items()},
         )
 
     def summary(self) -> list[dict[str, Any]]:
@@ -137,7 +145,7 @@ def profile(
     Args:
         model: the model.
         data: a Dataset, a data spec string, a mapping of arrays, or one array.
-        batch_size: samples per onnxruntime run (a model with a fixed batch of 1 runs one by one).
+        batch_size: samples per unit (a model with a fixed batch runs in whole batches of its size).
         values: value names or ``"all"`` float node outputs with a sample axis.
         device: onnxruntime device.
         show_progress: draw a progress bar on stderr (default: when stderr is a terminal).
@@ -155,15 +163,24 @@ def profile(
         raise DataError("cannot profile on an empty data set")
     wanted = recordable_values(model) if values == "all" else list(values)
     rec = Recorder(model, wanted, device)
+    from onnxslice.targets import symbolic_batch_axis
+
     sums: dict[str, np.ndarray] = {}
+    axes: dict[str, int] = {}
     total = 0
     batches = rec.iter_batches(feed, batch_size)
-    nb = -(-n // (rec.fixed_batch or batch_size))
+    step = max(rec.fixed_batch, batch_size - batch_size % rec.fixed_batch) if rec.fixed_batch else batch_size
+    nb = -(-n // step)
     for size, chunk, out in progress(batches, nb, "profile", show_progress):
         for key, arr in [*chunk.items(), *out.items()]:
-            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or arr.shape[0] != size:
+            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim == 0 or size not in arr.shape:
                 continue  # shapes, indices and batch-independent values have no neurons
-            s = arr.sum(axis=0, dtype=np.float64)
+            if key not in axes:  # the sample axis: where the input's batch went (time-first values), else 0
+                sym = symbolic_batch_axis(model, key, tuple(arr.shape))
+                axes[key] = sym if sym is not None and arr.shape[sym] == size else 0
+            if arr.shape[axes[key]] != size:
+                continue
+            s = arr.sum(axis=axes[key], dtype=np.float64)
             if key in sums:
                 if sums[key].shape != s.shape:
                     raise DataError(f"value '{key}' changes shape between batches; profile with one batch size")
@@ -176,4 +193,5 @@ def profile(
         if not np.all(np.isfinite(v)):
             raise DataError(f"the mean activation of '{k}' is not finite (NaN/Inf): the data drive the model out of "
                             "float32 range; check the data's scale")
-    return Profile(mean, total, model.fingerprint, name, model.weights_fingerprint)
+    return Profile(mean, total, model.fingerprint, name, model.weights_fingerprint,
+                   {k: a for k, a in axes.items() if a and k in mean})

@@ -31,6 +31,7 @@ __all__ = [
     "Trace",
     "as_feed",
     "cuda_usable",
+    "fixed_batch_of",
     "make_session",
     "max_ort_ir_version",
     "record",
@@ -210,7 +211,7 @@ def validate_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, np.nda
                     f"the model expects {vi.describe()} (rank {len(vi.shape)})"
                 )
             for axis, (got, dim) in enumerate(zip(arr.shape, vi.shape, strict=True)):
-                if isinstance(dim, int) and dim > 0 and got != dim and not (axis == 0 and dim == 1):
+                if isinstance(dim, int) and dim > 0 and got != dim and axis != 0:
                     raise DataError(
                         f"input '{name}' has shape {list(arr.shape)}; the model expects "
                         f"{vi.describe()} (axis {axis} must be {dim})"
@@ -326,8 +327,7 @@ class Recorder:
         self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device)
         self.device = _session_device(self.session)
         self._refuse_non_tensors()
-        fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
-        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+        self.fixed_batch = fixed_batch_of(model)
 
     def _refuse_non_tensors(self) -> None:
         """A Trace holds arrays: a recorded value that is a sequence or a map (ZipMap) is refused here,
@@ -350,6 +350,7 @@ class Recorder:
         *,
         validated: bool = False,
         weights: Mapping[str, np.ndarray] | None = None,
+        samples: int | None = None,
     ) -> dict[str, np.ndarray]:
         """One onnxruntime run on a batch; returns value -> array.
 
@@ -357,6 +358,8 @@ class Recorder:
             inputs: model inputs (validated unless ``validated``).
             validated: skip validation (inputs come from :func:`validate_inputs`).
             weights: new values for some of the swappable ``weight_inputs``.
+            samples: how many samples the inputs hold (default: the first data input's leading size); with
+                it, the inputs whose leading size is ``samples`` carry samples (a sub-model's boundary).
         """
         feed = dict(inputs) if validated else validate_inputs(self.model, inputs)
         if weights:
@@ -374,11 +377,47 @@ class Recorder:
                 if w.shape != ref.shape:
                     raise DataError(f"weight '{name}' must have shape {list(ref.shape)}, got {list(w.shape)}")
                 feed[name] = np.ascontiguousarray(w, dtype=ref.dtype)
+        n = samples if samples is not None else _samples(feed, self.model)
+        if self.fixed_batch is not None and n is not None and n != self.fixed_batch:
+            keys = ({k for k, v in feed.items() if np.ndim(v) and np.shape(v)[0] == n} if samples is not None
+                    else set(self.model.input_names))
+            return self._run_fixed(feed, n, self.fixed_batch, keys)
         try:
             res = self.session.run(self.values, feed)
         except Exception as e:
             raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
         return dict(zip(self.values, res, strict=True))
+
+    def _run_fixed(self, feed: dict[str, np.ndarray], n: int, b: int, data: set[str]) -> dict[str, np.ndarray]:
+        """Run a model whose batch is fixed to ``b`` on ``n`` samples: chunks of ``b``, the last one padded
+        by repeating its last sample, the padding cut off again along each value's sample axis."""
+        parts: list[tuple[int, dict[str, np.ndarray]]] = []
+        for s in range(0, n, b):
+            chunk = {}
+            for k, v in feed.items():
+                if k in data and v.ndim:
+                    part = v[s : s + b]
+                    if len(part) < b:
+                        part = np.concatenate([part, np.repeat(part[-1:], b - len(part), axis=0)])
+                    chunk[k] = part
+                else:
+                    chunk[k] = v
+            try:
+                res = self.session.run(self.values, chunk)
+            except Exception as e:
+                raise OnnxSliceError(f"onnxruntime failed on this model: {e}") from e
+            parts.append((min(b, n - s), dict(zip(self.values, res, strict=True))))
+        out: dict[str, np.ndarray] = {}
+        for name in self.values:
+            first = parts[0][1][name]
+            axis = _fixed_axis(first.shape, b)
+            if axis is None:
+                out[name] = first  # batch-independent (shapes, constants)
+                continue
+            out[name] = np.concatenate(
+                [np.take(p[name], np.arange(keep), axis=axis) for keep, p in parts], axis=axis
+            )
+        return out
 
     def iter_batches(
         self,
@@ -388,14 +427,38 @@ class Recorder:
     ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """Validate once, then yield ``(n, batch_inputs, recorded)`` per batch.
 
-        A model whose batch axis is fixed to 1 runs sample by sample.
+        A model whose batch axis is fixed (to 1, 4, ...) runs in batches of that size (see :meth:`run`).
         """
         feed = validate_inputs(self.model, inputs)
         n = len(next(iter(feed.values()))) if feed else 1
-        bs = self.fixed_batch or batch_size or n
+        bs = batch_size or n
+        if self.fixed_batch is not None:
+            bs = max(self.fixed_batch, bs - bs % self.fixed_batch)
         for s in range(0, n, bs):
             chunk = {k: v[s : s + bs] for k, v in feed.items()}
             yield len(next(iter(chunk.values()))), chunk, self.run(chunk, validated=True, weights=weights)
+
+
+def fixed_batch_of(model: Model) -> int | None:
+    """The batch size fixed by the model's first input shape (None when the batch axis is dynamic)."""
+    fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    return fixed if isinstance(fixed, int) and fixed > 0 else None
+
+
+def _samples(feed: Mapping[str, np.ndarray], model: Model) -> int | None:
+    """Samples in a feed: the leading size of the first data input that has an axis."""
+    for name in model.input_names:
+        v = feed.get(name)
+        if v is not None and np.ndim(v):
+            return int(np.shape(v)[0])
+    return None
+
+
+def _fixed_axis(shape: tuple[int, ...], b: int) -> int | None:
+    """The sample axis of a value recorded at fixed batch ``b`` (axis 0 first; None: no sample axis)."""
+    if b == 1:
+        return 0 if shape and shape[0] == 1 else None
+    return next((i for i, s in enumerate(shape) if s == b), None)
 
 
 def _merge(parts: list[dict[str, np.ndarray]], sizes: list[int]) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import add_common, emit_json, warn_if_zero
 from onnxslice.commands._types import positive_int
 from onnxslice.data import load_data, parse_samples
 from onnxslice.errors import DataError
@@ -25,8 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target",
         "-t",
         default="pred",
-        help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm",
+        help="pred (logit of the predicted class, default), class:K, loss (needs labelled data), output-norm, "
+        "value:NAME[idx]; any output layout (see docs/targets.md)",
     )
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--out", "-o", help="where to write the gradients (.npz; the suffix is added); omit to print the "
                    "table only")
     p.add_argument("--samples", help="which samples: START:STOP, an index or a comma list (default: all)")
@@ -41,17 +43,19 @@ def run(args: argparse.Namespace) -> int:
     outs.reads_model(args.model)
     outs.reads_data(args.data)
     path = outs.writes(args.out, "--out", suffix=".npz")
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     ds = load_data(args.data)
     ds = ds.subset(parse_samples(args.samples, len(ds)))
     weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")
-    engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact)
+    engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact,
+                            output=args.output)
     grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)
     bad = [k for k, v in [*grads.weights.items(), *grads.inputs.items(), ("target", grads.target_values)]
            if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
     if bad:
         raise DataError(f"the gradient of '{bad[0]}' is not finite (NaN/Inf): the data drive the model out of "
                         "float32 range; check the data's scale")
+    zero = warn_if_zero("grad", grads.target, [grads.weights, grads.inputs])
     outs.defer(path, grads.save)
     outs.commit()
     rows = grads.summary()
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 "mean_target": float(grads.target_values.mean()),
                 "layers": rows,
                 "inputs": {k: float((v**2).sum() ** 0.5) for k, v in grads.inputs.items()},
+                "warning": zero,
             }
         )
         return 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     outs.reads_model(args.model)
     outs.reads_data(args.data)
     path = outs.writes(args.out, "--out", suffix=".npz")
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     ds = load_data(args.data)
     prof = profile(model, ds, args.batch_size, device=args.device)
     outs.defer(path, prof.save)

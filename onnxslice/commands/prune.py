@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxslice.commands import emit_json
+from onnxslice.commands import DEQUANTIZE_HELP, criterion_or_fd, emit_json, load_for_rewrite
 from onnxslice.commands._types import fraction_half_open01, fraction_open01, positive_int
 from onnxslice.errors import PlanError
-from onnxslice.model import load
 from onnxslice.table import format_table
 
 NAME = "prune"
@@ -41,8 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "block on AVX-512) so that the speedup follows the FLOPs (default 1)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
-                   help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
-                        "the slice is computed over --data's samples of these classes")
+                   help="for --budget sensitivity: the criterion's target (default pred; class:K, loss, output-norm, "
+                        "value:NAME[idx]); for --budget slice without --slice: target classes (class:K, class:K1,K2; "
+                        "repeatable), the slice is computed over --data's samples of these classes")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--theta", type=fraction_open01, default=0.3,
                    help="NNSlicer theta when computing the slice (default 0.3)")
     p.add_argument("--plan", help="apply this plan JSON instead of planning (writes nothing else)")
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=20, help="latency repeats (median; default 20)")
     p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size of the latency runs (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
 
 def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
@@ -65,7 +67,10 @@ def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
         return scores
     if data is None and args.criterion != "weight":
         raise PlanError(f"--budget sensitivity with criterion '{args.criterion}' needs --data (or --scores FILE)")
-    return sensitivity_scores(model, data, args.criterion, args.reduction, samples=args.samples)
+    extra = {"output": args.output} if args.output else {}
+    crit = criterion_or_fd("prune", model, args.criterion, args.output) if args.criterion != "weight" else "weight"
+    return sensitivity_scores(model, data, crit, args.reduction, samples=args.samples,
+                              target=args.target[0] if args.target else "pred", **extra)
 
 
 def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
@@ -78,7 +83,8 @@ def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
         return sl
     if data is None or not args.target:
         raise PlanError("--budget slice needs --slice S.npz (from `onnxslice slice`) or --data with --target class:K")
-    return class_slice(model, data, args.target, samples=args.samples, theta=args.theta)
+    return class_slice(model, data, args.target, samples=args.samples, theta=args.theta,
+                       **({"output": args.output} if args.output else {}))
 
 
 def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
@@ -155,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     plan_path = outs.writes(args.save_plan, "--save-plan")
     if plan_path is not None:
         outs.writes(f"{plan_path}.npz", "--save-plan")  # unstructured plans keep their masks beside the JSON
-    model = load(src)
+    model = load_for_rewrite(src, "prune", args.dequantize)
     _check_tensor_outputs(model)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
@@ -166,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         feed = {v.name: np.zeros([d if isinstance(d, int) else 1 for d in (v.shape or [1])],
                                  dtype=v.dtype or np.float32) for v in model.inputs}
+    fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
+    if isinstance(fixed, int) and fixed > 0 and fixed != args.latency_batch:
+        args.latency_batch = fixed  # the model's batch is fixed: time it at that batch
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
     lat = paired_latency_ms([model, pruned], batch, args.repeats)
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])

@@ -11,11 +11,11 @@ import argparse
 import os
 from typing import Any
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite
 from onnxslice.commands._types import positive_float, positive_int
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
-from onnxslice.model import Model, load
+from onnxslice.model import Model
 from onnxslice.table import format_table
 
 NAME = "quantize"
@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "each layer alone (one pass over the data per layer)",
     )
     p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
+    p.add_argument("--target", "-t", default="pred",
+                   help="the SAfER criterion's target: pred (default), class:K, loss, output-norm, value:NAME[idx] "
+                        "(see docs/targets.md)")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--steps", type=positive_int, default=16,
                    help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws (default 16)")
     p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
@@ -51,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=positive_int, default=256,
                    help="samples used for scoring and calibration (default 256)")
     p.add_argument("--save-plan", help="also write the plan used (JSON; default: not written)")
+    p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
 
 def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
@@ -66,9 +71,13 @@ def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
             f"planning by '{args.criterion}' needs --data (or use --criterion weight, --scores FILE or --plan FILE)"
         )
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
-    options = {} if is_oracle(args.criterion) else {"steps": args.steps, "noise_samples": args.steps}
+    crit = args.criterion if is_oracle(args.criterion) else criterion_or_fd("quantize", model, args.criterion,
+                                                                              args.output)
+    options: dict[str, Any] = {} if is_oracle(args.criterion) else {
+        "steps": args.steps, "noise_samples": args.steps, "target": args.target,
+        **({"output": args.output} if args.output else {})}
     return quantization_scores(
-        model, calib, args.criterion, args.reduction, samples=args.samples, block_size=args.block_size,
+        model, calib, crit, args.reduction, samples=args.samples, block_size=args.block_size,
         use_matmul_nbits=not args.no_matmul_nbits, **options,
     )
 
@@ -129,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     out = outs.writes(args.out, "--out")
     plan_path = outs.writes(args.save_plan, "--save-plan")
     assert out is not None  # --out is required
-    model = load(args.model)
+    model = load_for_rewrite(args.model, "quantize", args.dequantize)
     ds = load_data(args.data) if args.data else None
     plan = _plan(args, model, ds)
     decisions = check_plan(model, plan)  # a bad plan stops here: nothing is written

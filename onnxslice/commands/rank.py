@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import gradient_failure as _gradient_failure
 from onnxslice.commands._types import fraction_open_closed01, nonneg_int, positive_int
-from onnxslice.errors import DataError, UnsupportedOpError
+from onnxslice.errors import DataError
 from onnxslice.table import format_table
 
 NAME = "rank"
@@ -30,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", "-c", default="wgrad",
                    help="weight, grad, wgrad, gradcampp, ig, gig, idgi, smoothgrad, vargrad, hsic, fd")
     p.add_argument("--reduction", "-r", default="linf", help="mean, percentile, l1, l2, linf")
-    p.add_argument("--target", default="pred", help="pred, class:K, loss, output-norm")
+    p.add_argument("--target", default="pred",
+                   help="pred (default), class:K, loss, output-norm, value:NAME[idx] (see docs/targets.md)")
+    p.add_argument("--output", default=None, help="the model output the target reads (default: the first output)")
     p.add_argument("--samples", type=positive_int, default=256,
                    help="calibration samples (the first ones; default 256)")
     p.add_argument("--steps", type=positive_int, default=16, help="path steps (ig, gig, idgi; default 16)")
@@ -49,30 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", help="write the chosen criterion's LayerScores (JSON; default: not written)")
 
 
-def _gradient_failure(name: str, model: Any) -> str | None:
-    """Why gradient criterion ``name`` cannot run on ``model`` (None when it can)."""
-    from onnxslice.sensitivity import get_criterion
-    from onnxslice.sensitivity.criteria import GRADIENT_CRITERIA
-
-    if name not in GRADIENT_CRITERIA and not get_criterion(name).needs_gradients:
-        return None
-    try:
-        from onnxslice.grad import GradientEngine
-
-        GradientEngine(model, exact=True)
-    except ImportError:
-        return "the gradient engine is not part of this build"
-    except UnsupportedOpError as e:
-        return str(e)
-    return None
-
-
 def _score(model: Any, args: argparse.Namespace, name: str, reduction: str, data: Any) -> Any:
     from onnxslice.sensitivity import sensitivity
 
     return sensitivity(model, data, name, reduction, args.target, samples=args.samples, steps=args.steps,
                        noise_samples=args.noise_samples, seed=args.seed, batch_size=args.batch_size,
-                       device=args.device, path=args.path)
+                       device=args.device, path=args.path, **({"output": args.output} if args.output else {}))
 
 
 def _parse_truths(text: str) -> list[tuple[str, str]]:
@@ -124,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     outs.reads_data(args.data)
     outs.reads_data(args.gt_data, "--gt-data")
     out_path = outs.writes(args.out, "--out")
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is ranked on its float view
     from onnxslice.data import load_data
     from onnxslice.record import validate_inputs
 
@@ -135,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         validate_inputs(model, gt_ds.subset(slice(0, 1)).bind(model))
     notes: list[str] = []
     chosen = args.criterion
-    why = _gradient_failure(chosen, model)
+    why = _gradient_failure(chosen, model, args.output)
     if why is not None:
         notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
         sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
@@ -147,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [k for k, v in scores.scores.items() if not np.isfinite(v)]
     if bad:
         raise DataError(f"criterion '{chosen}' gives layer '{bad[0]}' a non-finite score; check the data's scale")
+    if scores.scores and not any(float(v) for v in scores.scores.values()):
+        notes.append(f"every layer's score is zero (zero gradient of target '{args.target}': a dead output or "
+                     "saturated activations on these samples); try another --target, --output or more --samples")
+        sys.stderr.write(f"onnxslice rank: warning: {notes[-1]}\n")
     outs.defer(out_path, scores.save)
     report: dict[str, Any] = {"model": str(args.model), "criterion": chosen, "reduction": args.reduction,
                               "notes": notes, "scores": scores.to_dict(), "ranking": scores.ranking()}
@@ -156,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                                        samples=args.samples, seed=args.seed, device=args.device) for n, on in truths]
         report["ground_truth"] = [g.to_dict() for g in gts]
         for name in criteria_names():
-            reason = _gradient_failure(name, model)
+            reason = _gradient_failure(name, model, args.output)
             if reason is not None:
                 rows.append({"criterion": name, "note": f"skipped: {reason.splitlines()[0][:80]}"})
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import add_common, emit_json, empty_slice_reason, warn
 from onnxslice.commands._types import fraction_open01, positive_int
 from onnxslice.data import load_data
 from onnxslice.model import load
@@ -32,13 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-t",
         action="append",
         default=None,
-        help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...]; repeatable",
+        help="pred (default), class:K, class:K1,K2, value:NAME or value:NAME[i,j,...] (slices i:j allowed); "
+        "repeatable; any output layout (see docs/targets.md)",
     )
     p.add_argument("--theta", type=fraction_open01, default=0.3, help="significance threshold in (0, 1) (default 0.3)")
     p.add_argument("--granularity", choices=("element", "channel"), default="element")
     p.add_argument("--theta-denominator", choices=("raw", "delta"), default="raw", help="|y_n| (raw) or |dy_n|")
     p.add_argument("--theta-sum", choices=("signed", "abs"), default="signed", help="partial sums of w*dx or |w*dx|")
-    p.add_argument("--output", default=None, help="the output that pred/class targets refer to (default: first)")
+    p.add_argument("--output", default=None,
+                   help="the output (or value) that pred/class targets refer to (default: the first output)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="samples per unit of work (default 8)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument(
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     outs.reads_data(args.data)
     path = outs.writes(args.out, "--out", suffix=".npz")
     sliced_path = outs.writes(args.sliced_model, "--sliced-model")
-    model = load(args.model)
+    model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     prof = Profile.load(args.profile)
     prof.check_model(model, args.profile)
     ds = load_data(args.data)
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         device=args.device,
     )
+    empty = empty_slice_reason(s, args.theta)
+    if empty:
+        warn("slice", empty)
     outs.defer(path, s.save)
     sliced = None
     if sliced_path is not None:
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 "theta": s.theta,
                 "options": s.options,
                 "layers": s.per_layer(),
+                "warning": empty,
             }
         )
         return 0

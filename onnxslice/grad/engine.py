@@ -23,11 +23,11 @@ from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
 from onnxslice.record import Device, Recorder, as_feed, validate_inputs
+from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, logits_value, parse_target
 from onnxslice.walk import Walker
 
 from .fallback import finite_difference_rule
 from .result import Gradients
-from .targets import Target, parse_target
 
 __all__ = ["GradientEngine", "gradients", "logits_value"]
 
@@ -50,18 +50,6 @@ def _is_float(model: Model, value: str) -> bool | None:
     if vi is None or vi.dtype is None:
         return None
     return bool(np.issubdtype(vi.dtype, np.floating))
-
-
-def logits_value(model: Model, output: str) -> str:
-    """The input of the Softmax/LogSoftmax (through Identity) that computes ``output``, else ``output``."""
-    v = output
-    node = model.producer(v)
-    while node is not None and node.op_type == "Identity":
-        v = node.inputs[0]
-        node = model.producer(v)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain == "":
-        return node.inputs[0]
-    return output
 
 
 class GradientEngine:
@@ -92,7 +80,7 @@ class GradientEngine:
     def __init__(
         self,
         model: Model | str | onnx.ModelProto | Any,
-        target: str | Target = "pred",
+        target: str | TargetSpec = "pred",
         *,
         weights: str | Sequence[str] = "all",
         inputs: bool = True,
@@ -120,7 +108,12 @@ class GradientEngine:
             raise DataError("no output to differentiate was given")
         self.outputs = outs
         self.output = outs[0]
-        self.value = logits_value(m, self.output) if (logits and self.target.reads_logits) else self.output
+        self.bound = BoundTarget(m, self.target, self.output, logits=logits)
+        self.value = self.bound.value
+        if self.target.kind == "value" and m.producer(self.value) is None:
+            raise DataError(
+                f"target value '{self.value}' is not computed by a node of this model (see `onnxslice inspect`)"
+            )
         self.weight_names = self._weights(weights)
         self.input_names = [
             i.name for i in m.inputs if inputs and i.dtype is not None and np.issubdtype(i.dtype, np.floating)
@@ -138,6 +131,7 @@ class GradientEngine:
         self.record_values = sorted(v for v in record if v in produced)
         self.device: Device = device
         self._recorder: Recorder | None = None
+        self._cot_axes: dict[str, int] = {}
         self.layers = {
             layer.name: [layer.weight] + ([layer.bias] if layer.bias else [])
             for layer in m.layers
@@ -278,7 +272,9 @@ class GradientEngine:
         for size, chunk, vals in self.recorder.iter_batches(feed, batch_size, weights=w_over or None):
             sl = slice(start, start + size)
             start += size
-            cot = None if cots is None else {k: v[sl] for k, v in cots.items()}
+            cot = None if cots is None else {
+                k: np.take(v, np.arange(sl.start, sl.stop), axis=self._cot_axes[k]) for k, v in cots.items()
+            }
             f, wg, ig = self._batch(chunk, vals, w_over, None if lab is None else lab[sl], cot, per_sample)
             fparts.append(f)
             for k, v in wg.items():
@@ -365,22 +361,25 @@ class GradientEngine:
         for k, v in cots.items():
             if k not in self.outputs:
                 raise DataError(f"a cotangent for '{k}', which is not among the engine's outputs {self.outputs}")
-            if np.asarray(v).ndim == 0 or len(v) != n:
-                raise DataError(f"the cotangent of '{k}' must have {n} samples on axis 0")
+            if np.asarray(v).ndim == 0 or n not in np.shape(v):
+                raise DataError(f"the cotangent of '{k}' must have {n} samples on its output's sample axis")
+        self._cot_axes = {
+            k: BoundTarget(self.model, "cotangent", k).batch_axis(np.asarray(v), n) for k, v in cots.items()
+        }
         return {k: np.asarray(v) for k, v in cots.items()}
 
     def _seeds(
-        self, vals: dict[str, np.ndarray], labels: np.ndarray | None, cots: dict[str, np.ndarray] | None
+        self, vals: dict[str, np.ndarray], labels: np.ndarray | None, cots: dict[str, np.ndarray] | None, n: int
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if cots is None:
             if np.asarray(vals[self.value]).dtype.kind in _NO_GRAD_DTYPES:
                 raise DataError(f"value '{self.value}' is {vals[self.value].dtype}: it is not differentiable")
-            f, seed = self.target.seed(vals[self.value], labels=labels, name=self.value)
+            f, seed = self.bound.seed(vals[self.value], labels=labels, n=n)
             return f, {self.value: seed}
         total: np.ndarray | None = None
         seeds = {}
         for k, c in cots.items():
-            fk, seeds[k] = Target("cotangent").seed(vals[k], cotangent=c, name=k)
+            fk, seeds[k] = BoundTarget(self.model, "cotangent", k).seed(vals[k], cotangent=c, n=n)
             total = fk if total is None else total + fk
         assert total is not None
         return total, seeds
@@ -395,7 +394,7 @@ class GradientEngine:
         per_sample: bool,
     ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Target values, weight gradients and input gradients of one recorded batch."""
-        f, seed = self._seeds(vals, labels, cots)
+        f, seed = self._seeds(vals, labels, cots, len(next(iter(chunk.values()))) if chunk else 1)
         n = len(f)
         if per_sample:
             try:
@@ -424,10 +423,13 @@ class GradientEngine:
     ) -> dict[str, np.ndarray]:
         """Per-sample gradients by one backward pass per sample (when a node cannot batch them)."""
         parts: list[dict[str, np.ndarray]] = []
+        axes = {k: BoundTarget(self.model, "cotangent", k).batch_axis(v, n) if k in self.model.output_names
+                else batch_axis(self.model, [k, self.output], v.shape, n) for k, v in seed.items()}  # time-first seeds
         for i in range(n):
             ci = {k: v[i : i + 1] for k, v in chunk.items()}
             vi = self.recorder.run(ci, validated=True, weights=dict(w_over) or None)
-            parts.append(self._backward(ci, vi, w_over, {k: v[i : i + 1] for k, v in seed.items()}, 1, False))
+            si = {k: np.take(v, [i], axis=axes[k]) for k, v in seed.items()}
+            parts.append(self._backward(ci, vi, w_over, si, 1, False))
         out: dict[str, np.ndarray] = {}
         for k in parts[0]:
             if k in self.input_names:

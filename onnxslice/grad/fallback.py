@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from onnxslice.model import Model, Node
 
-__all__ = ["MAX_FD_RUNS", "finite_difference_rule", "one_node_model"]
+__all__ = ["MAX_FD_RUNS", "finite_difference_rule", "input_name", "one_node_model"]
 
 #: Refuse a finite-difference VJP that would take more onnxruntime runs than this per call.
 MAX_FD_RUNS = 200_000
@@ -31,12 +31,20 @@ MAX_FD_RUNS = 200_000
 def one_node_model(
     model: Model, node: Node, in_types: Sequence[np.dtype | None], out_types: Sequence[np.dtype | None]
 ) -> onnx.ModelProto:
-    """A model holding ``node`` alone, every (present) input a graph input, every output a graph output."""
+    """A model holding ``node`` alone, every (present) input a graph input, every output a graph output.
+
+    Inputs are renamed by position (:func:`input_name`), so a value that feeds two inputs of the node
+    (an LSTM's initial h and c) is two graph inputs, perturbed separately.
+    """
     proto = model.proto.graph.node
-    src = next(n for n in proto if n.name == node.name)
+    src = onnx.NodeProto()
+    src.CopyFrom(next(n for n in proto if n.name == node.name))
+    for k, name in enumerate(src.input):
+        if name:
+            src.input[k] = input_name(k)
     ins = [
-        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dt), None)
-        for name, dt in zip(node.inputs, in_types, strict=True)
+        helper.make_tensor_value_info(input_name(k), helper.np_dtype_to_tensor_dtype(dt), None)
+        for k, (name, dt) in enumerate(zip(node.inputs, in_types, strict=True))
         if name and dt is not None
     ]
     outs = [
@@ -47,6 +55,11 @@ def one_node_model(
     graph = helper.make_graph([src], "onnxslice/fd", ins, outs)
     opsets = [helper.make_opsetid(d, v) for d, v in model.opsets.items()]
     return helper.make_model(graph, opset_imports=opsets, ir_version=min(model.proto.ir_version, 10))
+
+
+def input_name(k: int) -> str:
+    """The graph input name of the node's input ``k`` in :func:`one_node_model`."""
+    return f"onnxslice_fd_in{k}"
 
 
 class _FiniteDifference:
@@ -71,7 +84,8 @@ class _FiniteDifference:
     def __call__(self, ctx: VjpContext) -> Grads:
         sess = self._session(ctx)
         names = [o.name for o in sess.get_outputs()]
-        feed = {n: v for n, v in zip(self.node.inputs, ctx.ins, strict=True) if n and v is not None}
+        feed = {input_name(k): v for k, (n, v) in enumerate(zip(self.node.inputs, ctx.ins, strict=True))
+                if n and v is not None}
         cot = {o: ctx.g(k).astype(np.float64) for k, o in enumerate(self.node.outputs) if o and o in names}
         todo = [
             i for i, v in enumerate(ctx.ins) if ctx.need(i) and v is not None and np.issubdtype(v.dtype, np.floating)
@@ -91,7 +105,7 @@ class _FiniteDifference:
 
         result: Grads = [None] * len(ctx.ins)
         for i in todo:
-            name = self.node.inputs[i]
+            name = input_name(i)
             x = ctx.x(i)
             flat = x.astype(np.float64).reshape(-1)
             base = 1e-6 if x.dtype == np.float64 else 5e-3

@@ -63,6 +63,8 @@ def compare_outputs(
     rel = float(np.linalg.norm(o - r)) / max(float(np.linalg.norm(r)), 1e-30)
     l2 = float(np.linalg.norm(o - r, axis=1).mean())
     top1 = kl = acc = ref_acc = None
+    if ref[0].ndim > 2 and sum(d > 1 for d in ref[0].shape[1:]) == 1:  # [N, C, 1, 1] classifiers
+        ref, out = [ref[0].reshape(n, -1), *ref[1:]], [out[0].reshape(n, -1), *out[1:]]
     if ref[0].ndim == 2 and ref[0].shape[1] > 1:
         pr, po = _probs(ref[0]), _probs(out[0])
         top1 = float((ref[0].argmax(1) == out[0].argmax(1)).mean())
@@ -74,11 +76,18 @@ def compare_outputs(
 
 
 def run_outputs(model: Model, data: Any, batch_size: int = 64) -> list[np.ndarray]:
-    """The model's outputs on ``data`` (CPU onnxruntime, batched), concatenated over batches."""
+    """The model's outputs on ``data`` (CPU onnxruntime, batched), concatenated over batches.
+
+    Each output's sample axis is moved to axis 0 (a time-first ``[T, N, C]`` output comes back as
+    ``[N, T, C]``), so that the comparisons below always find the samples first.
+    """
+    from onnxslice.targets import batch_axis
+
     rec = Recorder(model, None, "cpu")
     parts: list[list[np.ndarray]] = []
-    for _, _, res in rec.iter_batches(as_feed(model, data), batch_size):
-        parts.append([res[o] for o in model.output_names])
+    for n, _, res in rec.iter_batches(as_feed(model, data), batch_size):
+        parts.append([np.moveaxis(res[o], batch_axis(model, [o], res[o].shape, n), 0) if res[o].ndim else res[o]
+                      for o in model.output_names])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(model.output_names))]
 
 

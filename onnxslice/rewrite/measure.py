@@ -72,6 +72,26 @@ class ModelStats:
 
 def model_stats(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20,
                 latency: float | None = None) -> ModelStats:
-    """Parameters, MACs per sample, serialized bytes and median latency on ``feed`` (or the given ``latency``)."""
+    """Parameters, MACs per sample, serialized bytes and median latency on ``feed`` (or the given ``latency``).
+
+    MACs use the shapes recorded on ``feed`` (dynamic spatial sizes are then counted at the data's real
+    size) and are divided by its number of samples.
+    """
     ms = latency if latency is not None else latency_ms(model, feed, repeats)
-    return ModelStats(model.num_params, count_macs(model).total, model.proto.ByteSize(), ms)
+    return ModelStats(model.num_params, _macs_on(model, feed), model.proto.ByteSize(), ms)
+
+
+def _macs_on(model: Model, feed: Mapping[str, np.ndarray]) -> int:
+    from onnxslice.record import Recorder
+
+    counted = [n for n in model.nodes if not n.domain and n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    want = sorted({v for n in counted for v in (*n.inputs[:2], n.outputs[0])
+                   if v and not model.is_initializer(v) and v not in model.input_names})
+    n = len(next(iter(feed.values()))) if feed else 1
+    try:
+        rec = Recorder(model, want, "cpu").run(dict(feed))
+    except Exception:  # shapes from the graph alone (never worse than before)
+        return count_macs(model).total
+    shapes = {k: v.shape for k, v in rec.items()}
+    shapes.update({k: np.shape(v) for k, v in feed.items()})
+    return count_macs(model, n, shapes).total // max(n, 1)

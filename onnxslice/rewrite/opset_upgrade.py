@@ -54,7 +54,7 @@ def upgrade_opset(
     Raises:
         ModelError: the converter fails, or the converted model computes something else.
     """
-    from onnxslice.record import make_session, runtime_proto
+    from onnxslice.record import Recorder
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -71,8 +71,11 @@ def upgrade_opset(
         ) from e
     feed = dict(feed) if feed is not None else probe_feed(model)
     feed = {k: v[:16] for k, v in feed.items()}
-    ref = make_session(runtime_proto(proto), "cpu").run(None, feed)
-    got = make_session(runtime_proto(converted), "cpu").run(None, feed)
+    # Recorder runs a fixed-batch model in whole batches of its size
+    ref_out = Recorder(model, None, "cpu").run(feed, validated=True)
+    got_out = Recorder(model.with_proto(converted), None, "cpu").run(feed, validated=True)
+    ref = [ref_out[o] for o in model.output_names]
+    got = [got_out[o] for o in model.output_names]
     for name, a, b in zip(model.output_names, ref, got, strict=True):
         tol = rtol * max(1.0, float(np.abs(a).max()) if a.size else 1.0)
         if a.shape != b.shape or not np.allclose(a, b, rtol=rtol, atol=tol):

@@ -345,12 +345,10 @@ def class_slice(
     ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
     prof_data = ds.subset(slice(0, profile_samples)) if ds is not None else data
     prof = profile(model, prof_data, 256, show_progress=False)
-    out = model.outputs[0]
-    shape = tuple(d if isinstance(d, int) else -1 for d in (out.shape or ())[1:])
-    parsed = parse_targets(targets, out.name, shape)
-    classes = [t.index[0] for t in parsed if t.kind == "class"]
+    parsed = parse_targets(targets)
+    classes = [k for t in parsed if t.kind == "class" for k in t.classes]
     idx: np.ndarray | None = None
-    if ds is not None and ds.labels is not None and classes and len(classes) == len(parsed):
+    if ds is not None and ds.labels is not None and classes and all(t.kind == "class" for t in parsed):
         idx = np.flatnonzero(np.isin(ds.labels, classes))
         if idx.size == 0:
             raise PlanError(f"no sample of '{ds.name}' has a target class ({', '.join(map(str, classes))})")

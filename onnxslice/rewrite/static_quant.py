@@ -80,7 +80,8 @@ def static_quantize(
         model: the float model.
         decisions: layer name -> ``fp32``/``fp16``/``int8``/``int4`` for every layer in the plan.
         calibration: data for activation ranges (mapping, array or ``Dataset``).
-        batch_size: calibration batch size (1 for models whose batch axis is fixed to 1).
+        batch_size: calibration batch size (a model whose batch axis is fixed is calibrated in whole batches of
+            that size; fewer samples than one batch are padded by repeating the last).
         activation_type: ``"uint8"`` (onnxruntime's CPU recommendation) or ``"int8"``.
         calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         samples: use at most this many calibration samples.
@@ -99,7 +100,13 @@ def static_quantize(
     feed = validate_inputs(model, as_feed(model, calibration))
     feed = {k: v[:samples] for k, v in feed.items()}
     fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
-    bs = 1 if isinstance(fixed, int) and fixed > 0 else batch_size
+    bs = batch_size
+    if isinstance(fixed, int) and fixed > 0:  # batch fixed by the model: calibrate in whole batches of it
+        bs = fixed
+        n = len(next(iter(feed.values())))
+        keep = max(fixed, n - n % fixed)
+        feed = {k: np.concatenate([v, np.repeat(v[-1:], keep - n, axis=0)]) if keep > n else v[:keep]
+                for k, v in feed.items()}
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if calibrate_method not in methods:

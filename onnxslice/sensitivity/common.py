@@ -8,7 +8,8 @@ The scalar ``f`` whose sensitivity every criterion measures (``target``):
 - ``output-norm``: the L2 norm of the first output;
 - ``loss``: softmax cross-entropy of the first output against the data's labels (labels required).
 
-The first model output is taken as the logits ``[N, K]`` (other shapes are flattened to ``[N, -1]``).
+The output (``options["output"]``, default the first) may be ``[N, C]``, ``[N, C, 1, 1]``, a sequence or a
+dense map: :mod:`onnxslice.targets` reads it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import numpy as np
 
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, ModelError
-from onnxslice.grad.engine import logits_value as grad_logits_value
 from onnxslice.model import Layer, Model, load
 from onnxslice.record import as_feed, validate_inputs
 from onnxslice.sensitivity.reductions import UnknownNameError
+from onnxslice.targets import BoundTarget, TargetSpec, parse_target
 
 __all__ = [
     "TARGETS",
@@ -39,7 +40,7 @@ __all__ = [
     "model_layers",
 ]
 
-TARGETS = ("pred", "class:K", "output-norm", "loss")
+TARGETS = ("pred", "class:K", "output-norm", "loss", "value:NAME[idx]")
 
 
 def as_model(model: Model | str | os.PathLike[str] | Any) -> Model:
@@ -123,70 +124,65 @@ def activation_axis(layer: Layer) -> int:
     return 1 if layer.op_type in ("Conv", "ConvTranspose") else -1
 
 
-def logits_value(model: Model, target: str) -> str:
+def logits_value(model: Model, target: str, output: str | None = None) -> str:
     """The value ``f`` reads: for logit targets (``pred``, ``class:K``, ``loss``) the logits feeding a final
-    Softmax/LogSoftmax of the first output (``onnxslice.grad``'s convention), else the first output itself."""
-    out = model.output_names[0]
-    return out if target == "output-norm" else grad_logits_value(model, out)
+    Softmax/LogSoftmax of the output (:mod:`onnxslice.targets`' convention), else the output itself."""
+    return BoundTarget(model, _spec(target), output).value
 
 
-def _logits(outputs: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    y = np.asarray(outputs[name], np.float64)
-    return y.reshape(len(y), -1) if y.ndim != 2 else y
+def _spec(spec: str) -> TargetSpec:
+    try:
+        t = parse_target(spec)
+    except DataError as e:
+        raise UnknownNameError(f"{e}; valid targets are: {', '.join(TARGETS)}") from None
+    if t.kind not in ("pred", "class", "loss", "output-norm", "value"):
+        raise UnknownNameError(f"unknown target '{spec}'; valid targets are: {', '.join(TARGETS)}")
+    return t
 
 
 class Target:
-    """The scalar ``f`` per sample, evaluated on model outputs (see the module docstring).
+    """The scalar ``f`` per sample, evaluated on recorded values (see :mod:`onnxslice.targets`).
+
+    The class of ``pred`` is fixed per sample (and per position of a sequence or map) by the unperturbed
+    model, so perturbed and path-shifted evaluations score the same class.
 
     Args:
-        spec: ``pred``, ``class:K``, ``output-norm`` or ``loss``.
-        output: name of the model output holding the logits.
-        reference: the unperturbed outputs (fixes the ``pred`` class per sample).
+        spec: ``pred``, ``class:K``, ``output-norm``, ``loss`` or ``value:NAME[idx]``.
+        value: the value ``f`` reads (:func:`logits_value`).
+        reference: the unperturbed value, samples on axis 0 of its canonical layout (see ``bound``).
         labels: labels (for ``loss``).
+        bound: the bound target (its layout decides the batch axis); built from ``spec`` and the model.
 
     Raises:
         UnknownNameError: an unknown spec (lists the valid ones).
         DataError: ``loss`` without labels, or a class index out of range.
     """
 
-    def __init__(self, spec: str, output: str, reference: np.ndarray, labels: np.ndarray | None = None) -> None:
-        self.spec, self.output = spec, output
-        ref = reference.reshape(len(reference), -1) if reference.ndim != 2 else reference
-        self.classes: np.ndarray | None = None
-        if spec == "pred":
-            self.classes = np.argmax(ref, axis=1)
-        elif spec.startswith("class:"):
-            try:
-                k = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise UnknownNameError(f"target '{spec}': K must be an integer (class:3)") from None
-            if not 0 <= k < ref.shape[1]:
-                raise DataError(f"target class {k} is outside the output's {ref.shape[1]} classes")
-            self.classes = np.full(len(ref), k)
-        elif spec == "loss":
-            if labels is None:
-                raise DataError("target 'loss' needs labels: use data with labels (y) or another target")
-            self.classes = np.asarray(labels, np.int64)
-        elif spec != "output-norm":
-            raise UnknownNameError(f"unknown target '{spec}'; valid targets are: {', '.join(TARGETS)}")
+    def __init__(self, spec: str, value: str, reference: np.ndarray, labels: np.ndarray | None = None,
+                 bound: BoundTarget | None = None) -> None:
+        self.spec, self.output = spec, value
+        if bound is None:
+            raise DataError("a sensitivity Target needs the bound target of its model")
+        self.bound = bound
+        self.choice: np.ndarray | None = None
+        if bound.spec.kind in ("pred", "class", "loss"):
+            self.choice = bound.choose(reference, len(labels) if labels is not None else None, labels)
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        """The fixed class per sample (``[N]``; ``[N, positions...]`` on sequences and maps)."""
+        return self.choice
 
     def __call__(self, outputs: Mapping[str, np.ndarray], rows: slice | None = None) -> np.ndarray:
         """``f`` per sample for the samples ``rows`` of the calibration set."""
-        y = _logits(outputs, self.output)
-        if self.spec == "output-norm":
-            return np.sqrt((y * y).sum(axis=1))
-        assert self.classes is not None
-        cls = self.classes[rows] if rows is not None else self.classes
-        picked = y[np.arange(len(y)), cls]
-        if self.spec == "loss":
-            m = y.max(axis=1)
-            return np.log(np.exp(y - m[:, None]).sum(axis=1)) + m - picked
-        return picked
+        y = np.asarray(outputs[self.output])
+        if self.choice is None:
+            return self.bound.seed(y, n=None if rows is None else rows.stop - rows.start)[0]
+        ch = self.choice[rows] if rows is not None else self.choice
+        return self.bound.score(y, ch, len(ch))
 
-    def cotangent(self, rows: slice | None = None, n_out: int | None = None) -> np.ndarray:
-        """The one-hot output cotangent of ``pred``/``class:K`` (the fixed class per sample)."""
-        assert self.classes is not None and n_out is not None
-        cls = self.classes[rows] if rows is not None else self.classes
-        ct = np.zeros((len(cls), n_out), np.float32)
-        ct[np.arange(len(cls)), cls] = 1.0
-        return ct
+    def cotangent(self, value: np.ndarray, rows: slice | None = None) -> np.ndarray:
+        """The output cotangent of ``pred``/``class:K`` for the fixed classes, shaped like ``value``."""
+        assert self.choice is not None
+        ch = self.choice[rows] if rows is not None else self.choice
+        return self.bound.onehot(value, ch, len(ch))

@@ -17,6 +17,7 @@ from onnxslice.model import Layer, Model
 from onnxslice.record import Device, Recorder
 from onnxslice.sensitivity.common import Calibration, Target, calibration, logits_value, model_layers
 from onnxslice.sensitivity.cut import Suffix
+from onnxslice.targets import BoundTarget
 
 __all__ = ["Context"]
 
@@ -79,24 +80,44 @@ class Context:
 
     # -- the target ----------------------------------------------------------------------------
     @property
+    def output(self) -> str | None:
+        """The model output the target reads (``options["output"]``; None: the first)."""
+        return self.options.get("output")
+
+    @property
+    def bound(self) -> BoundTarget:
+        """The target bound to the model output (:mod:`onnxslice.targets`)."""
+        return BoundTarget(self.model, self.target, self.output)
+
+    @property
     def value(self) -> str:
         """The value ``f`` reads (the logits; see :func:`~onnxslice.sensitivity.common.logits_value`)."""
-        return logits_value(self.model, self.target)
+        return logits_value(self.model, self.target, self.output)
 
     def reference(self) -> np.ndarray:
-        """The unperturbed value ``f`` reads, for every calibration sample (one full run, cached)."""
+        """The unperturbed value ``f`` reads, for every calibration sample (one full run, cached).
+
+        Batches are joined along the value's sample axis (axis 1 of a time-first ``[T, N, C]`` output)."""
         if self._reference is None:
             cal = self.need_data("target")
             rec = Recorder(self.model, [self.value], self.device)
-            self._reference = np.concatenate([rec.run(b, validated=True)[self.value] for _, b in
-                                              cal.batches(self.batch_size)])
+            parts = [(len(next(iter(b.values()))), rec.run(b, validated=True)[self.value])
+                     for _, b in cal.batches(self.batch_size)]
+            axis = self.bound.batch_axis(parts[0][1], parts[0][0])
+            self._reference = np.concatenate([p for _, p in parts], axis=axis)
         return self._reference
 
     def target_fn(self) -> Target:
         """The target ``f`` with its per-sample class fixed by the unperturbed model."""
         if self._target is None:
             cal = self.need_data("target")
-            self._target = Target(self.target, self.value, self.reference(), cal.labels)
+            ref = self.reference()
+            n = len(cal)
+            labels = cal.labels if self.target == "loss" else None
+            t = Target(self.target, self.value, ref, labels, bound=self.bound)
+            if t.choice is not None and len(t.choice) != n:
+                t.choice = self.bound.choose(ref, n, labels)
+            self._target = t
         return self._target
 
     # -- black-box evaluation through suffix sessions --------------------------------------------
@@ -147,9 +168,10 @@ class Context:
             from onnxslice.grad import GradientEngine
 
             names = [x.weight for x in self.layers]
-            engine_target = self.target if self.target in ("loss", "output-norm") else "pred"
+            engine_target = self.target
             self._engine = GradientEngine(
                 self.model, engine_target, weights=names, inputs=False, swappable=names, device=self.device,
+                output=self.output,
                 exact=bool(self.option("exact", False)),
             )
         return self._engine
@@ -167,14 +189,12 @@ class Context:
             yield rows.stop - rows.start, g
 
     def _cotangent_rows(self, rows: slice) -> np.ndarray | None:
-        if self.target in ("loss", "output-norm") or self.value != self.model.output_names[0]:
+        if self.target in ("loss", "output-norm") or self.value != self.bound.output:
             return None
         t = self.target_fn()
-        assert t.classes is not None
-        ref = self.reference()[rows]
-        ct = np.zeros((len(ref), int(np.prod(ref.shape[1:]))), ref.dtype)
-        ct[np.arange(len(ref)), t.classes[rows]] = 1.0
-        return ct.reshape(ref.shape)
+        ref = self.reference()
+        axis = self.bound.batch_axis(ref, len(self.need_data("target")))
+        return t.cotangent(np.take(ref, np.arange(rows.start, rows.stop), axis=axis), rows)
 
     def mean_grads(self, weights: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], float]:
         """``E_x[df/dw]`` per layer weight at ``weights`` and ``E_x[f]``."""

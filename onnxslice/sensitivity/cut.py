@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from onnxslice.model import Model
-from onnxslice.record import Device, Recorder
+from onnxslice.record import Device, Recorder, fixed_batch_of
 from onnxslice.walk import descendants
 
 __all__ = ["Suffix", "suffix_nodes"]
@@ -61,6 +61,7 @@ class Suffix:
     weight_inputs: list[str]
     nodes: int
     recorder: Recorder | None
+    sample_key: str = ""
 
     @classmethod
     def build(
@@ -113,7 +114,8 @@ class Suffix:
         if missing:
             raise ValueError(f"weights {missing} are not read by the suffix of '{layer}'")
         rec = Recorder(sub, values=None, device=device, weight_inputs=list(weight_inputs))
-        return cls(layer, at, boundary, outputs, list(weight_inputs), len(nodes), rec)
+        rec.fixed_batch = fixed_batch_of(model)  # the boundary's shapes are unknown: the full model's batch holds
+        return cls(layer, at, boundary, outputs, list(weight_inputs), len(nodes), rec, model.input_names[0])
 
     def run(
         self, cache: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None,
@@ -123,4 +125,5 @@ class Suffix:
         feed = {b: (replace[b] if replace and b in replace else cache[b]) for b in self.boundary}
         if self.recorder is None:
             return {o: feed[o] for o in self.outputs}
-        return self.recorder.run(feed, validated=True, weights=weights)
+        n = len(cache[self.sample_key]) if self.sample_key in cache and np.ndim(cache[self.sample_key]) else None
+        return self.recorder.run(feed, validated=True, weights=weights, samples=n)

@@ -63,16 +63,7 @@ def _state(job: _Job) -> tuple[Model, Recorder]:
 
 
 def _record(rec: Recorder, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if rec.fixed_batch is None or rec.fixed_batch == len(next(iter(feed.values()))):
-        return rec.run(feed, validated=True)
-    n = len(next(iter(feed.values())))
-    parts = [rec.run({k: v[i : i + 1] for k, v in feed.items()}, validated=True) for i in range(n)]
-    merged = {}
-    for name in parts[0]:
-        arrays = [p[name] for p in parts]
-        batched = all(a.ndim and a.shape[0] == 1 for a in arrays)
-        merged[name] = np.concatenate(arrays) if batched and len(arrays) > 1 else arrays[0]
-    return merged
+    return rec.run(feed, validated=True)  # a fixed-batch model runs in chunks of its batch (Recorder.run)
 
 
 _UnitResult = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
@@ -85,10 +76,10 @@ def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> _UnitResult:
     values = _record(rec, feed)
     values.update(feed)
     d = deltas(job.profile, values)
-    seeds = seed_tables(job.targets, values, job.options.granularity == "channel")
+    seeds = seed_tables(model, job.targets, job.output, values, job.options.granularity == "channel", len(unit))
     out = values[job.output]
     preds = out.reshape(out.shape[0], -1).argmax(axis=1) if out.ndim == 2 else np.zeros(0, np.int64)
-    neurons, synapses = backward(model, values, d, seeds, job.options)
+    neurons, synapses = backward(model, values, d, seeds, job.options, job.profile.axes)
     return neurons, synapses, preds
 
 
@@ -143,7 +134,7 @@ def slice(
         profile: its profile (:func:`onnxslice.profile`).
         inputs: a Dataset, a data spec, arrays keyed by input name, or one array.
         targets: ``"pred"``, ``"class:K"``, a class or list of classes, ``"value:NAME[idx]"`` (see
-            :mod:`onnxslice.slicing.targets`), or a list of these.
+            :mod:`onnxslice.targets`), or a list of these.
         theta: significance threshold in (0, 1) (ALGORITHMS.md 1.4).
         granularity: ``"element"`` (a neuron is a scalar) or ``"channel"`` (a neuron is a channel,
             its activation the spatial mean).
@@ -173,13 +164,12 @@ def slice(
         raise OnnxSliceError(f"batch_size must be >= 1, got {batch_size}")
     profile.check_model(model)
     out_name = output or model.output_names[0]
-    out_vi = model.value_info.get(out_name)
     if out_name not in model.output_names and model.producer(out_name) is None:
         raise DataError(f"no output or value named '{out_name}'; outputs are {', '.join(model.output_names)}")
-    out_shape = tuple(d if isinstance(d, int) else -1 for d in (out_vi.shape or ())[1:]) if out_vi else ()
-    known = bool(out_shape) and all(d > 0 for d in out_shape)
-    parsed = parse_targets(targets, out_name, out_shape if known else (1 << 62,))  # unknown size: checked per unit
+    parsed = parse_targets(targets)
     for t in parsed:
+        if t.kind not in ("pred", "class", "value"):
+            raise DataError(f"target '{t}' selects no neurons to slice from; use pred, class:K or value:NAME[idx]")
         if t.kind == "value" and model.producer(t.value) is None and t.value not in model.input_names:
             raise DataError(f"target value '{t.value}' is not a value of this model (see `onnxslice inspect`)")
     feed = validate_inputs(model, as_feed(model, inputs))

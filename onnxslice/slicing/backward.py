@@ -63,6 +63,7 @@ def backward(
     deltas: Mapping[str, np.ndarray],
     seeds: Mapping[str, np.ndarray],
     options: BackwardOptions,
+    axes: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run the backward analysis of one batch.
 
@@ -72,6 +73,7 @@ def backward(
         deltas: forward-analysis deltas of the neuron values.
         seeds: initial CONTRIB per seeded value (batch axis first).
         options: theta and granularity options.
+        axes: the sample axis of values whose samples are not on axis 0 (``Profile.axes``).
 
     Returns:
         ``(neurons, synapses)``: CONTRIB per neuron value summed over the batch (one sample's shape, or
@@ -88,11 +90,21 @@ def backward(
         outs = [live.pop(o, None) for o in node.outputs]
         for o, c in zip(node.outputs, outs, strict=True):
             if c is not None and o in deltas:
-                neurons[o] = c.sum(axis=0, dtype=np.int64)
+                neurons[o] = c.sum(axis=(axes or {}).get(o, 0), dtype=np.int64)
         if not any(c is not None and c.any() for c in outs):
             continue
         ctx = _context(model, node, values, deltas, outs, options)
-        res = step.rule(ctx)
+        shifted = [v for v in (*node.inputs, *node.outputs) if v and (axes or {}).get(v, 0)]
+        try:
+            res = step.rule(ctx)
+        except (ValueError, IndexError) as e:
+            if not shifted:
+                raise
+            raise UnsupportedOpError.for_node(
+                node, "contributions",
+                f"its rule expects samples on axis 0, but '{shifted[0]}' is time-first (samples on axis "
+                f"{(axes or {})[shifted[0]]}); slice from a batch-first value (--target value:NAME[idx])",
+            ) from e
         for i, inc in res.inputs.items():
             name = node.inputs[i]
             if name in deltas or _straight_through(model, name):
@@ -104,7 +116,7 @@ def backward(
                 synapses[name] = inc.astype(np.int64) if cur is None else cur + inc
     for name, c in live.items():  # model inputs, and seeds no node produces
         if name in deltas:
-            neurons[name] = c.sum(axis=0, dtype=np.int64)
+            neurons[name] = c.sum(axis=(axes or {}).get(name, 0), dtype=np.int64)
     return neurons, synapses
 
 

@@ -23,7 +23,8 @@ def neuron_values(profile: Profile, values: Mapping[str, np.ndarray]) -> list[st
         mean = profile.mean.get(name)
         if mean is None or arr.ndim == 0 or not np.issubdtype(arr.dtype, np.floating):
             continue
-        if tuple(arr.shape[1:]) == tuple(mean.shape):
+        axis = profile.axis(name)
+        if axis < arr.ndim and tuple(np.delete(arr.shape, axis)) == tuple(mean.shape):
             out.append(name)
     return out
 
@@ -39,6 +40,7 @@ def deltas(profile: Profile, values: Mapping[str, np.ndarray]) -> dict[str, np.n
         value name -> delta array of the same shape.
     """
     return {
-        name: (values[name].astype(np.float32, copy=False) - profile.mean[name].astype(np.float32))
+        name: (values[name].astype(np.float32, copy=False)
+               - np.expand_dims(profile.mean[name].astype(np.float32), profile.axis(name)))
         for name in neuron_values(profile, values)
     }

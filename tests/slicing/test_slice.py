@@ -151,7 +151,7 @@ def test_slice_rejects_theta_outside_open_interval(cnn, theta):
         ([0, 9], "out of range"),
         ("value:nope", "not a value"),
         ("value:r1[9]", "out of range"),
-        ("bogus", "unknown slicing target"),
+        ("bogus", "unknown target"),
     ],
 )
 def test_slice_rejects_bad_targets(cnn, target, match):
