@@ -138,8 +138,11 @@ def parse_target(spec: str | int | TargetSpec) -> TargetSpec:
     s = str(spec).strip()
     if s.startswith("class:") or re.fullmatch(r"-?\d+(,\s*-?\d+)*", s):
         body = s.split(":", 1)[-1]
+        items = body.split(",")
+        if body.strip() and any(not c.strip() for c in items):
+            raise DataError(f"target '{s}' has an empty class between commas; use class:K1,K2")
         try:
-            classes = tuple(int(c) for c in body.split(",") if c.strip())
+            classes = tuple(int(c) for c in items if c.strip())
         except ValueError:
             raise DataError(f"target '{s}': the class after 'class:' must be an integer (class:3, class:1,3)") from None
         if not classes:

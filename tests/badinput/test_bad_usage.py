@@ -106,11 +106,11 @@ def test_bad_usage(ws: Workspace, capsys: pytest.CaptureFixture[str], c: Case) -
 
 # -- option values that argparse cannot type-check: targets, sample lists, names of criteria -------------------
 _SEMANTIC = [
-    case("slice-target-empty-class", [*VERB_ARGS["slice"], "--target", "class:"], 2, "bad class target 'class:'"),
-    case("slice-target-empty-item", [*VERB_ARGS["slice"], "--target", "class:1,,2"], 2, "bad class target"),
-    case("slice-target-class-text", [*VERB_ARGS["slice"], "--target", "class:cat"], 2, "bad class target"),
+    case("slice-target-empty-class", [*VERB_ARGS["slice"], "--target", "class:"], 2, "target 'class:' names no class"),
+    case("slice-target-empty-item", [*VERB_ARGS["slice"], "--target", "class:1,,2"], 2, "class:1,,2"),
+    case("slice-target-class-text", [*VERB_ARGS["slice"], "--target", "class:cat"], 2, "'class:cat'.*must be an integer"),
     case("slice-target-class-range", [*VERB_ARGS["slice"], "--target", "class:7"], 2, "out of range"),
-    case("slice-target-unknown", [*VERB_ARGS["slice"], "--target", "best"], 2, "unknown slicing target 'best'"),
+    case("slice-target-unknown", [*VERB_ARGS["slice"], "--target", "best"], 2, "unknown target 'best'"),
     case("slice-target-value-missing", [*VERB_ARGS["slice"], "--target", "value:nope"], 2, "nope"),
     case("slice-samples-reversed", [*verb_argv("slice", drop=["--samples"]), "--samples", "5:2"], 2, "samples '5:2'"),
     case("slice-samples-negative", [*verb_argv("slice", drop=["--samples"]), "--samples", "-1"], 2, "samples '-1'"),
@@ -132,7 +132,7 @@ _SEMANTIC = [
     case("prune-criterion-unknown", [*VERB_ARGS["prune"], "--budget", "sensitivity", "-d", "{d}", "--criterion", "x"],
          2, "'x'"),
     case("prune-target-empty", [*VERB_ARGS["prune"], "--budget", "slice", "-d", "{d}", "--target", "class:"], 2,
-         "bad class target|no slicing target"),
+         "names no class|no slicing target"),
     case("quantize-no-budget", ["quantize", "{m}", "-o", "{o}/q.onnx"], 2, "give a budget"),
     case("quantize-choices-unknown", [*VERB_ARGS["quantize"], "--choices", "int3,int8"], 2, "int3"),
     case("quantize-criterion-no-data", ["quantize", "{m}", "--avg-bits", "6", "-o", "{o}/q.onnx"], 2, "needs --data"),
