@@ -108,7 +108,8 @@ def test_bad_usage(ws: Workspace, capsys: pytest.CaptureFixture[str], c: Case) -
 _SEMANTIC = [
     case("slice-target-empty-class", [*VERB_ARGS["slice"], "--target", "class:"], 2, "target 'class:' names no class"),
     case("slice-target-empty-item", [*VERB_ARGS["slice"], "--target", "class:1,,2"], 2, "class:1,,2"),
-    case("slice-target-class-text", [*VERB_ARGS["slice"], "--target", "class:cat"], 2, "'class:cat'.*must be an integer"),
+    case("slice-target-class-text", [*VERB_ARGS["slice"], "--target", "class:cat"], 2,
+         "'class:cat'.*must be an integer"),
     case("slice-target-class-range", [*VERB_ARGS["slice"], "--target", "class:7"], 2, "out of range"),
     case("slice-target-unknown", [*VERB_ARGS["slice"], "--target", "best"], 2, "unknown target 'best'"),
     case("slice-target-value-missing", [*VERB_ARGS["slice"], "--target", "value:nope"], 2, "nope"),
