@@ -10,8 +10,9 @@ models), and the per-element test
 (``not <=`` so that a NaN anywhere counts as a fault). A layer is guarded together with its fusable
 epilogue (a BatchNormalization, a residual Add, one activation, each the only reader of the value
 before it; ``y`` is then the epilogue's output): onnxruntime fuses that chain into one Conv, and
-guarding the bare layer would block the fusion and change the bits of the original outputs. The model gets one extra output,
-``onnxslice_fault``: a boolean scalar, true when any guarded layer disagrees on any element of the batch.
+guarding the bare layer would block the fusion and change the bits of the original outputs.
+
+The model gets one extra output, ``onnxslice_fault``: a boolean scalar, true when any guarded layer disagrees on any element of the batch.
 The original nodes, values and outputs are untouched, so on clean inputs the original outputs are those
 of the input model, and ``y' == y`` bit for bit (same op, same inputs, same kernel), so the flag stays
 false. :func:`full_duplication` builds the baseline that recomputes the whole graph and compares the
@@ -234,7 +235,8 @@ def guard(model: Model, layers: Sequence[str], *, rtol: float = 1e-4, atol: floa
         inits += i2 + ci
         parts.append(flag)
     fn, fi = _flag(parts)
-    extra = {"guarded": chosen, "units": {n: _unit(model, n) for n in chosen}, "rtol": rtol, "atol": atol, "output": FAULT_OUTPUT,
+    extra = {"guarded": chosen, "units": {n: _unit(model, n) for n in chosen}, "rtol": rtol, "atol": atol,
+             "output": FAULT_OUTPUT,
              "test": "fault = any(not(|y - y'| <= atol + rtol*|y'|)) over guarded layers"}
     return _emit(model, nodes + fn, inits + fi, "guard", extra)
 
