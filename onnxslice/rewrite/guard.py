@@ -12,11 +12,12 @@ epilogue (a BatchNormalization, a residual Add, one activation, each the only re
 before it; ``y`` is then the epilogue's output): onnxruntime fuses that chain into one Conv, and
 guarding the bare layer would block the fusion and change the bits of the original outputs.
 
-The model gets one extra output, ``onnxslice_fault``: a boolean scalar, true when any guarded layer disagrees on any element of the batch.
-The original nodes, values and outputs are untouched, so on clean inputs the original outputs are those
-of the input model, and ``y' == y`` bit for bit (same op, same inputs, same kernel), so the flag stays
-false. :func:`full_duplication` builds the baseline that recomputes the whole graph and compares the
-outputs. Both go through :func:`onnxslice.rewrite.emit.finalize` (full check, provenance, onnxruntime).
+The model gets one extra output, ``onnxslice_fault``: a boolean scalar, true when any guarded layer
+disagrees on any element of the batch. The original nodes, values and outputs are untouched, so on
+clean inputs the original outputs are those of the input model, and ``y' == y`` bit for bit (same op,
+same inputs, same kernel), so the flag stays false. :func:`full_duplication` builds the baseline that
+recomputes the whole graph and compares the outputs. Both go through
+:func:`onnxslice.rewrite.emit.finalize` (full check, provenance, onnxruntime).
 """
 
 from __future__ import annotations
