@@ -37,11 +37,12 @@ import onnx
 from onnxslice.apps.bits import class_bits, draw_flips, encoding, flip_bits
 from onnxslice.apps.staged import FaultPoint, StagedRunner
 from onnxslice.errors import DataError, ModelError
-from onnxslice.model import Model
+from onnxslice.model import Model, Node
 from onnxslice.parallel import Backend, map_units, unit_seeds
 from onnxslice.record import Device
 from onnxslice.sensitivity.common import as_model, calibration
 from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.walk import ancestors
 
 __all__ = [
     "TARGETS",
@@ -50,6 +51,7 @@ __all__ = [
     "FaultModel",
     "SetResult",
     "checked_curve",
+    "constant_subgraph",
     "fault_layers",
     "min_checked",
     "run_campaign",
@@ -99,11 +101,13 @@ def fault_layers(model: Model) -> list[FaultLayer]:
         if n.op_type not in _LAYER_OPS or n.domain:
             continue
         for v in n.inputs[1:2] if n.op_type != "MatMul" else n.inputs[:2]:
-            dq = model.producer(v) if v else None
-            if dq is None or dq.op_type != "DequantizeLinear" or not model.is_initializer(dq.input(0)):
+            sub = constant_subgraph(model, v)
+            dq = next((d for d in sub or [] if d.op_type == "DequantizeLinear" and model.is_initializer(d.input(0))),
+                      None)
+            if dq is None:
                 continue
             t = model._init_protos[dq.input(0)]
-            if t.data_type in _QUANT and len(t.dims) >= 2:
+            if t.data_type in _QUANT and len(t.dims) >= 1 and int(np.prod(t.dims)) > 1:
                 out.append(FaultLayer(n.name, len(out), dq.input(0), _QUANT[t.data_type], n.outputs[0]))
                 break
     if not out:
@@ -112,6 +116,22 @@ def fault_layers(model: Model) -> list[FaultLayer]:
             "weight initializer or a DequantizeLinear of an int8/uint8/int4/uint4 one"
         )
     return out
+
+
+def constant_subgraph(model: Model, value: str) -> list[Node] | None:
+    """The nodes computing ``value`` from initializers only (a weight built by DequantizeLinear, Reshape...),
+    in model order; None when ``value`` depends on a graph input, or is itself an initializer or empty."""
+    if not value or model.is_initializer(value) or model.producer(value) is None:
+        return None
+    names = ancestors(model, [value])
+    nodes = [n for n in model.nodes if n.name in names]
+    for n in nodes:
+        if n.op_type in ("If", "Loop", "Scan"):
+            return None
+        for i in n.inputs:
+            if i and not model.is_initializer(i) and (model.producer(i) is None or model.producer(i).name not in names):  # type: ignore[union-attr]
+                return None
+    return nodes
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def _copy_init(model: Model, name: str, new: str) -> onnx.TensorProto:
 def _compare(
     model: Model, y: str, y2: str, prefix: str, rtol: float, atol: float
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
-    """Nodes computing a float scalar that is 1 when ``y`` and ``y2`` disagree beyond the tolerance, else 0."""
+    """Nodes computing a float scalar that is 1 when every element of ``y`` and ``y2`` agrees within the
+    tolerance, else 0 (a NaN compares false, so it counts as a disagreement)."""
     elem = _elem(model, y)
     np_dtype = helper.tensor_dtype_to_np_dtype(elem)
     if not np.issubdtype(np_dtype, np.floating):
@@ -70,11 +71,10 @@ def _compare(
         helper.make_node("Mul", [f"{p}absref", f"{p}rtol"], [f"{p}reltol"], name=f"{p}reltol"),
         helper.make_node("Add", [f"{p}reltol", f"{p}atol"], [f"{p}tol"], name=f"{p}tol"),
         helper.make_node("LessOrEqual", [f"{p}absdiff", f"{p}tol"], [f"{p}ok"], name=f"{p}within"),
-        helper.make_node("Not", [f"{p}ok"], [f"{p}bad"], name=f"{p}not"),
-        helper.make_node("Cast", [f"{p}bad"], [f"{p}badf"], name=f"{p}cast", to=onnx.TensorProto.FLOAT),
-        helper.make_node("ReduceMax", [f"{p}badf"], [f"{p}any"], name=f"{p}any", keepdims=0),
+        helper.make_node("Cast", [f"{p}ok"], [f"{p}okf"], name=f"{p}cast", to=onnx.TensorProto.FLOAT),
+        helper.make_node("ReduceMin", [f"{p}okf"], [f"{p}all"], name=f"{p}all", keepdims=0),
     ]
-    return nodes, inits, f"{p}any"
+    return nodes, inits, f"{p}all"
 
 
 def _flag(parts: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -82,10 +82,10 @@ def _flag(parts: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto
     nodes: list[onnx.NodeProto] = []
     total = parts[0]
     if len(parts) > 1:
-        nodes.append(helper.make_node("Max", parts, [f"{p}max"], name=f"{p}max"))
-        total = f"{p}max"
-    nodes.append(helper.make_node("Greater", [total, f"{p}zero"], [FAULT_OUTPUT], name=f"{p}greater"))
-    return nodes, [numpy_helper.from_array(np.array(0.0, np.float32), f"{p}zero")]
+        nodes.append(helper.make_node("Min", parts, [f"{p}min"], name=f"{p}min"))
+        total = f"{p}min"
+    nodes.append(helper.make_node("Less", [total, f"{p}one"], [FAULT_OUTPUT], name=f"{p}less"))
+    return nodes, [numpy_helper.from_array(np.array(1.0, np.float32), f"{p}one")]
 
 
 def _check_tolerance(rtol: float, atol: float) -> None:
@@ -132,7 +132,9 @@ def _unit(model: Model, name: str) -> list[str]:
 
 def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str]:
     """A copy of the guarded unit of ``name`` reading its own copies of its initializers (and of
-    DequantizeLinear weights). Returns nodes, initializers, the original and the recomputed output."""
+    the nodes building a quantized weight). Returns nodes, initializers, the original and the recomputed output."""
+    from onnxslice.apps.faults import constant_subgraph
+
     protos = {n.name: n for n in model.graph.node}
     p = f"{_P}{name}/"
     nodes: list[onnx.NodeProto] = []
@@ -151,23 +153,30 @@ def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx
                 inits.append(_copy_init(model, v, f"{q}in{i}"))
                 inputs.append(f"{q}in{i}")
                 continue
-            dq = model.producer(v) if v else None
-            if dq is not None and dq.op_type == "DequantizeLinear" and all(
-                    not x or model.is_initializer(x) for x in dq.inputs):
-                dq_inputs = []
-                for j, x in enumerate(dq.inputs):
-                    if x:
-                        inits.append(_copy_init(model, x, f"{q}in{i}/dq{j}"))
-                    dq_inputs.append(f"{q}in{i}/dq{j}" if x else "")
-                copy = onnx.NodeProto()
-                copy.CopyFrom(protos[dq.name])
-                copy.name = f"{q}in{i}/dq"
-                del copy.input[:]
-                copy.input.extend(dq_inputs)
-                del copy.output[:]
-                copy.output.append(f"{q}in{i}")
-                nodes.append(copy)
-                inputs.append(f"{q}in{i}")
+            sub = constant_subgraph(model, v)
+            if sub:  # a weight built from initializers (DequantizeLinear, Reshape...): copy it all
+                copied: dict[str, str] = {}
+                for j, sn in enumerate(sub):
+                    c = onnx.NodeProto()
+                    c.CopyFrom(protos[sn.name])
+                    c.name = f"{q}in{i}/w{j}"
+                    new_in = []
+                    for k, x in enumerate(sn.inputs):
+                        if x and model.is_initializer(x):
+                            copied.setdefault(x, f"{q}in{i}/w{j}/{k}")
+                            if copied[x] == f"{q}in{i}/w{j}/{k}":
+                                inits.append(_copy_init(model, x, copied[x]))
+                        new_in.append(copied.get(x, x) if x else "")
+                    del c.input[:]
+                    c.input.extend(new_in)
+                    outs_j = [f"{q}in{i}/w{j}/out{k}" if o else "" for k, o in enumerate(sn.outputs)]
+                    for o, o2 in zip(sn.outputs, outs_j, strict=True):
+                        if o:
+                            copied[o] = o2
+                    del c.output[:]
+                    c.output.extend(outs_j)
+                    nodes.append(c)
+                inputs.append(copied[v])
                 continue
             inputs.append(v)
         copy = onnx.NodeProto()
@@ -267,8 +276,8 @@ def full_duplication(model: Model, *, rtol: float = 1e-4, atol: float = 1e-6) ->
     inits = [_copy_init(model, t, ren(t)) for t in model.initializer_names]
     parts: list[str] = []
     for k, out in enumerate(model.output_names):
-        c, ci, flag = _compare(model, out, ren(out), f"{p}cmp{k}/", rtol, atol)
-        nodes += c
+        cn, ci, flag = _compare(model, out, ren(out), f"{p}cmp{k}/", rtol, atol)
+        nodes += cn
         inits += ci
         parts.append(flag)
     fn, fi = _flag(parts)
