@@ -251,6 +251,7 @@ class _Shared:
 
 
 _RUNNERS: dict[int, tuple[_Shared, Model, list[FaultLayer], StagedRunner, np.ndarray]] = {}
+_PREPARED: dict[int, set[int]] = {}
 
 
 def _runner(shared: _Shared) -> tuple[Model, list[FaultLayer], StagedRunner, np.ndarray]:
@@ -260,14 +261,13 @@ def _runner(shared: _Shared) -> tuple[Model, list[FaultLayer], StagedRunner, np.
     from onnxslice.model import load
 
     _RUNNERS.clear()
+    _PREPARED.clear()
     m = load(shared.model_bytes, check=False)
     layers = fault_layers(m)
     n = len(next(iter(shared.feed.values())))
     bs = shared.batch_size or n
     batches = [(slice(s, min(s + bs, n)), {k: v[s : s + bs] for k, v in shared.feed.items()}) for s in range(0, n, bs)]
-    runner = StagedRunner(m, batches, shared.device)
-    for s in shared.sets:
-        runner.prepare(_points(layers, s, shared.fault.on))
+    runner = StagedRunner(m, batches, shared.device)  # stages are prepared lazily, per fault set
     first = m.output_names[0]
     clean = np.concatenate([_predict(runner.clean(b)[first]) for b in range(len(batches))])
     _RUNNERS[id(shared)] = (shared, m, layers, runner, clean)
@@ -316,6 +316,9 @@ def _unit(shared: _Shared, unit: tuple[int, int, int], _seed: int) -> tuple[int,
     fault = shared.fault
     chosen = [layers[i] for i in sorted(shared.sets[set_idx])]
     points = _points(layers, shared.sets[set_idx], fault.on)
+    if set_idx not in _PREPARED.setdefault(id(runner), set()):
+        runner.prepare(points)
+        _PREPARED[id(runner)].add(set_idx)
     n = len(clean)
     flipped = 0
     weights: dict[str, np.ndarray] = {}
