@@ -7,8 +7,8 @@ the weights and activations of the other ``L - k`` layers (``onnxslice.apps.faul
 ``p`` on every bit of float32 weights and activations, weights one draw per trial, activations one
 draw per inference). Reported per order: accuracy (MNIST models, against the labels) or top-1
 agreement with the fault-free model (EfficientNet-Lite0) as the number of unchecked layers grows, with
-a 95% interval over the trials; the area under the curve (mean over ``u = 0..L`` unchecked layers,
-higher = better); and the smallest ``k`` keeping the mean loss within one point for every ``k' >= k``.
+a 95% interval over the trials; the area under the curve (the curve's mean over ``u = 0..L`` unchecked
+layers, higher = better); and the smallest ``k`` keeping the mean loss within one point for every ``k' >= k``.
 
 How the rate is chosen (before any order is evaluated): the smallest ``p`` of the grid
 ``1e-7, 3e-7, 1e-6, ... 1e-4`` at which leaving *every* layer unchecked costs at least ``--min-drop``
@@ -175,7 +175,7 @@ def _summary(curves: dict[str, Any], clean: float, L: int, max_loss: float) -> l
             else:
                 break
         unchecked = [L - k for k in ks][::-1]
-        area = float(np.trapezoid(mean[::-1], unchecked) / L) if L else float(mean[0])
+        area = float(mean.mean())  # the mean of the curve over the evaluated points
         rows.append({"order": g, "area": area, "min_checked": best, "unchecked": unchecked,
                      "curve_unchecked": mean[::-1].tolist(), "ci95_unchecked": half[::-1].tolist()})
     return rows

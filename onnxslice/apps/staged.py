@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxslice.errors import OnnxSliceError
 from onnxslice.model import Model
-from onnxslice.record import Device, Recorder
+from onnxslice.record import Device, make_session, runtime_proto
 from onnxslice.walk import ancestors, descendants
 
 __all__ = ["FaultPoint", "StagedRunner"]
@@ -43,6 +45,28 @@ class FaultPoint:
     value: str | None = None
 
 
+@dataclass
+class _Stage:
+    """One stage's session: graph inputs read from the cache, swappable weights fed by original name."""
+
+    session: Any
+    inputs: list[str]
+    outputs: list[str]
+    feeds: dict[str, str]  # weight name -> the session input fed with it
+    defaults: dict[str, np.ndarray]
+
+    def run(self, cache: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {i: cache[i] for i in self.inputs}
+        for w, f in self.feeds.items():
+            v = weights.get(w)
+            feed[f] = self.defaults[f] if v is None else np.ascontiguousarray(v, dtype=self.defaults[f].dtype)
+        try:
+            res = self.session.run(self.outputs, feed)
+        except Exception as e:
+            raise OnnxSliceError(f"onnxruntime failed on a fault stage: {e}") from e
+        return dict(zip(self.outputs, res, strict=True))
+
+
 class StagedRunner:
     """Clean cache + staged sessions over one model and one calibration feed.
 
@@ -50,14 +74,18 @@ class StagedRunner:
         model: the model.
         batches: ``(rows, inputs)`` per batch (validated inputs).
         device: onnxruntime device.
+        threads: intra-op threads per session (default 1: campaigns run many sessions, and units run in
+            parallel processes rather than threads).
     """
 
-    def __init__(self, model: Model, batches: Sequence[tuple[slice, dict[str, np.ndarray]]], device: Device = "cpu"):
+    def __init__(self, model: Model, batches: Sequence[tuple[slice, dict[str, np.ndarray]]], device: Device = "cpu",
+                 threads: int | None = 1):
         self.model = model
         self.batches = list(batches)
         self.device = device
+        self.threads = threads
         self._clean: list[dict[str, np.ndarray]] = [dict(b) for _, b in self.batches]
-        self._sessions: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Recorder, list[str], list[str]]] = {}
+        self._sessions: dict[tuple[tuple[str, ...], tuple[str, ...]], _Stage] = {}
         self._order = {n.name: i for i, n in enumerate(model.nodes)}
         self.record_clean([])
 
@@ -69,9 +97,9 @@ class StagedRunner:
         missing = [v for v in missing if not self.model.is_initializer(v)]
         if not missing:
             return
-        rec = Recorder(self.model, missing, self.device)
+        sess = make_session(runtime_proto(self.model.proto, missing), self.device, threads=self.threads)
         for cache, (_, batch) in zip(self._clean, self.batches, strict=True):
-            cache.update(rec.run(batch, validated=True))
+            cache.update(zip(missing, sess.run(missing, batch), strict=True))
 
     def clean(self, b: int) -> dict[str, np.ndarray]:
         """The clean cache of batch ``b`` (inputs and recorded values; do not mutate)."""
@@ -113,18 +141,17 @@ class StagedRunner:
         """Record the clean values the stages of ``points`` read, and open their sessions."""
         for nodes, weights, _ in self.plan(points):
             if nodes:
-                _, inputs, _ = self._session(nodes, weights)
-                self.record_clean(inputs)
+                self.record_clean(self._session(nodes, weights).inputs)
         self.record_clean([p.value for p in points if p.value is not None])
 
     # -- sessions ------------------------------------------------------------------------------
-    def _session(self, nodes: list[str], weights: list[str]) -> tuple[Recorder, list[str], list[str]]:
+    def _session(self, nodes: list[str], weights: list[str]) -> _Stage:
         key = (tuple(nodes), tuple(weights))
         if key not in self._sessions:
             self._sessions[key] = self._build(nodes, weights)
         return self._sessions[key]
 
-    def _build(self, nodes: list[str], weights: list[str]) -> tuple[Recorder, list[str], list[str]]:
+    def _build(self, nodes: list[str], weights: list[str]) -> _Stage:
         m = self.model
         keep = set(nodes)
         produced = {o for n in nodes for o in m.node(n).outputs if o}
@@ -141,21 +168,25 @@ class StagedRunner:
         inits_used = {v for n in nodes for v in m.node(n).inputs if v and m.is_initializer(v)}
         extra_nodes: list[onnx.NodeProto] = []
         inits: list[onnx.TensorProto] = []
-        feeds: list[str] = []
+        feeds: dict[str, str] = {}
+        defaults: dict[str, np.ndarray] = {}
         for t in g.initializer:
             if t.name not in inits_used:
                 continue
             if t.name in weights and t.data_type in _NARROW:
                 np_dtype = _NARROW[t.data_type]
                 feed = f"{_FEED_PREFIX}{t.name}"
-                inits.append(numpy_helper.from_array(np.asarray(m.initializer(t.name)).astype(np_dtype), feed))
+                value = np.asarray(m.initializer(t.name)).astype(np_dtype)
+                inits.append(numpy_helper.from_array(value, feed))
                 extra_nodes.append(helper.make_node("Cast", [feed], [t.name], name=f"{_FEED_PREFIX}cast/{t.name}",
                                                     to=t.data_type))
-                feeds.append(feed)
+                feeds[t.name] = feed
+                defaults[feed] = value
             else:
                 inits.append(t)
                 if t.name in weights:
-                    feeds.append(t.name)
+                    feeds[t.name] = t.name
+                    defaults[t.name] = np.asarray(m.initializer(t.name))
 
         def info(name: str) -> onnx.ValueInfoProto:
             vi = vis.get(name)
@@ -167,8 +198,8 @@ class StagedRunner:
             [info(o) if o in vis else helper.make_empty_tensor_value_info(o) for o in outputs], inits,
         )
         proto = helper.make_model(graph, opset_imports=list(m.proto.opset_import), ir_version=m.proto.ir_version)
-        rec = Recorder(Model(proto), values=None, device=self.device, weight_inputs=feeds)
-        return rec, inputs, outputs
+        sess = make_session(runtime_proto(proto, (), list(feeds.values())), self.device, threads=self.threads)
+        return _Stage(sess, inputs, outputs, feeds, defaults)
 
     # -- running -------------------------------------------------------------------------------
     def run(
@@ -183,11 +214,7 @@ class StagedRunner:
         cache = dict(self._clean[b])
         for nodes, ws, value in self.plan_cached(points):
             if nodes:
-                rec, inputs, _ = self._session(nodes, ws)
-                feed = {i: cache[i] for i in inputs}
-                wfeed = {(_FEED_PREFIX + w if _FEED_PREFIX + w in rec.weight_inputs else w): weights[w] for w in ws}
-                out = rec.run(feed, validated=True, weights=wfeed)
-                cache.update(out)
+                cache.update(self._session(nodes, ws).run(cache, weights))
             if value is not None:
                 cache[value] = overwrite(value, cache[value])
         return {o: cache[o] for o in self.model.output_names}
