@@ -20,8 +20,9 @@ the other unchecked layers (common random numbers), so curves differ only by whi
 The oracle is measured with a different seed than the curves. Random orders: ``--random`` permutations,
 their curves averaged.
 
-Run ``python benchmarks/bench_faults.py`` (quick: LeNet-5 and ResNet-8, 256 test images, 16 trials,
-minutes on a loaded 2-core machine) or ``--full`` (1,000 images, 50 trials, criteria on 256 samples).
+Run ``python benchmarks/bench_faults.py`` (quick: LeNet-5 and ResNet-8, 128 test images, 10 trials, the
+moderate rate only; about 15 minutes on the shared 2-core machine at load ~30) or ``--full`` (1,000
+images, 50 trials, criteria on 256 samples, moderate and severe rates).
 ``--models efficientnet`` adds EfficientNet-Lite0 on the 20 sample images (slow). Results:
 ``benchmarks/results/faults.json`` and ``benchmarks/results/faults.png``.
 """
@@ -241,15 +242,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="1,000 images, 50 trials, 256 calibration samples")
     ap.add_argument("--models", default="lenet5,resnet8_mnist", help="lenet5,resnet8_mnist[,efficientnet]")
-    ap.add_argument("--samples", type=int, default=None, help="evaluation images (quick 256, full 1000)")
-    ap.add_argument("--trials", type=int, default=None, help="trials per point (quick 16, full 50)")
+    ap.add_argument("--samples", type=int, default=None, help="evaluation images (quick 128, full 1000)")
+    ap.add_argument("--trials", type=int, default=None, help="trials per point (quick 10, full 50)")
     ap.add_argument("--cal-samples", type=int, default=None, help="criterion samples (quick 64, full 256)")
     ap.add_argument("--steps", type=int, default=None, help="idgi path steps (quick 8, full 16)")
-    ap.add_argument("--random", type=int, default=None, help="random orders averaged (quick 4, full 10)")
+    ap.add_argument("--random", type=int, default=None, help="random orders averaged (quick 3, full 10)")
     ap.add_argument("--rate", type=float, default=None, help="fix the bit-error rate (default: chosen, see doc)")
-    ap.add_argument("--min-drop", default="3,10",
+    ap.add_argument("--min-drop", default=None,
                     help="rates: for each value, the smallest grid rate losing at least that many points with no "
-                         "layer checked (default 3,10: a moderate and a severe rate)")
+                         "layer checked (quick 3: a moderate rate; full 3,10: a moderate and a severe one)")
     ap.add_argument("--reductions", default="linf,l1", help="criterion reductions ranked (default linf,l1)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--k-step", type=int, default=1, help="evaluate every k-th number of checked layers (default 1)")
@@ -257,11 +258,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     args = ap.parse_args()
-    args.samples = args.samples or (1000 if args.full else 256)
-    args.trials = args.trials or (50 if args.full else 16)
+    args.samples = args.samples or (1000 if args.full else 128)
+    args.trials = args.trials or (50 if args.full else 10)
     args.cal_samples = args.cal_samples or (256 if args.full else 64)
     args.steps = args.steps or (16 if args.full else 8)
-    args.random = args.random or (10 if args.full else 4)
+    args.random = args.random or (10 if args.full else 3)
+    args.min_drop = args.min_drop or ("3,10" if args.full else "3")
     t_all = time.perf_counter()
     results: dict[str, Any] = {"quick": not args.full, "settings": {k: v for k, v in vars(args).items() if k != "out"},
                                "paper": PAPER, "models": {},
