@@ -7,10 +7,13 @@ models), and the per-element test
 
     ``fault_l = any( not (|y - y'| <= atol + rtol * |y'|) )``
 
-(``not <=`` so that a NaN anywhere counts as a fault). A layer is guarded together with its fusable
-epilogue (a BatchNormalization, a residual Add, one activation, each the only reader of the value
-before it; ``y`` is then the epilogue's output): onnxruntime fuses that chain into one Conv, and
-guarding the bare layer would block the fusion and change the bits of the original outputs.
+(``not <=`` so that a NaN anywhere counts as a fault). With ``rtol = atol = 0`` the test is exact
+equality (``Equal``; NaN never equals itself), one elementwise pass instead of six.
+
+A layer is guarded together with its fusable epilogue (a BatchNormalization, a residual Add, one
+activation, each the only reader of the value before it; ``y`` is then the epilogue's output):
+onnxruntime fuses that chain into one Conv, and guarding the bare layer would block the fusion and
+change the bits of the original outputs.
 
 The model gets one extra output, ``onnxslice_fault``: a boolean scalar, true when any guarded layer
 disagrees on any element of the batch. The original nodes, values and outputs are untouched, so on
@@ -61,9 +64,15 @@ def _compare(
     np_dtype = helper.tensor_dtype_to_np_dtype(elem)
     if not np.issubdtype(np_dtype, np.floating):
         raise ModelError(f"value '{y}' is {np.dtype(np_dtype)}, not float; only float layer outputs can be guarded")
+    p = prefix
+    if rtol == 0 and atol == 0:  # exact: one elementwise pass instead of six
+        return [
+            helper.make_node("Equal", [y, y2], [f"{p}ok"], name=f"{p}equal"),
+            helper.make_node("Cast", [f"{p}ok"], [f"{p}okf"], name=f"{p}cast", to=onnx.TensorProto.FLOAT),
+            helper.make_node("ReduceMin", [f"{p}okf"], [f"{p}all"], name=f"{p}all", keepdims=0),
+        ], [], f"{p}all"
     inits = [numpy_helper.from_array(np.array(rtol, np_dtype), f"{prefix}rtol"),
              numpy_helper.from_array(np.array(atol, np_dtype), f"{prefix}atol")]
-    p = prefix
     nodes = [
         helper.make_node("Sub", [y, y2], [f"{p}diff"], name=f"{p}sub"),
         helper.make_node("Abs", [f"{p}diff"], [f"{p}absdiff"], name=f"{p}absdiff"),

@@ -188,3 +188,17 @@ def test_guard_and_duplication_flag_nan() -> None:
     w = m.initializer("fc.w").copy()
     w[0, 0] = np.nan
     assert sess.run([FAULT_OUTPUT], {"x": _x(2), "fc.w": w})[0]
+
+
+def test_exact_mode_flags_any_change() -> None:
+    m = load(small_cnn())
+    g = guard(m, ["conv"], rtol=0.0, atol=0.0)
+    assert "Equal" in g.op_histogram()
+    sess = make_session(runtime_proto(g.proto, weight_inputs=["conv.w"]), "cpu")
+    w = m.initializer("conv.w")
+    x = _x(4)
+    assert not sess.run([FAULT_OUTPUT], {"x": x, "conv.w": w})[0]
+    assert sess.run([FAULT_OUTPUT], {"x": x, "conv.w": flip_bits(w, [3], [0])})[0]  # lowest mantissa bit
+    nan = w.copy()
+    nan[0, 0, 0, 0] = np.nan
+    assert sess.run([FAULT_OUTPUT], {"x": x, "conv.w": nan})[0]
