@@ -202,3 +202,21 @@ def test_exact_mode_flags_any_change() -> None:
     nan = w.copy()
     nan[0, 0, 0, 0] = np.nan
     assert sess.run([FAULT_OUTPUT], {"x": x, "conv.w": nan})[0]
+
+
+def test_cli_guard_max_loss_picks_fewest_layers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _save(tmp_path, small_cnn())
+    data = tmp_path / "d.npz"
+    x = _x(24)
+    np.savez(data, x=x, y=np.argmax(make_session(runtime_proto(small_cnn()), "cpu").run(None, {"x": x})[0], 1))
+    out = tmp_path / "g.onnx"
+    rc = main(["guard", str(model), "--max-loss", "0.01", "--criterion", "weight", "--data", str(data),
+               "--flips", "4", "--bits", "exponent", "--on", "weights", "--trials", "3", "--repeats", "2",
+               "--out", str(out), "--json"])
+    assert rc == 0 and out.is_file()
+    report = json.loads(capsys.readouterr().out)
+    curve = report["curve"]
+    k = len(report["guarded"])
+    assert curve[str(len(curve) - 1)] == report["clean"]  # every layer checked: no fault
+    assert all(report["clean"] - curve[str(j)] <= 0.01 for j in range(k, len(curve)))
+    assert k == 0 or report["clean"] - curve[str(k - 1)] > 0.01
