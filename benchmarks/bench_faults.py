@@ -195,6 +195,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     for ax in axes.ravel()[len(runs):]:
         ax.axis("off")
     for ax, r in zip(axes.ravel(), runs, strict=False):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
         for row in r["summary"]:
             u = np.asarray(row["unchecked"])
             y = 100 * np.asarray(row["curve_unchecked"])
@@ -202,9 +203,10 @@ def _plot(results: dict[str, Any], path: Path) -> None:
             style = "--" if row["order"] in ("random", "vulnerability (oracle)") else (
                 "-" if row["order"].endswith("/linf") else "-.")
             ax.plot(u, y, style, marker="o", ms=3, label=f"{row['order']} (AUC {100 * row['area']:.1f})")
-            ax.fill_between(u, y - h, y + h, alpha=0.12)
+            if row["order"] in ("random", "vulnerability (oracle)"):  # bands of the references only, for legibility
+                ax.fill_between(u, y - h, y + h, alpha=0.1)
         ax.axhline(100 * r["clean"] - 1, color="grey", lw=0.8, ls=":", label="clean - 1 point")
-        ax.set_title(f"{r['name']}: BER {r['rate']:g} on weights+activations")
+        ax.set_title(f"{r['name']}: BER {r['rate']:g} on weights+activations (bands: 95% CI)")
         ax.set_xlabel("unchecked layers (least important first)")
         ax.set_ylabel(f"{r['metric']} (%)")
         ax.legend(fontsize=7)
@@ -257,7 +259,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=200, help="latency repeats, round-robin (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        _plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
+        return 0
     args.samples = args.samples or (1000 if args.full else 128)
     args.trials = args.trials or (50 if args.full else 10)
     args.cal_samples = args.cal_samples or (256 if args.full else 64)
