@@ -218,14 +218,14 @@ def _guard_latency(m: Model, chosen: list[str], data: dict[str, np.ndarray], rep
     """Guarded model vs the original vs full duplication: MAC share, median latency (1 thread, round-robin)."""
     from onnxslice.flops import count_macs
     from onnxslice.record import make_session, runtime_proto
-    from onnxslice.rewrite.guard import _unit, full_duplication, guard
+    from onnxslice.rewrite.guard import full_duplication, guard, guard_unit
     from onnxslice.rewrite.measure import paired_latency_ms
 
     g = guard(m, chosen)
     d = full_duplication(m)
     macs = count_macs(m).per_node
     total = sum(macs.values()) or 1
-    share = sum(macs.get(n, 0) for c in chosen for n in _unit(m, c)) / total
+    share = sum(macs.get(n, 0) for c in chosen for n in guard_unit(m, c)) / total
     x = data["x"][:32]
     ref = make_session(runtime_proto(m.proto), "cpu", optimize=True).run(None, {"x": x})
     got = make_session(runtime_proto(g.proto), "cpu", optimize=True).run(None, {"x": x})

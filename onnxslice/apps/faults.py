@@ -50,6 +50,7 @@ __all__ = [
     "FaultLayer",
     "FaultModel",
     "SetResult",
+    "check_float_inputs",
     "checked_curve",
     "constant_subgraph",
     "fault_layers",
@@ -309,7 +310,7 @@ def _act_flips(rng: np.random.Generator, n: int, per_sample: int, positions: np.
     return np.concatenate(idx_parts).astype(np.int64), np.concatenate(bit_parts).astype(np.int64)
 
 
-def _unit(shared: _Shared, unit: tuple[int, int, int], _seed: int) -> tuple[int, int, int, int]:
+def _run_unit(shared: _Shared, unit: tuple[int, int, int], _seed: int) -> tuple[int, int, int, int]:
     """Run fault set ``unit[0]`` for trial ``unit[1]`` (trial seed ``unit[2]``): (correct, agree, n, flips)."""
     set_idx, _trial, trial_seed = unit
     m, layers, runner, clean = _runner(shared)
@@ -406,7 +407,7 @@ def run_campaign(
         bad = [n for n in s if n not in index]
         if bad:
             raise ModelError(f"no layer named {', '.join(bad)}; layers are: {', '.join(index)}")
-    _check_float_inputs(m)
+    check_float_inputs(m)
     cal = calibration(m, data, samples)
     sets = [sorted({index[n] for n in s}) for s in fault_sets]
     shared = _Shared(m.proto.SerializeToString(), cal.feed, cal.labels, sets, fault, batch_size, device)
@@ -415,7 +416,7 @@ def run_campaign(
     results: list[SetResult] = []
     for si in bar(range(len(sets)), total=len(sets), desc="fault campaign", enabled=progress):
         units = [(si, t, tseeds[t]) for t in range(trials)]
-        raw = map_units(_unit, units, shared, backend=backend, workers=workers, address=address, seed=seed)
+        raw = map_units(_run_unit, units, shared, backend=backend, workers=workers, address=address, seed=seed)
         n = raw[0][2]
         results.append(SetResult(
             [layers[i].name for i in sets[si]],
@@ -432,7 +433,12 @@ def run_campaign(
     return Campaign(results, clean_acc, fault, meta)
 
 
-def _check_float_inputs(m: Model) -> None:
+def check_float_inputs(m: Model) -> None:
+    """Refuse a model with a non-float input (token ids, integer images): faults and guards need float data.
+
+    Raises:
+        DataError: naming the first such input.
+    """
     bad = [vi for vi in m.inputs if vi.dtype is None or not np.issubdtype(vi.dtype, np.floating)]
     if bad:
         raise DataError(

@@ -69,11 +69,11 @@ def _order(model: Any, args: argparse.Namespace, fm: Any, device: Device) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxslice.apps.faults import _check_float_inputs, checked_curve, fault_layers, min_checked
+    from onnxslice.apps.faults import check_float_inputs, checked_curve, fault_layers, min_checked
     from onnxslice.flops import count_macs
     from onnxslice.model import load
     from onnxslice.outputs import Outputs
-    from onnxslice.rewrite.guard import FAULT_OUTPUT, _unit, full_duplication, guard
+    from onnxslice.rewrite.guard import FAULT_OUTPUT, full_duplication, guard, guard_unit
 
     fm = fault_model(args)
     if args.max_loss is not None and not 0.0 < args.max_loss < 1.0:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = outs.writes(args.out, "--out")
     device: Device = "cpu" if args.device == "auto" else args.device
     model = load(args.model)
-    _check_float_inputs(model)
+    check_float_inputs(model)
     known = [x.name for x in fault_layers(model)]
     report: dict[str, Any] = {"model": str(args.model), "criterion": args.criterion}
     if args.layers is not None and not args.layers.strip().isdigit():
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     guarded = guard(model, chosen, rtol=args.rtol, atol=args.atol)
     macs = count_macs(model).per_node
     total = sum(macs.values()) or 1
-    share = sum(macs.get(n, 0) for c in chosen for n in _unit(model, c)) / total
+    share = sum(macs.get(n, 0) for c in chosen for n in guard_unit(model, c)) / total
     report.update({"guarded": chosen, "layers": len(known), "flops_share": share, "rtol": args.rtol,
                    "atol": args.atol, "output": FAULT_OUTPUT})
     if args.data is not None:
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(report)
         return 0
-    rows = [{"layer": c, "unit": " + ".join(model.node(n).op_type for n in _unit(model, c))} for c in chosen]
+    rows = [{"layer": c, "unit": " + ".join(model.node(n).op_type for n in guard_unit(model, c))} for c in chosen]
     print(format_table(rows, title=f"guarded {len(chosen)} of {len(known)} layers ({share:.1%} of the MACs)"))
     if "latency_ms" in report:
         lat = report["latency_ms"]

@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 from onnxslice.errors import ModelError, OnnxSliceError
 from onnxslice.model import Model
 
-__all__ = ["FAULT_OUTPUT", "full_duplication", "guard"]
+__all__ = ["FAULT_OUTPUT", "full_duplication", "guard", "guard_unit"]
 
 #: name of the boolean output the guarded model adds
 FAULT_OUTPUT = "onnxslice_fault"
@@ -110,7 +110,7 @@ _EPILOGUE = ("BatchNormalization", "Add", "Relu", "Clip", "LeakyRelu", "Sigmoid"
 _ACTIVATIONS = _EPILOGUE[2:]
 
 
-def _unit(model: Model, name: str) -> list[str]:
+def guard_unit(model: Model, name: str) -> list[str]:
     """The nodes guarded together: the layer and its fusable epilogue, each node alone reading the
     previous one's output (BatchNormalization with constant statistics, then Add, then one activation).
     onnxruntime fuses that chain into the layer; guarding the bare layer would block the fusion and
@@ -149,7 +149,7 @@ def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     renamed: dict[str, str] = {}
-    unit = _unit(model, name)
+    unit = guard_unit(model, name)
     for u, uname in enumerate(unit):
         node = model.node(uname)
         q = f"{p}{u}/" if u else p
@@ -254,7 +254,7 @@ def guard(model: Model, layers: Sequence[str], *, rtol: float = 1e-4, atol: floa
         inits += i2 + ci
         parts.append(flag)
     fn, fi = _flag(parts)
-    extra = {"guarded": chosen, "units": {n: _unit(model, n) for n in chosen}, "rtol": rtol, "atol": atol,
+    extra = {"guarded": chosen, "units": {n: guard_unit(model, n) for n in chosen}, "rtol": rtol, "atol": atol,
              "output": FAULT_OUTPUT,
              "test": "fault = any(not(|y - y'| <= atol + rtol*|y'|)) over guarded layers"}
     return _emit(model, nodes + fn, inits + fi, "guard", extra)

@@ -16,7 +16,7 @@ from onnxslice.cli import main
 from onnxslice.errors import DataError, ModelError
 from onnxslice.model import Model, load
 from onnxslice.record import make_session, runtime_proto
-from onnxslice.rewrite.guard import FAULT_OUTPUT, _unit, full_duplication, guard
+from onnxslice.rewrite.guard import FAULT_OUTPUT, full_duplication, guard, guard_unit
 from onnxslice.testing import make_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def test_flag_raised_exactly_when_a_flip_changes_the_guarded_output(layer: str) 
     m = load(small_cnn())
     g = guard(m, [layer])
     weight = m.node(layer).inputs[1]
-    y = m.node(_unit(m, layer)[-1]).outputs[0]
+    y = m.node(guard_unit(m, layer)[-1]).outputs[0]
     sess = make_session(runtime_proto(g.proto, [y], [weight]), "cpu")
     x = _x(8, seed=1)
     clean = sess.run([y, FAULT_OUTPUT], {"x": x, weight: m.initializer(weight)})
@@ -93,7 +93,7 @@ def test_residual_and_batchnorm_units_keep_bits() -> None:
     g = guard(m, names)
     out = make_session(runtime_proto(g.proto), "cpu", optimize=True).run(None, {"x": x})
     assert np.array_equal(ref, out[0]) and not out[1]
-    units = {n: [m.node(u).op_type for u in _unit(m, n)] for n in names}
+    units = {n: [m.node(u).op_type for u in guard_unit(m, n)] for n in names}
     assert units["/layer1/layer1.0/conv2/Conv"] == ["Conv", "BatchNormalization", "Add", "Relu"]
     assert units["/layer2/layer2.0/shortcut/shortcut.0/Conv"] == ["Conv", "BatchNormalization"]
     d = full_duplication(m)
