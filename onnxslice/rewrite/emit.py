@@ -42,6 +42,7 @@ def finalize(
     pass_name: str,
     plan: Plan | None = None,
     extra: dict[str, Any] | None = None,
+    added_outputs: tuple[str, ...] = (),
 ) -> Model:
     """Check an edited proto, stamp its provenance, and return it as a loaded :class:`Model`.
 
@@ -51,6 +52,7 @@ def finalize(
         pass_name: e.g. ``"prune"``, ``"quantize"``.
         plan: the plan that was applied.
         extra: more provenance (JSON-serialisable).
+        added_outputs: outputs the pass adds after the source's own (the guard's fault flag).
 
     Raises:
         OnnxSliceError: the result fails the full check, changes the I/O signature, or does not run.
@@ -73,7 +75,10 @@ def finalize(
     except onnx.checker.ValidationError as e:
         raise OnnxSliceError(f"{pass_name} produced an invalid model (a bug; please report): {e}") from e
     out = load(proto, check=False)
-    if _io_signature(out) != _io_signature(source):
+    ins, outs = _io_signature(out)
+    if added_outputs and tuple(n for n, _ in outs[len(source.outputs):]) == added_outputs:
+        outs = outs[: len(source.outputs)]
+    if (ins, outs) != _io_signature(source):
         raise OnnxSliceError(
             f"{pass_name} changed the model's inputs/outputs {_io_signature(source)} -> {_io_signature(out)} (a bug)"
         )
