@@ -83,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encrypt", action="store_true", help="encrypt the key with a passphrase asked on the terminal (default off)"
     )
+    p.add_argument("--repeats", type=int, default=20,
+                   help="latency repeats of the original and locked model (batch 1, median) (default 20)")  # fmt: skip
     p.add_argument("--out", "-o", required=True, help="where to write the locked model (.onnx; never MODEL)")
     p.add_argument("--key", "-k", required=True, help="where to write the owner's key (keep it private)")
 
@@ -127,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     restored = unlock(res.locked, ProtectKey.from_bytes(blob, str(key_path), secret))
     if weights_hash(restored) != weights_hash(model):  # unlock checks this too; a failure is a bug
         raise RuntimeError("protect: the key does not restore the original weights (a bug; please report)")
+    from onnxslice.rewrite.measure import paired_latency_ms
+
+    ev = eval_data if eval_data is not None else data
+    one = {k: v[:1] for k, v in ev.bind(model).items()}
+    latency = paired_latency_ms([model, res.locked], one, max(1, args.repeats))
     outs.defer(key_path, lambda p: write_key_bytes(p, blob))
     outs.defer(out_path, lambda p: res.locked.save(p))
     outs.commit()
@@ -139,13 +146,15 @@ def run(args: argparse.Namespace) -> int:
         "hidden": res.hidden,
         "hidden_total": res.key.hidden,
         "accuracy": res.accuracy,
+        "latency_ms": {"original": latency[0], "locked": latency[1], "batch": 1, "repeats": args.repeats},
         "eval_data": args.eval_data or args.data,
     }
     if args.json:
         emit_json(result)
         return 0
-    rows = [{"model": k, "target classes": v["target"], "other classes": v["others"], "all": v["all"]}
-            for k, v in res.accuracy.items()]  # fmt: skip
+    pairs = zip(res.accuracy.items(), latency, strict=True)
+    rows = [{"model": k, "target classes": v["target"], "other classes": v["others"], "all": v["all"],
+             "latency ms (batch 1)": round(lat, 4)} for (k, v), lat in pairs]  # fmt: skip
     print(format_table(rows, title=f"protect {Path(args.model).name}: classes {args.classes}, {args.select}, "
                                    f"fraction {args.fraction} ({res.info['scope']})"))  # fmt: skip
     total = sum(model.initializer(n).size for n in res.hidden)
