@@ -94,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-keep-others", action="store_true", help="skip the --keep-others rows")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "protect.json"), help="results JSON")
     p.add_argument("--plot", default=str(ROOT / "benchmarks" / "results" / "protect.png"), help="plot PNG")
+    p.add_argument("--replot", default=None, help="only redraw the plot from this results JSON")
     args = p.parse_args(argv)
     full = bool(args.full)
     args.scale = "full" if full else "quick"
@@ -233,10 +234,12 @@ def plot(res: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    combos = [(m, k, o) for m in args.models for k in args.ks for o in args.optimizers]
-    fig, axes = plt.subplots(1, len(combos), figsize=(4.6 * len(combos), 3.8), squeeze=False)
+    grid = [[(m, k, o) for o in args.optimizers] for m in args.models for k in args.ks]
+    nrows, ncols = len(grid), len(args.optimizers)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
     colors = {"slice": "tab:red", "weight": "tab:blue", "random": "tab:green"}
-    for ax, (m, k, o) in zip(axes[0], combos, strict=True):
+    cells = [(axes[i][j], grid[i][j]) for i in range(nrows) for j in range(ncols)]
+    for ax, (m, k, o) in cells:
         sub = [r for r in res["mean_rows"] if r["model"] == m and r["k"] == k and r["optimizer"] == o]
         for sel in SELECTS:
             pts = sorted((r["fraction"], r["after"]["target"], r["after"]["others"], r["locked"]["target"])
@@ -261,6 +264,16 @@ def plot(res: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        res = json.loads(Path(args.replot).read_text())
+        rows = res["mean_rows"]
+        args.models = list(dict.fromkeys(r["model"] for r in rows))
+        args.ks = sorted({r["k"] for r in rows})
+        args.optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+        args.epochs, args.seeds = res["meta"]["epochs"], res["meta"]["seeds"]
+        plot(res, args, Path(args.plot))
+        print(f"saved {args.plot}")
+        return 0
     res = run(args)
     res["mean_rows"] = mean_rows(res["rows"])
     res["goals"] = goals(res, args)
