@@ -182,8 +182,9 @@ def fgsm(
     Raises:
         DataError: an integer input, or an engine with another target.
     """
-    eng = _engine(model, engine)
-    _check_input(eng.model, x, "fgsm")
+    m = engine.model if engine is not None else _model(model)
+    _check_input(m, x, "fgsm")
+    eng = _engine(m, engine)
     g = _loss_grad(eng, x, np.asarray(labels), batch_size)
     return _clip(x + epsilon * np.sign(g), clip).astype(x.dtype)
 
@@ -233,8 +234,9 @@ def pgd(
         raise DataError(f"pgd needs steps >= 1, got {steps}")
     if norm not in ("inf", "2"):
         raise DataError(f"pgd norm must be 'inf' or '2', got '{norm}'")
-    eng = _engine(model, engine)
-    _check_input(eng.model, x, "pgd")
+    m = engine.model if engine is not None else _model(model)
+    _check_input(m, x, "pgd")
+    eng = _engine(m, engine)
     lab = np.asarray(labels)
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
     rng = np.random.default_rng(seed)
@@ -326,8 +328,9 @@ def deepfool(
     """
     if steps < 1:
         raise DataError(f"deepfool needs steps >= 1, got {steps}")
-    lg = _Logits(model, "deepfool")
-    _check_input(lg.model, x, "deepfool")
+    m = _model(model)
+    _check_input(m, x, "deepfool")
+    lg = _Logits(m, "deepfool")
     z0 = lg(x)
     k0 = z0.argmax(axis=1)
     n, classes = z0.shape
@@ -406,8 +409,9 @@ def cw_l2(
     """
     if steps < 1 or search_steps < 1:
         raise DataError(f"cw_l2 needs steps >= 1 and search_steps >= 1, got {steps} and {search_steps}")
-    lg = _Logits(model, "cw_l2")
-    _check_input(lg.model, x, "cw_l2")
+    m = _model(model)
+    _check_input(m, x, "cw_l2")
+    lg = _Logits(m, "cw_l2")
     lab = np.asarray(labels)
     lo, hi = clip
     n = len(x)
@@ -490,12 +494,13 @@ def square(
     Returns:
         The adversarial inputs, within ``epsilon`` of ``x`` (L-inf) and inside ``clip``.
     """
+    m = _model(model)
+    _check_input(m, x, "square")
     if x.ndim != 4:
         raise DataError(f"square needs images [N, C, H, W]; got shape {list(x.shape)}")
     if steps < 1:
         raise DataError(f"square needs steps >= 1, got {steps}")
-    lg = _Logits(model, "square")
-    _check_input(lg.model, x, "square")
+    lg = _Logits(m, "square")
     lab = np.asarray(labels)
     rng = np.random.default_rng(seed)
     n, ch, h, w = x.shape
@@ -614,10 +619,11 @@ def spatial(
     Returns:
         The transformed inputs (and the parameters when asked).
     """
+    m = _model(model)
+    _check_input(m, x, "spatial")
     if x.ndim != 4:
         raise DataError(f"spatial needs images [N, C, H, W]; got shape {list(x.shape)}")
-    lg = _Logits(model, "spatial")
-    _check_input(lg.model, x, "spatial")
+    lg = _Logits(m, "spatial")
     lab = np.asarray(labels)
     rows = np.arange(len(x))
     best = x.copy()
