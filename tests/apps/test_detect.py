@@ -150,12 +150,12 @@ def test_cli_fit_attack_score(setup, tmp_path: Path, capsys):
     prof.save(p)
     det = tmp_path / "det.npz"
     data = "builtin:mnist?split=train&n=120"
-    code, out, err = _run(["detect", "fit", str(LENET), "--data", data, "--profile", str(p), "--out", str(det),
+    code, _out, err = _run(["detect", "fit", str(LENET), "--data", data, "--profile", str(p), "--out", str(det),
                            "--onnx", str(tmp_path / "det.onnx"), "--granularity", "channel", "--min-per-class", "3",
                            "--workers", "1"], capsys)  # fmt: skip
     assert code == 0, err
     adv = tmp_path / "adv.npz"
-    code, out, err = _run(["detect", "attack", str(LENET), "--data", "builtin:mnist?split=test&n=20", "--attack",
+    code, _out, err = _run(["detect", "attack", str(LENET), "--data", "builtin:mnist?split=test&n=20", "--attack",
                            "pgd", "--successful", "--out", str(adv)], capsys)  # fmt: skip
     assert code == 0, err
     scores = tmp_path / "s.json"
