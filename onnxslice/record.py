@@ -137,7 +137,7 @@ def make_session(
         proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
         device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
         optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
-        threads: intra-op threads (default: onnxruntime's choice).
+        threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
@@ -147,6 +147,7 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     so.log_severity_level = 3
+    threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
     if threads:
         so.intra_op_num_threads = threads
     data = proto.SerializeToString()

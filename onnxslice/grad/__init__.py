@@ -8,7 +8,7 @@ compares them with central finite differences through onnxruntime.
 from __future__ import annotations
 
 from .check import VjpCheck, check_vjp
-from .engine import GradientEngine, gradients
+from .engine import GradientEngine, clear_cache, gradients
 from .result import Gradients
 from .targets import TARGET_KINDS, Target, parse_target
 
@@ -19,6 +19,7 @@ __all__ = [
     "Target",
     "VjpCheck",
     "check_vjp",
+    "clear_cache",
     "gradients",
     "parse_target",
 ]

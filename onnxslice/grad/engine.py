@@ -11,6 +11,7 @@ no gradient and are never visited. Nothing here edits the model.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .fallback import finite_difference_rule
 from .result import Gradients
 from .targets import Target, parse_target
 
-__all__ = ["GradientEngine", "gradients", "logits_value"]
+__all__ = ["GradientEngine", "clear_cache", "gradients", "logits_value"]
 
 _NO_GRAD_DTYPES = ("i", "u", "b", "O", "U", "S")
 
@@ -539,6 +540,33 @@ class GradientEngine:
         )
 
 
+#: Engines of recent one-shot :func:`gradients` calls on model files, most recently used last.
+_ENGINES: dict[tuple[Any, ...], GradientEngine] = {}
+_CACHE_SIZE = 4
+
+
+def _cache_key(
+    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device
+) -> tuple[Any, ...] | None:
+    """The engine cache key of a model file (its resolved path, size and modification time), else None.
+
+    In-memory models are not cached: their weights may change in place between calls.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(model)
+    except OSError:
+        return None  # load() reports the missing file
+    w = weights if isinstance(weights, str) else tuple(weights)
+    return (os.path.realpath(model), st.st_size, st.st_mtime_ns, target, w, exact, device)
+
+
+def clear_cache() -> None:
+    """Forget the engines cached by :func:`gradients` (they hold sessions and weights)."""
+    _ENGINES.clear()
+
+
 def gradients(
     model: Model | str | onnx.ModelProto | Any,
     inputs: Mapping[str, Any] | np.ndarray | Any,
@@ -554,7 +582,10 @@ def gradients(
 ) -> Gradients:
     """The derivative of a scalar target with respect to every weight initializer and float model input.
 
-    One-shot form of :class:`GradientEngine` (build it once when calling many times).
+    One-shot form of :class:`GradientEngine`. The engine built for a model *file* is cached (the last
+    four, keyed by resolved path, size and modification time, target, weights, ``exact`` and
+    ``device``), so calling this again on the same file skips the load, the plan and the sessions;
+    :func:`clear_cache` frees them. Build a :class:`GradientEngine` yourself for in-memory models.
 
     Args:
         model: a :class:`Model`, a path or a ``ModelProto``.
@@ -572,5 +603,12 @@ def gradients(
         :class:`Gradients` (save it with ``.save(path)``, print ``.table()``).
     """
     spec: str | Sequence[str] = weights if isinstance(weights, str) else list(weights)
-    engine = GradientEngine(model, target, weights=spec, exact=exact, device=device)
+    key = _cache_key(model, target, spec, exact, device)
+    engine = _ENGINES.pop(key, None) if key is not None else None
+    if engine is None:
+        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device)
+    if key is not None:
+        _ENGINES[key] = engine  # most recently used last
+        while len(_ENGINES) > _CACHE_SIZE:
+            _ENGINES.pop(next(iter(_ENGINES)))
     return engine(inputs, labels=labels, per_sample=per_sample, cotangent=cotangent, batch_size=batch_size)
