@@ -313,6 +313,49 @@ def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int 
     print(f"  {'other (engine, seeds, sums)':<32}{1e3 * (total - sum(spent.values()) / repeats):>9.1f} ms")
 
 
+#: reference models of the criterion cost table: (label, file under models/, data spec)
+CRITERIA_MODELS = [
+    ("LeNet-5", "lenet5.onnx", "builtin:mnist?n=64"),
+    ("ResNet-8 (MNIST)", "resnet8_mnist.onnx", "builtin:mnist?n=64"),
+    ("EfficientNet-Lite0", "efficientnet_lite0.onnx", "builtin:samples-imagenet"),
+]
+
+
+def criteria_costs(samples: int, steps: int, threads: int) -> list[dict[str, Any]]:
+    """Seconds of ``sensitivity(model, data, criterion)`` for every registered criterion on each reference model.
+
+    Gradient passes scale with samples x steps (or noise draws) x (layers for the per-layer paths),
+    so the table also gives the projection to 64 samples and 16 steps/draws (the defaults' scale):
+    ``seconds * (64 * 16) / (samples * steps)`` for criteria that use steps or draws, ``* 64 / samples``
+    for the others.
+    """
+    import warnings
+
+    from onnxslice.data import load_data
+    from onnxslice.sensitivity import criteria_names, sensitivity
+
+    _pin(threads)
+    stepped = {"smoothgrad", "vargrad", "ig", "gig", "idgi", "hsic"}
+    rows = []
+    for label, file, spec in CRITERIA_MODELS:
+        model = load(ROOT / "models" / file)
+        x = load_data(spec).x
+        x = np.concatenate([x] * (samples // len(x) + 1))[:samples]
+        row: dict[str, Any] = {"model": label, "layers": len(model.layers), "samples": samples, "steps": steps}
+        for crit in criteria_names():
+            t = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sensitivity(model, {"x": x}, crit, "linf", samples=samples, steps=steps, noise_samples=steps,
+                            batch_size=samples, hsic_masks=max(8, 2 * steps))  # fmt: skip
+            sec = time.perf_counter() - t
+            scale = 64 * 16 / (samples * steps) if crit in stepped else 64 / samples
+            row[crit] = {"seconds": sec, "projected_64x16_s": sec * scale}
+            print(f"{label:<20}{crit:<12}{sec:>9.2f} s  (64 samples x 16 steps: ~{sec * scale:,.0f} s)", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="every case of the issue, 15 repeats (default: quick, 5)")
@@ -322,7 +365,17 @@ def main() -> None:
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
     ap.add_argument("--batch", type=int, default=None, help="batch for --profile (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grad.json"), help="results JSON")
+    ap.add_argument("--criteria", action="store_true", help="time every sensitivity criterion instead (1 thread)")
+    ap.add_argument("--samples", type=int, default=8, help="calibration samples for --criteria (default: 8)")
+    ap.add_argument("--steps", type=int, default=2, help="path steps and noise draws for --criteria (default: 2)")
     args = ap.parse_args()
+    if args.criteria:
+        rows = criteria_costs(args.samples, args.steps, args.threads[0])
+        out = Path(args.out).with_name("grad_criteria.json")
+        meta = {"load_average": os.getloadavg(), "threads": args.threads[0], "note": "shared 2-core machine"}
+        out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
+        print(f"saved {out}")
+        return
     if args.profile:
         profile(args.profile, args.batch, args.threads[0])
         return

@@ -297,7 +297,12 @@ class GradientEngine:
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
         fparts: list[np.ndarray] = []
         start = 0
-        for size, chunk, vals in self.recorder.iter_batches(feed, batch_size, weights=w_over or None):
+        rec = self.recorder
+        bs = rec.fixed_batch or batch_size or n
+        for s0 in range(0, n, bs):  # the feed is validated once, above
+            chunk = {k: v[s0 : s0 + bs] for k, v in feed.items()}
+            vals = rec.run(chunk, validated=True, weights=w_over or None)
+            size = len(next(iter(chunk.values()))) if chunk else 1
             sl = slice(start, start + size)
             start += size
             cot = None if cots is None else {k: v[sl] for k, v in cots.items()}
