@@ -135,6 +135,15 @@ class GradientEngine:
         self._static = self._static_values()
         self._need = self._needed_values()
         self.steps = self._plan()
+        last: dict[str, int] = {}
+        for i, st in enumerate(self.steps):
+            for v in (*st.node.inputs, *st.node.outputs):
+                if v:
+                    last[v] = i
+        #: per backward step, the recorded values no later step reads (dropped then: lower peak memory)
+        self._release: list[list[str]] = [[] for _ in self.steps]
+        for v, i in last.items():
+            self._release[i].append(v)
         record = {v for s in self.steps for v in (*s.node.inputs, *s.node.outputs) if v}
         record.update([self.value, *self.outputs])
         produced = {o for n in m.nodes for o in n.outputs if o}
@@ -488,7 +497,10 @@ class GradientEngine:
 
         grads: dict[str, np.ndarray] = dict(seed)
         owned: set[str] = set()
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
+            if index:
+                for v in self._release[index - 1]:  # recorded values no later rule reads
+                    vals.pop(v, None)
             node = step.node
             out_grads = [grads.pop(o, None) if o else None for o in node.outputs]
             if all(g is None for g in out_grads):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
+from types import EllipsisType
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def _dx_by_kernel(
 
 
 #: Bound on the im2col buffer of one chunk of samples (bytes); larger batches are chunked.
-IM2COL_BYTES = 64 * 2**20
+IM2COL_BYTES = 16 * 2**20
 
 
 def _dw_im2col(
@@ -229,7 +230,8 @@ def _dw_depthwise(
     dw = np.empty(((x.shape[0],) if keep else ()) + (x.shape[1], *kernel), dtype=x.dtype)
     for k in itertools.product(*(range(kk) for kk in kernel)):
         view = xp[(slice(None), slice(None), *window(k, dil, strides, out_sp))]
-        dw[(Ellipsis, *k)] = np.einsum(spec, g, view)
+        index: tuple[EllipsisType | int, ...] = (Ellipsis, *k)
+        dw[index] = np.einsum(spec, g, view)
     return dw.reshape(((x.shape[0],) if keep else ()) + tuple(w_shape))
 
 
