@@ -131,6 +131,7 @@ def make_session(
     *,
     optimize: bool = False,
     threads: int | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
 
@@ -138,7 +139,9 @@ def make_session(
         proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
         device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
         optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
-        threads: intra-op threads (default: onnxruntime's choice).
+        threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
+        arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
+            the resident size down for sessions whose outputs are copied out anyway).
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
@@ -148,6 +151,8 @@ def make_session(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = arena and os.environ.get("ONNXSLICE_ARENA", "1") != "0"
+    threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
     if threads:
         so.intra_op_num_threads = threads
     data = proto.SerializeToString()
@@ -300,6 +305,7 @@ class Recorder:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         weight_inputs: initializers to make swappable: :meth:`run` takes new values for them in
             ``weights=`` (the model's own values are fed otherwise). One session serves every value.
+        arena: keep onnxruntime's CPU memory arena (see :func:`make_session`).
     """
 
     def __init__(
@@ -308,6 +314,7 @@ class Recorder:
         values: Iterable[str] | str | None = "all",
         device: Device = "auto",
         weight_inputs: Sequence[str] = (),
+        arena: bool = True,
     ) -> None:
         self.model = model
         self.weight_inputs = list(dict.fromkeys(weight_inputs))
@@ -324,7 +331,7 @@ class Recorder:
                 raise DataError(f"no value named {', '.join(missing[:5])} in the model")
             names = [v for v in names if v not in model.input_names and not model.is_initializer(v)]
         self.values = list(dict.fromkeys([*model.output_names, *names]))
-        self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device)
+        self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device, arena=arena)
         self.device = _session_device(self.session)
         self._refuse_non_tensors()
         self.fixed_batch = fixed_batch_of(model)

@@ -11,7 +11,7 @@ from onnxslice.targets import TARGET_KINDS, parse_target
 from onnxslice.targets import TargetSpec as Target
 
 from .check import VjpCheck, check_vjp
-from .engine import GradientEngine, gradients
+from .engine import GradientEngine, clear_cache, gradients
 from .result import Gradients
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Target",
     "VjpCheck",
     "check_vjp",
+    "clear_cache",
     "gradients",
     "parse_target",
 ]

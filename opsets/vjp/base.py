@@ -208,6 +208,7 @@ def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | flo
 
     ``deriv(ctx, x, y)`` returns the local derivative (an array of x's shape or a scalar); gates
     (Relu, LeakyRelu, Clip, HardSigmoid) return masks or slopes, smooth functions their derivative.
+    A boolean mask selects the cotangent in one pass (no float mask, no multiply).
     """
 
     def fn(ctx: VjpContext) -> Grads:
@@ -215,7 +216,11 @@ def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | flo
             return [None] * len(ctx.ins)
         x, y = ctx.x(0), ctx.y(0)
         d = deriv(ctx, x, y)
-        dx = np.asarray(ctx.g(0) * d, dtype=x.dtype)
+        g = ctx.g(0)
+        if isinstance(d, np.ndarray) and d.dtype == np.bool_:
+            dx = np.where(d, g, np.zeros((), dtype=x.dtype)).astype(x.dtype, copy=False)
+        else:
+            dx = np.asarray(g * d, dtype=x.dtype)
         return [dx] + [None] * (len(ctx.ins) - 1)
 
     fn.__name__ = fn.__qualname__ = name

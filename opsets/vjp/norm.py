@@ -28,24 +28,36 @@ def batch_norm(ctx: VjpContext) -> Grads:
     eps = float(ctx.attr("epsilon", 1e-5))
     nd = x.ndim
     inv = 1.0 / np.sqrt(var.astype(np.float64) + eps)
-    xhat = (x - _chan(mean, nd)) * _chan(inv, nd).astype(x.dtype)
-    red = tuple(i for i in range(nd) if i != 1)
     out: Grads = [None] * len(ctx.ins)
+    # Two reductions serve every parameter: S_g = sum g and S_gx = sum g * x per channel (per sample
+    # in per-sample mode), with sum g * xhat = (S_gx - mean * S_g) * inv. Accumulated in float64 so
+    # that the cancellation in S_gx - mean * S_g does not cost float32 digits.
+    want = [ctx.need(i) for i in range(1, 5)]
+    if any(want):
+        keep = any(ctx.keep(i) for i in range(1, 5))
+        n, c = x.shape[:2]
+        g3, x3 = g.reshape(n, c, -1), x.reshape(n, c, -1)
+        s_g = g3.sum(axis=2, dtype=np.float64)  # [N, C]
+        s_gx = np.einsum("ncp,ncp->nc", g3, x3, dtype=np.float64) if want[0] or want[3] else None
+        mu = mean.astype(np.float64)
 
-    def reduce(v: np.ndarray, i: int) -> np.ndarray:
-        axes = red[1:] if ctx.keep(i) else red
-        return v.sum(axis=axes).astype(ctx.x(i).dtype, copy=False)
+        def per(v: np.ndarray, i: int) -> np.ndarray:
+            return (v if ctx.keep(i) else v.sum(axis=0)).astype(ctx.x(i).dtype, copy=False)
 
+        if not keep:
+            s_g = s_g.sum(axis=0, keepdims=True)
+            s_gx = None if s_gx is None else s_gx.sum(axis=0, keepdims=True)
+        s_gxhat = None if s_gx is None else (s_gx - mu * s_g) * inv
+        if want[0]:
+            out[1] = per(s_gxhat, 1)  # type: ignore[arg-type]
+        if want[1]:
+            out[2] = per(s_g, 2)
+        if want[2]:
+            out[3] = per(s_g * (-scale * inv), 3)
+        if want[3]:
+            out[4] = per(s_gxhat * (-0.5 * scale * inv * inv), 4)  # type: ignore[operator]
     if ctx.need(0):
-        out[0] = (g * _chan(scale * inv, nd)).astype(x.dtype, copy=False)
-    if ctx.need(1):
-        out[1] = reduce(g * xhat, 1)
-    if ctx.need(2):
-        out[2] = reduce(g, 2)
-    if ctx.need(3):
-        out[3] = reduce(g, 3) * (-scale * inv).astype(mean.dtype)
-    if ctx.need(4):
-        out[4] = reduce(g * xhat, 4) * (-0.5 * scale * inv * inv).astype(var.dtype)
+        out[0] = g * _chan((scale * inv).astype(x.dtype), nd)
     return out
 
 

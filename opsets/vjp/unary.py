@@ -15,7 +15,7 @@ from .base import VjpContext, register, unary
 
 
 def _relu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (x > 0).astype(x.dtype)
+    return x > 0
 
 
 def _leaky(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -44,7 +44,9 @@ def _clip_bounds(ctx: VjpContext) -> tuple[float, float]:
 
 def _clip(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     lo, hi = _clip_bounds(ctx)
-    return ((x >= lo) & (x <= hi)).astype(x.dtype)
+    mask = x >= lo
+    mask &= x <= hi
+    return mask
 
 
 def _hard_sigmoid(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -128,6 +128,8 @@ _WEIGHTED = [
     Case("Conv", [X(2, 3, 10), W(4, 3, 3), W(4)], {"strides": [2], "pads": [1, 1]}, name="1d"),
     Case("Conv", [X(1, 2, 4, 5, 5), W(3, 2, 2, 3, 3)], {"pads": [0, 1, 1, 1, 0, 0]}, name="3d"),
     Case("Conv", [X(2, 8, 5, 5), W(16, 8, 1, 1)], name="pointwise"),
+    Case("Conv", [X(2, 8, 5, 5), W(6, 8, 1, 1), W(6)], name="pointwise-bias"),
+    Case("Conv", [X(2, 4, 9, 9), W(4, 1, 3, 3)], {"group": 4, "strides": [2, 2], "dilations": [1, 2]}, name="depthwise-strided"),
     Case("ConvTranspose", [X(2, 3, 5, 5), W(3, 4, 3, 3), W(4)]),
     Case("ConvTranspose", [X(2, 4, 4, 5), W(4, 3, 3, 3)], {"strides": [2, 2], "pads": [1, 0, 0, 1]}, name="strided"),
     Case("ConvTranspose", [X(2, 4, 4, 4), W(4, 2, 3, 3)], {"group": 2, "dilations": [2, 2]}, name="groups"),
