@@ -34,10 +34,10 @@ from onnx import numpy_helper
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError
 from onnxslice.grad.engine import GradientEngine, logits_value
-from onnxslice.grad.targets import Target
 from onnxslice.model import Model, load
 from onnxslice.progress import progress as _progress
 from onnxslice.record import Device, Recorder, validate_inputs
+from onnxslice.targets import BoundTarget
 
 __all__ = ["LOSSES", "OPTIMIZERS", "FinetuneResult", "finetune"]
 
@@ -47,31 +47,29 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 
 
-@dataclass(frozen=True)
-class _Distill(Target):
-    """Distillation target: per-sample ``T^2 KL(softmax(t/T) || softmax(z/T))``; ``labels`` are the teacher logits."""
+class _Distill(BoundTarget):
+    """Distillation target: per-sample ``T^2 KL(softmax(t/T) || softmax(z/T))``; ``labels`` are the teacher logits.
 
-    temperature: float = 1.0
+    It reads the same value as ``loss`` (the logits, before a final Softmax) and replaces only the seed.
+    """
 
-    def seed(
-        self,
-        value: np.ndarray,
-        *,
-        labels: np.ndarray | None = None,
-        cotangent: np.ndarray | None = None,
-        name: str = "",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if labels is None or np.shape(labels) != value.shape:
+    def __init__(self, model: Model, output: str, temperature: float) -> None:
+        super().__init__(model, "loss", output)
+        self.temperature = temperature
+
+    def seed(self, arr: np.ndarray, *, labels: np.ndarray | None = None, cotangent: np.ndarray | None = None,
+             n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if labels is None or np.shape(labels) != arr.shape:
             raise DataError(
-                f"distillation needs teacher logits shaped like '{name}' {list(value.shape)}, "
+                f"distillation needs teacher logits shaped like '{self.value}' {list(arr.shape)}, "
                 f"got {None if labels is None else list(np.shape(labels))}"
             )
         t = self.temperature
-        log_ps = _log_softmax(value.astype(np.float64) / t)
+        log_ps = _log_softmax(arr.astype(np.float64) / t)
         log_pt = _log_softmax(np.asarray(labels, dtype=np.float64) / t)
         pt = np.exp(log_pt)
         kl = (pt * (log_pt - log_ps)).sum(axis=1) * t * t
-        return kl, (t * (np.exp(log_ps) - pt)).astype(value.dtype)
+        return kl, (t * (np.exp(log_ps) - pt)).astype(arr.dtype)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -265,11 +263,11 @@ def finetune(
         if ds.labels is None:
             raise DataError(f"loss 'ce' needs labels; data set '{ds.name}' has none (use loss='distill')")
         targets: np.ndarray = np.asarray(ds.labels)
-        target: Target | str = "loss"
     else:
         targets = _teacher_logits(teacher, m, feed, batch_size, device)
-        target = _Distill("loss", temperature=float(temperature))
-    engine = GradientEngine(m, target, weights=names, inputs=False, swappable=names, device=device)
+    engine = GradientEngine(m, "loss", weights=names, inputs=False, swappable=names, device=device)
+    if loss == "distill":
+        engine.bound = _Distill(m, engine.output, float(temperature))  # same logits value, the KL seed
 
     params = {k: np.array(m.initializer(k), copy=True) for k in names}
     opt = _Optimizer(optimizer, lr, params)
