@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-score", choices=("l1", "l2", "random", "criterion"), default="l1",
                    help="which channels of a group go: L1/L2 norm of the filters, random, or --criterion's "
                         "relevance reduced per channel")
-    p.add_argument("--round-to", type=int, default=1,
-                   help="structured: keep a multiple of this many channels per group (e.g. 16, onnxruntime's NCHWc "
-                        "block on AVX-512) so that the speedup follows the FLOPs")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="structured --ratio: keep a multiple of this many channels per group (default: the kernel "
+                        "block of --device for Conv groups: 16 on AVX-512 CPUs, 8 on AVX2 and CUDA; Gemm/MatMul groups "
+                        "unrounded; 1 turns rounding off) so that the speedup follows the FLOPs")
+    p.add_argument("--latency", type=float, default=None,
+                   help="plan for a latency target instead of --ratio: fraction of the original's measured latency "
+                        "(e.g. 0.7); a knapsack against the measured latency table (cached) of the measured damage of "
+                        "each candidate channel count on --data (without --data: --channel-score importance); the "
+                        "pruned model is measured and the plan tightened if it misses (default: off)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of every latency measurement (default 1)")
+    p.add_argument("--cache", default=None,
+                   help="folder of cached latency tables (default $ONNXSLICE_CACHE or ~/.cache/onnxslice)")
+    p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
                    help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
@@ -78,8 +91,10 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
     if args.plan:
         return PrunePlan.load(args.plan), None
+    if args.latency is not None:
+        return _latency_plan(args, model, data), None
     if args.ratio is None:
-        raise PlanError("give --ratio (or --plan)")
+        raise PlanError("give --ratio, --latency (or --plan)")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
     channel_score: Any = args.channel_score
     if channel_score == "criterion":
@@ -91,8 +106,50 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     sl = _slice(args, model, data) if args.budget == "slice" else None
     plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
-                        mode=args.mode, round_to=args.round_to)
+                        mode=args.mode, round_to=_round_to(args, model), round_convs_only=args.round_to is None)
     return plan, sl
+
+
+def _round_to(args: argparse.Namespace, model: Any) -> int:
+    """--round-to, or the kernel block of --device for models with Convs (structured only)."""
+    from onnxslice.latency import kernel_block
+
+    if args.round_to is not None:
+        return int(args.round_to)
+    if args.mode != "structured" or args.budget == "slice" or not any(x.op_type == "Conv" for x in model.layers):
+        return 1
+    return kernel_block(args.device)
+
+
+def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    """Latency-aware plan (knapsack against the measured table), checked by measuring the pruned model."""
+    from onnxslice.latency import latency_table
+    from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency
+
+    if args.mode != "structured" or args.budget == "slice":
+        raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
+    if args.ratio is not None:
+        raise PlanError("give either --ratio or --latency, not both")
+    calib = data.subset(slice(0, args.samples)) if data is not None else None
+    channel_score: Any = args.channel_score
+    if channel_score == "criterion":
+        from onnxslice.sensitivity import relevance
+
+        if calib is None and args.criterion != "weight":
+            raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
+        channel_score = relevance(model, calib, args.criterion, samples=args.samples)
+    scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
+    table = latency_table(model, device=args.device, batch=args.latency_batch, threads=args.threads,
+                          cache=args.cache)
+    damage = None
+    if calib is not None:  # measured damage of every candidate count on the user's data
+        damage = damage_table(model, calib, table, channel_score=channel_score, samples=min(args.samples, 64))
+    res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
+                           repeats=max(args.repeats, 10))
+    if not res.met:
+        print(f"WARNING: latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
+              "original", file=sys.stderr)
+    return res.plan
 
 
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
@@ -113,12 +170,19 @@ def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> di
 
 def run(args: argparse.Namespace) -> int:
     from onnxslice.data import load_data
+    from onnxslice.io import save_json
+    from onnxslice.latency import kernel_block, load_average, median_ratios, timed_sessions
+    from onnxslice.outputs import Outputs
     from onnxslice.rewrite import prune
-    from onnxslice.rewrite.measure import model_stats, paired_latency_ms
+    from onnxslice.rewrite.measure import model_stats
 
     src = Path(args.model)
     if Path(args.out).resolve() == src.resolve():
         raise OnnxSliceError(f"refusing to overwrite the input model '{src}'; choose another --out")
+    outs = Outputs("prune")
+    outs.reads(src, "MODEL")
+    outs.writes(args.out, "--out")
+    report = outs.writes(args.report, "--report")
     model = load(src)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
@@ -133,13 +197,23 @@ def run(args: argparse.Namespace) -> int:
         feed = {v.name: np.zeros([d if isinstance(d, int) else 1 for d in (v.shape or [1])],
                                  dtype=v.dtype or np.float32) for v in model.inputs}
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
-    lat = paired_latency_ms([model, pruned], batch, args.repeats)
+    lat, lat_ratio = median_ratios(timed_sessions([model.proto, pruned.proto], args.device, args.threads), batch,
+                                   max(args.repeats, 3))
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
-                              "ratio": before.ratio(after), "latency_batch": args.latency_batch}
+                              "ratio": {**before.ratio(after), "latency": lat_ratio[1]},
+                              "latency_batch": args.latency_batch, "device": args.device, "threads": args.threads,
+                              "load_average": load_average()}
+    if lat_ratio[1] > 1.03:
+        result["slower_than_input"] = True
+        print(f"WARNING: the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
+              f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
+              f"{kernel_block(args.device)}", file=sys.stderr)
     if fid_data is not None:
         classes = [int(t.split(":", 1)[1]) for t in (sl.targets if sl is not None else []) if t.startswith("class:")]
         result.update(_fidelity_rows(model, pruned, fid_data, classes))
+    outs.defer(report, lambda p: save_json(p, result))
+    outs.commit()
     if args.json:
         emit_json(result)
         return 0
