@@ -1,0 +1,1 @@
+"""Applications of slices and sensitivities: adversarial-input detection, model protection, fault tolerance."""
