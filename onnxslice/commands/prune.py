@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None,
                    help="folder of cached latency tables (default $ONNXSLICE_CACHE or ~/.cache/onnxslice)")
     p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
+    p.add_argument("--recover", type=int, default=0, metavar="STEPS",
+                   help="fine-tune the pruned model for STEPS updates by distillation from the original's outputs on "
+                        "--data's samples after the first --samples (those stay held out for fidelity), with "
+                        "onnxslice's own gradients (default 0: off)")
+    p.add_argument("--recover-lr", type=float, default=1e-3, help="Adam learning rate of --recover (default 1e-3)")
+    p.add_argument("--recover-batch", type=int, default=32, help="batch size of --recover (default 32)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
                    help="for --budget slice without --slice: target classes (class:K, class:K1,K2; repeatable); "
@@ -152,6 +158,30 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     return res.plan
 
 
+def _recover(args: argparse.Namespace, model: Any, pruned: Any, data: Any) -> dict[str, Any]:
+    """Distil the original's outputs into the pruned model on the samples after the first --samples."""
+    import time
+
+    from onnxslice.data import Dataset
+    from onnxslice.train import finetune
+
+    if data is None:
+        raise PlanError("--recover needs --data (unlabelled samples to distil the original's outputs on)")
+    if args.recover < 0:
+        raise PlanError(f"--recover takes a number of steps >= 0, got {args.recover}")
+    rest = data.subset(slice(args.samples, None))
+    if len(rest) == 0:
+        raise PlanError(f"--recover needs more samples in --data than --samples ({args.samples}): the first "
+                        "--samples are held out for fidelity")
+    unlabelled = Dataset({k: v for k, v in rest.bind(model).items()}, None, f"{rest.name} (unlabelled)")
+    t0 = time.perf_counter()
+    res = finetune(pruned, unlabelled, steps=args.recover, lr=args.recover_lr, batch_size=args.recover_batch,
+                   loss="distill", teacher=model, progress=True)
+    return {"model": res.model, "unrecovered": pruned, "steps": args.recover, "lr": args.recover_lr,
+            "samples": len(rest), "seconds": round(time.perf_counter() - t0, 1),
+            "loss_first": float(res.losses[0]), "loss_last": float(np.mean(res.losses[-10:]))}
+
+
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
     from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
 
@@ -187,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
+    recovery = _recover(args, model, pruned, data) if args.recover else None
+    if recovery is not None:
+        pruned = recovery.pop("model")
     out = pruned.save(args.out)
     if args.save_plan:
         plan.save(args.save_plan)
@@ -212,6 +245,11 @@ def run(args: argparse.Namespace) -> int:
     if fid_data is not None:
         classes = [int(t.split(":", 1)[1]) for t in (sl.targets if sl is not None else []) if t.startswith("class:")]
         result.update(_fidelity_rows(model, pruned, fid_data, classes))
+    if recovery is not None:
+        from onnxslice.rewrite.fidelity import fidelity
+
+        unrecovered = recovery.pop("unrecovered")
+        result["recovery"] = {**recovery, "fidelity_before_recovery": fidelity(unrecovered, model, fid_data).to_dict()}
     outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
     if args.json:
@@ -246,6 +284,10 @@ def _table(result: dict[str, Any], name: str, plan: Any) -> str:
         if fid["top1_agreement"] is not None:
             rows.append({"measure": f"top-1 agreement with original{label}", "before": 1.0,
                          "after": round(fid["top1_agreement"], 4)})
+    rec = result.get("recovery")
+    if rec is not None and rec["fidelity_before_recovery"]["top1_agreement"] is not None:
+        rows.append({"measure": f"top-1 agreement before --recover {rec['steps']}", "before": 1.0,
+                     "after": round(rec["fidelity_before_recovery"]["top1_agreement"], 4)})
     for r in rows:
         b, a = r["before"], r["after"]
         r["after/before"] = round(a / b, 4) if b else ""
