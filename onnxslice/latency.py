@@ -161,7 +161,8 @@ def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1)
 
     if device not in DEVICES:
         raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
-    return [make_session(runtime_proto(p), device, optimize=True, threads=threads) for p in protos]
+    dev: Any = device
+    return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
 
 
 def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,

@@ -271,7 +271,7 @@ def plan_float_layers(
         if max_latency is not None:
             lat = median_ratios(timed_sessions([builder.model.proto, proto], device, threads), x, repeats)[1][1]
         trials.append({"float_layers": k, "agreement": agree, "kl": kl, "latency": lat})
-        if lat is not None and lat > max_latency and k > 0:
+        if lat is not None and max_latency is not None and lat > max_latency and k > 0:
             break
         if best is None or (agree, -kl) > (best[0], -best[1]):
             best = (agree, kl, exclude, proto, lat)

@@ -24,7 +24,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def table(net, tmp_path_factory):
-    m, x = net
+    m, _x = net
     return latency_table(m, block=4, repeats=3, fractions=(0.5,), cache=tmp_path_factory.mktemp("cache"),
                          show_progress=False)
 
