@@ -11,7 +11,9 @@ turn, starting one later each time): the entry is the median over repeats of the
 ``t(variant) / t(original)``, so load on a shared machine cancels. The group's own layers, its
 consumers and the layout choices of their neighbours are all in the measurement (layer with context).
 Among the kernel-aligned counts the ratios are made non-decreasing in ``k`` (isotonic fit: fewer
-channels never cost more, up to noise); the counts between blocks keep their raw measurement.
+channels never cost more, up to noise), and no count is credited a saving larger than ``FLOP_CAP``
+times the fraction of the model's FLOPs it removes (on a loaded machine a single subgraph timing can
+be far off); the counts between blocks keep their raw measurement.
 
 The table predicts a plan's latency additively: ``1 + sum_g (r_g(k_g) - 1)``, which ignores the cross
 term of a layer losing both input and output channels; planners check the result by measuring the
@@ -59,6 +61,8 @@ __all__ = [
 #: Fractions of a group's channels (snapped to the kernel block) at which the step function is measured.
 DEFAULT_FRACTIONS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 QUICK_FRACTIONS = (0.75, 0.5, 0.25)
+#: The saving credited to a count on the kernel block is at most this multiple of the FLOPs it saves.
+FLOP_CAP = 2.0
 DEVICES = ("cpu", "cuda")
 
 
@@ -278,6 +282,13 @@ def _feed_of(proto: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     return feed
 
 
+def _macs(proto: Any) -> int:
+    from onnxslice.flops import count_macs
+    from onnxslice.model import load
+
+    return int(count_macs(load(proto, check=False, infer_shapes=False)).total)
+
+
 def _isotonic(ks: list[int], rs: list[float]) -> list[float]:
     """Non-decreasing fit of ``rs`` over increasing ``ks`` (pool adjacent violators)."""
     order = np.argsort(ks)
@@ -385,7 +396,7 @@ def _cache_file(root: Path, model: Model, device: str, batch: int, threads: int,
     import onnxruntime as ort
 
     key = json.dumps([model.fingerprint, device, batch, threads, list(fractions), block, _cpu_name(),
-                      ort.__version__, 5])
+                      ort.__version__, 6])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return root / "latency" / f"{model.fingerprint[:12]}-{device}-b{batch}-t{threads}-{digest}.json"
 
@@ -448,14 +459,18 @@ def latency_table(
     inits = {t.name for t in same.graph.initializer}
     table: dict[str, dict[int, float]] = {}
     raw: dict[str, dict[int, float]] = {}
+    macs: dict[str, dict[int, float]] = {}
+    base_macs = max(_macs(same), 1)
     for g in progress(groups, len(groups), "latency table", show_progress):
         ks = [k for k in candidate_counts(g.size, block, fractions) if k < g.size and (g.size - k) % g.segments == 0]
         ks = [k for k in ks if g.size - k <= g.max_removable()]
         row = {g.size: 1.0}
         on_grid = [k for k in ks if k % block == 0]
         off_grid = [k for k in ks if k % block]
+        macs[g.leader] = {}
+        protos_on: list[Any] = []
         if on_grid:  # the group's nodes with a Conv of context on each side, cut and uncut
-            protos = [_apply_structured(model, {g.leader: np.arange(g.size - k)}, gset) for k in on_grid]
+            protos = protos_on = [_apply_structured(model, {g.leader: np.arange(g.size - k)}, gset) for k in on_grid]
             weights = {name for name, _ in g.cuts} & inits
             try:
                 subs = [subgraph(p, *_node_range(p, weights)) for p in [same, *protos]]
@@ -472,13 +487,19 @@ def latency_table(
             row.update({k: m / ms[0] for k, m in zip(off_grid, ms[1:], strict=True)})
         raw[g.leader] = dict(row)
         aligned = [k for k in row if k % block == 0 or k == g.size]
-        fit = _isotonic(aligned, [row[k] for k in aligned])
-        table[g.leader] = {**row, **dict(zip(aligned, fit, strict=True))}
+        fit = dict(zip(aligned, _isotonic(aligned, [row[k] for k in aligned]), strict=True))
+        if on_grid:  # a saving beyond FLOP_CAP x the FLOPs saved is measurement noise on a loaded machine
+            for k, proto in zip(on_grid, protos_on, strict=True):
+                macs[g.leader][k] = 1.0 - _macs(proto) / base_macs
+                fit[k] = max(fit[k], 1.0 - FLOP_CAP * macs[g.leader][k])
+        table[g.leader] = {**row, **fit}
     import onnxruntime as ort
 
     meta = {
         "repeats": repeats, "fractions": list(fractions), "cpu": _cpu_name(), "onnxruntime": ort.__version__,
         "load_average": [load_before, load_average()], "seconds": round(time.perf_counter() - t0, 2),
+        "flop_cap": FLOP_CAP,
+        "macs_saved": {g: {str(k): v for k, v in row.items()} for g, row in macs.items()},
         "how": "counts on the kernel block: the group's nodes and everything between them plus one Conv on each "
                "side (layer with context), cut and uncut, timed round-robin, ratio = 1 + (q20 cut - q20 uncut) / "
                "q20 whole model; counts off the block: the whole model with the group cut against the original, "
