@@ -21,9 +21,9 @@ where it runs.
 
 **Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
 by ``benchmarks/_encoder.py`` and cached): float32; ``onnxruntime.quantization.quantize_static`` with
-every setting at its default (uniform int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8 activations); ``qdq``
-sensitivity plan (the fewest most-sensitive layers kept float, by ``wgrad``, until top-1 agreement on
-the calibration data is >= 0.99); ``qdq`` random plan (as many float layers, chosen at random);
+every setting at its default (uniform int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8
+activations); ``qdq`` sensitivity plan (the fewest most-sensitive layers kept float, by ``wgrad``,
+until top-1 agreement on the calibration data is >= 0.99); ``qdq`` random plan (as many float layers, chosen at random);
 weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival ``onnxsim``'s
 ``apply_mixed_precision_quantization`` where it runs.
 
@@ -181,7 +181,7 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
         train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
         unlabelled = Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
         for label in [k for k in list(variants) if "new default" in k or "(= uniform)" in k
-                      or k.startswith("uniform-l1@0.") and "predicted" in k]:
+                      or (k.startswith("uniform-l1@0.") and "predicted" in k)]:
             t0 = time.perf_counter()
             res = finetune(variants[label], unlabelled, steps=args.recover, loss="distill", teacher=model,
                            lr=1e-3, batch_size=32, progress=False)
