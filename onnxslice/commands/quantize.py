@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,19 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None) -> i
     return 0
 
 
+def _latency(args: argparse.Namespace, model: Model, q: Model, ds: Dataset | None) -> dict[str, Any]:
+    """Median latency of the float and the quantized model, round-robin, on --device."""
+    from onnxslice.latency import median_ratios, timed_sessions
+    from onnxslice.record import as_feed, validate_inputs
+    from onnxslice.rewrite.formats import device_of
+
+    device = device_of(args.device)
+    probe = validate_inputs(model, as_feed(model, ds)) if ds is not None else _zeros(model)
+    x = {k: v[:1] for k, v in probe.items()}
+    ms, ratios = median_ratios(timed_sessions([model.proto, q.proto], device, args.threads), x, args.repeats)
+    return {"device": device, "latency_ms_before": ms[0], "latency_ms_after": ms[1], "latency_ratio": ratios[1]}
+
+
 def _zeros(model: Model) -> Any:
     import numpy as np
 
@@ -253,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "size_bytes_before": size_before,
         "size_bytes_after": size_after,
     }
+    summary.update(_latency(args, model, q, ds))
     if ds is not None:
         ref = run_outputs(model, ds)
         summary["fidelity_before"] = compare_outputs(ref, ref, ds.labels).to_dict()
@@ -265,6 +280,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nplanned by: {summary['planned_by']}")
     print(f"average bits per weight: {cost.avg_bits:.3f}")
     print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
+    print(f"latency (median, round-robin, {summary['device']}, {args.threads} thread, batch 1): "
+          f"{summary['latency_ms_before']:.4g} -> {summary['latency_ms_after']:.4g} ms "
+          f"({summary['latency_ratio']:.3f}x)")
+    if summary["latency_ratio"] > 1.03:
+        print(f"WARNING: the quantized model is measured SLOWER than the float model "
+              f"({summary['latency_ratio']:.2f}x); weight-only formats dequantize at run time: --format qdq is "
+              "the fast one on CPU", file=sys.stderr)
     if ds is not None:
         keys = ("accuracy", "top1_agreement", "kl", "rel_error")
         before, after = summary["fidelity_before"], summary["fidelity_after"]
