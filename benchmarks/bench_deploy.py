@@ -171,7 +171,11 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
         for label, target, kw in ((f"latency-aware(damage)@{same} (= uniform)", same, {"damage": dmg}),
                                   (f"latency-aware(damage)@{t}", t, {"damage": dmg}),
                                   (f"latency-aware(l1)@{t}", t, {})):
-            res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+            try:
+                res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+            except osl.OnnxSliceError as e:
+                info[label] = {"error": str(e)}
+                continue
             variants[label] = res.model
             info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
                            "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met}

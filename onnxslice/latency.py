@@ -5,15 +5,24 @@ Conv in blocks of 16 channels (AVX-512; 8 on AVX2), and a count that breaks the 
 plain kernels with layout reorders around them, so a model with fewer FLOPs can run slower. So the
 cost is measured, never assumed. For every prunable channel group and every candidate count ``k``
 (multiples of the kernel block at a few fractions of the group, plus one count between blocks to show
-the step), the *whole model* with only that group cut to ``k`` channels is timed against the original
-in the same session set, round-robin (each repeat runs the original and every variant of the group in
-turn, starting one later each time): the entry is the median over repeats of the per-repeat ratio
-``t(variant) / t(original)``, so load on a shared machine cancels. The group's own layers, its
-consumers and the layout choices of their neighbours are all in the measurement (layer with context).
-Among the kernel-aligned counts the ratios are made non-decreasing in ``k`` (isotonic fit: fewer
-channels never cost more, up to noise), and no count is credited a saving larger than ``FLOP_CAP``
-times the fraction of the model's FLOPs it removes (on a loaded machine a single subgraph timing can
-be far off); the counts between blocks keep their raw measurement.
+the step):
+
+- on the block: the group's nodes and everything between them, plus one Conv of context on each side
+  (layer with context: onnxruntime's layout choice at a boundary depends on both sides), are cut out
+  of the model, and the cut and uncut subgraphs are timed round-robin (each repeat runs all of them
+  in turn, starting one later each time; 20th-percentile times, since preemption on a loaded machine
+  only adds time). The entry is ``1 - (1 - t_cut / t_uncut) * share``, ``share`` being the
+  subgraph's fraction of the model's MACs: a ratio of short runs under the same conditions, weighted
+  by how much of the model the subgraph is (timing the whole model alongside biases the share on a
+  loaded machine: long runs are preempted more than short ones);
+- off the block: the whole model with only that group cut, against the original, round-robin
+  (ratio of 20th-percentile times): onnxruntime's layout changes around such a count reach beyond
+  the group.
+
+Among the kernel-aligned counts the ratios are made non-decreasing in ``k`` and at most 1 (isotonic
+fit: fewer channels never cost more, up to noise), and no count is credited a saving larger than
+``FLOP_CAP`` times the fraction of the model's FLOPs it removes; the counts between blocks keep their
+raw measurement.
 
 The table predicts a plan's latency additively: ``1 + sum_g (r_g(k_g) - 1)``, which ignores the cross
 term of a layer losing both input and output channels; planners check the result by measuring the
@@ -396,7 +405,7 @@ def _cache_file(root: Path, model: Model, device: str, batch: int, threads: int,
     import onnxruntime as ort
 
     key = json.dumps([model.fingerprint, device, batch, threads, list(fractions), block, _cpu_name(),
-                      ort.__version__, 6])
+                      ort.__version__, 7])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return root / "latency" / f"{model.fingerprint[:12]}-{device}-b{batch}-t{threads}-{digest}.json"
 
@@ -474,11 +483,9 @@ def latency_table(
             weights = {name for name, _ in g.cuts} & inits
             try:
                 subs = [subgraph(p, *_node_range(p, weights)) for p in [same, *protos]]
-                sub_feed = _feed_of(subs[0], batch)
-                ms = quantile_ms([*base, *timed_sessions(subs, device, threads)], [x, *[sub_feed] * len(subs)],
-                                 repeats)
-                whole = ms[0]  # the whole model in the same round-robin: load changes hit both alike
-                row.update({k: 1.0 + (m - ms[1]) / whole for k, m in zip(on_grid, ms[2:], strict=True)})
+                ms = quantile_ms(timed_sessions(subs, device, threads), _feed_of(subs[0], batch), repeats)
+                share = _macs(subs[0]) / base_macs  # the subgraph's share of the model's work
+                row.update({k: 1.0 - (1.0 - m / ms[0]) * share for k, m in zip(on_grid, ms[1:], strict=True)})
             except OnnxSliceError:
                 off_grid = ks
         if off_grid:  # counts between blocks change onnxruntime's layout beyond the group: the whole model
@@ -488,6 +495,8 @@ def latency_table(
         raw[g.leader] = dict(row)
         aligned = [k for k in row if k % block == 0 or k == g.size]
         fit = dict(zip(aligned, _isotonic(aligned, [row[k] for k in aligned]), strict=True))
+        fit = {k: min(v, 1.0) for k, v in fit.items()}  # a cut on the block never costs more than none
+        fit[g.size] = 1.0
         if on_grid:  # a saving beyond FLOP_CAP x the FLOPs saved is measurement noise on a loaded machine
             for k, proto in zip(on_grid, protos_on, strict=True):
                 macs[g.leader][k] = 1.0 - _macs(proto) / base_macs
@@ -501,9 +510,9 @@ def latency_table(
         "flop_cap": FLOP_CAP,
         "macs_saved": {g: {str(k): v for k, v in row.items()} for g, row in macs.items()},
         "how": "counts on the kernel block: the group's nodes and everything between them plus one Conv on each "
-               "side (layer with context), cut and uncut, timed round-robin, ratio = 1 + (q20 cut - q20 uncut) / "
-               "q20 whole model; counts off the block: the whole model with the group cut against the original, "
-               "ratio of q20 times",
+               "side (layer with context), cut and uncut, timed round-robin, ratio = 1 - (1 - q20 cut / q20 "
+               "uncut) x the subgraph's share of the model's MACs; counts off the block: the whole model with "
+               "the group cut against the original, ratio of q20 times",
     }
     out = LatencyTable(model.fingerprint, device, batch, threads, block, base_ms, table, raw,
                        {g.leader: g.size for g in groups}, meta)
