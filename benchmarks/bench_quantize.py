@@ -308,8 +308,59 @@ def save_agreement(args: argparse.Namespace, name: str, sc: dict[str, Any]) -> N
                                    "models": models})
 
 
+def quantizer_aware(name: str, model: Model, calib: Dataset, probes: int) -> dict[str, Any]:
+    """Spearman of the quantizer-aware criteria and of onnxsim's Fisher/Taylor with the int4 oracle, with costs.
+
+    The oracle runs with onnxruntime's graph optimizations on. onnxsim's estimators quantize int4 per
+    output channel (its own quantizer; ours is block-wise, as ``quantize`` emits) through its own torch
+    executor, ``label_mode="sample"`` (its default), on the same samples.
+    """
+    from onnxslice.rewrite.quant_criteria import perturbation_errors
+
+    n = len(calib)
+    out: dict[str, Any] = {"samples": n, "spearman": {}, "spearman_per_parameter": {}, "seconds": {}}
+    t = time.perf_counter()
+    oracle = quantization_scores(model, calib, "oracle:int4", samples=n, batch_size=16)
+    out["seconds"]["oracle:int4 (optimized)"] = time.perf_counter() - t
+    for method, k in (("fisher", probes), ("taylor", 1), ("hutchinson", probes)):
+        t = time.perf_counter()
+        err = perturbation_errors(model, calib, method, ("int4",), samples=n, probes=k, batch_size=16)
+        label = f"onnxslice {method}" + (f" ({k} probe{'s' if k > 1 else ''})" if method != "taylor" else "")
+        out["seconds"][label] = time.perf_counter() - t
+        s = LayerScores({n_: e["int4"] for n_, e in err.items()}, method)
+        out["spearman"][label] = spearman(s, oracle)
+        out["spearman_per_parameter"][label] = spearman(s, oracle, per_parameter=model)
+    try:
+        from onnxsim import quant_sensitivity as qs
+
+        x = {model.input_names[0]: calib.x[:n]}
+        t = time.perf_counter()
+        rep = qs.rank(model.proto, calib=x, kind="weights", bits=4, methods=("fisher", "taylor"), n_samples=n)
+        total = time.perf_counter() - t
+        for m in ("fisher", "taylor"):
+            if m not in rep.scores:
+                continue
+            s = LayerScores({g: float(v) for g, v in zip(rep.groups, rep.scores[m], strict=True)
+                             if g in oracle.scores and np.isfinite(v)}, m)
+            out["spearman"][f"onnxsim {m}"] = spearman(s, oracle)
+            out["spearman_per_parameter"][f"onnxsim {m}"] = spearman(s, oracle, per_parameter=model)
+            out["seconds"][f"onnxsim {m}"] = rep.seconds.get(m, total)
+    except Exception as e:  # the rival's executor lacks an op, or its API changed
+        out["onnxsim_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    rows = [{"criterion": k, "spearman": round(v, 3), "per parameter": round(out["spearman_per_parameter"][k], 3),
+             "seconds": round(out["seconds"][k], 1)} for k, v in out["spearman"].items()]
+    rows.append({"criterion": "oracle:int4 (optimized)", "spearman": 1.0, "per parameter": 1.0,
+                 "seconds": round(out["seconds"]["oracle:int4 (optimized)"], 1)})
+    print(format_table(rows, title=f"{name}: quantizer-aware criteria vs the int4 oracle ({n} samples)"), flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quantizer-aware", action="store_true",
+                   help="only compare fisher/taylor/hutchinson and onnxsim's Fisher/Taylor with the oracle "
+                        "(results: benchmarks/results/quantize_criteria.json)")
+    p.add_argument("--probes", type=int, default=1, help="random probes of fisher and hutchinson (default 1)")
     p.add_argument("--quick", action="store_true", help="fewer samples, seeds and repeats (a smoke run)")
     p.add_argument("--models", default="lenet5,resnet8_mnist,efficientnet_lite0")
     p.add_argument("--models-dir", type=Path, help="folder holding <name>.onnx (default: models.zoo)")
@@ -340,6 +391,16 @@ def main() -> int:
     if args.quick:
         args.samples, args.steps, args.eff_samples, args.eff_steps, args.eff_eval_crops = 16, 2, 4, 1, 4
     from onnxslice.io import save_json
+
+    if args.quantizer_aware:
+        crit_out = ROOT / "benchmarks" / "results" / "quantize_criteria.json"
+        res: dict[str, Any] = {"note": "seconds on a shared 2-core machine under load (8 helpers)", "models": {}}
+        for m in [m for m in args.models.split(",") if m]:
+            calib, _ = datasets(m, args)
+            res["models"][m] = quantizer_aware(m, load(model_path(m, args.models_dir)), calib, args.probes)
+            save_json(crit_out, res)
+        print(f"saved {crit_out}")
+        return 0
 
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results = {r["model"]: r for r in old.get("models", [])}

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxslice.commands import DEQUANTIZE_HELP, criterion_or_fd, emit_json, load_for_rewrite
-from onnxslice.commands._types import fraction_half_open01, fraction_open01, positive_int
+from onnxslice.commands._types import (
+    fraction_half_open01,
+    fraction_open01,
+    fraction_open_closed01,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from onnxslice.errors import PlanError
 from onnxslice.table import format_table
 
@@ -35,9 +43,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-score", choices=("l1", "l2", "random", "criterion"), default="l1",
                    help="which channels of a group go: L1/L2 norm of the filters, random, or --criterion's "
                         "relevance reduced per channel")
-    p.add_argument("--round-to", type=positive_int, default=1,
-                   help="structured: keep a multiple of this many channels per group (e.g. 16, onnxruntime's NCHWc "
-                        "block on AVX-512) so that the speedup follows the FLOPs (default 1)")
+    p.add_argument("--round-to", type=positive_int, default=None,
+                   help="structured --ratio: keep a multiple of this many channels per group (default: the kernel "
+                        "block of --device for Conv groups: 16 on AVX-512 CPUs, 8 on AVX2 and CUDA; Gemm/MatMul groups "
+                        "unrounded; 1 turns rounding off) so that the speedup follows the FLOPs")
+    p.add_argument("--latency", type=fraction_open_closed01, default=None,
+                   help="plan for a latency target instead of --ratio: fraction of the original's measured latency "
+                        "(e.g. 0.7); a knapsack against the measured latency table (cached) of the measured damage of "
+                        "each candidate channel count on --data (without --data: --channel-score importance); the "
+                        "pruned model is measured and the plan tightened if it misses (default: off)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads of every latency measurement (default 1)")
+    p.add_argument("--cache", default=None,
+                   help="folder of cached latency tables (default $ONNXSLICE_CACHE or ~/.cache/onnxslice)")
+    p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
+    p.add_argument("--recover", type=nonneg_int, default=0, metavar="STEPS",
+                   help="fine-tune the pruned model for STEPS updates by distillation from the original's outputs on "
+                        "--data's samples after the first --samples (those stay held out for fidelity), with "
+                        "onnxslice's own gradients (default 0: off)")
+    p.add_argument("--recover-lr", type=positive_float, default=1e-3, help="Adam learning rate of --recover (default 1e-3)")
+    p.add_argument("--recover-batch", type=positive_int, default=32, help="batch size of --recover (default 32)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,
                    help="for --budget sensitivity: the criterion's target (default pred; class:K, loss, output-norm, "
@@ -93,8 +119,10 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
     if args.plan:
         return PrunePlan.load(args.plan), None
+    if args.latency is not None:
+        return _latency_plan(args, model, data), None
     if args.ratio is None:
-        raise PlanError("give --ratio (or --plan)")
+        raise PlanError("give --ratio, --latency (or --plan)")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
     channel_score: Any = args.channel_score
     if channel_score == "criterion":
@@ -106,11 +134,77 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     sl = _slice(args, model, data) if args.budget == "slice" else None
     plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
-                        mode=args.mode, round_to=args.round_to)
+                        mode=args.mode, round_to=_round_to(args, model), round_convs_only=args.round_to is None)
     from onnxslice.artifacts import stamp
 
     stamp(plan.meta, model)
     return plan, sl
+
+
+def _round_to(args: argparse.Namespace, model: Any) -> int:
+    """--round-to, or the kernel block of --device for models with Convs (structured only)."""
+    from onnxslice.latency import kernel_block
+
+    if args.round_to is not None:
+        return int(args.round_to)
+    if args.mode != "structured" or args.budget == "slice" or not any(x.op_type == "Conv" for x in model.layers):
+        return 1
+    return kernel_block(args.device)
+
+
+def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    """Latency-aware plan (knapsack against the measured table), checked by measuring the pruned model."""
+    from onnxslice.latency import latency_table
+    from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency
+
+    if args.mode != "structured" or args.budget == "slice":
+        raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
+    if args.ratio is not None:
+        raise PlanError("give either --ratio or --latency, not both")
+    calib = data.subset(slice(0, args.samples)) if data is not None else None
+    channel_score: Any = args.channel_score
+    if channel_score == "criterion":
+        from onnxslice.sensitivity import relevance
+
+        if calib is None and args.criterion != "weight":
+            raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
+        channel_score = relevance(model, calib, args.criterion, samples=args.samples)
+    scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
+    table = latency_table(model, device=args.device, batch=args.latency_batch, threads=args.threads,
+                          cache=args.cache)
+    damage = None
+    if calib is not None:  # measured damage of every candidate count on the user's data
+        damage = damage_table(model, calib, table, channel_score=channel_score, samples=min(args.samples, 64))
+    res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
+                           repeats=max(args.repeats, 10))
+    if not res.met:
+        print(f"WARNING: latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
+              "original", file=sys.stderr)
+    return res.plan
+
+
+def _recover(args: argparse.Namespace, model: Any, pruned: Any, data: Any) -> dict[str, Any]:
+    """Distil the original's outputs into the pruned model on the samples after the first --samples."""
+    import time
+
+    from onnxslice.data import Dataset
+    from onnxslice.train import finetune
+
+    if data is None:
+        raise PlanError("--recover needs --data (unlabelled samples to distil the original's outputs on)")
+    if args.recover < 0:
+        raise PlanError(f"--recover takes a number of steps >= 0, got {args.recover}")
+    rest = data.subset(slice(args.samples, None))
+    if len(rest) == 0:
+        raise PlanError(f"--recover needs more samples in --data than --samples ({args.samples}): the first "
+                        "--samples are held out for fidelity")
+    unlabelled = Dataset({k: v for k, v in rest.bind(model).items()}, None, f"{rest.name} (unlabelled)")
+    t0 = time.perf_counter()
+    res = finetune(pruned, unlabelled, steps=args.recover, lr=args.recover_lr, batch_size=args.recover_batch,
+                   loss="distill", teacher=model, progress=True)
+    return {"model": res.model, "unrecovered": pruned, "steps": args.recover, "lr": args.recover_lr,
+            "samples": len(rest), "seconds": round(time.perf_counter() - t0, 1),
+            "loss_first": float(res.losses[0]), "loss_last": float(np.mean(res.losses[-10:]))}
 
 
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
@@ -144,9 +238,11 @@ def _check_tensor_outputs(model: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxslice.data import load_data
+    from onnxslice.io import save_json
+    from onnxslice.latency import kernel_block, load_average, median_ratios, timed_sessions
     from onnxslice.outputs import Outputs
     from onnxslice.rewrite import prune
-    from onnxslice.rewrite.measure import model_stats, paired_latency_ms
+    from onnxslice.rewrite.measure import model_stats
 
     src = Path(args.model)
     outs = Outputs(NAME)
@@ -161,11 +257,15 @@ def run(args: argparse.Namespace) -> int:
     plan_path = outs.writes(args.save_plan, "--save-plan")
     if plan_path is not None:
         outs.writes(f"{plan_path}.npz", "--save-plan")  # unstructured plans keep their masks beside the JSON
+    report = outs.writes(args.report, "--report")
     model = load_for_rewrite(src, "prune", args.dequantize)
     _check_tensor_outputs(model)
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
+    recovery = _recover(args, model, pruned, data) if args.recover else None
+    if recovery is not None:
+        pruned = recovery.pop("model")
     fid_data = data.subset(slice(0, args.samples)) if data is not None else None
     if fid_data is not None:
         feed = fid_data.bind(model)
@@ -176,16 +276,30 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(fixed, int) and fixed > 0 and fixed != args.latency_batch:
         args.latency_batch = fixed  # the model's batch is fixed: time it at that batch
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
-    lat = paired_latency_ms([model, pruned], batch, args.repeats)
+    lat, lat_ratio = median_ratios(timed_sessions([model.proto, pruned.proto], args.device, args.threads), batch,
+                                   max(args.repeats, 3))
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
-                              "ratio": before.ratio(after), "latency_batch": args.latency_batch}
+                              "ratio": {**before.ratio(after), "latency": lat_ratio[1]},
+                              "latency_batch": args.latency_batch, "device": args.device, "threads": args.threads,
+                              "load_average": load_average()}
+    if lat_ratio[1] > 1.03:
+        result["slower_than_input"] = True
+        print(f"WARNING: the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
+              f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
+              f"{kernel_block(args.device)}", file=sys.stderr)
     if fid_data is not None:
         classes = [int(k) for t in (sl.targets if sl is not None else []) if t.startswith("class:")
                    for k in t.split(":", 1)[1].split(",") if k.strip().lstrip("-").isdigit()]
         result.update(_fidelity_rows(model, pruned, fid_data, classes))
     outs.defer(out, pruned.save)
     outs.defer(plan_path, plan.save)
+    if recovery is not None:
+        from onnxslice.rewrite.fidelity import fidelity
+
+        unrecovered = recovery.pop("unrecovered")
+        result["recovery"] = {**recovery, "fidelity_before_recovery": fidelity(unrecovered, model, fid_data).to_dict()}
+    outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
     if args.json:
         emit_json(result)
@@ -219,6 +333,10 @@ def _table(result: dict[str, Any], name: str, plan: Any) -> str:
         if fid["top1_agreement"] is not None:
             rows.append({"measure": f"top-1 agreement with original{label}", "before": 1.0,
                          "after": round(fid["top1_agreement"], 4)})
+    rec = result.get("recovery")
+    if rec is not None and rec["fidelity_before_recovery"]["top1_agreement"] is not None:
+        rows.append({"measure": f"top-1 agreement before --recover {rec['steps']}", "before": 1.0,
+                     "after": round(rec["fidelity_before_recovery"]["top1_agreement"], 4)})
     for r in rows:
         b, a = r["before"], r["after"]
         r["after/before"] = round(a / b, 4) if b else ""

@@ -8,11 +8,14 @@ quantized model and prints per-layer precision, the file size and the fidelity b
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite
-from onnxslice.commands._types import positive_float, positive_int
+from onnxslice.commands._types import fraction_closed01, nonneg_int, positive_float, positive_int
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import Model
@@ -49,7 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ig/gig/idgi path steps, smoothgrad/vargrad noise draws (default 16)")
     p.add_argument("--scores", help="a saved LayerScores JSON file instead of --criterion")
     p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
-    p.add_argument("--mode", choices=("weight", "static"), default="weight", help="weight-only or static QDQ")
+    p.add_argument("--mode", choices=("weight", "static"), default=None,
+                   help="with a budget or --plan: weight-only (default) or static QDQ mixed precision")
+    p.add_argument("--format", choices=("auto", "qdq", "weight", "nbits", "fp16"), default=None,
+                   help="deployment format (default: auto when no --avg-bits/--size-mb/--plan is given): qdq = static "
+                        "int8 activations and weights fused into integer kernels, with the most sensitive layers kept "
+                        "float until --accuracy-goal is met; weight = weight-only int8 (smaller, not faster); nbits = "
+                        "MatMulNBits int4 MatMul weights; fp16 = float16 graph (GPU); auto = the fastest of them on "
+                        "--device that meets --accuracy-goal, measured")
+    p.add_argument("--accuracy-goal", type=fraction_closed01, default=0.01,
+                   help="--format: largest top-1 agreement loss vs the float model on --data (default 0.01)")
+    p.add_argument("--max-latency", type=positive_float, default=None,
+                   help="--format qdq: latency budget (fraction of the float model's) for keeping layers float "
+                        "(default: none)")
+    p.add_argument("--float-layers", type=nonneg_int, default=None,
+                   help="--format qdq: keep exactly this many of the most sensitive layers float (default: as few as "
+                        "--accuracy-goal needs, at most a quarter); --criterion qdq measures the sensitivity")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads of the latency measurement (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=15, help="latency repeats, round-robin (default 15)")
+    p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
     p.add_argument("--block-size", type=positive_int, default=32, help="int4 block size (default 32)")
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
     p.add_argument("--samples", type=positive_int, default=256,
@@ -123,6 +145,112 @@ def _layer_rows(model: Model, decisions: dict[str, str], block_size: int) -> lis
     return rows
 
 
+def _order(args: argparse.Namespace, model: Model, calib: Any, builder: Any) -> tuple[list[str], str]:
+    """Layers, most sensitive first, for keeping QDQ layers float."""
+    from onnxslice.rewrite.formats import qdq_sensitivity
+
+    if args.criterion == "qdq":
+        sens = qdq_sensitivity(builder)
+        return sorted(sens, key=lambda n: -sens[n]), "qdq (measured KL gain of keeping each layer float)"
+    scores = _scores(args, model, calib).scores
+    names = [n for n in builder.layers if n in scores]
+    return sorted(names, key=lambda n: -float(scores[n])), str(args.criterion)
+
+
+def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs: Any, out: Path,
+                report: Path | None) -> int:
+    from onnxslice.io import save_json
+    from onnxslice.rewrite import formats
+
+    fmt = args.format or "auto"
+    device = formats.device_of(args.device)
+    if fmt in ("auto", "qdq") and ds is None:
+        raise DataError(f"--format {fmt} needs --data (calibration and the accuracy goal)")
+    calib = ds.subset(slice(0, args.samples)) if ds is not None else None
+    tried = formats.default_formats(device) if fmt == "auto" else (fmt,)
+    variants: dict[str, Model] = {}
+    info: dict[str, Any] = {}
+    for f in tried:
+        if f == "qdq":
+            builder = formats.QdqBuilder(model, calib, samples=args.samples)
+            try:
+                if args.float_layers is not None or args.max_latency is not None or args.accuracy_goal < 1:
+                    order, by = _order(args, model, calib, builder)
+                    if args.float_layers is not None:
+                        exclude = order[: args.float_layers]
+                    else:
+                        qp = formats.plan_float_layers(builder, order, goal=1.0 - args.accuracy_goal,
+                                                       max_latency=args.max_latency, device=device,
+                                                       threads=args.threads)
+                        exclude, info["qdq_trials"] = qp.exclude, qp.trials
+                    info["float_layers"], info["sensitivity"] = exclude, by
+                variants[f] = formats.convert(model, "qdq", calib, exclude=info.get("float_layers", []),
+                                              builder=builder)
+            finally:
+                builder.close()
+        else:
+            try:
+                variants[f] = formats.convert(model, f, calib, block_size=args.block_size)
+            except PlanError:
+                if fmt != "auto":
+                    raise
+    probe = calib if calib is not None else _zeros(model)
+    rows = formats.compare(model, variants, probe, device=device, threads=args.threads, repeats=args.repeats)
+    chosen, met = (formats.pick(rows, args.accuracy_goal) if fmt == "auto" else (fmt, True))
+    if chosen == "fp32":
+        print("WARNING: no format was measured faster than the float model here; writing the fastest quantized one",
+              file=sys.stderr)
+        chosen = min((r for r in rows if r["format"] != "fp32"), key=lambda r: r["latency"])["format"]
+    elif not met:
+        print(f"WARNING: no format met the accuracy goal ({args.accuracy_goal}); chose the most faithful fast one, "
+              f"{chosen}", file=sys.stderr)
+    row = next(r for r in rows if r["format"] == chosen)
+    if row["latency"] > 1.03:
+        print(f"WARNING: the {chosen} model is measured SLOWER than the float model ({row['latency']:.2f}x on "
+              f"{device}); {'--format qdq' if device == 'cpu' else '--format fp16'} is the fast one", file=sys.stderr)
+    result = {"out": str(out), "format": chosen, "device": device, "threads": args.threads, "rows": rows,
+              "accuracy_goal": args.accuracy_goal, "goal_met": met, **info}
+    outs.defer(out, lambda p: variants[chosen].save(p))
+    outs.defer(report, lambda p: save_json(p, result))
+    outs.commit()
+    if args.json:
+        emit_json(result)
+        return 0
+    title = f"formats of {Path(args.model).name} on {device} ({args.threads} thread, batch 1; fidelity on " + \
+        f"{len(probe) if hasattr(probe, '__len__') else 1} samples)"
+    print(format_table([{k: v for k, v in r.items() if k != "rel_error"} for r in rows], title=title))
+    if info.get("float_layers") is not None:
+        print(f"\nqdq float layers ({info['sensitivity']}): {', '.join(info['float_layers']) or 'none'}")
+    print(f"\nchosen: {chosen}; saved {out}")
+    return 0
+
+
+def _latency(args: argparse.Namespace, model: Model, q: Model, ds: Dataset | None) -> dict[str, Any]:
+    """Median latency of the float and the quantized model, round-robin, on --device."""
+    from onnxslice.latency import median_ratios, timed_sessions
+    from onnxslice.record import as_feed, validate_inputs
+    from onnxslice.rewrite.formats import device_of
+
+    device = device_of(args.device)
+    probe = validate_inputs(model, as_feed(model, ds)) if ds is not None else _zeros(model)
+    x = {k: v[:1] for k, v in probe.items()}
+    ms, ratios = median_ratios(timed_sessions([model.proto, q.proto], device, args.threads), x, args.repeats)
+    return {"device": device, "latency_ms_before": ms[0], "latency_ms_after": ms[1], "latency_ratio": ratios[1]}
+
+
+def _zeros(model: Model) -> Any:
+    import numpy as np
+
+    return {v.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in (v.shape or [1])],
+                             dtype=v.dtype or np.float32) for v in model.inputs}
+
+
+def _save_json_to(obj: Any, path: Path) -> None:
+    from onnxslice.io import save_json
+
+    save_json(path, obj)
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxslice.outputs import Outputs
     from onnxslice.rewrite import quantize
@@ -137,9 +265,16 @@ def run(args: argparse.Namespace) -> int:
     outs.reads(args.plan, "--plan")
     out = outs.writes(args.out, "--out")
     plan_path = outs.writes(args.save_plan, "--save-plan")
+    report = outs.writes(args.report, "--report")
     assert out is not None  # --out is required
     model = load_for_rewrite(args.model, "quantize", args.dequantize)
     ds = load_data(args.data) if args.data else None
+    if args.format is not None or (args.avg_bits is None and args.size_mb is None and not args.plan
+                                   and args.mode is None):
+        if args.format is not None and (args.avg_bits is not None or args.size_mb is not None or args.plan):
+            raise PlanError("--format chooses a whole-model format; drop --avg-bits/--size-mb/--plan (or --format)")
+        return _run_format(args, model, ds, outs, out, report)
+    args.mode = args.mode or "weight"
     plan = _plan(args, model, ds)
     decisions = check_plan(model, plan)  # a bad plan stops here: nothing is written
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
@@ -158,12 +293,14 @@ def run(args: argparse.Namespace) -> int:
         "size_bytes_before": size_before,
         "size_bytes_after": size_after,
     }
+    summary.update(_latency(args, model, q, ds))
     if ds is not None:
         ref = run_outputs(model, ds)
         summary["fidelity_before"] = compare_outputs(ref, ref, ds.labels).to_dict()
         summary["fidelity_after"] = compare_outputs(ref, run_outputs(q, ds), ds.labels).to_dict()
     outs.defer(out, q.save)
     outs.defer(plan_path, plan.save)
+    outs.defer(report, partial(_save_json_to, {**summary, "plan": plan.to_dict()}))
     outs.commit()
     size_after = summary["size_bytes_after"] = os.path.getsize(path)
     rows = _layer_rows(model, decisions, args.block_size)
@@ -174,6 +311,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nplanned by: {summary['planned_by']}")
     print(f"average bits per weight: {cost.avg_bits:.3f}")
     print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
+    print(f"latency (median, round-robin, {summary['device']}, {args.threads} thread, batch 1): "
+          f"{summary['latency_ms_before']:.4g} -> {summary['latency_ms_after']:.4g} ms "
+          f"({summary['latency_ratio']:.3f}x)")
+    if summary["latency_ratio"] > 1.03:
+        print(f"WARNING: the quantized model is measured SLOWER than the float model "
+              f"({summary['latency_ratio']:.2f}x); weight-only formats dequantize at run time: --format qdq is "
+              "the fast one on CPU", file=sys.stderr)
     if ds is not None:
         keys = ("accuracy", "top1_agreement", "kl", "rel_error")
         before, after = summary["fidelity_before"], summary["fidelity_after"]

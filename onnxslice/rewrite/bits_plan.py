@@ -111,6 +111,7 @@ def plan_bits(
     *,
     block_size: int = 32,
     per_parameter: bool = True,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Plan:
     """Choose a precision per layer: the most important layers per parameter get the higher precision.
 
@@ -122,6 +123,9 @@ def plan_bits(
         size_mb: budget as estimated file size in MB.
         block_size: int4 block size (for the size estimate).
         per_parameter: divide each score by the layer's weight count (off: rank by the raw score).
+        errors: predicted error of each layer at each precision (layer -> precision -> error; fp32 is
+            0), e.g. ``scores.meta["errors"]`` of a quantizer-aware criterion (used by default when
+            present): the value of an upgrade is then the error it removes, not ``s * 4**-b``.
 
     Returns:
         A ``Plan`` of kind ``"quantize"`` naming every quantizable layer; ``meta`` records the budget,
@@ -156,7 +160,18 @@ def plan_bits(
         )
     order = {n: i for i, n in enumerate(layers)}
 
+    if errors is None and isinstance(scores.meta.get("errors"), Mapping):
+        errors = scores.meta["errors"]
+    if errors is not None:
+        lacking = [n for n in layers if any(p != "fp32" and p not in errors.get(n, {}) for p in levels)]
+        if lacking:
+            raise PlanError(f"the predicted errors lack layer(s) {', '.join(lacking[:5])} at some of "
+                            f"{', '.join(levels)}; compute them for every choice")
+
     def gain(name: str, p: str) -> float:  # predicted error removed by raising the layer from levels[0] to p
+        if errors is not None:
+            err = errors[name]
+            return float(err.get(levels[0], 0.0)) - float(err.get(p, 0.0) if p != "fp32" else 0.0)
         return pri[name] * (4.0 ** -BITS[levels[0]] - 4.0 ** -BITS[p])
 
     def greedy(plan: dict[str, str], used: float) -> dict[str, str]:
@@ -203,6 +218,7 @@ def plan_bits(
         "estimated_size_mb": round(cost.size_mb, 6),
         "block_size": block_size,
         "per_parameter": per_parameter,
+        "value": "predicted error per precision" if errors is not None else "score * 4**-bits",
     }
     return Plan("quantize", plan, "sensitivity", meta)
 

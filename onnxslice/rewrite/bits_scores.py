@@ -5,6 +5,9 @@ benchmark use, so both ask for a criterion by the same name:
 
 - a SAfER criterion of :func:`onnxslice.sensitivity` (``wgrad``, ``grad``, ``weight``, ``gradcampp``,
   ``ig``, ``gig``, ``idgi``, ``smoothgrad``, ``vargrad``, ``hsic``, ``fd``), reduced with ``reduction``;
+- ``fisher``, ``taylor`` or ``hutchinson`` (``:<precision>``, int4 by default): the predicted output
+  error of each layer's real quantization error (:mod:`onnxslice.rewrite.quant_criteria`); their
+  ``meta["errors"]`` let :func:`plan_bits` compare the candidate precisions of each layer;
 - ``oracle`` or ``oracle:<precision>`` (``int4`` when not given): the measured output error of
   quantizing each layer alone (:func:`onnxslice.rewrite.oracle.quantization_oracle`). It is a
   measurement, not a criterion: it costs one forward pass over the data per quantizable layer.
@@ -68,6 +71,12 @@ def quantization_scores(
         UnsupportedOpError: a gradient criterion on a model with an op that has no VJP rule.
     """
     names = [x.name for x in quantizable_layers(model)]
+    from onnxslice.rewrite.quant_criteria import is_quant_criterion, quant_criterion_scores
+
+    if is_quant_criterion(criterion):
+        return quant_criterion_scores(model, _resolve(data), criterion, samples=samples, block_size=block_size,
+                                      use_matmul_nbits=use_matmul_nbits, batch_size=min(batch_size, 32),
+                                      **{k: v for k, v in options.items() if k in ("probes", "seed")})
     if is_oracle(criterion):
         from onnxslice.rewrite.oracle import quantization_oracle
 

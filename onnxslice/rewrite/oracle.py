@@ -17,7 +17,7 @@ import numpy as np
 from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.progress import progress
-from onnxslice.record import Recorder, as_feed, validate_inputs
+from onnxslice.record import Recorder, as_feed, make_session, runtime_proto, validate_inputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize
 from onnxslice.sensitivity.scores import LayerScores
@@ -36,6 +36,7 @@ def quantization_oracle(
     block_size: int = 32,
     use_matmul_nbits: bool = True,
     show_progress: bool = False,
+    optimize: bool = True,
 ) -> LayerScores:
     """Measure, layer by layer, the output error of quantizing that layer alone to ``precision``.
 
@@ -49,6 +50,8 @@ def quantization_oracle(
         block_size: int4 block size (as :func:`onnxslice.rewrite.quantize` will use).
         use_matmul_nbits: quantize eligible MatMul weights as MatMulNBits does (as ``quantize`` will).
         show_progress: a progress bar on stderr.
+        optimize: run with onnxruntime's graph optimizations on (the weights stay graph inputs); off:
+            the recorder's unoptimized session.
 
     Returns:
         ``LayerScores`` with criterion ``oracle:<precision>`` (mean L2 output error; higher = more
@@ -63,17 +66,24 @@ def quantization_oracle(
     feed = validate_inputs(model, as_feed(model, data))
     feed = {k: v[:samples] for k, v in feed.items()}
     weights = list(dict.fromkeys(qlayers[n].weight for n in names))
-    rec = Recorder(model, None, "cpu", weight_inputs=weights)
+    base = {k: np.asarray(model.initializer(k)) for k in weights}
+    if optimize:  # one optimized session, the swapped weights fed as inputs
+        sess = make_session(runtime_proto(model.proto, (), weights), "cpu", optimize=True)
+        n_all = len(next(iter(feed.values())))
+
+        def outputs(swap: dict[str, np.ndarray]) -> np.ndarray:
+            w = {**base, **swap}
+            parts = []
+            for s in range(0, n_all, batch_size):
+                res = sess.run(model.output_names, {**{k: v[s : s + batch_size] for k, v in feed.items()}, **w})
+                parts.append(np.concatenate([r.reshape(len(r), -1) for r in res], axis=1))
+            return np.concatenate(parts).astype(np.float64)
+    else:
+        outputs = _recorder_outputs(model, feed, weights, batch_size)
     fq = {
         n: fake_quantize(model, qlayers[n], precision, block_size=block_size, use_matmul_nbits=use_matmul_nbits)
         for n in names
     }
-
-    def outputs(swap: dict[str, np.ndarray]) -> np.ndarray:
-        parts = []
-        for k, _, res in rec.iter_batches(feed, batch_size, weights=swap):
-            parts.append(np.concatenate([res[o].reshape(k, -1) for o in model.output_names], axis=1))
-        return np.concatenate(parts).astype(np.float64)
 
     ref = outputs({})
     scores: dict[str, float] = {}
@@ -81,8 +91,21 @@ def quantization_oracle(
     for n in it:
         scores[n] = float(np.linalg.norm(outputs({qlayers[n].weight: fq[n]}) - ref, axis=1).mean())
     joint = float(np.linalg.norm(outputs({qlayers[n].weight: fq[n] for n in names}) - ref, axis=1).mean())
-    meta = {"samples": len(ref), "precision": precision, "block_size": block_size, "all_layers_error": joint}
+    meta = {"samples": len(ref), "precision": precision, "block_size": block_size, "all_layers_error": joint,
+            "optimized": optimize}
     return LayerScores(scores, f"oracle:{precision}", "", meta)
+
+
+def _recorder_outputs(model: Model, feed: dict[str, np.ndarray], weights: list[str], batch_size: int) -> Any:
+    rec = Recorder(model, None, "cpu", weight_inputs=weights)
+
+    def outputs(swap: dict[str, np.ndarray]) -> np.ndarray:
+        parts = []
+        for k, _, res in rec.iter_batches(feed, batch_size, weights=swap):
+            parts.append(np.concatenate([res[o].reshape(k, -1) for o in model.output_names], axis=1))
+        return np.concatenate(parts).astype(np.float64)
+
+    return outputs
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -124,8 +124,17 @@ def _group_share(model: Model, g: ChannelGroup, share: Mapping[str, float]) -> f
     return float((w * c).sum() / w.sum())
 
 
-def _snap(g: ChannelGroup, k: int, round_to: int) -> int:
+RoundTo = int | Mapping[str, int]
+
+
+def _r(g: ChannelGroup, round_to: RoundTo) -> int:
+    """The channel multiple of group ``g`` (one for all, or per group leader)."""
+    return int(round_to.get(g.leader, 1)) if isinstance(round_to, Mapping) else int(round_to)
+
+
+def _snap(g: ChannelGroup, k: int, round_to: RoundTo) -> int:
     """The largest removal <= ``k`` that leaves a multiple of ``round_to`` channels (or removes none)."""
+    round_to = _r(g, round_to)
     k = min(k, g.max_removable())
     if round_to <= 1 or g.segments > 1 or k <= 0:
         return k
@@ -133,8 +142,9 @@ def _snap(g: ChannelGroup, k: int, round_to: int) -> int:
     return g.size - kept
 
 
-def _next(g: ChannelGroup, k: int, round_to: int) -> int | None:
+def _next(g: ChannelGroup, k: int, round_to: RoundTo) -> int | None:
     """The next larger allowed removal after ``k``, or None."""
+    round_to = _r(g, round_to)
     if round_to <= 1 or g.segments > 1:
         nxt = k + g.segments
         return nxt if nxt <= g.max_removable() else None
@@ -142,7 +152,7 @@ def _next(g: ChannelGroup, k: int, round_to: int) -> int | None:
     return g.size - kept if kept >= round_to else None
 
 
-def _counts(groups: list[ChannelGroup], fractions: np.ndarray, round_to: int = 1) -> dict[str, int]:
+def _counts(groups: list[ChannelGroup], fractions: np.ndarray, round_to: RoundTo = 1) -> dict[str, int]:
     out = {}
     for g, f in zip(groups, fractions, strict=True):
         k = math.floor(f * g.size / g.segments) * g.segments
@@ -151,7 +161,7 @@ def _counts(groups: list[ChannelGroup], fractions: np.ndarray, round_to: int = 1
 
 
 def _solve_counts(
-    gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float, round_to: int = 1
+    gset: GroupSet, groups: list[ChannelGroup], shares: np.ndarray, gamma: float, round_to: RoundTo = 1
 ) -> tuple[dict, float]:
     """Channel counts whose exact parameter removal is closest to ``gamma`` of the prunable parameters."""
     total = gset.prunable_params()
@@ -166,7 +176,7 @@ def _solve_counts(
     lo, hi = 0.0, 1.0
     while removed(hi) < target and hi < 1e9:
         hi *= 2
-    if removed(hi) < target and round_to <= 1:
+    if removed(hi) < target and all(_r(g, round_to) <= 1 for g in groups):
         most = removed(hi) / max(total, 1)
         raise PlanError(f"ratio {gamma} cannot be reached with each layer clipped to {MAX_LAYER_RATIO}: at most "
                         f"{most:.3f} of the prunable parameters can go")
@@ -209,6 +219,7 @@ def _synapse_scores(model: Model, slice_: Any) -> Mapping[str, np.ndarray]:
 def _plan_structured(
     model: Model, gamma: float, budget: str, scores: Any, slice_: Any, channel_score: ChannelScore, seed: int,
     round_to: int = 1,
+    round_convs_only: bool = False,
 ) -> PrunePlan:
     gset = discover_groups(model)
     groups = gset.prunable
@@ -223,7 +234,11 @@ def _plan_structured(
         shares = np.ones(len(groups))
     if budget == "slice":
         channel_score = dict(_synapse_scores(model, slice_))
-    counts, alpha = _solve_counts(gset, groups, shares, gamma, round_to)
+    rounding: RoundTo = round_to
+    if round_convs_only:
+        rounding = {g.leader: round_to if any(model.layer(n).op_type in ("Conv", "ConvTranspose") for n in g.layers)
+                    else 1 for g in groups}
+    counts, alpha = _solve_counts(gset, groups, shares, gamma, rounding)
     rng = np.random.default_rng(seed)
     layers: dict[str, Any] = {}
     for g in groups:
@@ -244,6 +259,7 @@ def _plan_structured(
         "left_alone": gset.skipped,
         "seed": seed,
         "round_to": round_to,
+        "round_convs_only": round_convs_only,
     }
     if budget == "sensitivity":
         meta["criterion"] = getattr(scores, "criterion", "user")
@@ -374,6 +390,7 @@ def plan_pruning(
     criterion: str = "wgrad",
     reduction: str = "linf",
     round_to: int = 1,
+    round_convs_only: bool = False,
     seed: int = 0,
 ) -> PrunePlan:
     """Plan how much each layer (channel group) loses for a global ``ratio``.
@@ -394,6 +411,8 @@ def plan_pruning(
             onnxruntime's NCHWc block on AVX-512 CPUs, so that its Conv kernels do not pad the channels
             back); groups smaller than ``round_to`` are not pruned. The achieved ratio is then only as
             close to ``ratio`` as these steps allow (``meta["achieved_ratio"]``).
+        round_convs_only: round only the groups whose source layers are Convs (their cost follows
+            onnxruntime's channel blocks; a Gemm's is linear in its channels).
         seed: for ``channel_score="random"``.
 
     Returns:
@@ -414,7 +433,8 @@ def plan_pruning(
     if budget == "sensitivity" and scores is None and data is not None:
         scores = sensitivity_scores(model, data, criterion, reduction)
     if mode == "structured":
-        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed, int(round_to))
+        return _plan_structured(model, gamma, budget, scores, slice, channel_score, seed, int(round_to),
+                                round_convs_only)
     if mode == "unstructured":
         return _plan_unstructured(model, gamma, budget, scores, slice)
     raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")

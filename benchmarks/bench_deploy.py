@@ -1,0 +1,343 @@
+"""Deployment benchmark: pruned and quantized models side by side, with latencies measured in one run.
+
+Run ``python benchmarks/bench_deploy.py [--full] [--models resnet8_mnist,efficientnet_lite0]`` from the
+repository root (``--quick`` is the default: fewer targets, samples and repeats).
+
+Per model, two tables (every variant of a table is timed in ONE round-robin session set with the
+original: each repeat runs all of them in turn; latency = median per-repeat ratio to the original,
+onnxruntime CPU, graph optimizations on, 1 intra-op thread, batch 1):
+
+**Pruning** (no fine-tuning): uniform L1 at 30% of prunable parameters with the old default (no
+rounding) and the new default (Conv groups rounded to the CPU's kernel block), the SAfER sensitivity
+budget (wgrad/linf) at 30% with the new default, and at each latency target T: the latency-aware
+knapsack (``prune_to_latency``) with measured damage (``damage_table``) and with data-free L1
+importance, the uniform plan (one kept fraction for every group, kernel-aligned counts from the same
+latency table, the largest fraction predicted within T), and random channels at the uniform plan's
+counts; the latency-aware knapsack also at the uniform plan's predicted latency (equal latency).
+MNIST models: the new-default and equal-latency plans again after ``--recover`` steps of distillation
+from the original (``onnxslice.train.finetune``, Adam 1e-3, batch 32, on 2,000 unlabelled training
+digits disjoint from the evaluation). The rival ``onnxsim``'s ``apply_structured_pruning`` (L2, 30%)
+where it runs.
+
+**Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
+by ``benchmarks/_encoder.py`` and cached): float32; ``onnxruntime.quantization.quantize_static`` with
+every setting at its default (uniform int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8
+activations); ``qdq`` sensitivity plan (the fewest most-sensitive layers kept float, by ``wgrad``,
+until top-1 agreement on the calibration data is >= 0.99); ``qdq`` random plan (as many float layers, chosen at random);
+weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival ``onnxsim``'s
+``apply_mixed_precision_quantization`` where it runs.
+
+Fidelity on data disjoint from the calibration data: top-1 agreement with the original, KL, accuracy
+(MNIST: 1,000 / 300 test digits; EfficientNet-Lite0: the 20 ``builtin:samples-imagenet`` images plus
+random crops of scikit-learn's sample photos; accuracy on the 20 labelled ones). Results:
+``benchmarks/results/deploy.json`` and ``deploy.png`` (latency vs top-1 agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import onnx  # noqa: E402
+
+import onnxslice as osl  # noqa: E402
+from onnxslice.data import Dataset  # noqa: E402
+from onnxslice.latency import latency_table, load_average, median_ratios, timed_sessions  # noqa: E402
+from onnxslice.model import Model  # noqa: E402
+from onnxslice.rewrite import formats, plan_pruning, prune  # noqa: E402
+from onnxslice.rewrite.channel_scores import group_scores, select_channels  # noqa: E402
+from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
+from onnxslice.rewrite.groups import discover_groups  # noqa: E402
+from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency  # noqa: E402
+from onnxslice.rewrite.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
+from onnxslice.table import format_table  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def sample_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """``n`` random ``size`` crops of scikit-learn's two sample photos, [0, 1] NCHW."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    imgs = [np.asarray(im, dtype=np.float32) / 255.0 for im in load_sample_images().images]
+    out = []
+    for i in range(n):
+        im = imgs[i % len(imgs)]
+        y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
+        out.append(im[y : y + size, x : x + size].transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def datasets(name: str, quick: bool) -> tuple[Dataset, Dataset]:
+    """(calibration, evaluation): disjoint."""
+    if name == "efficientnet_lite0":
+        imnet = osl.load_data("builtin:samples-imagenet")
+        crops = sample_crops(8 if quick else 20, seed=7)
+        x = np.concatenate([imnet.x.astype(np.float32), crops])
+        labels = np.concatenate([np.asarray(imnet.labels), np.full(len(crops), -1)])
+        return (Dataset({"x": sample_crops(16, seed=1)}, None, "16 sklearn crops"),
+                Dataset({"x": x}, labels, f"samples-imagenet (20) + {len(crops)} other crops"))
+    train = osl.load_data("builtin:mnist?split=train")
+    test = osl.load_data("builtin:mnist?split=test")
+    return train.subset(slice(0, 64)), test.subset(slice(0, 300 if quick else 1000))
+
+
+def fid_row(ref: list[np.ndarray], m: Model, ev: Dataset) -> dict[str, Any]:
+    out = run_outputs(m, ev)
+    agree = compare_outputs(ref, out)
+    labels = ev.labels
+    acc = None
+    if labels is not None:
+        keep = labels >= 0
+        acc = compare_outputs([r[keep] for r in ref], [o[keep] for o in out], labels[keep]).accuracy
+    return {"agreement": agree.top1_agreement, "kl": agree.kl, "accuracy": acc}
+
+
+def timed(model: Model, variants: dict[str, Model], batch: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    protos = [model.proto, *[v.proto for v in variants.values()]]
+    ms, ratios = median_ratios(timed_sessions(protos, "cpu", 1), batch, repeats)
+    out = {"original": 1.0, "original_ms": ms[0]}
+    out.update({k: r for k, r in zip(variants, ratios[1:], strict=True)})
+    return out
+
+
+def uniform_counts(table: Any, target: float) -> tuple[dict[str, int], float]:
+    """One kept fraction for all groups (table counts on the block): the largest predicted within target."""
+    fracs = sorted({k / table.sizes[g] for g, row in table.groups.items() for k in row
+                    if k % table.block == 0 or k == table.sizes[g]}, reverse=True)
+    kept: dict[str, int] = {}
+    for f in fracs:
+        kept = {}
+        for g, row in table.groups.items():
+            ok = [k for k in row if k % table.block == 0 or k == table.sizes[g]]
+            kept[g] = min(ok, key=lambda k, g=g: (abs(k / table.sizes[g] - f), -k))
+        if table.predict(kept) <= target:
+            return kept, f
+    return kept, fracs[-1]
+
+
+def counts_plan(model: Model, kept: dict[str, int], score: str, seed: int) -> PrunePlan:
+    gset = discover_groups(model)
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for g in gset.prunable:
+        k = g.size - kept.get(g.leader, g.size)
+        layers[g.leader] = {"remove": select_channels(group_scores(model, g, score, rng), k, g.segments).tolist()}
+    return PrunePlan("prune", layers, "uniform", {"mode": "structured"})
+
+
+def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    table = latency_table(model, repeats=15, show_progress=False)
+    print(f"  latency table: {time.perf_counter() - t0:.0f} s (cached after the first run)", flush=True)
+    t0 = time.perf_counter()
+    dmg = damage_table(model, calib, table, samples=len(calib), show_progress=False)
+    damage_s = time.perf_counter() - t0
+    scores = sensitivity_scores(model, calib, "wgrad", "linf", samples=len(calib), batch_size=16)
+    block = table.block
+    variants: dict[str, Model] = {}
+    info: dict[str, Any] = {}
+
+    def add(label: str, plan: Any, seed: int = 0) -> None:
+        variants[label] = prune(model, plan, seed=seed)
+        info[label] = {"params": variants[label].num_params / model.num_params,
+                       "achieved_ratio": plan.meta.get("achieved_ratio")}
+
+    add("uniform-l1@0.3 (no rounding, old default)", plan_pruning(model, 0.3, "uniform", round_to=1))
+    add(f"uniform-l1@0.3 (convs round {block}, new default)",
+        plan_pruning(model, 0.3, "uniform", round_to=block, round_convs_only=True))
+    add(f"sensitivity(wgrad)@0.3 (convs round {block})",
+        plan_pruning(model, 0.3, "sensitivity", scores=scores, round_to=block, round_convs_only=True))
+    feed = {model.input_names[0]: calib.x[:1]}
+    for t in args.targets:
+        kept, frac = uniform_counts(table, t)
+        same = round(table.predict(kept), 4)  # the uniform plan's predicted latency: compare at equal latency
+        add(f"uniform-l1@{t} (predicted {same})", counts_plan(model, kept, "l1", 0))
+        info[f"uniform-l1@{t} (predicted {same})"]["fraction"] = frac
+        add(f"random@{t} (uniform counts)", counts_plan(model, kept, "random", 0))
+        for label, target, kw in ((f"latency-aware(damage)@{same} (= uniform)", same, {"damage": dmg}),
+                                  (f"latency-aware(damage)@{t}", t, {"damage": dmg}),
+                                  (f"latency-aware(l1)@{t}", t, {})):
+            try:
+                res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+            except osl.OnnxSliceError as e:
+                info[label] = {"error": str(e)}
+                continue
+            variants[label] = res.model
+            info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
+                           "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met}
+    if args.recover and name != "efficientnet_lite0":
+        from onnxslice.train import finetune
+
+        train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
+        unlabelled = Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
+        for label in [k for k in list(variants) if "new default" in k or "(= uniform)" in k
+                      or (k.startswith("uniform-l1@0.") and "predicted" in k)]:
+            t0 = time.perf_counter()
+            res = finetune(variants[label], unlabelled, steps=args.recover, loss="distill", teacher=model,
+                           lr=1e-3, batch_size=32, progress=False)
+            new = f"{label} + recover {args.recover}"
+            variants[new] = res.model
+            info[new] = {**info[label], "recover_seconds": time.perf_counter() - t0}
+    try:
+        from onnxsim.pruning import apply_structured_pruning
+
+        t0 = time.perf_counter()
+        proto = apply_structured_pruning(model.proto, sparsity=0.3)
+        rival = osl.load(proto) if not isinstance(proto, Model) else proto
+        variants["onnxsim apply_structured_pruning L2 @0.3"] = rival
+        info["onnxsim apply_structured_pruning L2 @0.3"] = {"params": rival.num_params / model.num_params,
+                                                            "seconds": time.perf_counter() - t0}
+    except Exception as e:  # the rival's scope: MatMul/Gemm and simple Conv chains
+        info["onnxsim apply_structured_pruning L2 @0.3"] = {"error": str(e)[:200]}
+    lat = timed(model, variants, {model.input_names[0]: ev.x[:1]}, args.repeats)
+    ref = run_outputs(model, ev)
+    rows = [{"variant": "original", "params": 1.0, "latency": 1.0, **fid_row(ref, model, ev)}]
+    for label, m in variants.items():
+        rows.append({"variant": label, "params": round(info[label]["params"], 4), "latency": round(lat[label], 4),
+                     **fid_row(ref, m, ev)})
+    return {"rows": rows, "info": info, "original_ms": lat["original_ms"], "damage_seconds": damage_s,
+            "latency_table": table.to_dict()}
+
+
+def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    from onnxruntime.quantization import quantize_static
+
+    from onnxslice.rewrite.bits_scores import quantization_scores
+    from onnxslice.rewrite.static_quant import FeedReader
+
+    variants: dict[str, Model] = {}
+    info: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        onnx.save(model.proto, str(src))
+        t0 = time.perf_counter()
+        quantize_static(str(src), str(dst), FeedReader({model.input_names[0]: calib.x}, 16))
+        variants["ort quantize_static defaults (uniform int8)"] = osl.load(onnx.load(str(dst)))
+        info["ort quantize_static defaults (uniform int8)"] = {"seconds": time.perf_counter() - t0}
+    b = formats.QdqBuilder(model, calib)
+    try:
+        variants["qdq uniform int8 (ours)"] = formats.convert(model, "qdq", builder=b)
+        t0 = time.perf_counter()
+        try:
+            sc = quantization_scores(model, calib, "wgrad", samples=len(calib), batch_size=16).scores
+            by = "wgrad"
+        except osl.OnnxSliceError:  # no VJP rule for an op: the measured QDQ sensitivity instead
+            sc, by = formats.qdq_sensitivity(b), "qdq (measured)"
+        order = sorted([n for n in b.layers if n in sc], key=lambda n: -sc[n])
+        qp = formats.plan_float_layers(b, order, goal=0.99)
+        variants["qdq sensitivity plan (wgrad, float layers)"] = formats.convert(model, "qdq", exclude=qp.exclude,
+                                                                                  proto=qp.proto)
+        info["qdq sensitivity plan (wgrad, float layers)"] = {"float_layers": qp.exclude, "trials": qp.trials,
+                                                               "seconds": time.perf_counter() - t0, "order_by": by}
+        rng = np.random.default_rng(0)
+        rnd = [b.layers[i] for i in rng.permutation(len(b.layers))[: len(qp.exclude)]]
+        variants["qdq random plan (same count)"] = formats.convert(model, "qdq", exclude=rnd, builder=b)
+        info["qdq random plan (same count)"] = {"float_layers": rnd}
+    finally:
+        b.close()
+    variants["weight-only int8"] = formats.convert(model, "weight", calib)
+    variants["fp16 (for GPU)"] = formats.convert(model, "fp16")
+    try:
+        variants["nbits (MatMulNBits int4)"] = formats.convert(model, "nbits", calib)
+    except osl.OnnxSliceError as e:
+        info["nbits (MatMulNBits int4)"] = {"error": str(e)}
+    try:
+        from onnxsim.mixed_precision import apply_mixed_precision_quantization
+
+        t0 = time.perf_counter()
+        proto = apply_mixed_precision_quantization(model.proto, [{model.input_names[0]: calib.x[:8]}])
+        variants["onnxsim mixed precision (int4/int8 weights)"] = osl.load(proto)
+        info["onnxsim mixed precision (int4/int8 weights)"] = {"seconds": time.perf_counter() - t0}
+    except Exception as e:
+        info["onnxsim mixed precision (int4/int8 weights)"] = {"error": str(e)[:200]}
+    lat = timed(model, variants, {model.input_names[0]: ev.x[:1]}, args.repeats)
+    ref = run_outputs(model, ev)
+    rows = [{"variant": "float32", "bytes": model.proto.ByteSize(), "latency": 1.0, **fid_row(ref, model, ev)}]
+    for label, m in variants.items():
+        rows.append({"variant": label, "bytes": m.proto.ByteSize(), "latency": round(lat[label], 4),
+                     **fid_row(ref, m, ev)})
+    return {"rows": rows, "info": info, "original_ms": lat["original_ms"]}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results["models"])
+    fig, axes = plt.subplots(len(models), 2, figsize=(13, 4.5 * len(models)), squeeze=False)
+    for i, name in enumerate(models):
+        for j, part in enumerate(("pruning", "quantization")):
+            ax = axes[i][j]
+            for r in results["models"][name][part].get("rows", []):
+                ax.scatter(r["latency"], r["agreement"] if r["agreement"] is not None else 0.0, s=30)
+                ax.annotate(r["variant"][:38], (r["latency"], r["agreement"] or 0.0), fontsize=6)
+            ax.axvline(1.0, color="grey", lw=0.5)
+            ax.set_xlabel("latency / original (CPU, 1 thread, batch 1)")
+            ax.set_ylabel("top-1 agreement with original")
+            ax.set_title(f"{name}: {part}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", default=True, help="small run (default)")
+    p.add_argument("--full", action="store_true", help="more targets, samples and repeats")
+    p.add_argument("--models", default="resnet8_mnist,efficientnet_lite0")
+    p.add_argument("--out", type=Path, default=RESULTS / "deploy.json")
+    p.add_argument("--recover", type=int, default=60,
+                   help="distillation steps of the recovery rows (MNIST models; 0: none; default 60)")
+    args = p.parse_args()
+    quick = not args.full
+    args.targets = [0.9] if quick else [0.9, 0.8, 0.7]
+    args.repeats = 20 if quick else 40
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results: dict[str, Any] = {"machine": {"load_average_start": load_average(), "cpu_count": os.cpu_count(),
+                                           "note": "shared machine (8 helpers on 2 cores); ratios from one "
+                                                   "round-robin run, absolute times are noisy"},
+                               "quick": quick, "models": dict(old.get("models", {}))}
+    for name in args.models.split(","):
+        print(f"== {name}", flush=True)
+        if name == "mnist_encoder":
+            from _encoder import encoder_model
+
+            model = osl.load(encoder_model())
+        else:
+            model = osl.load(ROOT / "models" / f"{name}.onnx")
+        calib, ev = datasets(name, quick)
+        entry: dict[str, Any] = {"calibration": calib.name, "evaluation": f"{ev.name} ({len(ev)})",
+                                 "load_average": load_average()}
+        if name == "mnist_encoder":
+            entry["pruning"] = {"rows": [], "skipped": "quantization only (the encoder is a stand-in for the formats)"}
+        else:
+            entry["pruning"] = pruning(name, model, calib, ev, args)
+            print(format_table(entry["pruning"]["rows"], title=f"{name}: pruning (latency / original, one run)"))
+        entry["quantization"] = quantization(name, model, calib, ev, args)
+        print(format_table(entry["quantization"]["rows"], title=f"{name}: quantization (latency / float32, one run)"))
+        results["models"][name] = entry
+        results["machine"]["load_average_end"] = load_average()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+    plot(results, args.out.with_suffix(".png"))
+    print(f"saved {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``onnxslice prune --latency / --recover / --report``: measured latency planning from the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from _prune_nets import build
+
+import onnxslice as osl
+from onnxslice.cli import main
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    proto, _ = build("flatgemm")
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((40, 1, 28, 28)).astype(np.float32))
+    return path, data
+
+
+def test_prune_latency_target_plans_measures_and_reports(tmp_path, capsys):
+    path, data = _files(tmp_path)
+    out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
+    rc = main(["prune", str(path), "--latency", "1.0", "--cache", str(tmp_path / "cache"), "--data", str(data),
+               "--samples", "16", "--out", str(out), "--report", str(rep), "--repeats", "3", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    meta = res["plan"]["meta"]
+    assert res["plan"]["budget"] == "latency" and meta["latency_target"] == 1.0
+    assert meta["predicted_latency"] <= 1.0 and "measured_latency" in meta and meta["rounds"]
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # the table is cached, not beside the model
+    assert json.loads(rep.read_text())["ratio"]["latency"] == res["ratio"]["latency"]
+    assert osl.load(out).output_names == ["y"]
+
+
+def test_prune_latency_bad_targets_write_nothing(tmp_path, capsys):
+    path, _data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--latency", "0.05", "--cache", str(tmp_path / "c"), "--out", str(out),
+                 "--repeats", "2"]) == 2
+    assert "cannot be reached" in capsys.readouterr().err and not out.exists()
+    assert main(["prune", str(path), "--latency", "0.8", "--ratio", "0.3", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_prune_recover_distils_and_reports_before_and_after(tmp_path, capsys):
+    path, data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    rc = main(["prune", str(path), "--ratio", "0.3", "--data", str(data), "--samples", "16", "--recover", "3",
+               "--recover-batch", "8", "--out", str(out), "--repeats", "2", "--json"])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)["recovery"]
+    assert rec["steps"] == 3 and rec["samples"] == 24
+    assert rec["fidelity_before_recovery"]["samples"] == 16
+    assert main(["prune", str(path), "--ratio", "0.3", "--data", str(data), "--samples", "40", "--recover", "3",
+                 "--out", str(tmp_path / "q.onnx")]) == 2
+    assert not (tmp_path / "q.onnx").exists()

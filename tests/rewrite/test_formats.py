@@ -1,0 +1,110 @@
+"""Deployment formats: QDQ with float layers, float16, MatMulNBits, the measured choice, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from _quant_models import conv_net, images, matmul_net
+
+import onnxslice as osl
+from onnxslice.cli import main
+from onnxslice.errors import PlanError
+from onnxslice.rewrite import formats
+from onnxslice.rewrite.fidelity import fidelity
+
+
+@pytest.fixture(scope="module")
+def net():
+    return osl.load(conv_net())
+
+
+def _float_weight_inputs(q, node_name):
+    inits = {t.name for t in q.proto.graph.initializer}
+    node = next(n for n in q.proto.graph.node if n.name == node_name)
+    return [i for i in node.input[1:2] if i in inits]
+
+
+def test_qdq_quantizes_activations_and_keeps_excluded_layers_float(net):
+    b = formats.QdqBuilder(net, images(64))
+    try:
+        q = formats.convert(net, "qdq", builder=b)
+        kinds = [n.op_type for n in q.proto.graph.node]
+        assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds
+        assert _float_weight_inputs(q, "conv2") == []  # its weight comes through a DequantizeLinear
+        q2 = formats.convert(net, "qdq", exclude=["conv2"], builder=b)
+        assert _float_weight_inputs(q2, "conv2")  # kept float: reads its float initializer
+        meta = {p.key: p.value for p in q2.proto.metadata_props}
+        assert json.loads(meta["onnxslice.plan"])["layers"]["conv2"] == "fp32"
+        f = fidelity(q, net, images(64, seed=5))
+        assert f.top1_agreement >= 0.9 and f.rel_error < 0.1
+    finally:
+        b.close()
+
+
+def test_plan_float_layers_stops_at_the_goal(net):
+    b = formats.QdqBuilder(net, images(32))
+    try:
+        order = b.layers
+        easy = formats.plan_float_layers(b, order, goal=0.0)
+        assert easy.exclude == [] and easy.met
+        hard = formats.plan_float_layers(b, order, goal=1.01, max_float=2)
+        assert not hard.met and [t["float_layers"] for t in hard.trials] == [0, 1, 2]
+    finally:
+        b.close()
+
+
+def test_fp16_graph_runs_close_to_float(net):
+    q = formats.convert(net, "fp16")
+    onnx.checker.check_model(q.proto, full_check=True)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in q.proto.graph.initializer)
+    f = fidelity(q, net, images(32, seed=3))
+    assert f.rel_error < 1e-2
+
+
+def test_nbits_emits_matmulnbits_and_unknown_formats_fail(net):
+    mm = osl.load(matmul_net())
+    q = formats.convert(mm, "nbits", block_size=16)
+    assert "MatMulNBits" in {n.op_type for n in q.proto.graph.node}
+    with pytest.raises(PlanError, match="format"):
+        formats.convert(net, "int3")
+
+
+def test_pick_prefers_the_fastest_format_meeting_the_goal():
+    rows = [{"format": "fp32", "latency": 1.0, "top1_agreement": 1.0, "kl": 0.0, "rel_error": 0.0},
+            {"format": "qdq", "latency": 0.5, "top1_agreement": 0.95, "kl": 0.1, "rel_error": 0.1},
+            {"format": "weight", "latency": 0.9, "top1_agreement": 1.0, "kl": 0.0, "rel_error": 0.01},
+            {"format": "nbits", "latency": 1.5, "top1_agreement": 1.0, "kl": 0.0, "rel_error": 0.01}]
+    assert formats.pick(rows, 0.01) == ("weight", True)
+    assert formats.pick(rows, 0.1) == ("qdq", True)
+    assert formats.pick([rows[0], rows[1]], 0.01) == ("qdq", False)
+    assert formats.pick([rows[0], rows[3]], 0.01) == ("fp32", False)
+
+
+def test_quantize_cli_format_auto_writes_model_and_report(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=images(48))
+    out, rep = tmp_path / "q.onnx", tmp_path / "r.json"
+    rc = main(["quantize", str(path), "--data", str(data), "--out", str(out), "--report", str(rep), "--repeats", "3",
+               "--device", "cpu", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["format"] in ("qdq", "weight", "nbits") and out.is_file()
+    assert {r["format"] for r in res["rows"]} >= {"fp32", "qdq", "weight"}
+    assert json.loads(rep.read_text())["format"] == res["format"]
+    assert osl.load(out).output_names == ["y"]
+
+
+def test_quantize_cli_format_bad_paths_write_nothing(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), str(path))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(path), "--format", "qdq", "--out", str(out)]) == 2
+    assert "needs --data" in capsys.readouterr().err and not out.exists()
+    assert main(["quantize", str(path), "--format", "qdq", "--avg-bits", "6", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["quantize", str(path), "--format", "auto", "--out", str(path)]) == 2
