@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pruned model is measured and the plan tightened if it misses (default: off)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
-    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads of every latency measurement (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="intra-op threads of every latency measurement (default 1)")
     p.add_argument("--cache", default=None,
                    help="folder of cached latency tables (default $ONNXSLICE_CACHE or ~/.cache/onnxslice)")
     p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
@@ -62,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune the pruned model for STEPS updates by distillation from the original's outputs on "
                         "--data's samples after the first --samples (those stay held out for fidelity), with "
                         "onnxslice's own gradients (default 0: off)")
-    p.add_argument("--recover-lr", type=positive_float, default=1e-3, help="Adam learning rate of --recover (default 1e-3)")
+    p.add_argument("--recover-lr", type=positive_float, default=1e-3,
+                   help="Adam learning rate of --recover (default 1e-3)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="batch size of --recover (default 32)")
     p.add_argument("--slice", dest="slice_file", help="Slice .npz (from `onnxslice slice`) for --budget slice")
     p.add_argument("--target", "-t", action="append", default=None,

@@ -8,9 +8,9 @@ quantized model and prints per-layer precision, the file size and the fidelity b
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
