@@ -120,7 +120,13 @@ def _maps(ctx: ContribContext) -> _Maps:
         ),
     )
     failure = ""
-    for group in (bsz, 1, None):
+    # a data input whose axis 0 is not the output's (time-first [T, N, ...] or a stacked [3, N, ...]) cannot be
+    # cut into sample groups: map the recorded shapes first
+    odd = any(
+        x is not None and d is not None and (x.ndim == 0 or x.shape[0] != bsz)
+        for x, d in zip(ctx.x, ctx.dx, strict=True)
+    )
+    for group in (None, bsz, 1) if odd else (bsz, 1, None):
         k = (*key, group)
         if k in _CACHE:
             _CACHE.move_to_end(k)

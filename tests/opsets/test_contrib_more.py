@@ -475,3 +475,24 @@ def test_contrib_topk_routes_to_the_selected_elements() -> None:
         for j in range(2):
             expected[b, int(np.argsort(-x[b])[j])] += seeds["y"][b, j]
     np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
+
+
+def test_contrib_routing_gather_of_a_time_first_state() -> None:
+    """Gather of the last direction of a [D, N, H] state (a GRU's Y_h): the map uses the recorded shapes."""
+    node = helper.make_node("Gather", ["s", "i"], ["y"], axis=0)
+    model = load(
+        make_model(
+            [helper.make_node("Identity", ["x"], ["s"]), node],
+            {"x": (np.float32, [2, "N", 3])},
+            {"y": (np.float32, ["N", 3])},
+            {"i": np.array(1, np.int64)},
+        )
+    )
+    x = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    values = {**Recorder(model, "all", "cpu").run({"x": x}), "x": x}
+    prof = Profile({k: np.zeros(v.shape[1:], np.float32) for k, v in values.items()}, 1, model.fingerprint)
+    seeds = {"y": RNG.integers(-2, 3, size=(4, 3)).astype(np.int32)}
+    neurons, _ = backward(model, values, deltas(prof, values), seeds, BackwardOptions(theta=THETA))
+    expected = np.zeros((2, 4, 3), np.int64)
+    expected[1] = seeds["y"]
+    np.testing.assert_array_equal(neurons["x"], expected.sum(axis=0))
