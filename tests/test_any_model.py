@@ -132,3 +132,14 @@ def test_fixed_batch_with_a_hard_coded_reshape_in_suffix_runs():
     b = sensitivity(net(2), {"x": x}, "fd", "l2", samples=None, batch_size=5)
     for k in a.scores:
         assert a.scores[k] == pytest.approx(b.scores[k], rel=1e-4, abs=1e-7)
+
+
+def test_time_first_crnn_slices_through_the_lstm_to_the_convolutions(cache):
+    path, x = _build("crnn_ctc", cache)
+    m = load(path)
+    prof = profile(m, x, show_progress=False)
+    assert prof.axis("y") == 1 and prof.axis("/rnn/LSTM_output_0") == 2  # [T, N, C] and [T, D, N, H]
+    s = slice_model(m, prof, x, "pred", theta=0.1, samples="0:2", workers=1)
+    rows = {r["layer"]: r for r in s.per_layer()}
+    assert all(r["synapses_in"] > 0 for r in rows.values()), rows
+    assert s.neurons["y"].shape == (8, 11)  # per sample: [T, C]
