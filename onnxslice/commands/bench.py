@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,16 +22,26 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=("safer",), help="the benchmark to run")
-    p.add_argument("--per-family", type=int, default=3, help="models per family (trained when missing)")
+    p.add_argument("--per-family", type=int, default=10,
+                   help="sampled architectures per family (default 10, the reduced run; 100 for the full scale); "
+                        "model k of a family is drawn from a seed derived from (family, k), trained when missing")
     p.add_argument("--models", default=str(_REPO / "models" / "moons"),
-                   help="folder of moons models (committed set; missing ones are trained into it)")
+                   help="folder of committed moons models, reused when present (default models/moons); "
+                        "the others are trained into CACHE/models")
+    p.add_argument("--cache", help="folder of per-model results (and trained models): a rerun with the same "
+                                   "settings skips the models already done (default: a temporary folder, "
+                                   "so nothing is resumable)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the second ground-truth seed (default: measure it; the two estimates' agreement "
+                        "is each row's ceiling)")
     p.add_argument("--criteria", default="all", help="comma list of criteria, or 'all' available")
-    p.add_argument("--families", default="vanilla,skip,skip+sd,transformer")
+    p.add_argument("--families", default="vanilla,skip,skip+sd,transformer",
+                   help="comma list (default all four)")
     p.add_argument("--magnitudes", default="0.1,0.3,0.5", help="ground-truth magnitudes (each is one case)")
     p.add_argument("--draws", type=int, default=32, help="ground-truth draws per layer")
     p.add_argument("--samples", type=int, default=256, help="calibration samples")
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--noise-samples", type=int, default=16)
+    p.add_argument("--steps", type=int, default=16, help="path steps of ig/gig/idgi (default 16)")
+    p.add_argument("--noise-samples", type=int, default=16, help="noise draws of smoothgrad/vargrad (default 16)")
     p.add_argument("--workers", type=int, default=2, help="processes (one model each)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (onnxslice.parallel)")
     p.add_argument("--address", help="Ray cluster address (with --backend ray)")
@@ -53,7 +64,7 @@ def _moons_module() -> ModuleType:
 def run(args: argparse.Namespace) -> int:
     from onnxslice.io import save_json
     from onnxslice.sensitivity import criteria_names
-    from onnxslice.sensitivity.benchmark import render, run_benchmark, tables
+    from onnxslice.sensitivity.benchmark import render, run_sampled, tables
 
     if args.per_family < 1:
         raise DataError("--per-family must be at least 1")
@@ -63,34 +74,42 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise DataError(f"unknown famil{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; "
                         f"valid: {', '.join(moons.FAMILIES)}")
-    try:
-        found = moons.ensure(args.models, args.per_family, families)
-    except ImportError as e:
-        raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
-    paths = [str(p) for f in families for p in found[f]]
     available = criteria_names()
     crits = available if args.criteria == "all" else args.criteria.split(",")
     unknown = [c for c in crits if c not in available]
     if unknown:
         raise DataError(f"unknown or unavailable criteria {', '.join(unknown)}; available: {', '.join(available)}")
     t0 = time.perf_counter()
-    results = run_benchmark(paths, crits, args.workers, backend=args.backend, address=args.address,
-                            magnitudes=[float(m) for m in args.magnitudes.split(",")],
-                            draws=args.draws, samples=args.samples, steps=args.steps,
-                            noise_samples=args.noise_samples)
+    with tempfile.TemporaryDirectory(prefix="onnxslice-bench-") as tmp:
+        cache = args.cache or tmp
+        try:
+            results = run_sampled(families, args.per_family, crits, builder=str(_REPO / "models" / "moons.py"),
+                                  committed=args.models,
+                                  cache=cache, workers=args.workers, backend=args.backend, address=args.address,
+                                  ceiling=not args.no_ceiling,
+                                  magnitudes=[float(m) for m in args.magnitudes.split(",")],
+                                  draws=args.draws, samples=args.samples, steps=args.steps,
+                                  noise_samples=args.noise_samples)
+        except ImportError as e:
+            raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
+    paths = [r["model"] for r in results]
     wall = time.perf_counter() - t0
     tabs = tables(results, crits)
     for r in results:
         for name, err in r["errors"].items():
             sys.stderr.write(f"{r['model']}: criterion {name} failed: {err.splitlines()[0]}\n")
     payload = {"per_family": args.per_family, "models": [r["model"] for r in results], "criteria": crits,
-               "seconds": wall, "workers": args.workers, "tables": tabs, "results": results}
+               "seconds": wall, "workers": args.workers, "tables": tabs, "results": results,
+               "model_seconds": float(sum(sum(r["seconds"].values()) for r in results)),
+               "cache": args.cache}
     if args.out:
         save_json(args.out, payload)
     if args.json:
         emit_json({k: v for k, v in payload.items() if k != "results"})
         return 0
     print(render(tabs, f", {args.per_family} models per family, {len(paths)} models"))
-    print(f"\n{len(paths)} models in {wall:.1f} s with {args.workers} worker(s)"
+    per_model = payload["model_seconds"] / max(1, len(results))
+    print(f"\n{len(paths)} models in {wall:.1f} s with {args.workers} worker(s) ({per_model:.0f} s of work per model; "
+          f"100 per family would take about {4 * 100 * per_model / max(1, args.workers) / 3600:.1f} h here)"
           + (f"; saved {args.out}" if args.out else ""))
     return 0

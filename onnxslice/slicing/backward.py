@@ -132,5 +132,5 @@ def _context(
         theta_sum=options.theta_sum,
         granularity=options.granularity,
         chunk=options.chunk,
-        accumulate=options.accumulate,  # type: ignore[arg-type]
+        accumulate=options.accumulate,  # type: ignore[arg-type,unused-ignore]
     )
