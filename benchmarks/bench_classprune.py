@@ -12,6 +12,8 @@ chosen by:
   target classes' training samples, their output neurons), CONTRIB accumulated as signs (NNSlicer);
 - ``slice-targeted-abs``: the same slice with ``accumulate="abs"`` (the number of significant uses);
 - ``slice-all``: the slice of every class (samples of all classes, ``pred`` target), signed;
+- ``slice-then-magnitude``: the weights outside the targeted slice (CONTRIB 0) first, then the smallest
+  ``|w|`` (a hybrid: the slice says *whether* a synapse serves the target classes, the magnitude how much);
 - ``magnitude``: smallest ``|w|`` (the usual baseline);
 - ``random``: uniformly random weights (seeded).
 
@@ -27,6 +29,7 @@ Results: ``benchmarks/results/classprune.json`` and ``classprune.png`` (mean +- 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -48,7 +51,7 @@ from onnxslice.rewrite.prune_plan import class_slice  # noqa: E402
 from onnxslice.table import format_table  # noqa: E402
 
 MODELS = ("lenet5", "resnet8_mnist")
-METHODS = ("slice-targeted", "slice-targeted-abs", "slice-all", "magnitude", "random")
+METHODS = ("slice-targeted", "slice-targeted-abs", "slice-all", "slice-then-magnitude", "magnitude", "random")
 #: NNSlicer Figure 3 at r = 0.55 (accuracy on the target classes).
 PAPER_055 = {"slice-targeted": 0.80, "magnitude": 0.405}
 
@@ -82,6 +85,10 @@ def scores_for(model: osl.Model, method: str, slices: dict[str, Any], seed: int)
     """Per-weight scores (higher = kept) for the slice budget; None for magnitude (uniform budget)."""
     if method == "magnitude":
         return None
+    if method == "slice-then-magnitude":
+        syn = slices["slice-targeted"].synapses
+        return {x.weight: (syn[x.weight] != 0) * (1.0 + np.abs(model.initializer(x.weight)).max())
+                + np.abs(model.initializer(x.weight)) for x in model.layers}
     if method == "random":
         rng = np.random.default_rng(1000 + seed)
         return {x.weight: rng.random(model.initializer(x.weight).shape) for x in model.layers}
@@ -89,7 +96,7 @@ def scores_for(model: osl.Model, method: str, slices: dict[str, Any], seed: int)
 
 
 def run_model(name: str, seeds: list[int], ratios: list[float], n_slice: int, n_test: int | None,
-              bn: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              bn: list[float], methods: list[str], **slice_options: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     model = osl.load(zoo.path(name))
     train = osl.load_data("builtin:mnist?split=train")
     test = osl.load_data("builtin:mnist?split=test")
@@ -112,10 +119,11 @@ def run_model(name: str, seeds: list[int], ratios: list[float], n_slice: int, n_
 
         t0 = time.perf_counter()
         slices = {
-            "slice-targeted": class_slice(model, train, targets, samples=n_slice, profile_samples=1000),
+            "slice-targeted": class_slice(model, train, targets, samples=n_slice, profile_samples=1000,
+                                          **slice_options),
             "slice-targeted-abs": class_slice(model, train, targets, samples=n_slice, profile_samples=1000,
-                                              accumulate="abs"),
-            "slice-all": class_slice(model, train, "pred", samples=n_slice, profile_samples=1000),
+                                              accumulate="abs", **slice_options),
+            "slice-all": class_slice(model, train, "pred", samples=n_slice, profile_samples=1000, **slice_options),
         }
         slice_s = time.perf_counter() - t0
         signed, counted = slices["slice-targeted"].synapses, slices["slice-targeted-abs"].synapses
@@ -127,13 +135,13 @@ def run_model(name: str, seeds: list[int], ratios: list[float], n_slice: int, n_
         print(f"== {name} seed {seed} targets {targets}: {len(sub)} test samples, 3 slices in {slice_s:.1f} s, "
               f"original {base}", flush=True)
         for r in ratios:
-            for method in METHODS:
+            for method in methods:
                 sc = scores_for(model, method, slices, seed)
                 plan = (plan_pruning(model, r, budget="uniform", mode="unstructured") if sc is None else
                         plan_pruning(model, r, budget="slice", slice=sc, mode="unstructured"))
                 pruned = prune(model, plan)
                 variants = [(method, pruned)]
-                if bn and any(n.op_type == "BatchNormalization" for n in model.nodes):
+                if r in bn and any(n.op_type == "BatchNormalization" for n in model.nodes):
                     variants.append((f"{method}+bnrecal", recalibrate_bn(pruned, calib)))
                 for label, m in variants:
                     rows.append({"model": name, "seed": seed, "targets": targets, "ratio": r, "method": label,
@@ -197,8 +205,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, help="number of target subsets (default 3, 10 with --full)")
     ap.add_argument("--model", action="append", default=[], help="lenet5 and/or resnet8_mnist (default both)")
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.55,0.6", help="per-layer ratios (default 0.1-0.6)")
-    ap.add_argument("--bn-recalibrate", action="store_true",
-                    help="also every method after re-estimating BatchNormalization statistics (default off)")
+    ap.add_argument("--bn-recalibrate", default="",
+                    help="comma list of ratios at which every method is also measured after re-estimating the "
+                         "BatchNormalization statistics (default none)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list (default all)")
+    ap.add_argument("--theta", type=float, default=0.3, help="NNSlicer's theta for every slice (default 0.3)")
+    ap.add_argument("--granularity", choices=("element", "channel"), default="element",
+                    help="slice granularity (default element)")
+    ap.add_argument("--slice-samples", type=int,
+                    help="criterion samples per slice (default 50; --full: 200 on LeNet-5, 100 on ResNet-8)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "classprune.json"),
                     help="JSON results (default benchmarks/results/classprune.json; the PNG goes beside it)")
     args = ap.parse_args()
@@ -208,18 +223,27 @@ def main() -> None:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     diag: dict[str, Any] = {}
+    methods = args.methods.split(",")
     for name in args.model or list(MODELS):
-        n_slice = (200 if name == "lenet5" else 100) if args.full else 50
-        r, d = run_model(name, seeds, ratios, n_slice, None if args.full else 500, args.bn_recalibrate)
+        n_slice = args.slice_samples or ((200 if name == "lenet5" else 100) if args.full else 50)
+        bn = [float(x) for x in args.bn_recalibrate.split(",") if x]
+        r, d = run_model(name, seeds, ratios, n_slice, None if args.full else 500, bn, methods, theta=args.theta,
+                         granularity=args.granularity)
         rows += r
         diag.update(d)
+    out = Path(args.out)
+    if out.is_file():  # keep the other models' results of an earlier run (one model at a time on a busy machine)
+        old = json.loads(out.read_text())
+        done = {(r["model"], r["method"]) for r in rows}
+        rows = [r for r in old.get("rows", []) if (r["model"], r["method"]) not in done] + rows
+        diag = {**old.get("slice_diagnostics", {}), **diag}
     summary = summarise(rows)
     print(format_table([{k: v for k, v in s.items() if not k.endswith("_std")} for s in summary],
                        title="class-focused pruning: accuracy on the target classes (mean over seeds)"))
-    out = Path(args.out)
     payload = {"command": "python " + " ".join(["benchmarks/bench_classprune.py", *sys.argv[1:]]),
                "machine": {"cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                            "note": "2 cores shared by 8 concurrent sessions"},
+               "theta": args.theta, "granularity": args.granularity,
                "seeds": seeds, "targets": {s: target_subset(s) for s in seeds}, "ratios": ratios,
                "paper_r055": PAPER_055, "summary": summary, "rows": rows, "slice_diagnostics": diag,
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -24,6 +24,7 @@ Results: ``benchmarks/results/table3.json`` and ``table3.png`` (heatmap).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -63,14 +64,15 @@ PAPER = {
 
 
 def run_seed(model: osl.Model, seed: int, crits: list[str], samples: int, gamma: float, test: Any,
-              labels: np.ndarray) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+              labels: np.ndarray, steps: int, noise: int) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
     train = osl.load_data("builtin:mnist?split=train")
     calib = train.subset(slice(seed * samples, (seed + 1) * samples))
     phis: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for c in crits:
         t0 = time.perf_counter()
-        phis[c] = relevance(model, calib, c, samples=samples, batch_size=32, seed=seed)
+        phis[c] = relevance(model, calib, c, samples=samples, batch_size=32, seed=seed, steps=steps,
+                            noise_samples=noise)
         seconds[c] = round(time.perf_counter() - t0, 1)
         print(f"   seed {seed}: {c} relevance in {seconds[c]} s", flush=True)
     rows: dict[str, LayerScores | None] = {"uniform": None}
@@ -145,6 +147,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1000, help="test images (default 1000)")
     ap.add_argument("--ratio", type=float, default=0.2, help="gamma, fraction of prunable parameters (default 0.2)")
     ap.add_argument("--criteria", default=",".join(CRITERIA), help="comma list (default: the paper's ten)")
+    ap.add_argument("--steps", type=int, default=8, help="path steps of ig/gig/idgi (default 8)")
+    ap.add_argument("--noise-samples", type=int, default=8, help="noise draws of smoothgrad/vargrad (default 8)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "table3.json"),
                     help="JSON results (default benchmarks/results/table3.json; the PNG goes beside it)")
     args = ap.parse_args()
@@ -156,10 +160,21 @@ def main() -> None:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     per_seed, seconds = [], []
-    for seed in range(args.seeds):
-        cells, secs = run_seed(model, seed, crits, args.samples, args.ratio, test, test.labels)
+    out = Path(args.out)
+    part = out.with_suffix(".partial.json")
+    config = {k: getattr(args, k) for k in ("samples", "test", "ratio", "criteria", "steps", "noise_samples")}
+    if part.is_file():  # resume: seeds already measured with the same settings
+        old = json.loads(part.read_text())
+        if old["config"] == config:
+            per_seed = [{tuple(k.split("|")): v for k, v in s.items()} for s in old["per_seed"]][: args.seeds]
+            seconds = old["relevance_seconds"][: args.seeds]
+    for seed in range(len(per_seed), args.seeds):
+        cells, secs = run_seed(model, seed, crits, args.samples, args.ratio, test, test.labels, args.steps,
+                               args.noise_samples)
         per_seed.append(cells)
         seconds.append(secs)
+        save_json(part, {"config": config, "relevance_seconds": seconds,
+                         "per_seed": [{f"{r}|{c}": v for (r, c), v in s.items()} for s in per_seed]})
     rows, cols = ["uniform", *crits], ["random", *crits]
     agg = aggregate(per_seed, rows, cols)
     print(format_table(agg["table"], title=f"Table 3 counterpart: accuracy % at gamma={args.ratio}, mean of "
@@ -167,7 +182,6 @@ def main() -> None:
     b = agg["best"]
     print(f"best cell: {b['row']} x {b['column']} = {100 * b['accuracy']:.1f}% (+- {100 * b['std']:.1f}); "
           "paper: grad x idgi = 82% (CIFAR-10)")
-    out = Path(args.out)
     payload = {"command": "python " + " ".join(["benchmarks/bench_table3.py", *sys.argv[1:]]),
                "machine": {"cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                            "note": "2 cores shared by 8 concurrent sessions"},
@@ -176,6 +190,7 @@ def main() -> None:
                **agg, "per_seed": [{f"{r}|{c}": v for (r, c), v in s.items()} for s in per_seed],
                "relevance_seconds": seconds, "paper": PAPER, "seconds": round(time.perf_counter() - t0, 1)}
     save_json(out, payload)
+    part.unlink(missing_ok=True)
     heatmap(agg, rows, cols, original, out.with_suffix(".png"))
     print(f"saved {out} and {out.with_suffix('.png')} ({payload['seconds']} s)")
 
