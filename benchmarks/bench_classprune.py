@@ -120,10 +120,11 @@ def run_model(name: str, seeds: list[int], ratios: list[float], n_slice: int, n_
         t0 = time.perf_counter()
         slices = {
             "slice-targeted": class_slice(model, train, targets, samples=n_slice, profile_samples=1000,
-                                          **slice_options),
+                                          accumulate="signed", **slice_options),
             "slice-targeted-abs": class_slice(model, train, targets, samples=n_slice, profile_samples=1000,
                                               accumulate="abs", **slice_options),
-            "slice-all": class_slice(model, train, "pred", samples=n_slice, profile_samples=1000, **slice_options),
+            "slice-all": class_slice(model, train, "pred", samples=n_slice, profile_samples=1000,
+                                     accumulate="signed", **slice_options),
         }
         slice_s = time.perf_counter() - t0
         signed, counted = slices["slice-targeted"].synapses, slices["slice-targeted-abs"].synapses
@@ -203,6 +204,9 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="10 seeds, 200/100 slice samples, every test sample "
                     "(default: the quick run, 3 seeds, 50 slice samples, 500 test samples per subset)")
     ap.add_argument("--seeds", type=int, help="number of target subsets (default 3, 10 with --full)")
+    ap.add_argument("--first-seed", type=int, default=0, help="first seed (default 0), to split seeds over runs")
+    ap.add_argument("--merge", action="append", default=[],
+                    help="rows of another run's JSON to merge in (e.g. other seeds; default none)")
     ap.add_argument("--model", action="append", default=[], help="lenet5 and/or resnet8_mnist (default both)")
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.55,0.6", help="per-layer ratios (default 0.1-0.6)")
     ap.add_argument("--bn-recalibrate", default="",
@@ -217,7 +221,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "classprune.json"),
                     help="JSON results (default benchmarks/results/classprune.json; the PNG goes beside it)")
     args = ap.parse_args()
-    seeds = list(range(args.seeds or (10 if args.full else 3)))
+    n_seeds = args.seeds if args.seeds is not None else (10 if args.full else 3)
+    seeds = list(range(args.first_seed, args.first_seed + n_seeds))
     ratios = [float(r) for r in args.ratios.split(",")]
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -232,11 +237,15 @@ def main() -> None:
         rows += r
         diag.update(d)
     out = Path(args.out)
-    if out.is_file():  # keep the other models' results of an earlier run (one model at a time on a busy machine)
-        old = json.loads(out.read_text())
-        done = {(r["model"], r["method"]) for r in rows}
-        rows = [r for r in old.get("rows", []) if (r["model"], r["method"]) not in done] + rows
-        diag = {**old.get("slice_diagnostics", {}), **diag}
+    # keep the rows of earlier runs (other models, methods or seeds) that this run did not redo
+    for src in [out, *map(Path, args.merge)]:
+        if src.is_file():
+            old = json.loads(src.read_text())
+            done = {(r["model"], r["method"], r["seed"]) for r in rows}
+            rows = [r for r in old.get("rows", []) if (r["model"], r["method"], r["seed"]) not in done] + rows
+            diag = {**old.get("slice_diagnostics", {}), **diag}
+    seeds = sorted({r["seed"] for r in rows})
+    ratios = sorted({r["ratio"] for r in rows})
     summary = summarise(rows)
     print(format_table([{k: v for k, v in s.items() if not k.endswith("_std")} for s in summary],
                        title="class-focused pruning: accuracy on the target classes (mean over seeds)"))
