@@ -173,6 +173,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in summary})
+    colours = dict(zip(METHODS, ("tab:red", "tab:purple", "tab:green", "tab:brown", "tab:blue", "tab:orange"),
+                       strict=True))
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for j, model in enumerate(models):
         for i, metric in enumerate(("acc_all", "acc_targets")):
@@ -182,8 +184,12 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
                             key=lambda r: r["ratio"])
                 x = [r["ratio"] for r in rs]
                 y, e = np.array([r[metric] for r in rs]), np.array([r[f"{metric}_std"] for r in rs])
-                line, = ax.plot(x, y, marker="o", label=method, ls="--" if "bnrecal" in method else "-")
-                ax.fill_between(x, y - e, y + e, alpha=0.12, color=line.get_color())
+                colour = colours.get(method.split("+")[0], "tab:gray")
+                recal = "bnrecal" in method
+                ax.plot(x, y, marker="x" if recal else "o", ms=9 if recal else 5, label=method, color=colour,
+                        ls="--" if recal else "-")
+                if not recal:
+                    ax.fill_between(x, y - e, y + e, alpha=0.1, color=colour)
             ax.set_title(f"{model}: {'argmax over all classes' if metric == 'acc_all' else 'argmax over targets'}")
             ax.set_xlabel("per-layer pruning ratio r (unstructured)")
             ax.set_ylabel("accuracy on the target classes")
@@ -238,9 +244,11 @@ def main() -> None:
         diag.update(d)
     out = Path(args.out)
     # keep the rows of earlier runs (other models, methods or seeds) that this run did not redo
+    commands: list[str] = []
     for src in [out, *map(Path, args.merge)]:
         if src.is_file():
             old = json.loads(src.read_text())
+            commands += old.get("commands", [old.get("command", "")])
             done = {(r["model"], r["method"], r["seed"]) for r in rows}
             rows = [r for r in old.get("rows", []) if (r["model"], r["method"], r["seed"]) not in done] + rows
             diag = {**old.get("slice_diagnostics", {}), **diag}
@@ -249,7 +257,8 @@ def main() -> None:
     summary = summarise(rows)
     print(format_table([{k: v for k, v in s.items() if not k.endswith("_std")} for s in summary],
                        title="class-focused pruning: accuracy on the target classes (mean over seeds)"))
-    payload = {"command": "python " + " ".join(["benchmarks/bench_classprune.py", *sys.argv[1:]]),
+    command = "python " + " ".join(["benchmarks/bench_classprune.py", *sys.argv[1:]])
+    payload = {"command": command, "commands": list(dict.fromkeys([*commands, command] if seeds else commands)),
                "machine": {"cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
                            "note": "2 cores shared by 8 concurrent sessions"},
                "theta": args.theta, "granularity": args.granularity,
