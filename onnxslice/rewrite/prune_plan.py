@@ -320,7 +320,7 @@ def class_slice(
 
     Synapse CONTRIB is accumulated as the number of significant uses (``accumulate="abs"``) by default,
     not NNSlicer's signed sum: a conv weight's signed uses cancel over positions and samples, and the
-    signed ranking prunes much worse (``benchmarks/bench_classprune.py``; ResNet-8 at r = 0.2: 0.49 vs
+    signed ranking prunes much worse (``benchmarks/bench_classprune.py``; ResNet-8 at r = 0.2: 0.57 vs
     0.92 accuracy on the target classes; LeNet-5 ahead at every ratio up to 0.55).
 
     The profile (mean activations) comes from the first ``profile_samples`` samples of ``data``, every
