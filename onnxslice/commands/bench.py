@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -24,10 +25,18 @@ _SECONDS_PER_MODEL = 1255 * 2 / 12
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=("safer",), help="the benchmark to run")
-    p.add_argument("--per-family", type=positive_int, default=3,
-                   help="models per family (trained when missing; default 3)")
+    p.add_argument("--per-family", type=positive_int, default=10,
+                   help="sampled architectures per family (default 10, the reduced run; 100 for the full scale); "
+                        "model k of a family is drawn from a seed derived from (family, k), trained when missing")
     p.add_argument("--models", default=str(_REPO / "models" / "moons"),
-                   help="folder of moons models (committed set; missing ones are trained into it)")
+                   help="folder of committed moons models, reused when present (default models/moons); "
+                        "the others are trained into CACHE/models")
+    p.add_argument("--cache", help="folder of per-model results (and trained models): a rerun with the same "
+                                   "settings skips the models already done (default: a temporary folder, "
+                                   "so nothing is resumable)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the second ground-truth seed (default: measure it; the two estimates' agreement "
+                        "is each row's ceiling)")
     p.add_argument("--criteria", default="all", help="comma list of criteria, or 'all' available")
     p.add_argument("--families", default="vanilla,skip,skip+sd,transformer",
                    help="comma list of model families (default vanilla,skip,skip+sd,transformer)")
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxslice.io import save_json
     from onnxslice.outputs import Outputs
     from onnxslice.sensitivity import criteria_names
-    from onnxslice.sensitivity.benchmark import render, run_benchmark, tables
+    from onnxslice.sensitivity.benchmark import render, run_sampled, tables
 
     outs = Outputs(NAME)
     out_path = outs.writes(args.out, "--out")
@@ -82,37 +91,44 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise DataError(f"unknown famil{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; "
                         f"valid: {', '.join(moons.FAMILIES)}")
-    try:
-        found = moons.ensure(args.models, args.per_family, families)
-    except ImportError as e:
-        raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
-    paths = [str(p) for f in families for p in found[f]]
-    outs.reads_all(paths, "a moons model")
     available = criteria_names()
     crits = available if args.criteria == "all" else args.criteria.split(",")
     unknown = [c for c in crits if c not in available]
     if unknown:
         raise DataError(f"unknown or unavailable criteria {', '.join(unknown)}; available: {', '.join(available)}")
-    warn_if_long(len(paths) * _SECONDS_PER_MODEL * args.draws / 32 / max(args.workers, 1),
-                 f"bench safer on {len(paths)} models", "lower --per-family or --draws")
+    n_models = args.per_family * len(families)
+    warn_if_long(n_models * _SECONDS_PER_MODEL * args.draws / 32 / max(args.workers, 1),
+                 f"bench safer on {n_models} models", "lower --per-family or --draws, or reuse --cache")
     t0 = time.perf_counter()
-    results = run_benchmark(paths, crits, args.workers, backend=args.backend, address=args.address,
-                            magnitudes=magnitudes,
-                            draws=args.draws, samples=args.samples, steps=args.steps,
-                            noise_samples=args.noise_samples)
+    with tempfile.TemporaryDirectory(prefix="onnxslice-bench-") as tmp:
+        cache = args.cache or tmp
+        try:
+            results = run_sampled(families, args.per_family, crits, builder=str(_REPO / "models" / "moons.py"),
+                                  committed=args.models,
+                                  cache=cache, workers=args.workers, backend=args.backend, address=args.address,
+                                  ceiling=not args.no_ceiling, magnitudes=magnitudes,
+                                  draws=args.draws, samples=args.samples, steps=args.steps,
+                                  noise_samples=args.noise_samples)
+        except ImportError as e:
+            raise DataError(f"training missing moons models needs torch ({e}); lower --per-family") from e
+    paths = [r["model"] for r in results]
     wall = time.perf_counter() - t0
     tabs = tables(results, crits)
     for r in results:
         for name, err in r["errors"].items():
             sys.stderr.write(f"{r['model']}: criterion {name} failed: {err.splitlines()[0]}\n")
     payload = {"per_family": args.per_family, "models": [r["model"] for r in results], "criteria": crits,
-               "seconds": wall, "workers": args.workers, "tables": tabs, "results": results}
+               "seconds": wall, "workers": args.workers, "tables": tabs, "results": results,
+               "model_seconds": float(sum(sum(r["seconds"].values()) for r in results)),
+               "cache": args.cache}
     outs.defer(out_path, lambda p: save_json(p, payload))
     outs.commit()
     if args.json:
         emit_json({k: v for k, v in payload.items() if k != "results"})
         return 0
     print(render(tabs, f", {args.per_family} models per family, {len(paths)} models"))
-    print(f"\n{len(paths)} models in {wall:.1f} s with {args.workers} worker(s)"
+    per_model = payload["model_seconds"] / max(1, len(results))
+    print(f"\n{len(paths)} models in {wall:.1f} s with {args.workers} worker(s) ({per_model:.0f} s of work per model; "
+          f"100 per family would take about {4 * 100 * per_model / max(1, args.workers) / 3600:.1f} h here)"
           + (f"; saved {args.out}" if args.out else ""))
     return 0

@@ -32,6 +32,7 @@ __all__ = ["slice"]
 _GRANULARITIES = ("element", "channel")
 _DENOMINATORS = ("raw", "delta")
 _SUMS = ("signed", "abs")
+_ACCUMULATE = ("signed", "abs")
 
 
 @dataclass
@@ -83,13 +84,15 @@ def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> _UnitResult:
     return neurons, synapses, preds
 
 
-def _check_options(theta: float, granularity: str, theta_denominator: str, theta_sum: str) -> None:
+def _check_options(theta: float, granularity: str, theta_denominator: str, theta_sum: str,
+                   accumulate: str = "signed") -> None:
     if not (isinstance(theta, (int, float)) and 0.0 < float(theta) < 1.0):
         raise OnnxSliceError(f"theta must lie strictly between 0 and 1, got {theta}")
     for name, val, allowed in (
         ("granularity", granularity, _GRANULARITIES),
         ("theta_denominator", theta_denominator, _DENOMINATORS),
         ("theta_sum", theta_sum, _SUMS),
+        ("accumulate", accumulate, _ACCUMULATE),
     ):
         if val not in allowed:
             raise OnnxSliceError(f"{name} must be one of {', '.join(allowed)}, got '{val}'")
@@ -126,6 +129,7 @@ def slice(
     device: Device = "cpu",
     chunk: int = DEFAULT_CHUNK,
     seed: int = 0,
+    accumulate: str = "signed",
 ) -> Slice:
     """Dynamic slice of ``model`` for the criterion (``inputs[samples]``, ``targets``).
 
@@ -150,6 +154,9 @@ def slice(
         device: onnxruntime device for recording.
         chunk: the most elements a rule's temporaries hold at once (memory bound).
         seed: base seed of the units (the analysis itself is deterministic).
+        accumulate: how a synapse's CONTRIB adds up over its uses (conv positions, samples):
+            ``"signed"`` (NNSlicer: ``+= sign(contrib)``, so opposite uses cancel) or ``"abs"`` (``+= 1`` per
+            use in which it is significant). Neuron CONTRIB is signed either way.
 
     Returns:
         The :class:`Slice`: CONTRIB per neuron and synapse summed over the samples.
@@ -159,7 +166,7 @@ def slice(
         DataError: a profile of another model, bad inputs, a target out of range.
         UnsupportedOpError: CONTRIB reaches an op without a ``contributions`` rule (named).
     """
-    _check_options(theta, granularity, theta_denominator, theta_sum)
+    _check_options(theta, granularity, theta_denominator, theta_sum, accumulate)
     if batch_size < 1:
         raise OnnxSliceError(f"batch_size must be >= 1, got {batch_size}")
     profile.check_model(model)
@@ -175,7 +182,7 @@ def slice(
     feed = validate_inputs(model, as_feed(model, inputs))
     idx = _select(feed, samples)
     feed = {k: np.ascontiguousarray(v[idx]) for k, v in feed.items()}
-    options = BackwardOptions(float(theta), granularity, theta_denominator, theta_sum, int(chunk))
+    options = BackwardOptions(float(theta), granularity, theta_denominator, theta_sum, int(chunk), accumulate)
     units = [np.arange(s, min(len(idx), s + batch_size)) for s in builtins.range(0, len(idx), batch_size)]
     token = uuid.uuid4().hex
     serial = backend == "local" and (workers is None or workers == 1 or len(units) <= 1)
@@ -208,6 +215,7 @@ def slice(
             "granularity": granularity,
             "theta_denominator": theta_denominator,
             "theta_sum": theta_sum,
+            "accumulate": accumulate,
             "output": out_name,
             "backend": backend,
         },

@@ -34,6 +34,7 @@ class BackwardOptions:
     theta_denominator: str = "raw"
     theta_sum: str = "signed"
     chunk: int = DEFAULT_CHUNK
+    accumulate: str = "signed"
 
 
 def _deferred(node: Node, err: UnsupportedOpError) -> Any:
@@ -149,4 +150,5 @@ def _context(
         theta_sum=options.theta_sum,
         granularity=options.granularity,
         chunk=options.chunk,
+        accumulate=options.accumulate,  # type: ignore[arg-type,unused-ignore]
     )

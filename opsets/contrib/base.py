@@ -37,6 +37,7 @@ __all__ = [
 Granularity = Literal["element", "channel"]
 ThetaDenominator = Literal["raw", "delta"]
 ThetaSum = Literal["signed", "abs"]
+Accumulate = Literal["signed", "abs"]
 
 #: |y_n| below this keeps every input of n (the ratio in the theta rule is undefined).
 ZERO_DENOMINATOR = 1e-12
@@ -88,6 +89,9 @@ class ContribContext:
         theta_sum: ``"signed"`` or ``"abs"`` partial sums.
         granularity: ``"element"`` or ``"channel"``.
         chunk: the most elements a rule's temporaries may hold at once.
+        accumulate: how a weight's increments add up over its uses (positions, samples): ``"signed"``
+            (``CONTRIB_w += sign(contrib)``, NNSlicer's rule) or ``"abs"`` (``CONTRIB_w += |sign(contrib)|``,
+            the number of uses in which the synapse was significant). Neuron CONTRIB is always signed.
     """
 
     node: Node
@@ -102,6 +106,7 @@ class ContribContext:
     theta_sum: ThetaSum = "signed"
     granularity: Granularity = "element"
     chunk: int = DEFAULT_CHUNK
+    accumulate: Accumulate = "signed"
 
     @property
     def channel(self) -> bool:
@@ -125,6 +130,10 @@ class ContribContext:
         src = self.dy[k] if self.theta_denominator == "delta" and self.dy[k] is not None else self.y[k]
         assert src is not None
         return np.abs(self.view(src).astype(np.float64))
+
+    def synapse_signs(self, full: np.ndarray) -> np.ndarray:
+        """The per-use synapse increments to sum: ``full`` itself, or ``|full|`` with ``accumulate="abs"``."""
+        return np.abs(full) if self.accumulate == "abs" else full
 
     def data_inputs(self) -> list[int]:
         """Indices of the inputs that hold neurons."""

@@ -92,7 +92,7 @@ def binary_rule(weight: Weights, synapse_ops: bool = False) -> Callable[[Contrib
             full = s[:, 0].reshape(y.shape).astype(np.int64)
             for i, x in enumerate(ctx.x):
                 if x is not None and ctx.is_weight[i] and ctx.dx[i] is None and np.issubdtype(x.dtype, np.floating):
-                    res.synapses[i] = unbroadcast(full, x.shape)
+                    res.synapses[i] = unbroadcast(ctx.synapse_signs(full), x.shape)
         return res
 
     rule.__name__ = rule.__qualname__ = f"binary_{weight.__name__.lstrip('_')}"

@@ -101,7 +101,7 @@ def conv_contributions(ctx: ContribContext) -> ContribResult:
                         continue
                     terms = w2[cb, None, :] * cols[b, pb][None, :, :]
                     full, _ = _rows_sign(terms, osg, denom[b, co][cb, pb], ctx)
-                    syn[co][cb] += full.sum(axis=1, dtype=np.int32).reshape(-1, *syn.shape[1:])
+                    syn[co][cb] += ctx.synapse_signs(full).sum(axis=1, dtype=np.int32).reshape(-1, *syn.shape[1:])
                     icols[b, pb] += full.sum(axis=0, dtype=np.int32)
         back = icols.reshape(bsz, npos, cin_g, kp).transpose(0, 2, 1, 3)
         in_inc[:, ci] += scatter_windows(back, idx, dx.shape[2:])
@@ -128,7 +128,7 @@ def _conv_channel(
     terms = np.einsum("oik,bik->boi", wk, mean_cols)  # (B, cout_g, cin_g)
     full, _ = _rows_sign(terms, osign, denom, ctx)
     in_inc[:, ci] += full.sum(axis=1, dtype=np.int32)
-    pair = full.sum(axis=0, dtype=np.int64)  # (cout_g, cin_g)
+    pair = ctx.synapse_signs(full).sum(axis=0, dtype=np.int64)  # (cout_g, cin_g)
     syn[co] += np.broadcast_to(pair.reshape(cout_g, cin_g, *([1] * (syn.ndim - 2))), syn[co].shape)
 
 
@@ -178,7 +178,7 @@ def dense_contributions(ctx: ContribContext) -> ContribResult:
             continue
         terms = rows_x[rb, None, :] * wn[None, :, :]  # (r, N, K)
         full, _ = _rows_sign(terms, osg, denom[rb], ctx)
-        syn_t += full.sum(axis=0, dtype=np.int64)
+        syn_t += ctx.synapse_signs(full).sum(axis=0, dtype=np.int64)
         in_inc[rb] += full.sum(axis=1, dtype=np.int32)
     syn = syn_t if node.op_type == "Gemm" and node.attr("transB", 0) else syn_t.T
     return ContribResult(inputs={0: in_inc.reshape(*lead, k)}, synapses={1: np.ascontiguousarray(syn)})

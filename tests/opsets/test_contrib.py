@@ -394,7 +394,7 @@ def _run(case: Case, batch: int = 2, theta: float = THETA):
     return model, x, values, d, seeds, neurons, synapses
 
 
-def _naive(case: Case, x, values, d, seeds, theta: float = THETA):
+def _naive(case: Case, x, values, d, seeds, theta: float = THETA, accumulate: str = "signed"):
     w_size = case.inits[case.weight].size if case.weight else 0
     in_tab = np.zeros(x.shape[1:], np.int64).ravel()
     syn = np.zeros(w_size, np.int64)
@@ -423,7 +423,7 @@ def _naive(case: Case, x, values, d, seeds, theta: float = THETA):
                     sgn = int(np.sign(c[o]) * np.sign(dy[o]) * np.sign(t))
                     in_tab[i] += sgn
                     if wi >= 0:
-                        syn[wi] += sgn
+                        syn[wi] += abs(sgn) if accumulate == "abs" else sgn
     return in_tab.reshape(x.shape[1:]), syn
 
 
@@ -435,6 +435,17 @@ def test_contrib_matches_naive_reference(case: Case):
     np.testing.assert_array_equal(neurons["x"], ref_in)
     if case.weight:
         np.testing.assert_array_equal(synapses[case.weight].ravel(), ref_syn)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.edges is not None and c.weight], ids=lambda c: c.name)
+def test_contrib_abs_accumulation_counts_every_significant_use(case: Case):
+    model, x, values, d, seeds, signed_n, signed_s = _run(case, batch=3)
+    neurons, synapses = backward(model, values, d, seeds, BackwardOptions(theta=THETA, accumulate="abs"))
+    ref_in, ref_syn = _naive(case, x, values, d, seeds, accumulate="abs")
+    np.testing.assert_array_equal(synapses[case.weight].ravel(), ref_syn)
+    np.testing.assert_array_equal(neurons["x"], ref_in)  # neuron CONTRIB stays signed
+    np.testing.assert_array_equal(neurons["x"], signed_n["x"])
+    assert (synapses[case.weight] >= np.abs(signed_s[case.weight])).all()
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.route is not None], ids=lambda c: c.name)

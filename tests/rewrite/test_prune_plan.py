@@ -55,6 +55,22 @@ def test_plan_sensitivity_unstructured_matches_safer_formula(lenet):
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-4)
 
 
+def test_class_slice_counts_significant_uses_by_default(lenet):
+    from onnxslice.profile import profile
+    from onnxslice.rewrite.prune_plan import class_slice
+    from onnxslice.slicing import slice as slice_model
+
+    model, x = lenet
+    counted = class_slice(model, x, [0, 1], samples=4, profile_samples=len(x), workers=1)
+    signed = class_slice(model, x, [0, 1], samples=4, profile_samples=len(x), accumulate="signed", workers=1)
+    assert counted.options["accumulate"] == "abs" and signed.options["accumulate"] == "signed"
+    ref = slice_model(model, profile(model, x, 256, show_progress=False), x, ["class:0", "class:1"], 0.3,
+                      samples="0:4", accumulate="abs", workers=1)
+    for name, table in counted.synapses.items():
+        np.testing.assert_array_equal(table, ref.synapses[name])
+        assert (table >= np.abs(signed.synapses[name])).all()
+
+
 def test_plan_slice_masks_smallest_contrib(lenet, tmp_path):
     model, _x = lenet
     rng = np.random.default_rng(1)

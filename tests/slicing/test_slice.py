@@ -44,6 +44,25 @@ def test_slice_worked_example_theta_abs_keeps_more():
     assert (s.neurons["h1"] != 0).sum() >= 2
 
 
+def test_slice_abs_accumulation_counts_uses_and_keeps_neurons(cnn):
+    model, prof, x = cnn
+    signed = slice(model, prof, x, "pred", samples="0:4", workers=1)
+    counted = slice(model, prof, x, "pred", samples="0:4", workers=1, accumulate="abs")
+    assert counted.options["accumulate"] == "abs" and signed.options["accumulate"] == "signed"
+    for name in signed.neurons:
+        np.testing.assert_array_equal(counted.neurons[name], signed.neurons[name])
+    for name, table in signed.synapses.items():
+        assert (counted.synapses[name] >= np.abs(table)).all()
+    # conv weights are used at many positions: some uses disagree in sign, so the counts exceed |signed|
+    assert (counted.synapses["c1_w"] > np.abs(signed.synapses["c1_w"])).any()
+    # the worked example has one use per synapse: both accumulations agree there
+    we = worked_example_model()
+    a = slice(we, zero_profile(we), np.array([[1, 2]], np.float32), "class:0", workers=1, accumulate="abs")
+    np.testing.assert_array_equal(a.synapses["W1"], [[1, 0, 0], [1, 0, 1]])
+    with pytest.raises(OnnxSliceError, match="accumulate"):
+        slice(model, prof, x, accumulate="count", workers=1)  # type: ignore[arg-type]
+
+
 def test_slice_sums_per_sample_tables(cnn):
     model, prof, x = cnn
     whole = slice(model, prof, x, "pred", samples="0:4", batch_size=3, workers=1)
