@@ -425,7 +425,7 @@ def cw_l2(
     rows = np.arange(n)
     for _ in range(search_steps):
         w = w0.copy()
-        m = np.zeros_like(w)
+        mom = np.zeros_like(w)
         v = np.zeros_like(w)
         ok = np.zeros(n, bool)
         for t in range(1, steps + 1):
@@ -451,9 +451,9 @@ def cw_l2(
             gz = lg.grad(xa32, cot, batch_size).astype(np.float64) if act.any() else np.zeros_like(xa)
             gx = 2 * (xa - x64) + gz
             gw = gx * (hi - lo) / 2 * (1 - np.tanh(w) ** 2)
-            m = 0.9 * m + 0.1 * gw
+            mom = 0.9 * mom + 0.1 * gw
             v = 0.999 * v + 0.001 * gw * gw
-            w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            w -= lr * (mom / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
         c_hi = np.where(ok, np.minimum(c_hi, c), c_hi)
         c_lo = np.where(ok, c_lo, np.maximum(c_lo, c))
         c = np.where(np.isfinite(c_hi), (c_lo + c_hi) / 2, c * 10)
