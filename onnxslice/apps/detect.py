@@ -356,6 +356,8 @@ def fit_detector(
     if features not in FEATURE_KINDS:
         raise DataError(f"unknown feature kind '{features}'; use {', '.join(FEATURE_KINDS)}")
     clf = _classifier(classifier, seed)
+    if not 0.0 <= flag_rate < 1.0:
+        raise DataError(f"flag_rate must lie in [0, 1), got {flag_rate}")
     ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
     y = labels if labels is not None else (ds.labels if ds is not None else None)
     if y is None:
@@ -392,8 +394,6 @@ def fit_detector(
             f"too few correctly classified samples to fit ({worst}); every class needs >= {min_per_class}: "
             "give more labelled data"
         )
-    if not 0.0 <= flag_rate < 1.0:
-        raise DataError(f"flag_rate must lie in [0, 1), got {flag_rate}")
     cols = _columns(f, skip_output)
     xs, ys = f.values[ok][:, cols], f.predictions[ok]
     threshold = 0.0
