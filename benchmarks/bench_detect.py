@@ -18,7 +18,7 @@ The paper's Table 4 (ResNet-10 / CIFAR-10, 17 attacks x 500 inputs): NNSlicer av
 
 Everything runs single-threaded (``OMP_NUM_THREADS=1``, one onnxruntime thread) in one process; the
 feature kinds are extracted on the same inputs in the same run, interleaved per input set. Results go to
-``benchmarks/results/detect.json`` and ``benchmarks/results/detect_roc_<model>.png``.
+``benchmarks/results/detect.json`` and ``benchmarks/results/detect_roc_<model>.png`` (named after ``--out``).
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
     secs: dict[str, list[float]] = {k: [] for k in KINDS}
     for name, xs in inputs.items():  # the three kinds interleaved on each input set
         for kind in KINDS:
-            f = extract_features(model, xs, kind, profile=prof, granularity=gran, workers=args.workers)
+            f = extract_features(
+                model, xs, kind, profile=prof, granularity=gran, aggregate=args.aggregate, workers=args.workers
+            )
             feats[kind][name] = f
             secs[kind].append(f.seconds / max(1, len(xs)))
         print(
@@ -122,6 +124,7 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
             classifier=clf,
             skip_output=skip,
             granularity=gran,
+            aggregate=args.aggregate,
             precomputed=feats[kind]["train"],
         )
 
@@ -163,7 +166,7 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     _print_table(key, rows, sets)
-    _plot(key, curves)
+    _plot(key, curves, Path(args.out))
     return {
         "model": path,
         "granularity": gran,
@@ -208,7 +211,7 @@ def _print_table(key: str, rows: list[dict[str, Any]], sets: dict) -> None:
         )
 
 
-def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> None:
+def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], out_json: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,10 +236,10 @@ def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]])
         ax.axis("off")
     fig.suptitle(f"{key}: ROC of the detectors (forest) per attack", fontsize=10)
     fig.tight_layout()
-    out = ROOT / "benchmarks" / "results" / f"detect_roc_{key}.png"
+    out = out_json.with_name(f"{out_json.stem}_roc_{key}.png")
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    print(f"saved {out.relative_to(ROOT)}")
+    print(f"saved {out}")
 
 
 def main() -> None:
@@ -255,6 +258,12 @@ def main() -> None:
         default="fgsm,bim,pgd,pgd-l2,deepfool,cw-l2,square,spatial,noise-gaussian",
         help="attacks (default: all but noise-uniform)",
     )
+    p.add_argument(
+        "--aggregate",
+        choices=("channel", "none"),
+        default="channel",
+        help="slice features per channel (default) or per synapse",
+    )
     p.add_argument("--workers", type=int, default=1, help="slicing processes (default 1: this process)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detect.json"), help="JSON results path")
     args = p.parse_args()
@@ -269,6 +278,7 @@ def main() -> None:
         "paper_table4": PAPER,
         "conditions": {
             "scale": "full" if args.full else "quick",
+            "argv": sys.argv[1:],
             "threads": 1,
             "load_average": load,
             "note": "shared machine (2 cores, eight concurrent jobs): wall times are inflated",
