@@ -121,6 +121,7 @@ class _Logits:
         self.rec = Recorder(self.model, None, device)  # type: ignore[arg-type]
         self.out = out
         self._eng: GradientEngine | None = None
+        self._shape: tuple[int, ...] | None = None
 
     def __call__(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         parts = []
@@ -134,7 +135,9 @@ class _Logits:
         """``d <cot, logits> / d x`` per sample."""
         if self._eng is None:
             self._eng = GradientEngine(self.model, "cotangent", weights=[], device="auto")
-        shape = self._eng.recorder.run({self.name: x[:1]})[self.out].shape[1:]
+        if self._shape is None:
+            self._shape = tuple(self._eng.recorder.run({self.name: x[:1]})[self.out].shape[1:])
+        shape = self._shape
         c = cot
         if self.log:  # d/dp <c, log p> = c / p
             c = c / np.maximum(np.exp(self(x)), 1e-30)
