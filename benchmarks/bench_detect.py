@@ -251,7 +251,9 @@ def main() -> None:
     p.add_argument(
         "--test", type=int, default=None, help="test samples attacked, and clean negatives (quick 150, full 500)"
     )
-    p.add_argument("--heavy", type=int, default=None, help="samples for DeepFool and CW (default: --test)")
+    p.add_argument(
+        "--heavy", type=int, default=None, help="samples for DeepFool and CW (default: --test; 50 in quick mode)"
+    )
     p.add_argument("--cw-steps", type=int, default=20, help="CW Adam steps per binary-search round (default 20)")
     p.add_argument(
         "--attacks",
@@ -270,7 +272,7 @@ def main() -> None:
     args.quick = not args.full
     args.train = args.train or (2000 if args.full else 600)
     args.test = args.test or (500 if args.full else 150)
-    args.heavy = args.heavy or args.test
+    args.heavy = args.heavy or (args.test if args.full else min(args.test, 50))
     start = time.perf_counter()
     results = {k: run_model(k, args) for k in args.models.split(",")}
     load = os.getloadavg()
