@@ -325,6 +325,8 @@ def fit_detector(
     address: str | None = None,
     show_progress: bool | None = None,
     precomputed: Features | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
 ) -> Detector:
     """Fit a detector on normal samples: the classifier learns the model's label from their features.
 
@@ -347,6 +349,8 @@ def fit_detector(
         backend, workers, address: the executor for slicing the training samples.
         show_progress: progress bar on stderr.
         precomputed: features of ``data`` already extracted with the same options (skips extraction).
+        device: onnxruntime device for the feature extraction.
+        batch_size: samples per unit of slicing work.
 
     Raises:
         DataError: no labels, too few samples in a class, an unknown option, a profile of another model.
@@ -378,6 +382,8 @@ def fit_detector(
         backend=backend,
         workers=workers,
         address=address,
+        device=device,
+        batch_size=batch_size,
         show_progress=show_progress,
     )
     if len(y) != len(f.predictions):

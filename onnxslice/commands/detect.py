@@ -154,6 +154,8 @@ def _fit(args: argparse.Namespace) -> int:
         backend=args.backend,
         workers=_workers(args),
         address=args.address,
+        device=args.device,
+        batch_size=args.batch_size,
     )
     outs.defer(out, det.save)
     outs.defer(onnx_out, det.save_onnx)
@@ -194,7 +196,13 @@ def _score(args: argparse.Namespace) -> int:
     det.check(model, Profile.load(args.profile) if args.profile else None)
     ds = _subset(ds, args.samples)
     res = det.detect(
-        model, ds, batch_size=args.batch_size, backend=args.backend, workers=_workers(args), address=args.address
+        model,
+        ds,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        workers=_workers(args),
+        address=args.address,
+        device=args.device,
     )
     result: dict[str, Any] = {
         "samples": len(res.flagged),
