@@ -18,7 +18,7 @@ The paper's Table 4 (ResNet-10 / CIFAR-10, 17 attacks x 500 inputs): NNSlicer av
 
 Everything runs single-threaded (``OMP_NUM_THREADS=1``, one onnxruntime thread) in one process; the
 feature kinds are extracted on the same inputs in the same run, interleaved per input set. Results go to
-``benchmarks/results/detect.json`` and ``benchmarks/results/detect_roc_<model>.png``.
+``benchmarks/results/detect.json`` and ``benchmarks/results/detect_roc_<model>.png`` (named after ``--out``).
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
     secs: dict[str, list[float]] = {k: [] for k in KINDS}
     for name, xs in inputs.items():  # the three kinds interleaved on each input set
         for kind in KINDS:
-            f = extract_features(model, xs, kind, profile=prof, granularity=gran, workers=args.workers)
+            f = extract_features(
+                model, xs, kind, profile=prof, granularity=gran, aggregate=args.aggregate, workers=args.workers
+            )
             feats[kind][name] = f
             secs[kind].append(f.seconds / max(1, len(xs)))
         print(
@@ -122,26 +124,30 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
             classifier=clf,
             skip_output=skip,
             granularity=gran,
+            aggregate=args.aggregate,
             precomputed=feats[kind]["train"],
         )
 
-        def verdict(f: Any, det: Any = det) -> tuple[np.ndarray, np.ndarray]:
+        def verdict(f: Any, det: Any = det) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             probs, labels = det.classify(f.values)
             idx = {c: i for i, c in enumerate(det.classes)}
             col = np.array([idx[int(p)] for p in f.predictions])
-            return 1 - probs[np.arange(len(col)), col], labels != f.predictions
+            p = probs[np.arange(len(col)), col]
+            return 1 - p, labels != f.predictions, (labels != f.predictions) | (p < det.threshold)
 
-        cs, cf = verdict(feats[kind]["clean"])
-        per = {}
+        cs, cf, cc = verdict(feats[kind]["clean"])
+        per, cal = {}, {}
         for a in sets:
             if a not in feats[kind]:
                 continue
-            s, fl = verdict(feats[kind][a])
+            s, fl, fc = verdict(feats[kind][a])
             per[a] = detection_metrics(cs, cf, s, fl)
+            cal[a] = detection_metrics(cs, cc, s, fc)
             if clf == "forest" and skip:
                 curves.setdefault(a, {})[kind] = (cs, s)
         real = [a for a in per if not a.startswith("noise")]
         avg = {m: float(np.mean([per[a][m] for a in real])) for m in ("precision", "recall", "f1", "auc")}
+        avg_cal = {m: float(np.mean([cal[a][m] for a in real])) for m in ("precision", "recall", "f1")}
         name = f"{kind}/{clf}" + ("" if skip else "/with-output-layer")
         rows.append(
             {
@@ -152,11 +158,15 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
                 "clean_flagged": float(cf.mean()),
                 "per_attack": per,
                 "average": avg,
+                "threshold": det.threshold,
+                "clean_flagged_calibrated": float(cc.mean()),
+                "per_attack_calibrated": cal,
+                "average_calibrated": avg_cal,
                 "ms_per_sample": 1e3 * float(np.median(secs[kind])),
             }
         )
     _print_table(key, rows, sets)
-    _plot(key, curves)
+    _plot(key, curves, Path(args.out))
     return {
         "model": path,
         "granularity": gran,
@@ -169,12 +179,15 @@ def run_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_table(key: str, rows: list[dict[str, Any]], sets: dict) -> None:
     print(f"\n{key}: detection (positives = successful adversarial inputs, negatives = clean test inputs)")
-    print(f"{'detector':34s} {'P':>6s} {'R':>6s} {'F1':>6s} {'AUC':>6s} {'cleanFP':>7s} {'ms/smp':>7s}")
+    print(f"{'':34s} {'paper rule (disagree)':^27s} | {'calibrated (5% train FPR)':^27s} |")
+    hdr = f"{'P':>6s} {'R':>6s} {'F1':>6s} {'clean':>6s}"
+    print(f"{'detector':34s} {hdr} | {hdr} | {'AUC':>6s} {'ms/smp':>7s}")
     for r in rows:
-        a = r["average"]
+        a, c = r["average"], r["average_calibrated"]
         print(
-            f"{r['detector']:34s} {a['precision']:6.3f} {a['recall']:6.3f} {a['f1']:6.3f} {a['auc']:6.3f} "
-            f"{r['clean_flagged']:7.3f} {r['ms_per_sample']:7.1f}"
+            f"{r['detector']:34s} {a['precision']:6.3f} {a['recall']:6.3f} {a['f1']:6.3f} {r['clean_flagged']:6.3f} | "
+            f"{c['precision']:6.3f} {c['recall']:6.3f} {c['f1']:6.3f} {r['clean_flagged_calibrated']:6.3f} | "
+            f"{a['auc']:6.3f} {r['ms_per_sample']:7.1f}"
         )
     print(
         f"{'paper Table 4 NNSlicer (ResNet-10/C10)':34s} {PAPER['precision']:6.3f} {PAPER['recall']:6.3f} "
@@ -184,17 +197,21 @@ def _print_table(key: str, rows: list[dict[str, Any]], sets: dict) -> None:
         f"{'paper feature-map / EffectivePath':34s} {'':6s} {'':6s} {PAPER['featuremap_f1']:6.3f} / "
         f"{PAPER['effectivepath_f1']:.2f}"
     )
-    print("per attack (F1 / AUC), forest:")
+    print("per attack (F1 paper rule / F1 calibrated / AUC), forest:")
     for r in rows:
         if r["classifier"] != "forest" or not r["skip_output"]:
             continue
+        cal = r["per_attack_calibrated"]
         print(
             f"  {r['features']:10s} "
-            + "  ".join(f"{a}:{m['f1']:.2f}/{m['auc']:.2f}(n={m['adversarial']})" for a, m in r["per_attack"].items())
+            + "  ".join(
+                f"{a}:{m['f1']:.2f}/{cal[a]['f1']:.2f}/{m['auc']:.2f}(n={m['adversarial']})"
+                for a, m in r["per_attack"].items()
+            )
         )
 
 
-def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> None:
+def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], out_json: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,10 +236,10 @@ def _plot(key: str, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]])
         ax.axis("off")
     fig.suptitle(f"{key}: ROC of the detectors (forest) per attack", fontsize=10)
     fig.tight_layout()
-    out = ROOT / "benchmarks" / "results" / f"detect_roc_{key}.png"
+    out = out_json.with_name(f"{out_json.stem}_roc_{key}.png")
     fig.savefig(out, dpi=90)
     plt.close(fig)
-    print(f"saved {out.relative_to(ROOT)}")
+    print(f"saved {out}")
 
 
 def main() -> None:
@@ -234,12 +251,20 @@ def main() -> None:
     p.add_argument(
         "--test", type=int, default=None, help="test samples attacked, and clean negatives (quick 150, full 500)"
     )
-    p.add_argument("--heavy", type=int, default=None, help="samples for DeepFool and CW (default: --test)")
+    p.add_argument(
+        "--heavy", type=int, default=None, help="samples for DeepFool and CW (default: --test; 50 in quick mode)"
+    )
     p.add_argument("--cw-steps", type=int, default=20, help="CW Adam steps per binary-search round (default 20)")
     p.add_argument(
         "--attacks",
         default="fgsm,bim,pgd,pgd-l2,deepfool,cw-l2,square,spatial,noise-gaussian",
         help="attacks (default: all but noise-uniform)",
+    )
+    p.add_argument(
+        "--aggregate",
+        choices=("channel", "none"),
+        default="channel",
+        help="slice features per channel (default) or per synapse",
     )
     p.add_argument("--workers", type=int, default=1, help="slicing processes (default 1: this process)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "detect.json"), help="JSON results path")
@@ -247,7 +272,7 @@ def main() -> None:
     args.quick = not args.full
     args.train = args.train or (2000 if args.full else 600)
     args.test = args.test or (500 if args.full else 150)
-    args.heavy = args.heavy or args.test
+    args.heavy = args.heavy or (args.test if args.full else min(args.test, 50))
     start = time.perf_counter()
     results = {k: run_model(k, args) for k in args.models.split(",")}
     load = os.getloadavg()
@@ -255,6 +280,7 @@ def main() -> None:
         "paper_table4": PAPER,
         "conditions": {
             "scale": "full" if args.full else "quick",
+            "argv": sys.argv[1:],
             "threads": 1,
             "load_average": load,
             "note": "shared machine (2 cores, eight concurrent jobs): wall times are inflated",

@@ -121,6 +121,7 @@ class _Logits:
         self.rec = Recorder(self.model, None, device)  # type: ignore[arg-type]
         self.out = out
         self._eng: GradientEngine | None = None
+        self._shape: tuple[int, ...] | None = None
 
     def __call__(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         parts = []
@@ -134,7 +135,9 @@ class _Logits:
         """``d <cot, logits> / d x`` per sample."""
         if self._eng is None:
             self._eng = GradientEngine(self.model, "cotangent", weights=[], device="auto")
-        shape = self._eng.recorder.run({self.name: x[:1]})[self.out].shape[1:]
+        if self._shape is None:
+            self._shape = tuple(self._eng.recorder.run({self.name: x[:1]})[self.out].shape[1:])
+        shape = self._shape
         c = cot
         if self.log:  # d/dp <c, log p> = c / p
             c = c / np.maximum(np.exp(self(x)), 1e-30)
@@ -425,7 +428,7 @@ def cw_l2(
     rows = np.arange(n)
     for _ in range(search_steps):
         w = w0.copy()
-        m = np.zeros_like(w)
+        mom = np.zeros_like(w)
         v = np.zeros_like(w)
         ok = np.zeros(n, bool)
         for t in range(1, steps + 1):
@@ -451,9 +454,9 @@ def cw_l2(
             gz = lg.grad(xa32, cot, batch_size).astype(np.float64) if act.any() else np.zeros_like(xa)
             gx = 2 * (xa - x64) + gz
             gw = gx * (hi - lo) / 2 * (1 - np.tanh(w) ** 2)
-            m = 0.9 * m + 0.1 * gw
+            mom = 0.9 * mom + 0.1 * gw
             v = 0.999 * v + 0.001 * gw * gw
-            w -= lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            w -= lr * (mom / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
         c_hi = np.where(ok, np.minimum(c_hi, c), c_hi)
         c_lo = np.where(ok, c_lo, np.maximum(c_lo, c))
         c = np.where(np.isfinite(c_hi), (c_lo + c_hi) / 2, c * 10)

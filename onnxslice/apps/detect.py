@@ -4,8 +4,11 @@ A slice abstracts the model's decision: a classifier trained on the slices of *n
 classified samples learns which slice goes with which label. At test time the criterion is (sample,
 predicted class); the detector predicts a label from the sample's slice features
 (:func:`~onnxslice.apps.features.extract_features`) and the input is **flagged** when that label
-differs from the model's. The **score** of an input is ``1 - p``, where ``p`` is the detector's
-probability of the model's label (higher: more suspicious), for ROC curves.
+differs from the model's (the paper's rule). The **score** of an input is ``1 - p``, where ``p`` is
+the detector's probability of the model's label (higher: more suspicious), for ROC curves. A second,
+calibrated rule also flags inputs whose ``p`` falls below a threshold set on the training samples'
+cross-validated probabilities so that a fraction ``flag_rate`` (default 5%) of normal samples would be
+flagged: the paper's rule alone misses adversarial inputs whose slice the classifier half-recognises.
 
 Two choices differ from a literal reading of the paper, both measured (docs/detect.md):
 
@@ -110,13 +113,15 @@ class Detection:
         predictions: the model's class per sample.
         detector_labels: the class the detector reads from the features.
         probability: the detector's probability of the model's class.
-        flagged: ``detector_labels != predictions``.
+        disagree: ``detector_labels != predictions`` (the paper's rule).
+        flagged: ``disagree`` or ``probability < threshold`` (the calibrated rule).
         seconds: feature extraction time.
     """
 
     predictions: np.ndarray
     detector_labels: np.ndarray
     probability: np.ndarray
+    disagree: np.ndarray
     flagged: np.ndarray
     seconds: float = 0.0
 
@@ -142,6 +147,7 @@ class Detector:
         profile_fingerprint: :func:`profile_digest` of its profile.
         options: feature options (theta, granularity, aggregate, skip_output).
         stats: fitting statistics (samples, per-class counts, training agreement, time).
+        threshold: the calibrated rule's probability threshold (0: the paper's rule only).
     """
 
     classifier_onnx: bytes
@@ -155,6 +161,7 @@ class Detector:
     profile_fingerprint: str
     options: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    threshold: float = 0.0
     _session: Any = field(default=None, repr=False, compare=False)
 
     # -- use --------------------------------------------------------------------------------------
@@ -210,7 +217,8 @@ class Detector:
         index = {c: i for i, c in enumerate(self.classes)}
         col = np.array([index.get(int(p), -1) for p in f.predictions])
         p = np.where(col >= 0, probs[np.arange(len(col)), np.maximum(col, 0)], 0.0)
-        return Detection(f.predictions, labels, p, labels != f.predictions, f.seconds)
+        disagree = labels != f.predictions
+        return Detection(f.predictions, labels, p, disagree, disagree | (p < self.threshold), f.seconds)
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -233,6 +241,7 @@ class Detector:
             else {"count": self.profile.count, "fingerprint": self.profile.fingerprint, "data": self.profile.data},
             "options": self.options,
             "stats": self.stats,
+            "threshold": self.threshold,
         }
         return save_npz(path, arrays, meta)
 
@@ -265,6 +274,7 @@ class Detector:
             profile_fingerprint=str(meta["profile_fingerprint"]),
             options=dict(meta.get("options", {})),
             stats=dict(meta.get("stats", {})),
+            threshold=float(meta.get("threshold", 0.0)),
         )
 
     def save_onnx(self, path: str | os.PathLike[str]) -> Path:
@@ -308,12 +318,15 @@ def fit_detector(
     granularity: str = "element",
     aggregate: str = "channel",
     min_per_class: int = 10,
+    flag_rate: float = 0.05,
     seed: int = 0,
     backend: Backend = "local",
     workers: int | None = None,
     address: str | None = None,
     show_progress: bool | None = None,
     precomputed: Features | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
 ) -> Detector:
     """Fit a detector on normal samples: the classifier learns the model's label from their features.
 
@@ -330,10 +343,14 @@ def fit_detector(
         skip_output: leave the output layer's feature blocks out (see the module docstring).
         theta, granularity, aggregate: slice feature options (:func:`extract_features`).
         min_per_class: the fewest correctly classified samples a class needs.
+        flag_rate: the fraction of normal samples the calibrated rule may flag (3-fold cross-validated
+            probabilities on the training samples; 0 turns the rule off).
         seed: the classifier's random seed.
         backend, workers, address: the executor for slicing the training samples.
         show_progress: progress bar on stderr.
         precomputed: features of ``data`` already extracted with the same options (skips extraction).
+        device: onnxruntime device for the feature extraction.
+        batch_size: samples per unit of slicing work.
 
     Raises:
         DataError: no labels, too few samples in a class, an unknown option, a profile of another model.
@@ -343,6 +360,8 @@ def fit_detector(
     if features not in FEATURE_KINDS:
         raise DataError(f"unknown feature kind '{features}'; use {', '.join(FEATURE_KINDS)}")
     clf = _classifier(classifier, seed)
+    if not 0.0 <= flag_rate < 1.0:
+        raise DataError(f"flag_rate must lie in [0, 1), got {flag_rate}")
     ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
     y = labels if labels is not None else (ds.labels if ds is not None else None)
     if y is None:
@@ -363,6 +382,8 @@ def fit_detector(
         backend=backend,
         workers=workers,
         address=address,
+        device=device,
+        batch_size=batch_size,
         show_progress=show_progress,
     )
     if len(y) != len(f.predictions):
@@ -380,7 +401,18 @@ def fit_detector(
             "give more labelled data"
         )
     cols = _columns(f, skip_output)
-    clf.fit(f.values[ok][:, cols], f.predictions[ok])
+    xs, ys = f.values[ok][:, cols], f.predictions[ok]
+    threshold = 0.0
+    splits = min(3, *counts.values())
+    if flag_rate > 0 and splits >= 2:
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+        folds = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+        cv = cross_val_predict(_classifier(classifier, seed), xs, ys, cv=folds, method="predict_proba")
+        index = {c: i for i, c in enumerate(sorted(set(ys.tolist())))}
+        p_cv = cv[np.arange(len(ys)), [index[int(v)] for v in ys]]
+        threshold = float(np.quantile(p_cv, flag_rate))
+    clf.fit(xs, ys)
     onx = _to_onnx(clf, len(cols))
     det = Detector(
         classifier_onnx=onx,
@@ -394,6 +426,7 @@ def fit_detector(
         profile_fingerprint=profile_digest(profile) if profile is not None and features == "slice" else "",
         options={**f.options, "skip_output": skip_output},
         stats={"samples": len(y), "used": int(ok.sum()), "per_class": counts, "seconds": f.seconds},
+        threshold=threshold,
     )
     # fidelity: the ONNX classifier must give scikit-learn's probabilities
     probs, _ = det.classify(f.values[ok][: min(256, int(ok.sum()))])

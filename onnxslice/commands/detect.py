@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     fit.add_argument("--samples", "-s", default=None, help="samples of the data: START:STOP, i, or i,j,k (default all)")
     fit.add_argument("--min-per-class", type=int, default=10, help="fewest correct samples per class (default 10)")
+    fit.add_argument(
+        "--flag-rate",
+        type=float,
+        default=0.05,
+        help="fraction of normal samples the calibrated rule may flag (default 0.05; 0: the paper's rule only)",
+    )
     fit.add_argument("--seed", type=int, default=0, help="classifier seed (default 0)")
     _executor(fit)
 
@@ -143,10 +149,13 @@ def _fit(args: argparse.Namespace) -> int:
         granularity=args.granularity,
         aggregate=args.aggregate,
         min_per_class=args.min_per_class,
+        flag_rate=args.flag_rate,
         seed=args.seed,
         backend=args.backend,
         workers=_workers(args),
         address=args.address,
+        device=args.device,
+        batch_size=args.batch_size,
     )
     outs.defer(out, det.save)
     outs.defer(onnx_out, det.save_onnx)
@@ -187,11 +196,19 @@ def _score(args: argparse.Namespace) -> int:
     det.check(model, Profile.load(args.profile) if args.profile else None)
     ds = _subset(ds, args.samples)
     res = det.detect(
-        model, ds, batch_size=args.batch_size, backend=args.backend, workers=_workers(args), address=args.address
+        model,
+        ds,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        workers=_workers(args),
+        address=args.address,
+        device=args.device,
     )
     result: dict[str, Any] = {
         "samples": len(res.flagged),
         "flagged": int(res.flagged.sum()),
+        "disagree": int(res.disagree.sum()),
+        "threshold": det.threshold,
         "seconds_per_sample": res.seconds / max(1, len(res.flagged)),
         "predictions": res.predictions,
         "detector_labels": res.detector_labels,
@@ -212,6 +229,7 @@ def _score(args: argparse.Namespace) -> int:
     row: dict[str, Any] = {
         "samples": n,
         "flagged": int(res.flagged.sum()),
+        "disagree": int(res.disagree.sum()),
         "seconds_per_sample": result["seconds_per_sample"],
     }
     row["flagged_fraction"] = row["flagged"] / max(1, n)

@@ -81,7 +81,9 @@ def test_detector_round_trip_and_onnx_export(detector, setup, tmp_path):
     test = load_data("builtin:mnist?split=test&n=20")
     res = detector.detect(model, test)
     assert res.flagged.shape == (20,) and ((res.probability >= 0) & (res.probability <= 1)).all()
-    np.testing.assert_array_equal(res.flagged, res.detector_labels != res.predictions)
+    np.testing.assert_array_equal(res.disagree, res.detector_labels != res.predictions)
+    np.testing.assert_array_equal(res.flagged, res.disagree | (res.probability < detector.threshold))
+    assert 0.0 < detector.threshold < 1.0  # calibrated on the training samples' cross-validated probabilities
     path = detector.save(tmp_path / "det.npz")
     again = Detector.load(path)
     res2 = again.detect(model, test)
@@ -128,6 +130,10 @@ def test_too_few_samples_per_class(setup):
     model, train, prof = setup
     with pytest.raises(DataError, match="too few"):
         fit_detector(model, train.subset(slice(0, 12)), profile=prof, granularity="channel", min_per_class=3)
+    with pytest.raises(DataError, match="flag_rate"):
+        fit_detector(model, train, profile=prof, granularity="channel", min_per_class=3, flag_rate=1.5)
+    with pytest.raises(DataError, match="classifier"):
+        fit_detector(model, train, profile=prof, classifier="svm")
 
 
 def test_skip_output_drops_only_the_output_layer(detector):
