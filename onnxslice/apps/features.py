@@ -128,15 +128,14 @@ def _slice_unit(job: _Job, unit: np.ndarray, seed: int) -> tuple[np.ndarray, np.
     model, rec = _state(job)
     layers = layer_records(model)
     sizes = {r["weight"]: tuple(model.initializer(r["weight"]).shape) for r in layers}
-    out_shape = (1 << 62,)
-    targets = parse_targets("pred", job.output, out_shape)
+    targets = parse_targets("pred")
     rows, preds = [], []
     for i in unit:
         feed = {k: v[i : i + 1] for k, v in job.feed.items()}
         values = rec.run(feed, validated=True)
         values.update(feed)
         d = deltas(job.profile, values)
-        seeds = seed_tables(targets, values, job.options.granularity == "channel")
+        seeds = seed_tables(model, targets, job.output, values, job.options.granularity == "channel", 1)
         out = values[job.output]
         preds.append(int(out.reshape(1, -1).argmax()))
         neurons, synapses = backward(model, values, d, seeds, job.options)
