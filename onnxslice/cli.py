@@ -123,8 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse any one declared array (data, initializer, external data) above this many GB "
                             f"before allocating it (default {DEFAULT_MAX_BYTES / 1e9:g})")
         p.set_defaults(_run=mod.run)
+        _format_nested(p)
         parser.verb_parsers[mod.NAME] = p
     return parser
+
+
+def _format_nested(parser: argparse.ArgumentParser) -> None:
+    """Give a verb's own sub-commands (``detect fit``, ...) the same help formatter, at any depth."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = HelpFormatter
+                _format_nested(child)
 
 
 def _quiet_onnxruntime(verbose: bool) -> None:

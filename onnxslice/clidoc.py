@@ -48,11 +48,18 @@ def cli_reference() -> str:
     lines += ["| verb | what it does |", "|---|---|"]
     lines += [f"| [`{name}`](#{name}) | {_cell(p.description or '')} |" for name, p in verbs.items()]
     for name, p in verbs.items():
-        usage = " ".join(p.format_usage().split())[len("usage: "):]
-        lines += ["", f"## {name}", "", p.description or "", "", "```", usage, "```", "",
-                  "| argument | default | meaning |", "|---|---|---|"]
-        lines += [_row(a) for a in p._actions if not isinstance(a, argparse._HelpAction)]
+        lines += _section(name, p, 2)
     return "\n".join(lines) + "\n"
+
+
+def _section(name: str, p: argparse.ArgumentParser, depth: int) -> list[str]:
+    usage = " ".join(p.format_usage().split())[len("usage: "):]
+    lines = ["", f"{'#' * depth} {name}", "", p.description or "", "", "```", usage, "```", "",
+             "| argument | default | meaning |", "|---|---|---|"]
+    lines += [_row(a) for a in p._actions if not isinstance(a, argparse._HelpAction)]
+    for sub_name, child in _verbs(p).items():
+        lines += _section(f"{name} {sub_name}", child, depth + 1)
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

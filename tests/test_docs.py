@@ -36,11 +36,22 @@ def test_cli_reference_is_generated_from_the_parsers() -> None:
         "docs/cli.md is out of date: run python -m onnxslice.clidoc > docs/cli.md"
 
 
-def _verbs() -> dict[str, argparse.ArgumentParser]:
-    for action in build_parser()._actions:
+def _children(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
-    raise AssertionError("no verbs")
+    return {}
+
+
+def _verbs() -> dict[str, argparse.ArgumentParser]:
+    """Every verb and every verb's own sub-command (``detect fit``), by their full names."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    todo = list(_children(build_parser()).items())
+    while todo:
+        name, parser = todo.pop(0)
+        out[name] = parser
+        todo += [(f"{name} {k}", v) for k, v in _children(parser).items()]
+    return out
 
 
 @pytest.mark.parametrize("verb", sorted(_verbs()))
