@@ -102,7 +102,7 @@ def test_rewrites_refuse_a_quantized_model_in_one_line_and_write_nothing(cache, 
         assert "already quantized" in err and "--dequantize" in err
     assert files_in(tmp_path) == before
     rc = main(["prune", str(path), "--ratio", "0.3", "--data", str(tmp_path / "d.npz"), "--samples", "8",
-               "--repeats", "1", "--out", str(tmp_path / "o.onnx"), "--dequantize", "--json"])
+               "--repeats", "1", "--round-to", "1", "--out", str(tmp_path / "o.onnx"), "--dequantize", "--json"])
     assert rc == 0, capsys.readouterr().err
     res = json.loads(capsys.readouterr().out)
     assert res["after"]["params"] < res["before"]["params"]
