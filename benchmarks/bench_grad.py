@@ -170,11 +170,14 @@ def _peak_mib() -> float:
 
 def _pin(threads: int) -> None:
     """Pin every thread pool of this process: BLAS/OpenMP (already loaded), torch, onnxruntime sessions."""
-    from threadpoolctl import threadpool_limits
-
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ONNXSLICE_THREADS"):
         os.environ[var] = str(threads)
-    threadpool_limits(threads)
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+        threadpool_limits(threads)
+    except ImportError:
+        print("threadpoolctl is missing: numpy's BLAS threads are not pinned", file=sys.stderr)
     torch.set_num_threads(threads)
 
 

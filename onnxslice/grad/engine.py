@@ -144,6 +144,7 @@ class GradientEngine:
         self.device: Device = device
         self._recorder: Recorder | None = None
         self._cot_axes: dict[str, int] = {}
+        self._norms: dict[str, float] | None = None
         self.layers = {
             layer.name: [layer.weight] + ([layer.bias] if layer.bias else [])
             for layer in m.layers
@@ -322,11 +323,14 @@ class GradientEngine:
             for k, v in ig.items():
                 iparts[k].append(v)
         wout = {k: np.concatenate(v) for k, v in wparts.items()} if per_sample else wsum
-        norms = {k: float(np.linalg.norm(w_over.get(k, self.model.initializer(k)))) for k in self.weight_names}
+        if self._norms is None:  # the model's own weights: computed once
+            self._norms = {k: float(np.linalg.norm(self.model.initializer(k))) for k in self.weight_names}
+        norms = dict(self._norms)
+        norms.update({k: float(np.linalg.norm(v)) for k, v in w_over.items() if k in norms})
         return Gradients(
             wout,
-            {k: np.concatenate(v) for k, v in iparts.items()},
-            np.concatenate(fparts),
+            {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in iparts.items()},
+            fparts[0] if len(fparts) == 1 else np.concatenate(fparts),
             "cotangent" if cots is not None else self.target.spec,
             per_sample,
             dict(self.layers),

@@ -50,7 +50,7 @@ def _build(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int) -
         [helper.make_tensor_value_info("c", elem, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return make_session(model, "cpu", optimize=True, arena=False)  # outputs are copied out: free buffers
+    return make_session(model, "cpu", optimize=True)
 
 
 def run_kernel(op: str, a: np.ndarray, b: np.ndarray, **attrs: Any) -> np.ndarray | None:

@@ -32,32 +32,12 @@ def _geometry(
     return kernel, strides, dil, begin, end, length
 
 
-def _max_pool_tiled(x: np.ndarray, y: np.ndarray, g: np.ndarray, kernel: list[int]) -> np.ndarray:
-    """Non-overlapping 2-D windows (stride = kernel, no pads, no dilation): one argmax over each tile.
-
-    ``argmax`` returns the first maximum in row-major window order, the same element the offset loop
-    picks; rows or columns past the last full window get no cotangent.
-    """
-    n, c = x.shape[:2]
-    (ho, wo), (kh, kw) = y.shape[2:], kernel
-    tiles = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw).transpose(0, 1, 2, 4, 3, 5)
-    idx = tiles.reshape(n, c, ho, wo, kh * kw).argmax(axis=-1)
-    hot = np.arange(kh * kw) == idx[..., None]
-    dx = np.zeros_like(x)
-    cols = np.where(hot, g[..., None], np.zeros((), dtype=g.dtype)).reshape(n, c, ho, wo, kh, kw)
-    dx[:, :, : ho * kh, : wo * kw] = cols.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho * kh, wo * kw)
-    return dx
-
-
 @vjp("MaxPool")
 def max_pool(ctx: VjpContext) -> Grads:
     """MaxPool: the cotangent goes to the first arg-max of each window."""
     x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
     kernel, strides, dil, begin, _, length = _geometry(ctx, x, y)
     out_sp = list(y.shape[2:])
-    tiled = all(o * k <= i for o, k, i in zip(out_sp, kernel, x.shape[2:], strict=True))
-    if len(kernel) == 2 and strides == kernel and dil == [1, 1] and not any(begin) and tiled:
-        return [_max_pool_tiled(x, y, g, kernel)]
     xp = pad_to(x, begin, length, fill=-np.inf)
     dxp = np.zeros_like(xp)
     taken = np.zeros(y.shape, dtype=bool)

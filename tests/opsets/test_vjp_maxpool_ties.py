@@ -1,4 +1,4 @@
-"""The tiled MaxPool VJP (stride = kernel) picks the same first arg-max as a plain loop, ties included."""
+"""MaxPool's VJP gives each window's cotangent to its first arg-max (row-major), ties included (zeros after Relu)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _loop(x: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", [6, 7])
-def test_tiled_maxpool_vjp_matches_first_argmax_loop_with_ties(size: int) -> None:
+def test_maxpool_vjp_matches_first_argmax_loop_with_ties(size: int) -> None:
     model = make_model(
         [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
         {"x": (np.float32, ["N", 2, size, size])},
