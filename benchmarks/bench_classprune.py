@@ -44,11 +44,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import onnxslice as osl  # noqa: E402
 from models import zoo  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.io import save_json  # noqa: E402
 from onnxslice.rewrite import plan_pruning, prune  # noqa: E402
 from onnxslice.rewrite.fidelity import run_outputs  # noqa: E402
 from onnxslice.rewrite.prune_plan import class_slice  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 MODELS = ("lenet5", "resnet8_mnist")
 METHODS = ("slice-targeted", "slice-targeted-abs", "slice-all", "slice-then-magnitude", "magnitude", "random")

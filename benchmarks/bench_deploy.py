@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import onnx  # noqa: E402
 
 import onnxslice as osl  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
 from onnxslice.latency import latency_table, load_average, median_ratios, timed_sessions  # noqa: E402
 from onnxslice.model import Model  # noqa: E402
@@ -62,7 +63,6 @@ from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E40
 from onnxslice.rewrite.groups import discover_groups  # noqa: E402
 from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency  # noqa: E402
 from onnxslice.rewrite.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

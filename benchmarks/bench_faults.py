@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import zoo  # noqa: E402
 from onnxslice.apps.faults import FaultModel, fault_layers, run_campaign, vulnerability  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.sensitivity import reduce, relevance  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 CRITERIA = ("wgrad", "gradcampp", "grad", "idgi", "weight")
 GRID = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4)

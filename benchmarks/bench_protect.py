@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 import importlib  # noqa: E402
 
 from onnxslice.apps.protect import accuracy, choose, lock, selection_scores, slice_scores  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset, load_data  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 from onnxslice.train import finetune  # noqa: E402
 
 _record = importlib.import_module("onnxslice.record")  # the module (onnxslice.record is also a function)

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxslice import load, load_data  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
 from onnxslice.model import Model  # noqa: E402
 from onnxslice.record import make_session, runtime_proto  # noqa: E402
@@ -52,7 +53,6 @@ from onnxslice.rewrite.precision import quantizable_layers  # noqa: E402
 from onnxslice.rewrite.static_quant import FeedReader  # noqa: E402
 from onnxslice.sensitivity import criteria_names  # noqa: E402
 from onnxslice.sensitivity.scores import LayerScores  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 
 def model_path(name: str, models_dir: Path | None) -> Path:

@@ -29,11 +29,11 @@ from onnx import helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import load_data  # noqa: E402
 from onnxslice.errors import OnnxSliceError  # noqa: E402
 from onnxslice.model import load  # noqa: E402
 from onnxslice.sensitivity import criteria_names, perturbation_importance, sensitivity  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 from onnxslice.testing import make_model  # noqa: E402
 
 

@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.simplefilter("ignore")
 
 from models import zoo  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.profile import profile  # noqa: E402
 from onnxslice.record import Recorder  # noqa: E402
 from onnxslice.slicing import BackwardOptions, backward, deltas, parse_targets, seed_tables, slice  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 # NNSlicer's overhead table (seconds per sample): profiling/forward single, batch; backward single, batch.
 PUBLISHED = {

@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import onnxslice as osl  # noqa: E402
+from onnxslice.console import format_table  # noqa: E402
 from onnxslice.io import save_json  # noqa: E402
 from onnxslice.rewrite import plan_pruning, prune  # noqa: E402
 from onnxslice.rewrite.fidelity import run_outputs  # noqa: E402
 from onnxslice.sensitivity import relevance  # noqa: E402
 from onnxslice.sensitivity.reductions import reduce  # noqa: E402
 from onnxslice.sensitivity.scores import LayerScores  # noqa: E402
-from onnxslice.table import format_table  # noqa: E402
 
 #: The paper's criteria, in its order (``fd`` is ours, not in Table 3).
 CRITERIA = ("weight", "grad", "wgrad", "gradcampp", "ig", "gig", "idgi", "smoothgrad", "vargrad", "hsic")

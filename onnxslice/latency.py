@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress
 from onnxslice.errors import OnnxSliceError
 from onnxslice.io import save_json
 from onnxslice.model import Model
-from onnxslice.progress import progress
 
 __all__ = [
     "DEFAULT_FRACTIONS",

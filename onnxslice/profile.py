@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress
 from onnxslice.errors import DataError
 from onnxslice.model import Model
-from onnxslice.progress import progress
 from onnxslice.record import Device, Recorder, as_feed, recordable_values
 
 __all__ = ["Profile", "profile"]

@@ -31,11 +31,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxslice.console import progress as _progress
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError
 from onnxslice.grad.engine import GradientEngine, logits_value
 from onnxslice.model import Model, load
-from onnxslice.progress import progress as _progress
 from onnxslice.record import Device, Recorder, validate_inputs
 from onnxslice.targets import BoundTarget
 

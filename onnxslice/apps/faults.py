@@ -395,7 +395,7 @@ def run_campaign(
     Raises:
         DataError: a bad fault model, trials < 1, bad data. ModelError: an unknown layer or no layers.
     """
-    from onnxslice.progress import progress as bar
+    from onnxslice.console import progress as bar
 
     fault.check()
     if trials < 1:

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress
 from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.parallel import Backend, map_units
 from onnxslice.profile import Profile
-from onnxslice.progress import progress
 from onnxslice.record import Recorder, as_feed, validate_inputs
 from onnxslice.slicing import BackwardOptions, backward, deltas, parse_targets, seed_tables
 from onnxslice.slicing.result import layer_records

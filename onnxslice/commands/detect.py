@@ -183,8 +183,8 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from onnxslice.apps.detect import Detector
+    from onnxslice.console import format_table
     from onnxslice.profile import Profile
-    from onnxslice.table import format_table
 
     outs = Outputs("detect score")
     outs.reads(args.detector, "--detector")
@@ -276,7 +276,7 @@ def _attack(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(info)
     else:
-        from onnxslice.table import format_table
+        from onnxslice.console import format_table
 
         print(format_table([info], title=f"attack {args.attack}"))
     return 0

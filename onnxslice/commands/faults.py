@@ -11,8 +11,8 @@ import argparse
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.console import format_table
 from onnxslice.record import Device
-from onnxslice.table import format_table
 
 NAME = "faults"
 HELP = "random bit-flip fault campaigns in the weights and activations of chosen layers"

@@ -19,9 +19,9 @@ import numpy as np
 
 from onnxslice.commands import add_common, emit_json
 from onnxslice.commands.faults import add_fault_arguments, fault_model
+from onnxslice.console import format_table
 from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.record import Device
-from onnxslice.table import format_table
 
 NAME = "guard"
 HELP = "guard the most sensitive layers: recompute them from a second weight copy and flag disagreements"

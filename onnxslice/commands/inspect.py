@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.console import format_table
 from onnxslice.model import Model, load
-from onnxslice.table import format_table
 
 NAME = "inspect"
 HELP = "describe a model: inputs, outputs, ops, layers, and which ops lack plugins per capability"

@@ -6,11 +6,11 @@ import argparse
 
 from onnxslice.commands import add_common, emit_json
 from onnxslice.commands._types import positive_int
+from onnxslice.console import format_table
 from onnxslice.data import load_data
 from onnxslice.model import load
 from onnxslice.outputs import Outputs
 from onnxslice.profile import profile
-from onnxslice.table import format_table
 
 NAME = "profile"
 HELP = "profile mean activations of every neuron over a data set (NNSlicer phase 1)"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.console import format_table
 from onnxslice.outputs import Outputs
-from onnxslice.table import format_table
 
 NAME = "protect"
 HELP = "lock a model: hide the weights that matter for chosen classes in a key file (NNSlicer protection)"

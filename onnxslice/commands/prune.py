@@ -18,8 +18,8 @@ from onnxslice.commands._types import (
     positive_float,
     positive_int,
 )
+from onnxslice.console import format_table
 from onnxslice.errors import PlanError
-from onnxslice.table import format_table
 
 NAME = "prune"
 HELP = "prune a model (structured: really removes channels; unstructured: masks) and report size/speed/fidelity"

@@ -16,10 +16,10 @@ from typing import Any
 
 from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite
 from onnxslice.commands._types import fraction_closed01, nonneg_int, positive_float, positive_int
+from onnxslice.console import format_table
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import Model
-from onnxslice.table import format_table
 
 NAME = "quantize"
 HELP = "mixed-precision quantization (int4/int8/fp16 weights, or static QDQ) planned by layer sensitivity"

@@ -18,8 +18,8 @@ import numpy as np
 from onnxslice.commands import add_common, emit_json
 from onnxslice.commands import gradient_failure as _gradient_failure
 from onnxslice.commands._types import fraction_open_closed01, nonneg_int, positive_int
+from onnxslice.console import format_table
 from onnxslice.errors import DataError
-from onnxslice.table import format_table
 
 NAME = "rank"
 HELP = "rank layers by a SAfER sensitivity criterion (optionally checked against a perturbation ground truth)"

@@ -105,7 +105,7 @@ class Gradients:
 
     def table(self, title: str | None = None) -> str:
         """The :meth:`summary` as a text table."""
-        from onnxslice.table import format_table
+        from onnxslice.console import format_table
 
         t = (
             title

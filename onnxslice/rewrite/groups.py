@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import format_table
 from onnxslice.model import Model, Node
 from onnxslice.opsets import REGISTRY
 from onnxslice.opsets.prune import CountEdit, Effect, Port, Ref
-from onnxslice.table import format_table
 
 __all__ = ["ChannelGroup", "GroupSet", "discover_groups"]
 

@@ -108,7 +108,7 @@ def damage_table(
     on the first ``samples`` samples: the mean ``KL(p_ref || p)`` when the first output is a class
     score (2-D), else the squared relative L2 error. The knapsack then minimises the summed damage.
     """
-    from onnxslice.progress import progress
+    from onnxslice.console import progress
     from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
     from onnxslice.rewrite.fidelity import compare_outputs
     from onnxslice.rewrite.prune import _apply_structured

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress
 from onnxslice.errors import DataError
 from onnxslice.model import Model
-from onnxslice.progress import progress
 from onnxslice.record import Recorder, as_feed, make_session, runtime_proto, validate_inputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize

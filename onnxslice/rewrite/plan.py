@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxslice.console import format_table
 from onnxslice.errors import PlanError
 from onnxslice.io import save_json
-from onnxslice.table import format_table
 
 if TYPE_CHECKING:
     from onnxslice.model import Model

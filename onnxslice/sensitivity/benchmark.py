@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import format_table
 from onnxslice.errors import UnsupportedOpError
 from onnxslice.sensitivity.agreement import agreement
 from onnxslice.sensitivity.context import Context
@@ -36,7 +37,6 @@ from onnxslice.sensitivity.criteria import get_criterion
 from onnxslice.sensitivity.groundtruth import perturbation_importance
 from onnxslice.sensitivity.reductions import REDUCTIONS, reduce
 from onnxslice.sensitivity.scores import LayerScores
-from onnxslice.table import format_table
 
 __all__ = [
     "SAFER_TABLE1",
@@ -262,8 +262,8 @@ def run_sampled(
     Returns:
         One :func:`evaluate_model` result per model (family order, then index).
     """
+    from onnxslice.console import progress as bar
     from onnxslice.parallel import map_units
-    from onnxslice.progress import progress as bar
 
     evaluate = {"criteria": list(criteria), "ceiling": ceiling, **kw}
     digest = _sampled_key({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in evaluate.items()})

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import format_table
 from onnxslice.errors import DataError
 from onnxslice.io import save_json
-from onnxslice.table import format_table
 
 __all__ = ["LayerScores"]
 

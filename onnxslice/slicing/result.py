@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxslice.console import format_table
 from onnxslice.errors import DataError
-from onnxslice.table import format_table
 
 if TYPE_CHECKING:
     from onnxslice.model import Model
