@@ -122,17 +122,15 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     if args.plan:
         return PrunePlan.load(args.plan), None
     if args.latency is not None:
-        return _latency_plan(args, model, data), None
+        from onnxslice.artifacts import stamp
+
+        plan = _latency_plan(args, model, data)
+        stamp(plan.meta, model)
+        return plan, None
     if args.ratio is None:
         raise PlanError("give --ratio, --latency (or --plan)")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
-    channel_score: Any = args.channel_score
-    if channel_score == "criterion":
-        from onnxslice.sensitivity import relevance
-
-        if calib is None and args.criterion != "weight":
-            raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
-        channel_score = relevance(model, calib, args.criterion, samples=args.samples)
+    channel_score = _channel_score(args, model, calib)
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     sl = _slice(args, model, data) if args.budget == "slice" else None
     plan = plan_pruning(model, args.ratio, args.budget, scores=scores, slice=sl, channel_score=channel_score,
@@ -141,6 +139,17 @@ def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
     stamp(plan.meta, model)
     return plan, sl
+
+
+def _channel_score(args: argparse.Namespace, model: Any, calib: Any) -> Any:
+    """--channel-score, with ``criterion`` turned into --criterion's relevance arrays on the calibration data."""
+    if args.channel_score != "criterion":
+        return args.channel_score
+    from onnxslice.sensitivity import relevance
+
+    if calib is None and args.criterion != "weight":
+        raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
+    return relevance(model, calib, args.criterion, samples=args.samples)
 
 
 def _round_to(args: argparse.Namespace, model: Any) -> int:
@@ -164,13 +173,7 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     if args.ratio is not None:
         raise PlanError("give either --ratio or --latency, not both")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
-    channel_score: Any = args.channel_score
-    if channel_score == "criterion":
-        from onnxslice.sensitivity import relevance
-
-        if calib is None and args.criterion != "weight":
-            raise PlanError(f"--channel-score criterion ('{args.criterion}') needs --data")
-        channel_score = relevance(model, calib, args.criterion, samples=args.samples)
+    channel_score = _channel_score(args, model, calib)
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     table = latency_table(model, device=args.device, batch=args.latency_batch, threads=args.threads,
                           cache=args.cache)
