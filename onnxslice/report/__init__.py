@@ -70,7 +70,7 @@ def estimate_seconds(model: Model, calib: Dataset, opts: ReportOptions, skip: Se
     if "slices" not in skip:
         est += 3 * opts.slice_samples * per_sample * n_layers * 20
     n_rewrites = (3 * len(opts.prune_ratios) if "prune" not in skip else 0) + (
-        2 + 2 * len(opts.quant_bits) if "quantize" not in skip else 0)
+        3 + 2 * len(opts.quant_bits) if "quantize" not in skip else 0)
     est += n_rewrites * (2 * fwd + 2 * opts.repeats * per_sample + 0.5)
     return est
 
@@ -139,7 +139,7 @@ def build_report(
     warn_if_long(estimate_seconds(model, calib, opts, skip), f"the report on {len(calib)} samples x "
                  f"{len(model.layers)} layers", "lower --samples, --gt-draws or skip sections with --skip")
     n_steps = 4 + (0 if "prune" in skip else 3 * len(opts.prune_ratios)) + (
-        0 if "quantize" in skip else 2 + 2 * len(opts.quant_bits))
+        0 if "quantize" in skip else 3 + 2 * len(opts.quant_bits))
     sections: dict[str, Any] = {"overview": overview_section(model)}
     with progress_bar(n_steps, "report", progress) as advance:
         prof = profile if profile is not None else run_profile(model, data)

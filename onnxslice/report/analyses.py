@@ -257,6 +257,12 @@ def _quantized(model: Model, data: Dataset, scores: LayerScores | None, avg_bits
     return quantize(model, plan_bits(scores, model, avg_bits=avg_bits, per_parameter=per_parameter), data)
 
 
+def _converted(model: Model, data: Dataset, fmt: str) -> Model:
+    from onnxslice.rewrite.formats import convert
+
+    return convert(model, fmt, data)
+
+
 def prune_section(model: Model, data: Dataset, opts: ReportOptions, scores: LayerScores | None,
                   tick: Callable[[], None]) -> dict[str, Any]:
     """Structured pruning at each ratio: uniform (L1), random channels, and the sensitivity budget."""
@@ -272,13 +278,15 @@ def prune_section(model: Model, data: Dataset, opts: ReportOptions, scores: Laye
 
 def quantize_section(model: Model, data: Dataset, opts: ReportOptions, scores: LayerScores | None,
                      tick: Callable[[], None]) -> dict[str, Any]:
-    """Weight-only mixed precision (int4/int8) at each average-bits budget, with uniform and random plans."""
+    """Static int8 QDQ (onnxruntime's integer kernels), then weight-only mixed precision (int4/int8) at each
+    average-bits budget with uniform and random plans."""
     from onnxslice.rewrite.bits_plan import quantizable_layers
 
     names = [x.name for x in quantizable_layers(model)]
     rnd = np.random.default_rng(opts.seed + 1000).permutation(len(names)).astype(float)
     random_scores = LayerScores(dict(zip(names, rnd.tolist(), strict=True)), "random")
     variants: list[tuple[str, float, Callable[[], Model]]] = [
+        ("qdq int8 (static)", 8.0, partial(_converted, model, data, "qdq")),
         ("uniform int8", 8.0, partial(_quantized, model, data, None, 8.0, "int8")),
         ("uniform int4", 4.0, partial(_quantized, model, data, None, 4.0, "int4")),
     ]
