@@ -28,6 +28,7 @@ from types import FrameType, ModuleType
 from typing import Any, NoReturn
 
 from onnxslice import __version__
+from onnxslice.commands import deferred_warnings
 from onnxslice.commands._types import positive_float
 from onnxslice.errors import OnnxSliceError
 from onnxslice.limits import DEFAULT_MAX_BYTES, set_max_bytes
@@ -198,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(), _sigterm_as_interrupt():
             if not verbose:
                 warnings.simplefilter("ignore")
-            return int(args._run(args) or 0)
+            with deferred_warnings() as pending:
+                code = int(args._run(args) or 0)
+                sys.stderr.write("".join(pending))
+            return code
     except OnnxSliceError as e:
         code = e.exit_code
         if code == 2 and _ORT_UNSUPPORTED.search(str(e)) and _ort_exit_code(e) == 3:

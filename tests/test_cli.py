@@ -81,3 +81,15 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert test_cmd.strip() in ci, "README's test command and .ci/run drifted apart"
     main_cmd = next(b for b in blocks if "pip install" in b and "pytest" not in b)
     assert "onnxslice report models/lenet5.onnx" in main_cmd and "builtin:mnist" in main_cmd
+
+
+def test_warnings_wait_until_the_verb_succeeded(capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning said during a run is printed after it succeeds, so a later user error stays the only line."""
+    from onnxslice.commands import deferred_warnings, warn
+
+    with deferred_warnings() as pending:
+        warn("prune", "the pruned model is measured SLOWER than its input")
+        assert capsys.readouterr().err == ""
+    assert pending == ["onnxslice prune: warning: the pruned model is measured SLOWER than its input\n"]
+    warn("prune", "outside a run it is said at once")
+    assert capsys.readouterr().err == "onnxslice prune: warning: outside a run it is said at once\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from onnxslice.io import _default
@@ -42,9 +44,28 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+_DEFERRED: list[str] | None = None
+
+
+@contextmanager
+def deferred_warnings() -> Iterator[list[str]]:
+    """Collect :func:`warn` lines while a verb runs; the CLI prints them once the verb has succeeded, so a
+    user error that comes later is still the only line on stderr."""
+    global _DEFERRED
+    previous, _DEFERRED = _DEFERRED, []
+    try:
+        yield _DEFERRED
+    finally:
+        _DEFERRED = previous
+
+
 def warn(verb: str, message: str) -> None:
-    """One warning line on stderr (``onnxslice VERB: warning: ...``)."""
-    sys.stderr.write(f"onnxslice {verb}: warning: {message}\n")
+    """One warning line on stderr (``onnxslice VERB: warning: ...``), deferred while the CLI runs a verb."""
+    line = f"onnxslice {verb}: warning: {message}\n"
+    if _DEFERRED is not None:
+        _DEFERRED.append(line)
+    else:
+        sys.stderr.write(line)
 
 
 def warn_if_zero(verb: str, target: str, tables: Any) -> str | None:
@@ -126,6 +147,5 @@ def criterion_or_fd(verb: str, model: Any, criterion: str, output: str | None = 
     why = gradient_failure(criterion, model, output)
     if why is None:
         return criterion
-    sys.stderr.write(f"onnxslice {verb}: criterion '{criterion}' needs gradients, which are unavailable ({why}); "
-                     "falling back to 'fd'\n")
+    warn(verb, f"criterion '{criterion}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
     return "fd"

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-family", type=positive_int, default=10,
                    help="sampled architectures per family (default 10, the reduced run; 100 for the full scale); "
                         "model k of a family is drawn from a seed derived from (family, k), trained when missing")
-    p.add_argument("--models", default=str(_REPO / "models" / "moons"),
+    p.add_argument("--models", default=None,
                    help="folder of committed moons models, reused when present (default models/moons); "
                         "the others are trained into CACHE/models")
     p.add_argument("--cache", help="folder of per-model results (and trained models): a rerun with the same "
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         cache = args.cache or tmp
         try:
             results = run_sampled(families, args.per_family, crits, builder=str(_REPO / "models" / "moons.py"),
-                                  committed=args.models,
+                                  committed=args.models or str(_REPO / "models" / "moons"),
                                   cache=cache, workers=args.workers, backend=args.backend, address=args.address,
                                   ceiling=not args.no_ceiling, magnitudes=magnitudes,
                                   draws=args.draws, samples=args.samples, steps=args.steps,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxslice.commands import DEQUANTIZE_HELP, criterion_or_fd, emit_json, load_for_rewrite
+from onnxslice.commands import DEQUANTIZE_HELP, criterion_or_fd, emit_json, load_for_rewrite, warn
 from onnxslice.commands._types import (
     fraction_half_open01,
     fraction_open01,
@@ -183,8 +182,8 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
                            repeats=max(args.repeats, 10))
     if not res.met:
-        print(f"WARNING: latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
-              "original", file=sys.stderr)
+        warn(NAME, f"latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
+             "original")
     return res.plan
 
 
@@ -290,9 +289,9 @@ def run(args: argparse.Namespace) -> int:
                               "load_average": load_average()}
     if lat_ratio[1] > 1.03:
         result["slower_than_input"] = True
-        print(f"WARNING: the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
-              f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
-              f"{kernel_block(args.device)}", file=sys.stderr)
+        warn(NAME, f"the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
+             f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
+             f"{kernel_block(args.device)}")
     if fid_data is not None:
         classes = [int(k) for t in (sl.targets if sl is not None else []) if t.startswith("class:")
                    for k in t.split(":", 1)[1].split(",") if k.strip().lstrip("-").isdigit()]

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite
+from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite, warn
 from onnxslice.commands._types import fraction_closed01, nonneg_int, positive_float, positive_int
 from onnxslice.console import format_table
 from onnxslice.data import Dataset, load_data
@@ -198,16 +197,15 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
     rows = formats.compare(model, variants, probe, device=device, threads=args.threads, repeats=args.repeats)
     chosen, met = (formats.pick(rows, args.accuracy_goal) if fmt == "auto" else (fmt, True))
     if chosen == "fp32":
-        print("WARNING: no format was measured faster than the float model here; writing the fastest quantized one",
-              file=sys.stderr)
+        warn(NAME, "no format was measured faster than the float model here; writing the fastest quantized one")
         chosen = min((r for r in rows if r["format"] != "fp32"), key=lambda r: r["latency"])["format"]
     elif not met:
-        print(f"WARNING: no format met the accuracy goal ({args.accuracy_goal}); chose the most faithful fast one, "
-              f"{chosen}", file=sys.stderr)
+        warn(NAME, f"no format met the accuracy goal ({args.accuracy_goal}); chose the most faithful fast one, "
+             f"{chosen}")
     row = next(r for r in rows if r["format"] == chosen)
     if row["latency"] > 1.03:
-        print(f"WARNING: the {chosen} model is measured SLOWER than the float model ({row['latency']:.2f}x on "
-              f"{device}); {'--format qdq' if device == 'cpu' else '--format fp16'} is the fast one", file=sys.stderr)
+        warn(NAME, f"the {chosen} model is measured SLOWER than the float model ({row['latency']:.2f}x on "
+             f"{device}); {'--format qdq' if device == 'cpu' else '--format fp16'} is the fast one")
     result = {"out": str(out), "format": chosen, "device": device, "threads": args.threads, "rows": rows,
               "accuracy_goal": args.accuracy_goal, "goal_met": met, **info}
     outs.defer(out, lambda p: variants[chosen].save(p))
@@ -315,9 +313,9 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['latency_ms_before']:.4g} -> {summary['latency_ms_after']:.4g} ms "
           f"({summary['latency_ratio']:.3f}x)")
     if summary["latency_ratio"] > 1.03:
-        print(f"WARNING: the quantized model is measured SLOWER than the float model "
+        warn(NAME, f"the quantized model is measured SLOWER than the float model "
               f"({summary['latency_ratio']:.2f}x); weight-only formats dequantize at run time: --format qdq is "
-              "the fast one on CPU", file=sys.stderr)
+              "the fast one on CPU")
     if ds is not None:
         keys = ("accuracy", "top1_agreement", "kl", "rel_error")
         before, after = summary["fidelity_before"], summary["fidelity_after"]

@@ -9,13 +9,12 @@ VJP rule falls back to the black-box ``fd`` criterion, and says so.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxslice.commands import add_common, emit_json
+from onnxslice.commands import add_common, emit_json, warn
 from onnxslice.commands import gradient_failure as _gradient_failure
 from onnxslice.commands._types import fraction_open_closed01, nonneg_int, positive_int
 from onnxslice.console import format_table
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     why = _gradient_failure(chosen, model, args.output)
     if why is not None:
         notes.append(f"criterion '{chosen}' needs gradients, which are unavailable ({why}); falling back to 'fd'")
-        sys.stderr.write(f"onnxslice rank: {notes[-1]}\n")
+        warn(NAME, notes[-1])
         chosen = "fd"
     _announce(model, args, chosen, truths, ds)
     scores = _score(model, args, chosen, args.reduction, ds)
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if scores.scores and not any(float(v) for v in scores.scores.values()):
         notes.append(f"every layer's score is zero (zero gradient of target '{args.target}': a dead output or "
                      "saturated activations on these samples); try another --target, --output or more --samples")
-        sys.stderr.write(f"onnxslice rank: warning: {notes[-1]}\n")
+        warn(NAME, notes[-1])
     outs.defer(out_path, scores.save)
     report: dict[str, Any] = {"model": str(args.model), "criterion": chosen, "reduction": args.reduction,
                               "notes": notes, "scores": scores.to_dict(), "ranking": scores.ranking()}
