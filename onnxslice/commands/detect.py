@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import fraction_open01, nonneg_int, positive_float, positive_int
 from onnxslice.errors import DataError
 from onnxslice.outputs import Outputs
 
@@ -26,10 +27,11 @@ ORDER = 75
 
 
 def _executor(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=16, help="samples per unit of slicing work (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="samples per unit of slicing work (default 16)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="executor (default local)")
     p.add_argument(
-        "--workers", type=int, default=None, help="processes / Ray CPUs (default: one per CPU; 1 = in this process)"
+        "--workers", type=positive_int, default=None,
+        help="processes / Ray CPUs (default: one per CPU; 1 = in this process)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start a local one)")
 
@@ -57,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--keep-output-layer", action="store_true", help="also use the output layer's features (default off)"
     )
-    fit.add_argument("--theta", type=float, default=0.3, help="slicing threshold in (0, 1) (default 0.3)")
+    fit.add_argument("--theta", type=fraction_open01, default=0.3, help="slicing threshold in (0, 1) (default 0.3)")
     fit.add_argument(
         "--granularity", choices=("element", "channel"), default="element", help="slicing neurons (default element)"
     )
@@ -68,14 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="per-channel sums or every synapse (default channel)",
     )
     fit.add_argument("--samples", "-s", default=None, help="samples of the data: START:STOP, i, or i,j,k (default all)")
-    fit.add_argument("--min-per-class", type=int, default=10, help="fewest correct samples per class (default 10)")
+    fit.add_argument("--min-per-class", type=positive_int, default=10,
+                     help="fewest correct samples per class (default 10)")
     fit.add_argument(
         "--flag-rate",
         type=float,
         default=0.05,
         help="fraction of normal samples the calibrated rule may flag (default 0.05; 0: the paper's rule only)",
     )
-    fit.add_argument("--seed", type=int, default=0, help="classifier seed (default 0)")
+    fit.add_argument("--seed", type=nonneg_int, default=0, help="classifier seed (default 0)")
     _executor(fit)
 
     score = sub.add_parser("score", help="flag and score inputs with a fitted detector")
@@ -95,7 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fgsm, bim, pgd, pgd-l2, deepfool, cw-l2, square, "
         "noise-uniform, noise-gaussian or spatial (at its documented strength)",
     )
-    atk.add_argument("--epsilon", type=float, default=None, help="override the attack's bound (default: documented)")
+    atk.add_argument("--epsilon", type=positive_float, default=None,
+                     help="override the attack's bound (default: documented)")
     atk.add_argument("--samples", "-s", default=None, help="samples of the data (default all)")
     atk.add_argument("--successful", action="store_true", help="keep only inputs whose attack succeeded (default all)")
     atk.add_argument("--out", "-o", required=True, help="where to write the inputs (.npz with the input and 'y')")

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import nonneg_int, positive_int
 from onnxslice.console import format_table
 from onnxslice.record import Device
 
@@ -27,14 +28,15 @@ def add_fault_arguments(p: argparse.ArgumentParser) -> None:
     rate.add_argument("--rate", type=float, default=None,
                       help="bit-error rate in (0, 1): each bit of the class flips with this probability "
                            "(default: 1e-5 unless --flips is given)")
-    rate.add_argument("--flips", type=int, default=None, help="exactly this many flips per layer and inference "
+    rate.add_argument("--flips", type=positive_int, default=None,
+                      help="exactly this many flips per layer and inference "
                                                               "instead of a rate (default: off)")
     p.add_argument("--bits", choices=("any", "sign", "exponent", "mantissa"), default="any",
                    help="bit class flipped (default: any)")
-    p.add_argument("--trials", type=int, default=20, help="independent trials per fault set (default: 20)")
+    p.add_argument("--trials", type=positive_int, default=20, help="independent trials per fault set (default: 20)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="parallel executor (default: local)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (local) or CPUs (ray) (default: in-process for local)")
 
 
@@ -53,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--together", action="store_true",
                    help="fault all chosen layers at once instead of one at a time (default: off)")
     add_fault_arguments(p)
-    p.add_argument("--samples", type=int, default=256, help="samples of --data used (the first ones; default: 256)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per onnxruntime run (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="campaign seed (default: 0)")
+    p.add_argument("--samples", type=positive_int, default=256,
+                   help="samples of --data used (the first ones; default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="samples per onnxruntime run (default: 256)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="campaign seed (default: 0)")
     p.add_argument("--out", "-o", help="write the campaign as JSON here (default: not written)")
 
 

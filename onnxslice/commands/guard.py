@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import nonneg_float, nonneg_int, positive_int
 from onnxslice.commands.faults import add_fault_arguments, fault_model
 from onnxslice.console import format_table
 from onnxslice.errors import DataError, OnnxSliceError
@@ -41,13 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="order of the layers: a sensitivity criterion (wgrad, gradcampp, grad, idgi, weight, ...) or "
                         "'vulnerability' (measured by faults) (default: wgrad)")
     p.add_argument("--reduction", "-r", default="linf", help="reduction of the criterion (default: linf)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance per element (default: 1e-4)")
-    p.add_argument("--atol", type=float, default=1e-6, help="absolute floor of the tolerance (default: 1e-6)")
+    p.add_argument("--rtol", type=nonneg_float, default=1e-4, help="relative tolerance per element (default: 1e-4)")
+    p.add_argument("--atol", type=nonneg_float, default=1e-6, help="absolute floor of the tolerance (default: 1e-6)")
     add_fault_arguments(p)
-    p.add_argument("--samples", type=int, default=256, help="samples of --data used (default: 256)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per onnxruntime run (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of ranking and fault draws (default: 0)")
-    p.add_argument("--repeats", type=int, default=30, help="latency repeats, round-robin (default: 30)")
+    p.add_argument("--samples", type=positive_int, default=256, help="samples of --data used (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="samples per onnxruntime run (default: 256)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of ranking and fault draws (default: 0)")
+    p.add_argument("--repeats", type=positive_int, default=30, help="latency repeats, round-robin (default: 30)")
 
 
 def _order(model: Any, args: argparse.Namespace, fm: Any, device: Device) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
+from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int
 from onnxslice.console import format_table
 from onnxslice.outputs import Outputs
 
@@ -66,14 +67,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--slice-samples",
-        type=int,
+        type=positive_int,
         default=256,
         help="samples of the target classes (and of the others with --keep-others) sliced (default 256)",
     )
-    p.add_argument("--theta", type=float, default=0.3, help="NNSlicer significance threshold (default 0.3)")
+    p.add_argument("--theta", type=fraction_open01, default=0.3, help="NNSlicer significance threshold (default 0.3)")
     p.add_argument("--eval-data", default=None, help="labelled data for the accuracy report (default: --data)")
-    p.add_argument("--workers", type=int, default=1, help="slicing processes (default 1: in this process)")
-    p.add_argument("--seed", type=int, default=0, help="seed of tie-breaks, random selection and fill (default 0)")
+    p.add_argument("--workers", type=positive_int, default=1, help="slicing processes (default 1: in this process)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of tie-breaks, random selection and fill (default 0)")
     p.add_argument(
         "--passphrase-env",
         default=None,
@@ -83,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encrypt", action="store_true", help="encrypt the key with a passphrase asked on the terminal (default off)"
     )
-    p.add_argument("--repeats", type=int, default=20,
+    p.add_argument("--repeats", type=positive_int, default=20,
                    help="latency repeats of the original and locked model (batch 1, median) (default 20)")  # fmt: skip
     p.add_argument("--out", "-o", required=True, help="where to write the locked model (.onnx; never MODEL)")
     p.add_argument("--key", "-k", required=True, help="where to write the owner's key (keep it private)")

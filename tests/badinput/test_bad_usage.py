@@ -54,8 +54,38 @@ _NUMERIC: list[tuple[str, str, tuple[str, ...]]] = [
     ("report", "--repeats", ("0",)),
     ("report", "--ratios", ("x", "0.1,y")),
     ("report", "--avg-bits", ("six",)),
+    ("detect fit", "--batch-size", ("0", "x")),
+    ("detect fit", "--workers", ("0",)),
+    ("detect fit", "--theta", ("0", "1")),
+    ("detect fit", "--min-per-class", ("0",)),
+    ("detect fit", "--seed", ("-1",)),
+    ("detect attack", "--epsilon", ("0", "-0.1", "x")),
+    ("protect", "--slice-samples", ("0",)),
+    ("protect", "--theta", ("0", "1")),
+    ("protect", "--workers", ("0",)),
+    ("protect", "--seed", ("-1",)),
+    ("protect", "--repeats", ("0", "-2")),
+    ("faults", "--flips", ("0", "-1", "x")),
+    ("faults", "--trials", ("0",)),
+    ("faults", "--workers", ("0",)),
+    ("faults", "--samples", ("0",)),
+    ("faults", "--batch-size", ("0",)),
+    ("faults", "--seed", ("-1",)),
+    ("guard", "--rtol", ("-1", "x")),
+    ("guard", "--atol", ("-1",)),
+    ("guard", "--samples", ("0",)),
+    ("guard", "--batch-size", ("0",)),
+    ("guard", "--seed", ("-1",)),
+    ("guard", "--repeats", ("0",)),
 ]
-_VERB_OF = {"bench": ["bench", "safer"]}
+_VERB_OF = {
+    "bench": ["bench", "safer"],
+    "detect fit": ["detect", "fit", "{m}", "-d", "{d}", "-p", "{p}", "-o", "{o}/det.npz"],
+    "detect attack": ["detect", "attack", "{m}", "-d", "{d}", "--attack", "fgsm", "-o", "{o}/adv.npz"],
+    "protect": ["protect", "{m}", "-d", "{d}", "--classes", "1", "-o", "{o}/locked.onnx", "-k", "{o}/owner.key"],
+    "faults": ["faults", "{m}", "-d", "{d}"],
+    "guard": ["guard", "{m}", "-o", "{o}/g.onnx", "--layers", "1"],
+}
 _REPLACED = {"--avg-bits", "--ratio", "--samples", "--workers"}
 
 
