@@ -35,6 +35,7 @@ from onnxslice.profile import Profile
 from onnxslice.record import Recorder, as_feed, validate_inputs
 from onnxslice.slicing import BackwardOptions, backward, deltas, parse_targets, seed_tables
 from onnxslice.slicing.result import layer_records
+from onnxslice.worker import in_process, job_state
 
 __all__ = ["FEATURE_KINDS", "Features", "extract_features"]
 
@@ -81,19 +82,8 @@ class _Job:
     device: str
 
 
-_STATE: dict[str, tuple[Model, Recorder]] = {}
-
-
 def _state(job: _Job) -> tuple[Model, Recorder]:
-    if job.token not in _STATE:
-        from onnxslice.model import load
-
-        if job.model_bytes is None:  # pragma: no cover - serial jobs are registered by the caller
-            raise RuntimeError("worker state missing")
-        model = load(job.model_bytes, check=False, infer_shapes=False)
-        _STATE.clear()
-        _STATE[job.token] = (model, Recorder(model, "all", job.device))  # type: ignore[arg-type]
-    return _STATE[job.token]
+    return job_state(job.token, job.model_bytes, job.device)
 
 
 def _per_channel(table: np.ndarray, axis: int) -> np.ndarray:
@@ -184,13 +174,9 @@ def _slice_features(
     )
     results: list[tuple[np.ndarray, np.ndarray]] = []
     if serial:
-        _STATE.clear()
-        _STATE[token] = (model, Recorder(model, "all", device))  # type: ignore[arg-type]
-        try:
+        with in_process(token, model, device):
             for u in progress(units, len(units), "slice features", show_progress):
                 results.extend(map_units(_slice_unit, [u], job))
-        finally:
-            _STATE.pop(token, None)
     else:
         results = map_units(_slice_unit, units, job, backend=backend, workers=workers, address=address)
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])

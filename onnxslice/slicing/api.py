@@ -9,6 +9,7 @@ tables are integer sums, so every backend gives the same result.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from onnxslice.slicing.backward import BackwardOptions, backward
 from onnxslice.slicing.forward import deltas
 from onnxslice.slicing.result import Slice, layer_records
 from onnxslice.slicing.targets import Target, parse_targets, seed_tables
+from onnxslice.worker import in_process, job_state
 
 __all__ = ["slice"]
 
@@ -49,18 +51,8 @@ class _Job:
     device: str
 
 
-_STATE: dict[str, tuple[Model, Recorder]] = {}
-
-
 def _state(job: _Job) -> tuple[Model, Recorder]:
-    if job.token not in _STATE:
-        from onnxslice.model import load
-
-        assert job.model_bytes is not None
-        model = load(job.model_bytes, check=False, infer_shapes=False)
-        _STATE.clear()  # one job per worker at a time
-        _STATE[job.token] = (model, Recorder(model, "all", job.device))  # type: ignore[arg-type]
-    return _STATE[job.token]
+    return job_state(job.token, job.model_bytes, job.device)
 
 
 def _record(rec: Recorder, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,13 +180,8 @@ def slice(
     serial = backend == "local" and (workers is None or workers == 1 or len(units) <= 1)
     job = _Job(token, None if serial else model.proto.SerializeToString(), profile, feed, parsed, out_name, options,
                device)
-    if serial:
-        _STATE.clear()
-        _STATE[token] = (model, Recorder(model, "all", device))
-    try:
+    with in_process(token, model, device) if serial else contextlib.nullcontext():
         results = map_units(_slice_unit, units, job, backend=backend, workers=workers, address=address, seed=seed)
-    finally:
-        _STATE.pop(token, None)
     neurons: dict[str, np.ndarray] = {}
     synapses: dict[str, np.ndarray] = {}
     preds = []
