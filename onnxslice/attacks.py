@@ -40,6 +40,7 @@ from onnxslice.grad import GradientEngine
 from onnxslice.grad.engine import logits_value
 from onnxslice.model import Model, load
 from onnxslice.record import Recorder
+from onnxslice.targets import default_output
 
 __all__ = [
     "ATTACKS",
@@ -116,7 +117,7 @@ class _Logits:
         self.model = _model(model)
         self.name = self.model.input_names[0] if self.model.inputs else ""
         self.attack = attack
-        out = self.model.output_names[0]
+        out = default_output(self.model)
         self.log = logits_value(self.model, out) != out  # a Softmax output: use log-probabilities
         self.rec = Recorder(self.model, None, device)  # type: ignore[arg-type]
         self.out = out

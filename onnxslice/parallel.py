@@ -81,6 +81,9 @@ def map_units(
     """
     if workers is not None and workers < 1:
         raise OnnxSliceError(f"workers must be >= 1, got {workers}")
+    if address and backend != "ray":
+        raise OnnxSliceError(f"a Ray address ({address}) was given with the '{backend}' backend; add --backend ray "
+                             "or drop --address")
     seeds = unit_seeds(seed, len(units))
     if backend == "local":
         n = min(workers or 1, len(units))

@@ -46,6 +46,8 @@ __all__ = [
     "Layout",
     "TargetSpec",
     "batch_axis",
+    "check_output",
+    "default_output",
     "layout",
     "logits_value",
     "parse_target",
@@ -181,14 +183,24 @@ def logits_value(model: Model, output: str) -> str:
     return output
 
 
+def default_output(model: Model) -> str:
+    """The output a target reads when none is named: the first float tensor output (a scikit-learn
+    classifier's first output is its integer label, the scores come second), else the first output."""
+    for o in model.output_names:
+        vi = model.value_info.get(o)
+        if vi is not None and vi.dtype is not None and np.issubdtype(vi.dtype, np.floating):
+            return o
+    return model.output_names[0]
+
+
 def check_output(model: Model, output: str | None) -> str:
-    """The output name a target reads (the first output by default).
+    """The output name a target reads (:func:`default_output` when none is named).
 
     Raises:
         DataError: no output of that name.
     """
     if output is None:
-        return model.output_names[0]
+        return default_output(model)
     if output not in model.output_names and model.producer(output) is None:
         raise DataError(f"no output named '{output}'; the model's outputs are {', '.join(model.output_names)} "
                         "(choose one with --output)")

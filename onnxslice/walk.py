@@ -122,11 +122,11 @@ class Walker:
             if capability is None:
                 yield Step(node, None)
                 continue
-            rule = self.registry.find(capability, node.op_type, node.domain, node.opset)
-            if rule is not None:
-                yield Step(node, rule)
+            try:  # lookup's error names the opsets that do have a rule
+                yield Step(node, self.registry.lookup(capability, node.op_type, node.domain, node.opset, node.name))
                 continue
-            err = UnsupportedOpError.for_node(node, capability)
+            except UnsupportedOpError as e:
+                err = e
             if on_missing == "raise":
                 raise err
             if on_missing == "yield":

@@ -191,3 +191,22 @@ def test_prune_and_quantize_fall_back_to_fd_when_gradients_are_unavailable(tmp_p
         assert main([*argv, "--data", d, "--out", str(tmp_path / "o.onnx"), "--json"]) == 0
         err = capsys.readouterr().err
         assert "falling back to 'fd'" in err and "Shrink" in err
+
+
+def test_default_output_is_the_first_float_output() -> None:
+    """scikit-learn classifiers put the integer label first: targets read the float scores by default."""
+    from onnx import helper
+
+    from onnxslice.grad import GradientEngine
+    from onnxslice.model import load
+    from onnxslice.targets import check_output, default_output
+    from onnxslice.testing import make_model
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["scores"], name="fc"),
+             helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)]
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    m = load(make_model(nodes, {"x": (np.float32, ["N", 4])}, {"label": (np.int64, ["N"]),
+                                                                 "scores": (np.float32, ["N", 3])}, {"w": w}))
+    assert default_output(m) == "scores" and check_output(m, None) == "scores"
+    assert check_output(m, "label") == "label"
+    assert GradientEngine(m).output == "scores"

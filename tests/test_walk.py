@@ -58,6 +58,16 @@ def test_walker_dispatches_rules_and_handles_misses(cnn_proto: onnx.ModelProto) 
     assert [n.name for n in walker.missing("vjp")] == ["bn", "pool", "flatten", "fc"]
 
 
+def test_walker_miss_names_the_opsets_that_have_a_rule(cnn_proto: onnx.ModelProto) -> None:
+    """A rule registered only for later opsets: the walker's error says which, and how to convert."""
+    m = osl.load(cnn_proto)
+    reg = Registry()
+    reg.add("vjp", "Gemm", "gemm-rule", since=m.node("fc").opset + 1)
+    hint = r"at node 'fc'\. Rules exist for opsets \d+\.\.latest.*version_converter"
+    with pytest.raises(UnsupportedOpError, match=hint):
+        list(Walker(m, reg).reverse("vjp"))
+
+
 def test_model_lookups(cnn_proto: onnx.ModelProto) -> None:
     m = osl.load(cnn_proto)
     assert m.producer("r").name == "relu" and m.producer("x") is None

@@ -40,6 +40,7 @@ from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.parallel import Backend
 from onnxslice.profile import Profile
+from onnxslice.targets import default_output
 
 __all__ = [
     "CLASSIFIERS",
@@ -389,7 +390,7 @@ def fit_detector(
     if len(y) != len(f.predictions):
         raise DataError(f"{len(y)} labels for {len(f.predictions)} samples")
     ok = f.predictions == y
-    out = model.value_info.get(model.output_names[0])
+    out = model.value_info.get(default_output(model))
     width = out.shape[-1] if out is not None and out.shape and isinstance(out.shape[-1], int) else None
     classes = list(range(width)) if width else sorted(set(y.tolist()))
     counts = {c: int((f.predictions[ok] == c).sum()) for c in classes}

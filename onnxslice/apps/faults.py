@@ -5,7 +5,9 @@ The fault model (see also :mod:`onnxslice.apps.bits` for the bit classes):
 - **Where.** A *fault set* is a set of layers; each trial flips bits in every layer of the set, in its
   weights (``on="weights"``), its output activation (``"activations"``) or both. Float layers flip their
   float32/float16 weight initializer; layers of a quantized model (a ``DequantizeLinear`` of an
-  int8/uint8/int4/uint4 initializer feeding the layer) flip the *stored* integer encoding.
+  int8/uint8/int4/uint4 initializer feeding the layer) flip the *stored* integer encoding; a
+  ``MatMulNBits`` layer (onnxruntime's block-quantized int4 MatMul) flips the bytes of its packed weight
+  ``B``, two 4-bit weights per byte, so one flip corrupts one weight.
 - **How many.** ``rate``: each bit of the chosen class flips independently with probability ``rate``
   (a bit-error rate, BER); or ``flips``: exactly ``flips`` bits per layer and inference.
 - **When.** A weight fault is a corrupted memory word: one draw per trial, seen by every sample of the
@@ -85,7 +87,8 @@ class FaultLayer:
 
 
 def fault_layers(model: Model) -> list[FaultLayer]:
-    """The SAfER layers of ``model`` (float weights) plus layers reading a dequantized integer initializer.
+    """The SAfER layers of ``model`` (float weights), layers reading a dequantized integer initializer, and
+    ``MatMulNBits`` layers (their packed ``uint8`` weight bytes).
 
     Raises:
         ModelError: the model has no such layer.
@@ -98,6 +101,11 @@ def fault_layers(model: Model) -> list[FaultLayer]:
             enc = str(model.initializer(x.weight).dtype)
             if enc in ("float32", "float16"):
                 out.append(FaultLayer(n.name, len(out), x.weight, enc, x.output))
+            continue
+        if n.op_type == "MatMulNBits" and n.domain == "com.microsoft" and model.is_initializer(n.input(1)):
+            t = model._init_protos[n.input(1)]
+            if t.data_type == onnx.TensorProto.UINT8:  # packed 4-bit weights: two per stored byte
+                out.append(FaultLayer(n.name, len(out), n.input(1), "uint8", n.outputs[0]))
             continue
         if n.op_type not in _LAYER_OPS or n.domain:
             continue
@@ -114,7 +122,7 @@ def fault_layers(model: Model) -> list[FaultLayer]:
     if not out:
         raise ModelError(
             "the model has no layers faults can hit: no Conv/ConvTranspose/Gemm/MatMul node reads a float32/float16 "
-            "weight initializer or a DequantizeLinear of an int8/uint8/int4/uint4 one"
+            "weight initializer or a DequantizeLinear of an int8/uint8/int4/uint4 one, and no MatMulNBits node"
         )
     return out
 
@@ -285,8 +293,12 @@ def _points(layers: list[FaultLayer], idx: Sequence[int], on: str) -> list[Fault
 
 
 def _predict(y: np.ndarray) -> np.ndarray:
-    """Top-1 class per sample; a sample whose output holds NaN predicts nothing (-1)."""
-    y = np.asarray(y).reshape(len(y), -1)
+    """Top-1 class per sample; a sample whose output holds NaN predicts nothing (-1). An integer output of
+    one value per sample is a predicted label already (scikit-learn classifiers' first output) and is kept."""
+    y = np.asarray(y)
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    y = y.reshape(len(y), -1)
     pred = np.argmax(np.nan_to_num(y, nan=-np.inf), axis=1)
     pred[np.isnan(y).any(axis=1)] = -1
     return pred

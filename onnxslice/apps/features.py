@@ -35,6 +35,7 @@ from onnxslice.profile import Profile
 from onnxslice.record import Recorder, as_feed, validate_inputs
 from onnxslice.slicing import BackwardOptions, backward, deltas, parse_targets, seed_tables
 from onnxslice.slicing.result import layer_records
+from onnxslice.targets import default_output
 from onnxslice.worker import in_process, job_state
 
 __all__ = ["FEATURE_KINDS", "Features", "extract_features"]
@@ -167,7 +168,7 @@ def _slice_features(
         None if serial else model.proto.SerializeToString(),
         profile,
         feed,
-        model.output_names[0],
+        default_output(model),
         options,
         aggregate,
         device,
@@ -195,7 +196,7 @@ def _activation_features(
             v = vals[r["output"]]
             parts.append(v.reshape(size, v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v.reshape(size, -1))
         rows.append(np.concatenate(parts, axis=1).astype(np.float32))
-        out = vals[model.output_names[0]]
+        out = vals[default_output(model)]
         preds.append(out.reshape(size, -1).argmax(axis=1))
     blocks = []
     for r in layers:
@@ -229,7 +230,7 @@ def _gradient_features(
             gn = np.moveaxis(gn, 1 + r["axis"], 1).reshape(size, w.shape[r["axis"]], -1).mean(axis=2)
             parts.append(gn)
         rows.append(np.concatenate(parts, axis=1).astype(np.float32))
-        out = rec.run(chunk, validated=True)[model.output_names[0]]
+        out = rec.run(chunk, validated=True)[default_output(model)]
         preds.append(out.reshape(size, -1).argmax(axis=1))
     blocks = []
     for r in layers:

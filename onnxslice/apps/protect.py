@@ -36,6 +36,7 @@ from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.profile import Profile
 from onnxslice.record import Device
+from onnxslice.targets import default_output
 
 __all__ = [
     "FILLS",
@@ -342,7 +343,7 @@ def predict(model: Model, data: Dataset, *, batch_size: int = 512, device: Devic
     sess = make_session(runtime_proto(model.proto), device, threads=1)
     feed = validate_inputs(model, data.bind(model))
     n = len(data)
-    out = model.output_names[0]
+    out = default_output(model)
     preds = []
     for s in range(0, n, batch_size):
         chunk = {k: v[s : s + batch_size] for k, v in feed.items()}

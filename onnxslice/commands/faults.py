@@ -38,6 +38,8 @@ def add_fault_arguments(p: argparse.ArgumentParser) -> None:
                    help="parallel executor (default: local)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (local) or CPUs (ray) (default: in-process for local)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to join, with --backend ray (default: start a local one)")
 
 
 def fault_model(args: argparse.Namespace) -> Any:
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     device: Device = "cpu" if args.device == "auto" else args.device
     camp = run_campaign(model, args.data, sets, fm, trials=args.trials, samples=args.samples,
                         batch_size=args.batch_size, seed=args.seed, backend=args.backend, workers=args.workers,
-                        device=device)
+                        address=args.address, device=device)
     report = {"model": str(args.model), **camp.to_dict()}
     rows: list[dict[str, Any]] = []
     for s in camp.sets:

@@ -60,7 +60,7 @@ def _order(model: Any, args: argparse.Namespace, fm: Any, device: Device) -> lis
             raise DataError("criterion 'vulnerability' needs --data")
         scores, _ = vulnerability(model, args.data, fm, trials=args.trials, samples=args.samples,
                                   batch_size=args.batch_size, seed=args.seed, backend=args.backend,
-                                  workers=args.workers, device=device)
+                                  workers=args.workers, address=args.address, device=device)
         return scores.ranking()
     if args.criterion != "weight" and args.data is None:
         raise DataError(f"criterion '{args.criterion}' needs --data (or use --criterion weight, or name the layers)")
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         order = _order(model, args, fm, device)
         camp = checked_curve(model, args.data, order, fm, trials=args.trials, samples=args.samples,
                              batch_size=args.batch_size, seed=args.seed, backend=args.backend, workers=args.workers,
-                             device=device)
+                             address=args.address, device=device)
         best = min_checked(camp, args.max_loss)
         if best is None:
             raise OnnxSliceError(f"no number of guarded layers keeps the loss within {args.max_loss} (a bug: guarding "

@@ -24,7 +24,7 @@ from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
 from onnxslice.record import Device, Recorder, as_feed, validate_inputs
-from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, logits_value, parse_target
+from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker
 
 from .fallback import finite_difference_rule
@@ -97,7 +97,7 @@ class GradientEngine:
         self.target = parse_target(target)
         self.exact = exact
         m = self.model
-        outs = m.output_names[:1] if output is None else [output] if isinstance(output, str) else list(output)
+        outs = [default_output(m)] if output is None else [output] if isinstance(output, str) else list(output)
         for o in outs:
             if o not in m.output_names:
                 raise DataError(f"no output named '{o}'; the model's outputs are {', '.join(m.output_names)}")

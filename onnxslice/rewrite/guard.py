@@ -59,13 +59,15 @@ def _compare(
     model: Model, y: str, y2: str, prefix: str, rtol: float, atol: float
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
     """Nodes computing a float scalar that is 1 when every element of ``y`` and ``y2`` agrees within the
-    tolerance, else 0 (a NaN compares false, so it counts as a disagreement)."""
+    tolerance, else 0 (a NaN compares false, so it counts as a disagreement). Integer and boolean values
+    (a classifier's label output) are compared exactly."""
     elem = _elem(model, y)
     np_dtype = helper.tensor_dtype_to_np_dtype(elem)
-    if not np.issubdtype(np_dtype, np.floating):
-        raise ModelError(f"value '{y}' is {np.dtype(np_dtype)}, not float; only float layer outputs can be guarded")
+    exact = np.issubdtype(np_dtype, np.integer) or np_dtype == np.bool_
+    if not (exact or np.issubdtype(np_dtype, np.floating)):
+        raise ModelError(f"value '{y}' is {np.dtype(np_dtype)}; only numeric values can be compared for faults")
     p = prefix
-    if rtol == 0 and atol == 0:  # exact: one elementwise pass instead of six
+    if exact or (rtol == 0 and atol == 0):  # exact: one elementwise pass instead of six
         return [
             helper.make_node("Equal", [y, y2], [f"{p}ok"], name=f"{p}equal"),
             helper.make_node("Cast", [f"{p}ok"], [f"{p}okf"], name=f"{p}cast", to=onnx.TensorProto.FLOAT),

@@ -27,6 +27,7 @@ from onnxslice.slicing.backward import BackwardOptions, backward
 from onnxslice.slicing.forward import deltas
 from onnxslice.slicing.result import Slice, layer_records
 from onnxslice.slicing.targets import Target, parse_targets, seed_tables
+from onnxslice.targets import default_output
 from onnxslice.worker import in_process, job_state
 
 __all__ = ["slice"]
@@ -162,7 +163,7 @@ def slice(
     if batch_size < 1:
         raise OnnxSliceError(f"batch_size must be >= 1, got {batch_size}")
     profile.check_model(model)
-    out_name = output or model.output_names[0]
+    out_name = output or default_output(model)
     if out_name not in model.output_names and model.producer(out_name) is None:
         raise DataError(f"no output or value named '{out_name}'; outputs are {', '.join(model.output_names)}")
     parsed = parse_targets(targets)

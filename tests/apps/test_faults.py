@@ -256,3 +256,50 @@ def test_cli_writes_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert d["kind"] == "FaultCampaign" and [s["layers"] for s in d["sets"]] == [["conv"], ["fc"]]
     assert all(f == [1, 1] for f in (s["flips"] for s in d["sets"]))
     assert "bit-flip faults" in capsys.readouterr().out
+
+
+# -- models the project did not build: packed int4 layers, a label output first ---------------------------
+def _mlp() -> Model:
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"], name="fc2")]
+    return load(make_model(nodes, {"x": (np.float32, ["N", 32])}, {"logits": (np.float32, ["N", 4])},
+                           {"w1": rng.normal(size=(32, 32)).astype(np.float32),
+                            "w2": rng.normal(size=(32, 4)).astype(np.float32)}))
+
+
+def test_matmul_nbits_packed_bytes_are_fault_layers() -> None:
+    """MatMulNBits layers flip the bytes of their packed weight; a flip changes exactly what the edited model gives."""
+    from onnxslice.rewrite import matmul_nbits
+
+    if not matmul_nbits.available():
+        pytest.skip("onnxruntime's MatMulNBits quantizer is not importable here")
+    m = _mlp()
+    q = load(matmul_nbits.apply(m.proto, ["w1", "w2"], 16), check=False)
+    layers = fault_layers(q)
+    assert [x.weight_encoding for x in layers] == ["uint8", "uint8"]
+    fc = layers[0]
+    packed = np.asarray(q.initializer(fc.weight))
+    flipped = flip_bits(packed, [5], [2])
+    x = np.random.default_rng(5).normal(size=(6, 32)).astype(np.float32)
+    runner = StagedRunner(q, [(slice(0, 6), {"x": x})])
+    pts = [FaultPoint(fc.weight, None)]
+    runner.prepare(pts)
+    got = runner.run(0, pts, {fc.weight: flipped}, lambda v, a: a)["logits"]
+    np.testing.assert_array_equal(got, _run(_with_init(q, fc.weight, flipped), x))
+    assert not np.array_equal(got, _run(q.proto, x))
+
+
+def test_campaign_reads_a_label_output_as_the_prediction() -> None:
+    """A classifier whose first output is its integer label (scikit-learn's layout): the clean accuracy is
+    the label's accuracy, not the argmax of a one-column output."""
+    m = _mlp()
+    p = onnx.ModelProto()
+    p.CopyFrom(m.proto)
+    p.graph.node.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0))
+    p.graph.output.insert(0, helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
+    labelled = load(p)
+    x = np.random.default_rng(6).normal(size=(40, 32)).astype(np.float32)
+    y = _run(m.proto, x).argmax(axis=1)
+    camp = run_campaign(labelled, {"x": x, "y": y}, [["fc2"]], FaultModel("weights", rate=1e-3), trials=2)
+    assert camp.clean_accuracy == 1.0

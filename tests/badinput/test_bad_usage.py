@@ -181,6 +181,10 @@ _SEMANTIC = [
     case("bench-magnitudes-range", ["bench", "safer", "--magnitudes", "0,2"], 2, r"must be in \(0, 1\]"),
     case("bench-magnitudes-text", ["bench", "safer", "--magnitudes", "a"], 2, "not a comma list of numbers"),
     case("bench-families-unknown", ["bench", "safer", "--families", "cnn"], 2, "unknown family cnn"),
+    case("faults-address-local", [*_VERB_OF["faults"], "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
+    case("guard-address-local", ["guard", "{m}", "-o", "{o}/g.onnx", "-d", "{d}", "--criterion", "vulnerability",
+                                 "--layers", "1", "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
+    case("slice-address-local", [*VERB_ARGS["slice"], "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
 ]
 
 

@@ -220,3 +220,19 @@ def test_cli_guard_max_loss_picks_fewest_layers(tmp_path: Path, capsys: pytest.C
     assert curve[str(len(curve) - 1)] == report["clean"]  # every layer checked: no fault
     assert all(report["clean"] - curve[str(j)] <= 0.01 for j in range(k, len(curve)))
     assert k == 0 or report["clean"] - curve[str(k - 1)] > 0.01
+
+
+def test_full_duplication_compares_an_integer_label_output_exactly() -> None:
+    """A model with an int64 label output: the full-duplication baseline compares it exactly (it used to
+    refuse it), and the flag stays false on clean inputs."""
+    rng = np.random.default_rng(7)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+             helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)]
+    m = load(make_model(nodes, {"x": (np.float32, ["N", 8])}, {"label": (np.int64, ["N"]),
+                                                                 "logits": (np.float32, ["N", 3])},
+                        {"w": rng.normal(size=(8, 3)).astype(np.float32)}))
+    dup = full_duplication(m)
+    sess = make_session(runtime_proto(dup.proto), "cpu")
+    out = sess.run([FAULT_OUTPUT, "label"], {"x": rng.normal(size=(5, 8)).astype(np.float32)})
+    assert out[0].dtype == np.bool_ and not out[0]
+    assert any(n.op_type == "Equal" for n in dup.proto.graph.node)
