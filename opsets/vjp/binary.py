@@ -8,10 +8,12 @@ axis for per-sample weight gradients, e.g. a bias added after a MatMul).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .base import Grads, VjpContext, VjpRule, register, unbroadcast
+from .prims import Prims, register_prim
 
 # (ctx, operand index, operands, output, cotangent) -> that operand's cotangent at the broadcast shape
 Partial = Callable[[VjpContext, int, list[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
@@ -81,12 +83,60 @@ def _where(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.n
     return np.where(cond, g, 0) if i == 1 else np.where(cond, 0, g)
 
 
-register(["Add"], broadcasting(_add, "add"))
-register(["Sum"], broadcasting(_add, "sum"))
-register(["Sub"], broadcasting(_sub, "sub"))
-register(["Mul"], broadcasting(_mul, "mul"))
-register(["Div"], broadcasting(_div, "div"))
 register(["Pow"], broadcasting(_pow, "pow"))
-register(["Mean"], broadcasting(_mean, "mean"))
 register(["Max", "Min"], broadcasting(_select, "select"))
 register(["Where"], broadcasting(_where, "where", skip=(0,)), since=9)
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+PrimPartial = Callable[[Prims, int, list[Any], Any], Any]
+
+
+def prim_broadcasting(partial: PrimPartial, name: str) -> Callable[[Prims, VjpContext], Grads]:
+    """Primitive form of :func:`broadcasting`: ``partial(P, i, operands, dy)`` at the broadcast shape."""
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
+        g = ctx.g(0)
+        gs = P.shape(g)
+        out: Grads = []
+        for i, x in enumerate(ctx.ins):
+            if x is None or not ctx.need(i):
+                out.append(None)
+                continue
+            part = partial(P, i, list(ctx.ins), g)
+            full = part if P.shape(part) == gs else P.broadcast_to(part, gs)
+            out.append(P.cast(P.unbroadcast(full, P.shape(x), ctx.keep(i)), P.dtype(x)))
+        return out
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
+
+
+def _p_add(P: Prims, i: int, xs: list[Any], g: Any) -> Any:
+    return g
+
+
+def _p_sub(P: Prims, i: int, xs: list[Any], g: Any) -> Any:
+    return g if i == 0 else P.neg(g)
+
+
+def _p_mul(P: Prims, i: int, xs: list[Any], g: Any) -> Any:
+    return P.mul(g, xs[1 - i])
+
+
+def _p_div(P: Prims, i: int, xs: list[Any], g: Any) -> Any:
+    a, b = xs
+    return P.div(g, b) if i == 0 else P.div(P.mul(P.neg(g), a), P.mul(b, b))
+
+
+def _p_mean(P: Prims, i: int, xs: list[Any], g: Any) -> Any:
+    return P.div(g, float(len(xs)))
+
+
+register_prim(["Add"], prim_broadcasting(_p_add, "add"), "add", per_sample=True)
+register_prim(["Sum"], prim_broadcasting(_p_add, "sum"), "sum", per_sample=True)
+register_prim(["Sub"], prim_broadcasting(_p_sub, "sub"), "sub", per_sample=True)
+register_prim(["Mul"], prim_broadcasting(_p_mul, "mul"), "mul", per_sample=True)
+register_prim(["Div"], prim_broadcasting(_p_div, "div"), "div", per_sample=True)
+register_prim(["Mean"], prim_broadcasting(_p_mean, "mean"), "mean", per_sample=True)

@@ -7,9 +7,12 @@ attributes in early opsets and from inputs later; those rules are registered per
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .base import VjpContext, int_list, normalize_axes, register, routing, unbroadcast
+from .prims import Prims, prim_routing, register_prim
 
 
 def _reshape_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
@@ -141,8 +144,6 @@ def _tile_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
     return [shaped.sum(axis=tuple(range(0, 2 * x.ndim, 2)))]
 
 
-register(["Reshape", "Flatten", "Squeeze", "Unsqueeze"], routing(_reshape_back, "reshape_back"))
-register(["Transpose"], routing(_transpose_back, "transpose_back"))
 register(["Concat"], routing(_concat_back, "concat_back"))
 register(["Split"], routing(_split_back, "split_back"))
 register(["Slice"], routing(_slicer(False), "slice_back_attrs"), until=9)
@@ -152,3 +153,22 @@ register(["Pad"], routing(_padder(False), "pad_back_attrs"), until=10)
 register(["Pad"], routing(_padder(True), "pad_back"), since=11)
 register(["Expand"], routing(_expand_back, "expand_back"), since=8)
 register(["Tile"], routing(_tile_back, "tile_back"), since=6)
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+
+def _p_reshape_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    return [P.reshape(g, P.shape(ctx.x(0)))]
+
+
+def _p_transpose_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    perm = ctx.attr("perm")
+    nd = P.ndim(g)
+    perm = list(range(nd))[::-1] if perm is None else int_list(perm)
+    return [P.transpose(g, [int(v) for v in np.argsort(perm)])]
+
+
+_RESHAPES = ["Reshape", "Flatten", "Squeeze", "Unsqueeze"]
+register_prim(_RESHAPES, prim_routing(_p_reshape_back, "reshape_back"), "reshape_back")
+register_prim(["Transpose"], prim_routing(_p_transpose_back, "transpose_back"), "transpose_back")

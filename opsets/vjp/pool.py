@@ -14,6 +14,7 @@ import numpy as np
 
 from .base import Grads, VjpContext, int_list, vjp
 from .conv import crop, pad_to, window, window_pads
+from .prims import ConvGeometry, Prims, prim_vjp
 
 
 def _geometry(
@@ -32,11 +33,29 @@ def _geometry(
     return kernel, strides, dil, begin, end, length
 
 
-@vjp("MaxPool")
-def max_pool(ctx: VjpContext) -> Grads:
-    """MaxPool: the cotangent goes to the first arg-max of each window."""
+@prim_vjp("MaxPool")
+def max_pool(P: Prims, ctx: VjpContext) -> Grads:
+    """MaxPool: the cotangent goes to the first arg-max of each window (the ``max_pool_grad`` primitive)."""
     x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
-    kernel, strides, dil, begin, _, length = _geometry(ctx, x, y)
+    xs, ys = P.shape(x), P.shape(y)
+    r = len(xs) - 2
+    kernel = int_list(ctx.attr("kernel_shape"))
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(xs[2:]), list(ys[2:])
+    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
+    length = [
+        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
+        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
+    ]
+    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
+    return [P.max_pool_grad(x, y, g, geom)] + [None] * (len(ctx.ins) - 1)
+
+
+def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``max_pool_grad`` primitive: a loop over kernel offsets on a padded copy."""
+    kernel, strides, dil = geom.kernel, list(geom.strides), list(geom.dilations)
+    begin, length = list(geom.begin), list(geom.length)
     out_sp = list(y.shape[2:])
     xp = pad_to(x, begin, length, fill=-np.inf)
     dxp = np.zeros_like(xp)
@@ -46,7 +65,7 @@ def max_pool(ctx: VjpContext) -> Grads:
         hit = (xp[win] == y) & ~taken
         taken |= hit
         dxp[win] += np.where(hit, g, 0)
-    return [crop(dxp, begin, list(x.shape[2:]))]
+    return crop(dxp, begin, list(x.shape[2:]))
 
 
 @vjp("AveragePool")
@@ -70,12 +89,13 @@ def average_pool(ctx: VjpContext) -> Grads:
     return [crop(dxp, begin, in_sp)]
 
 
-@vjp("GlobalAveragePool")
-def global_average_pool(ctx: VjpContext) -> Grads:
+@prim_vjp("GlobalAveragePool")
+def global_average_pool(P: Prims, ctx: VjpContext) -> Grads:
     """GlobalAveragePool: ``dx = dy / (number of spatial positions)``, broadcast."""
     x, g = ctx.x(0), ctx.g(0)
-    size = int(np.prod(x.shape[2:]))
-    return [np.broadcast_to(g / size, x.shape).astype(x.dtype)]
+    xs = P.shape(x)
+    size = int(np.prod(xs[2:]))
+    return [P.cast(P.broadcast_to(P.div(g, float(size)), xs), P.dtype(x))]
 
 
 @vjp("GlobalMaxPool")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .base import Grads, VjpContext, VjpRule, register
+from .prims import Prims, register_prim
 
 Back = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -43,7 +44,35 @@ def normalized(back: Back, name: str, coerce_2d: bool) -> VjpRule:
     return VjpRule(fn, False, name)
 
 
-register(["Softmax"], normalized(_softmax_back, "softmax_2d", True), until=12)
-register(["Softmax"], normalized(_softmax_back, "softmax", False), since=13)
 register(["LogSoftmax"], normalized(_log_softmax_back, "log_softmax_2d", True), until=12)
 register(["LogSoftmax"], normalized(_log_softmax_back, "log_softmax", False), since=13)
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+
+def prim_softmax(coerce_2d: bool) -> Callable[[Prims, VjpContext], Grads]:
+    """Softmax's VJP ``y * (dy - sum(dy * y))`` over its axis (after the pre-13 2-D coercion when asked)."""
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
+        y, g = ctx.y(0), ctx.g(0)
+        ys = P.shape(y)
+        nd = len(ys)
+        if coerce_2d:
+            axis = int(ctx.attr("axis", 1))
+            axis = axis + nd if axis < 0 else axis
+            rows = int(np.prod(ys[:axis]))
+            y2, g2 = P.reshape(y, (rows, -1)), P.reshape(g, (rows, -1))
+            dx = P.reshape(P.mul(y2, P.sub(g2, P.reduce_sum(P.mul(g2, y2), (1,), keepdims=True))), ys)
+        else:
+            axis = int(ctx.attr("axis", -1))
+            axis = axis + nd if axis < 0 else axis
+            dx = P.mul(y, P.sub(g, P.reduce_sum(P.mul(g, y), (axis,), keepdims=True)))
+        return [P.cast(dx, P.dtype(ctx.x(0)))]
+
+    rule.__name__ = rule.__qualname__ = "softmax_2d" if coerce_2d else "softmax"
+    return rule
+
+
+register_prim(["Softmax"], prim_softmax(True), "softmax_2d", until=12)
+register_prim(["Softmax"], prim_softmax(False), "softmax", since=13)

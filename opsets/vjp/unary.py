@@ -8,10 +8,12 @@ their derivative, read from the recorded input or output. Boundary conventions f
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from .base import VjpContext, register, unary
+from .prims import Prims, prim_unary, register_prim
 
 
 def _relu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -140,20 +142,13 @@ def _dropout(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> float:
     return 1.0
 
 
-register(["Relu"], unary(_relu, "relu"))
-register(["LeakyRelu"], unary(_leaky, "leaky_relu"))
 register(["Elu"], unary(_elu, "elu"))
 register(["Selu"], unary(_selu, "selu"))
-register(["Clip"], unary(_clip, "clip"), until=10)  # opset 11+: clip.py (bounds get cotangents)
 register(["HardSigmoid"], unary(_hard_sigmoid, "hard_sigmoid"))
 register(["HardSwish"], unary(_hard_swish, "hard_swish"), since=14)
-register(["Sigmoid"], unary(_sigmoid, "sigmoid"))
-register(["Tanh"], unary(_tanh, "tanh"))
-register(["Exp"], unary(_exp, "exp"))
 register(["Log"], unary(_log, "log"))
 register(["Sqrt"], unary(_sqrt, "sqrt"))
 register(["Reciprocal"], unary(_reciprocal, "reciprocal"))
-register(["Neg"], unary(_neg, "neg"))
 register(["Abs"], unary(_abs, "abs"))
 register(["Erf"], unary(_erf, "erf"), since=9)
 register(["Gelu"], unary(_gelu, "gelu"), since=20)
@@ -161,9 +156,63 @@ register(["Softplus"], unary(_softplus, "softplus"))
 register(["Softsign"], unary(_softsign, "softsign"))
 register(["Sin"], unary(_sin, "sin"), since=7)
 register(["Cos"], unary(_cos, "cos"), since=7)
-register(["Identity"], unary(_identity, "identity"))
 # Cast between float types passes the cotangent (cast back to the input dtype by the template);
 # casts to or from integers carry no gradient and the engine never asks for them.
-register(["Cast"], unary(_identity, "cast"))
-register(["CastLike"], unary(_identity, "cast_like"), since=15)
-register(["Dropout"], unary(_dropout, "dropout"))
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+
+def _p_relu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.compare(">", x, 0.0)
+
+
+def _p_leaky(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    alpha = float(ctx.attr("alpha", 0.01))
+    return P.cast(P.where(P.compare(">", x, 0.0), 1.0, alpha), P.dtype(x))
+
+
+def _p_clip(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    lo, hi = float(ctx.attr("min", -np.inf)), float(ctx.attr("max", np.inf))
+    return P.logical("and", P.compare(">=", x, lo), P.compare("<=", x, hi))
+
+
+def _p_sigmoid(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.mul(y, P.sub(P.neg(y), -1.0))  # y * (1 - y)
+
+
+def _p_tanh(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.sub(P.neg(P.mul(y, y)), -1.0)  # 1 - y * y
+
+
+def _p_exp(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return y
+
+
+def _p_neg(P: Prims, ctx: VjpContext, x: Any, y: Any) -> float:
+    return -1.0
+
+
+def _p_identity(P: Prims, ctx: VjpContext, x: Any, y: Any) -> float:
+    return 1.0
+
+
+def _p_dropout(P: Prims, ctx: VjpContext, x: Any, y: Any) -> float:
+    if ctx.node.opset >= 12 and ctx.has(2) and bool(P.value(ctx.ins[2])):
+        raise ctx.unsupported("Dropout in training mode is random")
+    return 1.0
+
+
+register_prim(["Relu"], prim_unary(_p_relu, "relu", gate=True), "relu")
+register_prim(["LeakyRelu"], prim_unary(_p_leaky, "leaky_relu"), "leaky_relu")
+register_prim(["Clip"], prim_unary(_p_clip, "clip", gate=True), "clip", until=10)  # opset 11+: clip.py
+register_prim(["Sigmoid"], prim_unary(_p_sigmoid, "sigmoid"), "sigmoid")
+register_prim(["Tanh"], prim_unary(_p_tanh, "tanh"), "tanh")
+register_prim(["Exp"], prim_unary(_p_exp, "exp"), "exp")
+register_prim(["Neg"], prim_unary(_p_neg, "neg"), "neg")
+register_prim(["Identity"], prim_unary(_p_identity, "identity"), "identity")
+# Cast between float types passes the cotangent (cast back to the input dtype by the template);
+# casts to or from integers carry no gradient and the engine never asks for them.
+register_prim(["Cast"], prim_unary(_p_identity, "cast"), "cast")
+register_prim(["CastLike"], prim_unary(_p_identity, "cast_like"), "cast_like", since=15)
+register_prim(["Dropout"], prim_unary(_p_dropout, "dropout"), "dropout")
