@@ -33,7 +33,7 @@ from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type
 if TYPE_CHECKING:
     from .engine import GradientEngine
 
-__all__ = ["EMIT_TARGETS", "EmissionError", "emit_gradient_model", "grad_output_name"]
+__all__ = ["EMIT_TARGETS", "EmissionError", "emission_error", "emit_gradient_model", "grad_output_name", "run_emitted"]
 
 #: Targets the emitted graph computes itself.
 EMIT_TARGETS = ("pred", "class", "loss", "output-norm")
@@ -97,6 +97,7 @@ def emit_gradient_model(
     sample: Mapping[str, np.ndarray],
     *,
     source: str = "",
+    trace_device: str | None = None,
 ) -> onnx.ModelProto:
     """The standalone gradient model of ``engine``'s target, traced on ``sample`` (its shapes are kept).
 
@@ -104,6 +105,8 @@ def emit_gradient_model(
         engine: the engine (its model, target, weights and inputs select what is emitted).
         sample: one batch of model inputs (validated feed); fixes every shape of the graph.
         source: the model's file name, recorded in ``metadata_props``.
+        trace_device: record the sample's forward values on this device with a fresh recorder (default:
+            the engine's own recorder).
 
     Returns:
         A model that passes ``onnx.checker.check_model(full_check=True)``.
@@ -120,7 +123,13 @@ def emit_gradient_model(
     if engine.target.kind not in EMIT_TARGETS or (engine.target.kind == "class" and len(engine.target.classes) != 1):
         raise EmissionError(f"target '{engine.target.spec}' cannot be emitted as a graph; use one of pred, class:K, "
                             "loss, output-norm")
-    vals = engine.recorder.run(dict(sample), validated=True)
+    if trace_device is None or trace_device == engine.device:
+        rec = engine.recorder
+    else:
+        from onnxslice.record import Recorder
+
+        rec = Recorder(m, engine.record_values, trace_device)  # type: ignore[arg-type]
+    vals = rec.run(dict(sample), validated=True)
     n = len(next(iter(sample.values())))
     z_arr = vals[engine.value]
     lay = engine.bound.layout(z_arr, n)
@@ -234,7 +243,7 @@ def _assemble(
         "onnxslice.grad.shapes": f"static, traced at {shapes}: run with exactly these shapes",
         "onnxslice.grad.weights": str(len(engine.weight_names)),
         "onnxslice.grad.inputs": ",".join(engine.input_names),
-        "onnxslice.grad.rules": "VJP rules written against onnxslice.opsets.vjp.prims, lowered by onnxslice.grad.lowering",
+        "onnxslice.grad.rules": "VJP rules on onnxslice.opsets.vjp.prims, lowered by onnxslice.grad.lowering",
         "onnxslice.created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     for k, v in meta.items():
@@ -242,3 +251,47 @@ def _assemble(
         entry.key, entry.value = k, v
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def run_emitted(
+    proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], labels: np.ndarray | None = None, *, optimize: bool = False
+) -> dict[str, np.ndarray]:
+    """Run an emitted gradient model on the CPU provider (graph optimizations off unless ``optimize``).
+
+    With optimizations on, onnxruntime fuses the forward (Conv with BatchNormalization, ...), so the
+    backward reads forward values that differ in the last bits; at ReLU/Clip kinks that can move a
+    cotangent. Off, the graph computes exactly what the rules say.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    run_feed = dict(feed)
+    if any(i.name == "labels" for i in sess.get_inputs()):
+        if labels is None:
+            raise DataError("target 'loss' needs labels (class per sample)")
+        run_feed["labels"] = np.asarray(labels, dtype=np.int64)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, run_feed), strict=True))
+
+
+def emission_error(engine: GradientEngine, proto: onnx.ModelProto, feed: Mapping[str, np.ndarray],
+                   labels: np.ndarray | None = None) -> float:
+    """Largest difference between the emitted graph and the eager engine on ``feed``.
+
+    Per gradient, ``max |emitted - eager|`` over ``max |eager|`` of all gradients of the same kind
+    (weights, inputs), so that gradients that are zero in exact arithmetic do not divide by rounding noise.
+    """
+    res = run_emitted(proto, feed, labels)
+    g = engine(dict(feed), labels=labels)
+    worst = 0.0
+    for group in (g.weights, g.inputs):
+        scale = max((float(np.max(np.abs(v))) for v in group.values() if v.size), default=0.0) or 1.0
+        for k, v in group.items():
+            if v.size:
+                worst = max(worst, float(np.max(np.abs(res[grad_output_name(k)] - v))) / scale)
+    return worst

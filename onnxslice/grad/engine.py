@@ -69,7 +69,9 @@ class GradientEngine:
             biases of ``model.layers``), or a list of initializer names.
         inputs: also return input gradients (turn off to skip the first layers' input cotangents).
         swappable: initializers whose values a call may replace with ``weights=`` (one session serves all).
-        device: onnxruntime device for the forward pass (the backward runs in numpy).
+        device: onnxruntime device for the forward pass (the backward runs in numpy); ``"cuda"`` runs
+            forward and backward as one emitted gradient graph on the GPU (:mod:`.emitted`) for
+            calls without ``per_sample``, ``cotangent`` or ``weights``.
         exact: refuse (``UnsupportedOpError``) nodes without a VJP rule instead of using finite differences.
         output: which model output to differentiate (default: the first); a list of outputs for
             ``cotangent`` targets given as a mapping output -> cotangent.
@@ -143,6 +145,7 @@ class GradientEngine:
         self.record_values = sorted(v for v in record if v in produced)
         self.device: Device = device
         self._recorder: Recorder | None = None
+        self._runner: Any = None  # the emitted gradient graphs, for device="cuda" (built on first use)
         self._cot_axes: dict[str, int] = {}
         self._norms: dict[str, float] | None = None
         self.layers = {
@@ -297,6 +300,8 @@ class GradientEngine:
             raise DataError(f"{len(lab)} labels for {n} samples")
         cots = self._cotangents(cotangent, n)
         w_over = self._check_weights(weights)
+        if self.device == "cuda" and not per_sample and cots is None and not w_over:
+            return self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
         wsum: dict[str, np.ndarray] = {}
         wparts: dict[str, list[np.ndarray]] = {}
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
@@ -338,6 +343,14 @@ class GradientEngine:
             {"fingerprint": self.model.fingerprint, "weights": self.model.weights_fingerprint, "value": self.value,
              "output": self.output},
         )
+
+    def _emitted(self, feed: dict[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None) -> Gradients:
+        """Gradients from the emitted gradient graph (:mod:`.emitted`), for ``device="cuda"``."""
+        from .emitted import EmittedRunner
+
+        if self._runner is None:
+            self._runner = EmittedRunner(self)
+        return self._runner(feed, labels, batch_size)
 
     def vjp(
         self,

@@ -253,7 +253,7 @@ class OnnxPrims(Prims):
             a = self.transpose(a, (*range(len(a.shape) - 2), len(a.shape) - 1, len(a.shape) - 2))
         if trans_b:
             b = self.transpose(b, (*range(len(b.shape) - 2), len(b.shape) - 1, len(b.shape) - 2))
-        shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
         (out,) = self.b.node("MatMul", [a.name, b.name])
         return self._sym(out, shape, a.dtype)
 
