@@ -5,7 +5,9 @@ graph from the logits, as :class:`~onnxslice.targets.BoundTarget` does in numpy)
 backward step of a :class:`~onnxslice.grad.GradientEngine`, the nodes its VJP rule emits when run on
 :class:`~onnxslice.grad.lowering.OnnxPrims` -- the same rule definitions the eager engine runs.
 
-Inputs: the model's inputs, plus ``labels`` (int64 ``[N]``) for ``target="loss"``. Outputs:
+Inputs: the model's inputs, plus ``labels`` (int64 ``[N]``) for ``target="loss"`` or ``cotangent``
+(shaped like the output) for ``target="cotangent"`` (the graph is then the model's plain
+vector-Jacobian product, ``target = sum(cotangent * output)`` over every axis but the first). Outputs:
 ``target`` (float64 ``[N]``, the per-sample target values), then ``grad:<weight>`` (summed over the
 batch) and ``grad:<input>`` for every weight and input the engine differentiates.
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["EMIT_TARGETS", "EmissionError", "emission_error", "emit_gradient_model", "grad_output_name", "run_emitted"]
 
 #: Targets the emitted graph computes itself.
-EMIT_TARGETS = ("pred", "class", "loss", "output-norm")
+EMIT_TARGETS = ("pred", "class", "loss", "output-norm", "cotangent")
 
 
 class EmissionError(OnnxSliceError):
@@ -122,7 +124,7 @@ def emit_gradient_model(
                             "(convert it with onnx.version_converter)")
     if engine.target.kind not in EMIT_TARGETS or (engine.target.kind == "class" and len(engine.target.classes) != 1):
         raise EmissionError(f"target '{engine.target.spec}' cannot be emitted as a graph; use one of pred, class:K, "
-                            "loss, output-norm")
+                            "loss, output-norm, cotangent")
     if trace_device is None or trace_device == engine.device:
         rec = engine.recorder
     else:
@@ -133,7 +135,8 @@ def emit_gradient_model(
     n = len(next(iter(sample.values())))
     z_arr = vals[engine.value]
     lay = engine.bound.layout(z_arr, n)
-    if z_arr.ndim != 2 or lay.batch != 0 or z_arr.dtype.kind != "f":
+    cot = engine.target.kind == "cotangent"
+    if z_arr.dtype.kind != "f" or (not cot and (z_arr.ndim != 2 or lay.batch != 0)):
         raise EmissionError(f"target value '{engine.value}' has shape {list(z_arr.shape)}: gradient emission needs "
                             "float [samples, classes] logits")
     b = GraphBuilder(opset)
@@ -157,7 +160,13 @@ def emit_gradient_model(
     z = sym(engine.value)
     assert z is not None
     labels = Sym("labels", (n,), np.dtype(np.int64)) if engine.target.kind == "loss" else None
-    f, seed = _seed(P, b, engine, z, labels)
+    if cot:
+        labels = Sym("cotangent", z.shape, z.dtype)
+        prod = P.cast(P.mul(labels, z), np.float64)
+        f = P.reduce_sum(prod, tuple(range(1, len(z.shape)))) if len(z.shape) > 1 else prod
+        seed = labels
+    else:
+        f, seed = _seed(P, b, engine, z, labels)
     grads: dict[str, Sym] = {engine.value: seed}
     for step in engine.steps:
         node = step.node
@@ -187,7 +196,7 @@ def emit_gradient_model(
                 continue
             name = node.inputs[i]
             grads[name] = P.add(grads[name], r) if name in grads else r
-    outputs = [helper.make_tensor_value_info("target", onnx.TensorProto.DOUBLE, [n])]
+    outputs = [helper.make_tensor_value_info("target", onnx.TensorProto.DOUBLE, list(P.shape(f)))]
     b.nodes.append(helper.make_node("Identity", [f.name], ["target"], name="grad/target"))
     for src in [*engine.weight_names, *engine.input_names]:
         if src in engine.input_names:
@@ -203,6 +212,24 @@ def emit_gradient_model(
         b.nodes.append(helper.make_node("Identity", [g.name], [out], name=f"grad/out/{src}"))
         outputs.append(helper.make_tensor_value_info(out, tensor_type(dtype), list(shape)))
     return _assemble(engine, sample, b, outputs, labels, source)
+
+
+def _live(nodes: list[Any], inits: list[Any], outputs: list[str]) -> tuple[list[Any], list[Any]]:
+    """The nodes (in order) and initializers the outputs depend on (the forward's other branches go)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    keep: set[int] = set()
+    used: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        v = stack.pop()
+        if v in used:
+            continue
+        used.add(v)
+        i = producer.get(v)
+        if i is not None and i not in keep:
+            keep.add(i)
+            stack.extend(x for x in nodes[i].input if x)
+    return [n for i, n in enumerate(nodes) if i in keep], [t for t in inits if t.name in used]
 
 
 def _assemble(
@@ -224,11 +251,9 @@ def _assemble(
         arr = np.asarray(sample[vi.name])
         inputs.append(helper.make_tensor_value_info(vi.name, tensor_type(arr.dtype), list(arr.shape)))
     if labels is not None:
-        inputs.append(helper.make_tensor_value_info("labels", onnx.TensorProto.INT64, list(labels.shape)))
-    graph = helper.make_graph(
-        [*src.node, *b.nodes], f"{src.name or 'model'}_grad", inputs, outputs,
-        initializer=[*src.initializer, *b.initializers],
-    )
+        inputs.append(helper.make_tensor_value_info(labels.name, tensor_type(labels.dtype), list(labels.shape)))
+    nodes, inits = _live([*src.node, *b.nodes], [*src.initializer, *b.initializers], [o.name for o in outputs])
+    graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
     opsets = [o for o in m.proto.opset_import]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),
                               producer_name="onnxslice")
@@ -258,6 +283,8 @@ def run_emitted(
 ) -> dict[str, np.ndarray]:
     """Run an emitted gradient model on the CPU provider (graph optimizations off unless ``optimize``).
 
+    ``labels`` feeds the ``labels`` input (loss) or the ``cotangent`` input (cotangent target).
+
     With optimizations on, onnxruntime fuses the forward (Conv with BatchNormalization, ...), so the
     backward reads forward values that differ in the last bits; at ReLU/Clip kinks that can move a
     cotangent. Off, the graph computes exactly what the rules say.
@@ -271,7 +298,9 @@ def run_emitted(
     so.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     run_feed = dict(feed)
-    if any(i.name == "labels" for i in sess.get_inputs()):
+    if any(i.name == "cotangent" for i in sess.get_inputs()):
+        run_feed["cotangent"] = np.asarray(labels)
+    elif any(i.name == "labels" for i in sess.get_inputs()):
         if labels is None:
             raise DataError("target 'loss' needs labels (class per sample)")
         run_feed["labels"] = np.asarray(labels, dtype=np.int64)
@@ -287,7 +316,10 @@ def emission_error(engine: GradientEngine, proto: onnx.ModelProto, feed: Mapping
     (weights, inputs), so that gradients that are zero in exact arithmetic do not divide by rounding noise.
     """
     res = run_emitted(proto, feed, labels)
-    g = engine(dict(feed), labels=labels)
+    if engine.target.kind == "cotangent":
+        g = engine(dict(feed), cotangent=labels)
+    else:
+        g = engine(dict(feed), labels=labels)
     worst = 0.0
     for group in (g.weights, g.inputs):
         scale = max((float(np.max(np.abs(v))) for v in group.values() if v.size), default=0.0) or 1.0
