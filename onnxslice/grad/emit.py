@@ -316,10 +316,8 @@ def emission_error(engine: GradientEngine, proto: onnx.ModelProto, feed: Mapping
     (weights, inputs), so that gradients that are zero in exact arithmetic do not divide by rounding noise.
     """
     res = run_emitted(proto, feed, labels)
-    if engine.target.kind == "cotangent":
-        g = engine(dict(feed), cotangent=labels)
-    else:
-        g = engine(dict(feed), labels=labels)
+    cot = engine.target.kind == "cotangent"
+    g = engine(dict(feed), cotangent=labels if cot else None, labels=None if cot else labels)
     worst = 0.0
     for group in (g.weights, g.inputs):
         scale = max((float(np.max(np.abs(v))) for v in group.values() if v.size), default=0.0) or 1.0
