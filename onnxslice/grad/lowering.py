@@ -158,6 +158,12 @@ class OnnxPrims(Prims):
     def reciprocal(self, a: Sym) -> Sym:
         return self._unary("Reciprocal", a)
 
+    def scalar_div(self, c: float, a: Sym) -> Sym:
+        return self._binary("Div", self.lift(c, a), a)
+
+    def func(self, name: str, a: Sym) -> Sym:
+        return self._unary(name.capitalize(), a)
+
     def maximum(self, a: Sym, b: Sym) -> Sym:
         return self._binary("Max", a, b)
 

@@ -38,21 +38,8 @@ def broadcasting(partial: Partial, name: str, *, skip: tuple[int, ...] = ()) -> 
     return VjpRule(fn, True, name)
 
 
-def _add(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return g
 
 
-def _sub(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return g if i == 0 else -g
-
-
-def _mul(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return g * xs[1 - i]
-
-
-def _div(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    a, b = xs
-    return g / b if i == 0 else -g * a / (b * b)
 
 
 def _pow(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -63,9 +50,6 @@ def _pow(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.nda
         logs = np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0)
     return g * y * logs
 
-
-def _mean(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    return g / len(xs)
 
 
 def _select(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:

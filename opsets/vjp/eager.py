@@ -18,6 +18,7 @@ from .prims import ConvGeometry, Prims
 
 __all__ = ["EAGER", "EagerPrims"]
 
+_FUNCS = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh, "abs": np.abs, "sign": np.sign}
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal}
 
 
@@ -62,6 +63,12 @@ class EagerPrims(Prims):
 
     def reciprocal(self, a: np.ndarray) -> np.ndarray:
         return 1.0 / a
+
+    def scalar_div(self, c: float, a: np.ndarray) -> np.ndarray:
+        return c / a
+
+    def func(self, name: str, a: np.ndarray) -> np.ndarray:
+        return _FUNCS[name](a)
 
     def maximum(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.maximum(a, b)

@@ -15,16 +15,6 @@ from .base import VjpContext, int_list, normalize_axes, register, routing, unbro
 from .prims import Prims, prim_routing, register_prim
 
 
-def _reshape_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    return [g.reshape(ctx.x(0).shape)]
-
-
-def _transpose_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    perm = ctx.attr("perm")
-    perm = list(range(g.ndim))[::-1] if perm is None else int_list(perm)
-    return [g.transpose(np.argsort(perm))]
-
-
 def _concat_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
     axis = int(ctx.attr("axis"))
     axis = axis + g.ndim if axis < 0 else axis

@@ -120,6 +120,14 @@ class Prims(ABC):
         """``1 / a``."""
 
     @abstractmethod
+    def scalar_div(self, c: float, a: V) -> V:
+        """``c / a`` for a number ``c``."""
+
+    @abstractmethod
+    def func(self, name: str, a: V) -> V:
+        """An elementwise function: ``exp``, ``log``, ``sin``, ``cos``, ``tanh``, ``abs`` or ``sign``."""
+
+    @abstractmethod
     def maximum(self, a: V, b: V) -> V:
         """Elementwise maximum (broadcasting)."""
 

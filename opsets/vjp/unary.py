@@ -16,88 +16,6 @@ from .base import VjpContext, register, unary
 from .prims import Prims, prim_unary, register_prim
 
 
-def _relu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return x > 0
-
-
-def _leaky(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    alpha = float(ctx.attr("alpha", 0.01))
-    return np.where(x > 0, 1.0, alpha).astype(x.dtype)
-
-
-def _elu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    alpha = float(ctx.attr("alpha", 1.0))
-    return np.where(x > 0, 1.0, y + alpha).astype(x.dtype)
-
-
-def _selu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
-    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
-    return np.where(x > 0, gamma, y + gamma * alpha).astype(x.dtype)
-
-
-def _clip_bounds(ctx: VjpContext) -> tuple[float, float]:
-    if ctx.node.opset < 11:
-        return float(ctx.attr("min", -np.inf)), float(ctx.attr("max", np.inf))
-    lo = float(np.asarray(ctx.ins[1]).reshape(-1)[0]) if ctx.has(1) else -np.inf
-    hi = float(np.asarray(ctx.ins[2]).reshape(-1)[0]) if ctx.has(2) else np.inf
-    return lo, hi
-
-
-def _clip(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    lo, hi = _clip_bounds(ctx)
-    mask = x >= lo
-    mask &= x <= hi
-    return mask
-
-
-def _hard_sigmoid(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
-    z = alpha * x + beta
-    return np.where((z > 0) & (z < 1), alpha, 0.0).astype(x.dtype)
-
-
-def _hard_swish(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # y = x * max(0, min(1, x/6 + 1/2)); PyTorch's convention at the kinks: 0 below -3, 1 above 3.
-    return np.where(x < -3, 0.0, np.where(x > 3, 1.0, x / 3 + 0.5)).astype(x.dtype)
-
-
-def _sigmoid(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return y * (1 - y)
-
-
-def _tanh(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return 1 - y * y
-
-
-def _exp(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return y
-
-
-def _log(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return 1 / x
-
-
-def _sqrt(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return 0.5 / y
-
-
-def _reciprocal(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return -(y * y)
-
-
-def _neg(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> float:
-    return -1.0
-
-
-def _abs(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.sign(x)
-
-
-def _erf(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return (2 / math.sqrt(math.pi)) * np.exp(-(x * x))
-
-
 def _gelu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if ctx.attr("approximate", "none") == "tanh":
         c = math.sqrt(2 / math.pi)
@@ -116,46 +34,13 @@ def _erf_values(x: np.ndarray) -> np.ndarray:
         return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)
 
 
-def _softplus(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
 
 
-def _softsign(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.abs(x)) ** 2
 
 
-def _sin(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.cos(x)
 
 
-def _cos(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return -np.sin(x)
-
-
-def _identity(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> float:
-    return 1.0
-
-
-def _dropout(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> float:
-    if ctx.node.opset >= 12 and ctx.has(2) and bool(np.asarray(ctx.ins[2])):
-        raise ctx.unsupported("Dropout in training mode is random")
-    return 1.0
-
-
-register(["Elu"], unary(_elu, "elu"))
-register(["Selu"], unary(_selu, "selu"))
-register(["HardSigmoid"], unary(_hard_sigmoid, "hard_sigmoid"))
-register(["HardSwish"], unary(_hard_swish, "hard_swish"), since=14)
-register(["Log"], unary(_log, "log"))
-register(["Sqrt"], unary(_sqrt, "sqrt"))
-register(["Reciprocal"], unary(_reciprocal, "reciprocal"))
-register(["Abs"], unary(_abs, "abs"))
-register(["Erf"], unary(_erf, "erf"), since=9)
 register(["Gelu"], unary(_gelu, "gelu"), since=20)
-register(["Softplus"], unary(_softplus, "softplus"))
-register(["Softsign"], unary(_softsign, "softsign"))
-register(["Sin"], unary(_sin, "sin"), since=7)
-register(["Cos"], unary(_cos, "cos"), since=7)
 # Cast between float types passes the cotangent (cast back to the input dtype by the template);
 # casts to or from integers carry no gradient and the engine never asks for them.
 
@@ -216,3 +101,79 @@ register_prim(["Identity"], prim_unary(_p_identity, "identity"), "identity")
 register_prim(["Cast"], prim_unary(_p_identity, "cast"), "cast")
 register_prim(["CastLike"], prim_unary(_p_identity, "cast_like"), "cast_like", since=15)
 register_prim(["Dropout"], prim_unary(_p_dropout, "dropout"), "dropout")
+
+
+def _p_elu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    alpha = float(ctx.attr("alpha", 1.0))
+    return P.cast(P.where(P.compare(">", x, 0.0), 1.0, P.add(y, alpha)), P.dtype(x))
+
+
+def _p_selu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    return P.cast(P.where(P.compare(">", x, 0.0), gamma, P.add(y, gamma * alpha)), P.dtype(x))
+
+
+def _p_hard_sigmoid(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
+    z = P.add(P.mul(x, alpha), beta)
+    inside = P.logical("and", P.compare(">", z, 0.0), P.compare("<", z, 1.0))
+    return P.cast(P.where(inside, alpha, 0.0), P.dtype(x))
+
+
+def _p_hard_swish(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    # y = x * max(0, min(1, x/6 + 1/2)); PyTorch's convention at the kinks: 0 below -3, 1 above 3.
+    mid = P.add(P.div(x, 3.0), 0.5)
+    return P.cast(P.where(P.compare("<", x, -3.0), 0.0, P.where(P.compare(">", x, 3.0), 1.0, mid)), P.dtype(x))
+
+
+def _p_log(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.scalar_div(1.0, x)
+
+
+def _p_sqrt(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.scalar_div(0.5, y)
+
+
+def _p_reciprocal(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.neg(P.mul(y, y))
+
+
+def _p_abs(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.func("sign", x)
+
+
+def _p_erf(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.mul(P.func("exp", P.neg(P.mul(x, x))), 2 / math.sqrt(math.pi))
+
+
+def _p_softplus(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.scalar_div(1.0, P.add(P.func("exp", P.neg(x)), 1.0))
+
+
+def _p_softsign(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    t = P.add(P.func("abs", x), 1.0)
+    return P.scalar_div(1.0, P.mul(t, t))
+
+
+def _p_sin(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.func("cos", x)
+
+
+def _p_cos(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    return P.neg(P.func("sin", x))
+
+
+register_prim(["Elu"], prim_unary(_p_elu, "elu"), "elu")
+register_prim(["Selu"], prim_unary(_p_selu, "selu"), "selu")
+register_prim(["HardSigmoid"], prim_unary(_p_hard_sigmoid, "hard_sigmoid"), "hard_sigmoid")
+register_prim(["HardSwish"], prim_unary(_p_hard_swish, "hard_swish"), "hard_swish", since=14)
+register_prim(["Log"], prim_unary(_p_log, "log"), "log")
+register_prim(["Sqrt"], prim_unary(_p_sqrt, "sqrt"), "sqrt")
+register_prim(["Reciprocal"], prim_unary(_p_reciprocal, "reciprocal"), "reciprocal")
+register_prim(["Abs"], prim_unary(_p_abs, "abs"), "abs")
+register_prim(["Erf"], prim_unary(_p_erf, "erf"), "erf", since=9)
+register_prim(["Softplus"], prim_unary(_p_softplus, "softplus"), "softplus")
+register_prim(["Softsign"], prim_unary(_p_softsign, "softsign"), "softsign")
+register_prim(["Sin"], prim_unary(_p_sin, "sin"), "sin", since=7)
+register_prim(["Cos"], prim_unary(_p_cos, "cos"), "cos", since=7)
