@@ -234,6 +234,9 @@ class OnnxPrims(Prims):
         (out,) = self.b.node("Expand", [x.name, self.b.const(np.asarray(list(shape), dtype=np.int64))])
         return self._sym(out, tuple(shape), x.dtype)
 
+    def slice(self, x: Sym, axis: int, start: int, end: int) -> Sym:
+        return self._slice(x, [axis], [start], [end])
+
     def _slice(self, x: Sym, axes: Sequence[int], starts: Sequence[int], ends: Sequence[int]) -> Sym:
         if all(s == 0 and e == x.shape[a] for a, s, e in zip(axes, starts, ends, strict=True)):
             return x
@@ -309,6 +312,13 @@ class OnnxPrims(Prims):
         dws = self._sym(dw, (cg, o, *ksp), x.dtype)
         dws = self._slice(dws, list(range(2, 2 + r)), [0] * r, list(geom.kernel))
         return self.transpose(dws, (1, 0, *range(2, 2 + r)))
+
+    def window_sum_grad(self, g: Sym, x_shape: Sequence[int], geom: ConvGeometry) -> Sym:
+        """A depthwise ConvTranspose of ``g`` by a kernel of ones."""
+        c = x_shape[1]
+        ones = self.lift(np.ones((c, 1, *geom.kernel), dtype=g.dtype))
+        depthwise = ConvGeometry(geom.kernel, geom.strides, geom.dilations, geom.begin, geom.end, geom.length, c)
+        return self.conv_input_grad(g, ones, x_shape, depthwise)
 
     def max_pool_grad(self, x: Sym, y: Sym, g: Sym, geom: ConvGeometry) -> Sym:
         """MaxPool again with its ``Indices``, then the cotangent scattered (added) at those indices."""

@@ -107,6 +107,9 @@ class EagerPrims(Prims):
     def broadcast_to(self, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         return np.array(np.broadcast_to(x, tuple(shape)))  # materialized: rules may own their results
 
+    def slice(self, x: np.ndarray, axis: int, start: int, end: int) -> np.ndarray:
+        return x[(slice(None),) * axis + (slice(start, end),)]
+
     def matmul(self, a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
         from .kernels import matmul
 
@@ -123,6 +126,11 @@ class EagerPrims(Prims):
         from .conv import conv_weight_grad
 
         return conv_weight_grad(x, g, w_shape, geom, keep)
+
+    def window_sum_grad(self, g: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+        from .pool import window_sum_grad
+
+        return window_sum_grad(g, x_shape, geom)
 
     def max_pool_grad(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
         from .pool import max_pool_grad

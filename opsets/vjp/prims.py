@@ -173,6 +173,10 @@ class Prims(ABC):
     def broadcast_to(self, x: V, shape: Sequence[int]) -> V:
         """``x`` broadcast to ``shape``."""
 
+    @abstractmethod
+    def slice(self, x: V, axis: int, start: int, end: int) -> V:
+        """``x[start:end]`` along ``axis`` (step 1, bounds within the axis)."""
+
     # -- linear algebra and windows --------------------------------------------------------------
     @abstractmethod
     def matmul(self, a: V, b: V, trans_a: bool = False, trans_b: bool = False) -> V:
@@ -185,6 +189,10 @@ class Prims(ABC):
     @abstractmethod
     def conv_weight_grad(self, x: V, g: V, w_shape: Sequence[int], geom: ConvGeometry, keep: bool = False) -> V:
         """Cotangent of a convolution's weight (per sample, ``[N, *w_shape]``, with ``keep``)."""
+
+    @abstractmethod
+    def window_sum_grad(self, g: V, x_shape: Sequence[int], geom: ConvGeometry) -> V:
+        """Transpose of a per-channel window sum: each output's ``g`` added to every input of its window."""
 
     @abstractmethod
     def max_pool_grad(self, x: V, y: V, g: V, geom: ConvGeometry) -> V:
