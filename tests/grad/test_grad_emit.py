@@ -108,18 +108,25 @@ def test_emitted_graph_with_optimizations_on_still_agrees_on_lenet() -> None:
         np.testing.assert_allclose(res[grad_output_name(k)], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
 
 
-def test_emission_refuses_an_op_without_a_primitive_rule() -> None:
-    from onnx import helper
+def test_emission_refuses_an_op_without_a_primitive_rule(tmp_path: Path) -> None:
+    from onnx import helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
-    g = helper.make_graph([helper.make_node("Erf", ["x"], ["y"])], "erf", [x], [y])
+    e = numpy_helper.from_array(np.array([2.0], np.float32), "e")
+    g = helper.make_graph([helper.make_node("Pow", ["x", "e"], ["y"], name="pow")], "pow", [x], [y], [e])
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     engine = GradientEngine(proto, "pred")
     feed = {"x": np.ones((2, 3), np.float32)}
-    with pytest.raises(UnsupportedOpError, match=r"'vjp emission' rule for op ai\.onnx::Erf .*without --emit") as e:
+    with pytest.raises(UnsupportedOpError, match=r"'vjp emission' rule for op ai\.onnx::Pow .* node 'pow'") as err:
         emit_gradient_model(engine, feed)
-    assert e.value.exit_code == 3 and "\n" not in str(e.value)
+    assert err.value.exit_code == 3 and "\n" not in str(err.value) and "without --emit" in str(err.value)
+    # at the CLI: exit 3, one line, nothing written
+    onnx.save(proto, str(tmp_path / "pow.onnx"))
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 3), np.float32))
+    r = _cli("grad", "pow.onnx", "--data", "d.npz", "--emit", "g.onnx", "--out", "g.npz", cwd=tmp_path)
+    assert r.returncode == 3 and "Pow" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "pow.onnx"]
 
 
 def test_emission_refuses_targets_it_cannot_build() -> None:
