@@ -164,6 +164,9 @@ class OnnxPrims(Prims):
     def func(self, name: str, a: Sym) -> Sym:
         return self._unary(name.capitalize(), a)
 
+    def power(self, a: Sym, b: Sym | float) -> Sym:
+        return self._binary("Pow", a, b)
+
     def maximum(self, a: Sym, b: Sym) -> Sym:
         return self._binary("Max", a, b)
 

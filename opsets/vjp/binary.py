@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Grads, VjpContext, VjpRule, register, unbroadcast
+from .base import Grads, VjpContext, VjpRule, unbroadcast
 from .prims import Prims, register_prim
 
 # (ctx, operand index, operands, output, cotangent) -> that operand's cotangent at the broadcast shape
@@ -42,19 +42,10 @@ def broadcasting(partial: Partial, name: str, *, skip: tuple[int, ...] = ()) -> 
 
 
 
-def _pow(ctx: VjpContext, i: int, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> np.ndarray:
-    a, b = xs
-    if i == 0:
-        return g * b * np.power(a, b - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0)
-    return g * y * logs
 
 
 
 
-
-register(["Pow"], broadcasting(_pow, "pow"))
 
 
 # -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
@@ -106,6 +97,15 @@ def _p_mean(P: Prims, i: int, xs: list[Any], y: Any, g: Any) -> Any:
     return P.div(g, float(len(xs)))
 
 
+def _p_pow(P: Prims, i: int, xs: list[Any], y: Any, g: Any) -> Any:
+    a, b = xs
+    if i == 0:
+        return P.mul(P.mul(g, b), P.power(a, P.sub(b, 1.0)))
+    pos = P.compare(">", a, 0.0)
+    logs = P.where(pos, P.func("log", P.where(pos, a, 1.0)), 0.0)
+    return P.mul(P.mul(g, y), logs)
+
+
 def _p_select(P: Prims, i: int, xs: list[Any], y: Any, g: Any) -> Any:
     # Max/Min: the gradient goes to the first operand that equals the result
     hit = P.compare("==", xs[i], y)
@@ -127,3 +127,4 @@ register_prim(["Div"], prim_broadcasting(_p_div, "div"), "div", per_sample=True)
 register_prim(["Mean"], prim_broadcasting(_p_mean, "mean"), "mean", per_sample=True)
 register_prim(["Max", "Min"], prim_broadcasting(_p_select, "select"), "select", per_sample=True)
 register_prim(["Where"], prim_broadcasting(_p_where, "where", skip=(0,)), "where", since=9, per_sample=True)
+register_prim(["Pow"], prim_broadcasting(_p_pow, "pow"), "pow", per_sample=True)

@@ -125,7 +125,11 @@ class Prims(ABC):
 
     @abstractmethod
     def func(self, name: str, a: V) -> V:
-        """An elementwise function: ``exp``, ``log``, ``sin``, ``cos``, ``tanh``, ``abs`` or ``sign``."""
+        """An elementwise function: ``exp``, ``log``, ``sin``, ``cos``, ``tanh``, ``abs``, ``sign`` or ``erf``."""
+
+    @abstractmethod
+    def power(self, a: V, b: V | float) -> V:
+        """``a ** b`` (broadcasting)."""
 
     @abstractmethod
     def maximum(self, a: V, b: V) -> V:

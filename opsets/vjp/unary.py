@@ -12,20 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import VjpContext, register, unary
+from .base import VjpContext
 from .prims import Prims, prim_unary, register_prim
 
 
-def _gelu(ctx: VjpContext, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    if ctx.attr("approximate", "none") == "tanh":
-        c = math.sqrt(2 / math.pi)
-        u = c * (x + 0.044715 * x**3)
-        t = np.tanh(u)
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-    return 0.5 * (1 + _erf_values(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
-def _erf_values(x: np.ndarray) -> np.ndarray:
+def erf_values(x: np.ndarray) -> np.ndarray:
+    """The error function, elementwise, in ``x``'s type (scipy's when installed)."""
     try:
         from scipy.special import erf  # optional: fast vectorized erf
 
@@ -40,7 +32,6 @@ def _erf_values(x: np.ndarray) -> np.ndarray:
 
 
 
-register(["Gelu"], unary(_gelu, "gelu"), since=20)
 # Cast between float types passes the cotangent (cast back to the input dtype by the template);
 # casts to or from integers carry no gradient and the engine never asks for them.
 
@@ -177,3 +168,20 @@ register_prim(["Softplus"], prim_unary(_p_softplus, "softplus"), "softplus")
 register_prim(["Softsign"], prim_unary(_p_softsign, "softsign"), "softsign")
 register_prim(["Sin"], prim_unary(_p_sin, "sin"), "sin", since=7)
 register_prim(["Cos"], prim_unary(_p_cos, "cos"), "cos", since=7)
+
+
+def _p_gelu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    if ctx.attr("approximate", "none") == "tanh":
+        c = math.sqrt(2 / math.pi)
+        u = P.mul(P.add(x, P.mul(P.power(x, 3.0), 0.044715)), c)
+        t = P.func("tanh", u)
+        left = P.mul(P.add(t, 1.0), 0.5)
+        slope = P.add(P.mul(P.mul(x, x), 3 * 0.044715), 1.0)
+        right = P.mul(P.mul(P.mul(P.mul(x, 0.5), P.sub(P.neg(P.mul(t, t)), -1.0)), c), slope)
+        return P.add(left, right)
+    cdf = P.mul(P.add(P.func("erf", P.div(x, math.sqrt(2))), 1.0), 0.5)
+    pdf = P.div(P.mul(x, P.func("exp", P.mul(P.mul(x, x), -0.5))), math.sqrt(2 * math.pi))
+    return P.add(cdf, pdf)
+
+
+register_prim(["Gelu"], prim_unary(_p_gelu, "gelu"), "gelu", since=20)

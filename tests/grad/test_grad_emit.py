@@ -112,21 +112,21 @@ def test_emission_refuses_an_op_without_a_primitive_rule(tmp_path: Path) -> None
     from onnx import helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])
-    e = numpy_helper.from_array(np.array([2.0], np.float32), "e")
-    g = helper.make_graph([helper.make_node("Pow", ["x", "e"], ["y"], name="pow")], "pow", [x], [y], [e])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 5])
+    e = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "e")
+    g = helper.make_graph([helper.make_node("Pad", ["x", "e"], ["y"], name="pad")], "pad", [x], [y], [e])
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     engine = GradientEngine(proto, "pred")
     feed = {"x": np.ones((2, 3), np.float32)}
-    with pytest.raises(UnsupportedOpError, match=r"'vjp emission' rule for op ai\.onnx::Pow .* node 'pow'") as err:
+    with pytest.raises(UnsupportedOpError, match=r"'vjp emission' rule for op ai\.onnx::Pad .* node 'pad'") as err:
         emit_gradient_model(engine, feed)
     assert err.value.exit_code == 3 and "\n" not in str(err.value) and "without --emit" in str(err.value)
     # at the CLI: exit 3, one line, nothing written
-    onnx.save(proto, str(tmp_path / "pow.onnx"))
+    onnx.save(proto, str(tmp_path / "pad.onnx"))
     np.savez(tmp_path / "d.npz", x=np.ones((2, 3), np.float32))
-    r = _cli("grad", "pow.onnx", "--data", "d.npz", "--emit", "g.onnx", "--out", "g.npz", cwd=tmp_path)
-    assert r.returncode == 3 and "Pow" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "pow.onnx"]
+    r = _cli("grad", "pad.onnx", "--data", "d.npz", "--emit", "g.onnx", "--out", "g.npz", cwd=tmp_path)
+    assert r.returncode == 3 and "Pad" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "pad.onnx"]
 
 
 def test_emission_refuses_targets_it_cannot_build() -> None:
