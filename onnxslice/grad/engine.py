@@ -300,8 +300,10 @@ class GradientEngine:
             raise DataError(f"{len(lab)} labels for {n} samples")
         cots = self._cotangents(cotangent, n)
         w_over = self._check_weights(weights)
-        if self.device == "cuda" and not per_sample and cots is None and not w_over:
-            return self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
+        if self.device == "cuda" and not per_sample and cots is None and not w_over and self._runner is not False:
+            res = self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
+            if res is not None:
+                return res
         wsum: dict[str, np.ndarray] = {}
         wparts: dict[str, list[np.ndarray]] = {}
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
@@ -344,13 +346,26 @@ class GradientEngine:
              "output": self.output},
         )
 
-    def _emitted(self, feed: dict[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None) -> Gradients:
-        """Gradients from the emitted gradient graph (:mod:`.emitted`), for ``device="cuda"``."""
+    def _emitted(
+        self, feed: dict[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None
+    ) -> Gradients | None:
+        """Gradients from the emitted gradient graph (:mod:`.emitted`), for ``device="cuda"``.
+
+        None (with a warning, once) when the graph cannot be emitted for this model or target: the
+        engine then records on CUDA and runs the backward in numpy, as on any device.
+        """
+        from .emit import EmissionError
         from .emitted import EmittedRunner
 
         if self._runner is None:
             self._runner = EmittedRunner(self)
-        return self._runner(feed, labels, batch_size)
+        try:
+            return self._runner(feed, labels, batch_size)
+        except (EmissionError, UnsupportedOpError) as e:
+            self._runner = False
+            warnings.warn(f"device='cuda': the gradient graph cannot be emitted ({e}); the forward runs on CUDA "
+                          "and the backward in numpy", stacklevel=3)
+            return None
 
     def vjp(
         self,

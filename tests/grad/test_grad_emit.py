@@ -174,6 +174,23 @@ def test_engine_on_cuda_without_a_gpu_fails_in_one_line() -> None:
     assert "\n" not in str(e.value)
 
 
+def test_engine_on_cuda_falls_back_to_the_eager_backward_when_emission_is_impossible(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A target the graph cannot compute: one warning, then the usual path (which here needs CUDA too)."""
+    from onnxslice.record import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("a GPU is usable here")
+    path = str(ROOT / "models" / "lenet5.onnx")
+    m, feed = _feed(path, 2)
+    engine = GradientEngine(m, "class:1,2", device="cuda")
+    warned = pytest.warns(UserWarning, match="cannot be emitted")
+    with warned, pytest.raises(OnnxSliceError, match="CUDA was requested"):
+        engine(feed)
+    assert engine._runner is False  # not tried again
+
+
 # -- the CLI -----------------------------------------------------------------------------------------
 
 
