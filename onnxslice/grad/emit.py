@@ -244,6 +244,13 @@ def _assemble(
 
     m = engine.model
     src = m.proto.graph
+    taken = {v for n in src.node for v in (*n.input, *n.output)} | {t.name for t in src.initializer}
+    taken |= {i.name for i in src.input}
+    ours = [o.name for o in outputs] + ([labels.name] if labels is not None else [])
+    clash = [v for v in ours if v in taken] + sorted({v for n in b.nodes for v in n.output} & taken)
+    if clash:
+        raise EmissionError(f"the model already has a value named '{clash[0]}', which the gradient graph needs; "
+                            "rename it in the model first")
     inputs = []
     for vi in src.input:
         if m.is_initializer(vi.name):

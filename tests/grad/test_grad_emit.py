@@ -220,3 +220,16 @@ def test_cli_grad_emit_with_per_sample_is_refused(tmp_path: Path) -> None:
              cwd=tmp_path)
     assert r.returncode == 2 and "--per-sample" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_emission_refuses_a_model_whose_names_clash_with_the_graph_outputs() -> None:
+    from onnx import helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("target", onnx.TensorProto.FLOAT, [2, 4])
+    w = numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["target"])], "mm", [x], [y], [w])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    engine = GradientEngine(proto, "pred")
+    with pytest.raises(EmissionError, match="already has a value named 'target'"):
+        emit_gradient_model(engine, {"x": np.ones((2, 3), np.float32)})
