@@ -269,6 +269,30 @@ class OnnxPrims(Prims):
         (out,) = self.b.node("MatMul", [a.name, b.name])
         return self._sym(out, shape, a.dtype)
 
+    def place(self, x: Sym, begin: Sequence[int], length: Sequence[int]) -> Sym:
+        r = len(begin)
+        ends = [min(b + n, L) for b, n, L in zip(begin, x.shape[2:], length, strict=True)]
+        src_start = [max(-b, 0) for b in begin]
+        src_end = [e - b for e, b in zip(ends, begin, strict=True)]
+        cut = self._slice(x, list(range(2, 2 + r)), src_start, src_end)
+        lo = [max(b, 0) for b in begin]
+        hi = [L - e for L, e in zip(length, ends, strict=True)]
+        if not any(lo) and not any(hi):
+            return cut
+        pads = [0, 0, *lo, 0, 0, *hi]
+        (p,) = self.b.node("Pad", [cut.name, self.b.const(np.asarray(pads, np.int64))])
+        return self._sym(p, (*x.shape[:2], *length), x.dtype)
+
+    def conv(self, x: Sym, w: Sym, out_shape: Sequence[int], geom: ConvGeometry) -> Sym:
+        r = len(geom.kernel)
+        (y,) = self.b.node(
+            "Conv", [x.name, w.name], strides=list(geom.strides), dilations=list(geom.dilations),
+            group=geom.groups, pads=[0] * (2 * r), kernel_shape=list(geom.kernel),
+        )
+        sp = [(n - ((k - 1) * d + 1)) // s + 1 for n, k, d, s in
+              zip(x.shape[2:], geom.kernel, geom.dilations, geom.strides, strict=True)]
+        return self.place(self._sym(y, (x.shape[0], w.shape[0], *sp), x.dtype), [0] * r, list(out_shape[2:]))
+
     def conv_input_grad(self, g: Sym, w: Sym, x_shape: Sequence[int], geom: ConvGeometry) -> Sym:
         """ConvTranspose without pads (the full padded-input cotangent), then cropped to the input."""
         r = len(geom.kernel)

@@ -18,7 +18,7 @@ from types import EllipsisType
 import numpy as np
 
 from .. import geometry
-from .base import Grads, VjpContext, int_list, vjp
+from .base import Grads, VjpContext, int_list
 from .kernels import enabled, matmul, run_kernel
 from .prims import ConvGeometry, Prims, prim_vjp
 
@@ -392,52 +392,58 @@ def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int]
     return begins
 
 
-@vjp("ConvTranspose", per_sample=True)
-def conv_transpose(ctx: VjpContext) -> Grads:
-    """ConvTranspose: ``Yfull[n, o, p*s + k*d] += X[n, c, p] W[c, o, k]``, Y = Yfull cropped by the pads."""
+@prim_vjp("ConvTranspose", per_sample=True)
+def conv_transpose(P: Prims, ctx: VjpContext) -> Grads:
+    """ConvTranspose: ``Yfull[n, o, p*s + k*d] += X[n, c, p] W[c, o, k]``, Y = Yfull cropped by the pads.
+
+    With ``Gfull`` the output cotangent placed back in the uncropped output, the input cotangent is
+    a plain convolution of ``Gfull`` by ``W`` (same strides, dilations and groups) and the weight
+    cotangent is the ``conv_weight_grad`` of that convolution with the roles of input and output
+    swapped.
+    """
     x, w = ctx.x(0), ctx.x(1)
     g = ctx.g(0)
+    xs, ws, gs = P.shape(x), P.shape(w), P.shape(g)
     groups = int(ctx.attr("group", 1))
-    r = x.ndim - 2
-    kernel = list(w.shape[2:])
+    r = len(xs) - 2
+    kernel = list(ws[2:])
     strides = int_list(ctx.attr("strides", [1] * r))
     dil = int_list(ctx.attr("dilations", [1] * r))
-    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    in_sp, out_sp = list(xs[2:]), list(gs[2:])
     begin = _convt_geometry(ctx, in_sp, out_sp, kernel)
     full = [
         max((i - 1) * s + (k - 1) * d + 1, b + o)
         for i, s, k, d, b, o in zip(in_sp, strides, kernel, dil, begin, out_sp, strict=True)
     ]
-    gp = pad_to(g, begin, full)  # cotangent of the uncropped output
-    need_x, need_w = ctx.need(0), ctx.need(1)
-    keep_w = ctx.keep(1)
-    n, c = x.shape[:2]
+    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), (0,) * r, (0,) * r, tuple(full), groups)
+    gp = P.place(g, begin, full)  # cotangent of the uncropped output
     out: Grads = [None] * len(ctx.ins)
-    dx = np.zeros((groups, c // groups, n * int(np.prod(in_sp))), dtype=x.dtype) if need_x else None
-    dw = np.zeros(((n,) if keep_w else ()) + w.shape, dtype=w.dtype) if need_w else None
-    xt = _chan_first(x, groups) if need_w and not keep_w else None
-    xs_n = _per_sample(x, groups) if keep_w else None
-    gpt = np.moveaxis(gp, 1, 0)
-    for k in itertools.product(*(range(kk) for kk in kernel)):
-        win = window(k, dil, strides, in_sp)
-        if need_w and keep_w:
-            assert xs_n is not None
-            gk_n = _per_sample(np.ascontiguousarray(gp[(slice(None), slice(None), *win)]), groups)
-            dw[(slice(None), slice(None), slice(None), *k)] = _pair_grad(xs_n, gk_n, True).reshape(n, *w.shape[:2])  # type: ignore[index]
-        if need_x or (need_w and not keep_w):
-            gk = np.ascontiguousarray(gpt[(slice(None), slice(None), *win)]).reshape(groups, g.shape[1] // groups, -1)
-            if need_w and not keep_w:
-                assert xt is not None
-                dw[(slice(None), slice(None), *k)] = _pair_grad(xt, gk, False).reshape(w.shape[:2])  # type: ignore[index]
-            if need_x:
-                wk = _w_offset(w, groups, k)  # [G, Cg, Og]
-                dx += (wk * gk) if wk.shape[1] == 1 and wk.shape[2] == 1 else wk @ gk
-    if need_x:
-        assert dx is not None
-        out[0] = np.moveaxis(dx.reshape(c, n, *in_sp), 0, 1)
-    if need_w:
-        out[1] = dw
+    if ctx.need(0):
+        out[0] = P.conv(gp, w, xs, geom)
+    if ctx.need(1):
+        out[1] = P.conv_weight_grad(gp, x, ws, geom, ctx.keep(1))
     if ctx.has(2) and ctx.need(2):
-        axes = tuple(range(2, g.ndim)) if ctx.keep(2) else (0, *range(2, g.ndim))
-        out[2] = g.sum(axis=axes).astype(ctx.x(2).dtype, copy=False)
+        nd = len(gs)
+        axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
+        out[2] = P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
     return out
+
+
+def conv_forward(x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``conv`` primitive: onnxruntime's Conv, else one matmul per kernel offset."""
+    r = len(geom.kernel)
+    strides, dil = list(geom.strides), list(geom.dilations)
+    y = run_kernel("Conv", x, w, strides=strides, dilations=dil, group=geom.groups, pads=[0] * (2 * r)) if enabled() \
+        else None
+    if y is None:
+        n, groups = x.shape[0], geom.groups
+        sizes = zip(x.shape[2:], geom.kernel, dil, strides, strict=True)
+        sp = [(L - ((k - 1) * d + 1)) // s + 1 for L, k, d, s in sizes]
+        xt = np.moveaxis(x, 1, 0)  # [C_in, N, *sp]
+        acc = np.zeros((groups, w.shape[0] // groups, n * int(np.prod(sp))), dtype=x.dtype)
+        for k in itertools.product(*(range(kk) for kk in geom.kernel)):
+            win = window(k, dil, strides, sp)
+            xk = np.ascontiguousarray(xt[(slice(None), slice(None), *win)]).reshape(groups, x.shape[1] // groups, -1)
+            acc += _w_offset(w, groups, k) @ xk
+        y = np.moveaxis(acc.reshape(w.shape[0], n, *sp), 0, 1)
+    return crop(y, [0] * r, list(out_shape[2:]))

@@ -122,6 +122,16 @@ class EagerPrims(Prims):
 
         return matmul(a, b, trans_a=trans_a, trans_b=trans_b)
 
+    def place(self, x: np.ndarray, begin: Sequence[int], length: Sequence[int]) -> np.ndarray:
+        from .conv import pad_to
+
+        return pad_to(x, begin, length)
+
+    def conv(self, x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+        from .conv import conv_forward
+
+        return conv_forward(x, w, out_shape, geom)
+
     def conv_input_grad(self, g: np.ndarray, w: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
         from .conv import conv_input_grad
 

@@ -187,6 +187,16 @@ class Prims(ABC):
         """Matrix product of the last two axes (stacked over leading ones) with optional transposes."""
 
     @abstractmethod
+    def place(self, x: V, begin: Sequence[int], length: Sequence[int]) -> V:
+        """``x`` [N, C, *sp] placed at spatial offset ``begin`` in zeros of spatial size ``length`` (cropped
+        where it does not fit)."""
+
+    @abstractmethod
+    def conv(self, x: V, w: V, out_shape: Sequence[int], geom: ConvGeometry) -> V:
+        """Convolution without pads (``geom``'s strides, dilations, groups), cropped or zero-extended to
+        ``out_shape``."""
+
+    @abstractmethod
     def conv_input_grad(self, g: V, w: V, x_shape: Sequence[int], geom: ConvGeometry) -> V:
         """Cotangent of a convolution's input: the transposed convolution of ``g`` by ``w``."""
 
