@@ -69,7 +69,9 @@ class GradientEngine:
             biases of ``model.layers``), or a list of initializer names.
         inputs: also return input gradients (turn off to skip the first layers' input cotangents).
         swappable: initializers whose values a call may replace with ``weights=`` (one session serves all).
-        device: onnxruntime device for the forward pass (the backward runs in numpy).
+        device: onnxruntime device for the forward pass (the backward runs in numpy); ``"cuda"`` runs
+            forward and backward as one emitted gradient graph on the GPU (:mod:`.emitted`) for
+            calls without ``per_sample``, ``cotangent`` or ``weights``.
         exact: refuse (``UnsupportedOpError``) nodes without a VJP rule instead of using finite differences.
         output: which model output to differentiate (default: the first); a list of outputs for
             ``cotangent`` targets given as a mapping output -> cotangent.
@@ -143,6 +145,7 @@ class GradientEngine:
         self.record_values = sorted(v for v in record if v in produced)
         self.device: Device = device
         self._recorder: Recorder | None = None
+        self._runner: Any = None  # the emitted gradient graphs, for device="cuda" (built on first use)
         self._cot_axes: dict[str, int] = {}
         self._norms: dict[str, float] | None = None
         self.layers = {
@@ -297,6 +300,10 @@ class GradientEngine:
             raise DataError(f"{len(lab)} labels for {n} samples")
         cots = self._cotangents(cotangent, n)
         w_over = self._check_weights(weights)
+        if self.device == "cuda" and not per_sample and cots is None and not w_over and self._runner is not False:
+            res = self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
+            if res is not None:
+                return res
         wsum: dict[str, np.ndarray] = {}
         wparts: dict[str, list[np.ndarray]] = {}
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
@@ -338,6 +345,27 @@ class GradientEngine:
             {"fingerprint": self.model.fingerprint, "weights": self.model.weights_fingerprint, "value": self.value,
              "output": self.output},
         )
+
+    def _emitted(
+        self, feed: dict[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None
+    ) -> Gradients | None:
+        """Gradients from the emitted gradient graph (:mod:`.emitted`), for ``device="cuda"``.
+
+        None (with a warning, once) when the graph cannot be emitted for this model or target: the
+        engine then records on CUDA and runs the backward in numpy, as on any device.
+        """
+        from .emit import EmissionError
+        from .emitted import EmittedRunner
+
+        if self._runner is None:
+            self._runner = EmittedRunner(self)
+        try:
+            return self._runner(feed, labels, batch_size)
+        except (EmissionError, UnsupportedOpError) as e:
+            self._runner = False
+            warnings.warn(f"device='cuda': the gradient graph cannot be emitted ({e}); the forward runs on CUDA "
+                          "and the backward in numpy", stacklevel=3)
+            return None
 
     def vjp(
         self,

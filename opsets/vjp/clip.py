@@ -8,28 +8,32 @@ Opsets 6-10 (bounds as attributes) keep the elementwise template of :mod:`.unary
 
 from __future__ import annotations
 
-import numpy as np
+from .base import Grads, VjpContext
+from .prims import Prims, prim_vjp
 
-from .base import Grads, VjpContext, vjp
 
-
-@vjp("Clip", since=11, per_sample=True)
-def clip(ctx: VjpContext) -> Grads:
+@prim_vjp("Clip", since=11, per_sample=True)
+def clip(P: Prims, ctx: VjpContext) -> Grads:
     """Clip with ``min``/``max`` inputs (either may be omitted)."""
     x = ctx.x(0)
     g = ctx.g(0)
-    lo = np.asarray(ctx.ins[1]).reshape(()) if ctx.has(1) else None
-    hi = np.asarray(ctx.ins[2]).reshape(()) if ctx.has(2) else None
-    m = np.maximum(x, lo) if lo is not None else x
-    under = (x < lo) if lo is not None else np.zeros(x.shape, bool)
-    over = (m > hi) if hi is not None else np.zeros(x.shape, bool)
+    lo = P.reshape(ctx.ins[1], ()) if ctx.has(1) else None
+    hi = P.reshape(ctx.ins[2], ()) if ctx.has(2) else None
+    m = P.maximum(x, lo) if lo is not None else x
+    under = P.compare("<", x, lo) if lo is not None else None
+    over = P.compare(">", m, hi) if hi is not None else None
     out: Grads = [None] * len(ctx.ins)
     if ctx.need(0):
-        out[0] = np.where(under | over, 0, g).astype(x.dtype, copy=False)
-    for i, mask in ((1, under & ~over), (2, over)):
+        stop = under if over is None else over if under is None else P.logical("or", under, over)
+        dx = g if stop is None else P.where(stop, 0.0, g)
+        out[0] = P.cast(dx, P.dtype(x))
+    masks = (under if over is None or under is None else P.logical("and", under, P.logical("not", over)), over)
+    for i, mask in zip((1, 2), masks, strict=True):
         if ctx.has(i) and ctx.need(i):
-            part = np.where(mask, g, 0)
-            total = part.reshape(part.shape[0], -1).sum(axis=1) if ctx.keep(i) else part.sum()
-            b = np.asarray(ctx.ins[i])
-            out[i] = np.asarray(total).reshape((part.shape[0], *b.shape) if ctx.keep(i) else b.shape).astype(b.dtype)
+            b = ctx.ins[i]
+            bs = P.shape(b)
+            part = P.mul(g, 0.0) if mask is None else P.where(mask, g, 0.0)  # None: the bound is never active
+            nd = P.ndim(part)
+            total = P.reduce_sum(part, tuple(range(1, nd)) if ctx.keep(i) else tuple(range(nd)))
+            out[i] = P.cast(P.reshape(total, (P.shape(g)[0], *bs) if ctx.keep(i) else bs), P.dtype(b))
     return out

@@ -18,8 +18,9 @@ from types import EllipsisType
 import numpy as np
 
 from .. import geometry
-from .base import Grads, VjpContext, int_list, vjp
+from .base import Grads, VjpContext, int_list
 from .kernels import enabled, matmul, run_kernel
+from .prims import ConvGeometry, Prims, prim_vjp
 
 
 def window(k: Sequence[int], dil: Sequence[int], stride: Sequence[int], n: Sequence[int]) -> tuple[slice, ...]:
@@ -249,73 +250,102 @@ def _dw_pointwise(x: np.ndarray, g: np.ndarray, w_shape: Sequence[int], keep: bo
     return dw.reshape(((n,) if keep else ()) + tuple(w_shape))
 
 
-@vjp("Conv", per_sample=True)
-def conv(ctx: VjpContext) -> Grads:
-    """Conv: ``Y[n, o, p] = sum_{c,k} W[o, c, k] Xpad[n, g(o) c, p*s + k*d] + B[o]``.
-
-    The input cotangent is onnxruntime's ConvTranspose kernel (:mod:`.kernels`; grouped and depthwise
-    ones included, 3-5x faster than the numpy offset loop). The weight cotangent is one GEMM per chunk
-    of samples over a bounded im2col buffer (as a convolution whose kernel is the whole output map,
-    onnxruntime runs it as many skinny products, measured 2-3x slower); a 1x1 one is one GEMM per
-    sample (:func:`_dw_pointwise`), a depthwise one is one einsum
-    per kernel offset over a strided view (:func:`_dw_depthwise`). Whatever the kernels refuse uses the
-    numpy offset loop.
-    """
-    x, w = ctx.x(0), ctx.x(1)
-    g = ctx.g(0)
-    groups = int(ctx.attr("group", 1))
-    r = x.ndim - 2
-    kernel = list(w.shape[2:])
+def conv_geometry(
+    ctx: VjpContext, x_shape: Sequence[int], w_shape: Sequence[int], g_shape: Sequence[int]
+) -> ConvGeometry:
+    """The static window geometry of a Conv node at these shapes."""
+    r = len(x_shape) - 2
+    kernel = list(w_shape[2:])
     strides = int_list(ctx.attr("strides", [1] * r))
     dil = int_list(ctx.attr("dilations", [1] * r))
-    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    in_sp, out_sp = list(x_shape[2:]), list(g_shape[2:])
     begin, end = window_pads(ctx, in_sp, out_sp, kernel)
     length = [
         max(b + i, (o - 1) * s + (k - 1) * d + 1)
         for b, i, o, s, k, d in zip(begin, in_sp, out_sp, strides, kernel, dil, strict=True)
     ]
-    need_x, need_w = ctx.need(0), ctx.need(1)
+    return ConvGeometry(
+        tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length), int(ctx.attr("group", 1))
+    )
+
+
+@prim_vjp("Conv", per_sample=True)
+def conv(P: Prims, ctx: VjpContext) -> Grads:
+    """Conv: ``Y[n, o, p] = sum_{c,k} W[o, c, k] Xpad[n, g(o) c, p*s + k*d] + B[o]``.
+
+    Written against the primitives: the input cotangent is ``conv_input_grad`` (a transposed
+    convolution), the weight cotangent ``conv_weight_grad``, the bias cotangent a sum. Their eager
+    kernels are :func:`conv_input_grad` and :func:`conv_weight_grad` below.
+    """
+    x, w = ctx.x(0), ctx.x(1)
+    g = ctx.g(0)
+    xs, ws = P.shape(x), P.shape(w)
+    geom = conv_geometry(ctx, xs, ws, P.shape(g))
     out: Grads = [None] * len(ctx.ins)
-    depthwise = w.shape[1] == 1 and w.shape[0] == groups and groups > 1
-    pointwise = groups == 1 and all(k == 1 for k in kernel) and all(v == 1 for v in strides) and in_sp == out_sp
-    if enabled() and need_x:
-        out[0] = _dx_by_kernel(g, w, x.shape, groups, strides, dil, begin, end)
-        need_x = out[0] is None
-    if need_w and pointwise and not any(begin):
-        out[1] = _dw_pointwise(x, g, w.shape, ctx.keep(1))
-        need_w = False
-    if need_w and depthwise:
-        out[1] = _dw_depthwise(x, g, w.shape, strides, dil, begin, length, ctx.keep(1))
-        need_w = False
-    elif need_w:
-        out[1] = _dw_im2col(x, g, w.shape, groups, strides, dil, begin, length, ctx.keep(1))
-        need_w = False
-    if need_x or need_w:
-        _conv_loop(ctx, out, need_x, need_w, groups, strides, dil, begin, length)
+    if ctx.need(0):
+        out[0] = P.conv_input_grad(g, w, xs, geom)
+    if ctx.need(1):
+        out[1] = P.conv_weight_grad(x, g, ws, geom, ctx.keep(1))
     if ctx.has(2) and ctx.need(2):
-        axes = tuple(range(2, g.ndim)) if ctx.keep(2) else (0, *range(2, g.ndim))
-        out[2] = g.sum(axis=axes).astype(ctx.x(2).dtype, copy=False)
+        nd = len(P.shape(g))
+        axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
+        out[2] = P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
     return out
 
 
+def conv_input_grad(g: np.ndarray, w: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``conv_input_grad`` primitive.
+
+    onnxruntime's ConvTranspose kernel (:mod:`.kernels`; grouped and depthwise ones included, 3-5x
+    faster than the numpy offset loop); whatever the kernels refuse uses the numpy offset loop.
+    """
+    strides, dil = list(geom.strides), list(geom.dilations)
+    begin, end = list(geom.begin), list(geom.end)
+    if enabled():
+        dx = _dx_by_kernel(g, w, x_shape, geom.groups, strides, dil, begin, end)
+        if dx is not None:
+            return dx
+    return _conv_loop(None, w, g, x_shape, False, geom)[0]  # type: ignore[return-value]
+
+
+def conv_weight_grad(
+    x: np.ndarray, g: np.ndarray, w_shape: Sequence[int], geom: ConvGeometry, keep: bool = False
+) -> np.ndarray:
+    """Eager kernel of the ``conv_weight_grad`` primitive.
+
+    One GEMM per chunk of samples over a bounded im2col buffer (as a convolution whose kernel is the
+    whole output map, onnxruntime runs it as many skinny products, measured 2-3x slower); a 1x1 one is
+    one GEMM per sample (:func:`_dw_pointwise`), a depthwise one is one einsum per kernel offset over a
+    strided view (:func:`_dw_depthwise`).
+    """
+    groups = geom.groups
+    strides, dil = list(geom.strides), list(geom.dilations)
+    begin, length = list(geom.begin), list(geom.length)
+    kernel = list(w_shape[2:])
+    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    depthwise = w_shape[1] == 1 and w_shape[0] == groups and groups > 1
+    pointwise = groups == 1 and all(k == 1 for k in kernel) and all(v == 1 for v in strides) and in_sp == out_sp
+    if pointwise and not any(begin):
+        return _dw_pointwise(x, g, w_shape, keep)
+    if depthwise:
+        return _dw_depthwise(x, g, w_shape, strides, dil, begin, length, keep)
+    return _dw_im2col(x, g, w_shape, groups, strides, dil, begin, length, keep)
+
+
 def _conv_loop(
-    ctx: VjpContext,
-    out: Grads,
-    need_x: bool,
-    need_w: bool,
-    groups: int,
-    strides: list[int],
-    dil: list[int],
-    begin: list[int],
-    length: list[int],
-) -> None:
-    """The numpy path: one batched matmul per kernel offset (elementwise products when depthwise)."""
-    x, w, g = ctx.x(0), ctx.x(1), ctx.g(0)
-    kernel, in_sp, out_sp = list(w.shape[2:]), list(x.shape[2:]), list(g.shape[2:])
-    keep_w = ctx.keep(1)
-    n = x.shape[0]
-    xp = pad_to(x, begin, length) if need_w else None
-    dxp = np.zeros((x.shape[1], n, *length), dtype=x.dtype) if need_x else None
+    x: np.ndarray | None, w: np.ndarray, g: np.ndarray, x_shape: Sequence[int], keep_w: bool, geom: ConvGeometry
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The numpy path: one batched matmul per kernel offset (elementwise products when depthwise).
+
+    Returns ``(dx, dw)``: ``dw`` when ``x`` is given, ``dx`` otherwise.
+    """
+    need_w, need_x = x is not None, x is None
+    groups, strides, dil = geom.groups, list(geom.strides), list(geom.dilations)
+    begin, length = list(geom.begin), list(geom.length)
+    kernel, in_sp, out_sp = list(w.shape[2:]), list(x_shape[2:]), list(g.shape[2:])
+    n, c = x_shape[0], x_shape[1]
+    xp = pad_to(x, begin, length) if x is not None else None
+    dxp = np.zeros((c, n, *length), dtype=g.dtype) if need_x else None
     dw = np.zeros(((n,) if keep_w else ()) + w.shape, dtype=w.dtype) if need_w else None
     gt = _chan_first(g, groups)
     gs = _per_sample(g, groups) if keep_w else None
@@ -330,20 +360,17 @@ def _conv_loop(
                 dw[(slice(None), slice(None), slice(None), *k)] = dwk.reshape(n, w.shape[0], w.shape[1])  # type: ignore[index]
             else:
                 assert xt is not None
-                xs = np.ascontiguousarray(xt[(slice(None), slice(None), *win)]).reshape(
-                    groups, x.shape[1] // groups, -1
-                )
+                xs = np.ascontiguousarray(xt[(slice(None), slice(None), *win)]).reshape(groups, c // groups, -1)
                 dw[(slice(None), slice(None), *k)] = _pair_grad(gt, xs, False).reshape(w.shape[:2])  # type: ignore[index]
         if need_x:
             wk = _w_offset(w, groups, k)  # [G, Og, Cg]
             depthwise = wk.shape[1] == 1 and wk.shape[2] == 1
             contrib = wk * gt if depthwise else np.swapaxes(wk, -1, -2) @ gt  # [G, Cg, N*P]
-            dxp[(slice(None), slice(None), *win)] += contrib.reshape(x.shape[1], n, *out_sp)  # type: ignore[index]
+            dxp[(slice(None), slice(None), *win)] += contrib.reshape(c, n, *out_sp)  # type: ignore[index]
     if need_x:
         assert dxp is not None
-        out[0] = crop(np.moveaxis(dxp, 0, 1), begin, in_sp)
-    if need_w:
-        out[1] = dw
+        return crop(np.moveaxis(dxp, 0, 1), begin, in_sp), None
+    return None, dw
 
 
 def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
@@ -365,52 +392,58 @@ def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int]
     return begins
 
 
-@vjp("ConvTranspose", per_sample=True)
-def conv_transpose(ctx: VjpContext) -> Grads:
-    """ConvTranspose: ``Yfull[n, o, p*s + k*d] += X[n, c, p] W[c, o, k]``, Y = Yfull cropped by the pads."""
+@prim_vjp("ConvTranspose", per_sample=True)
+def conv_transpose(P: Prims, ctx: VjpContext) -> Grads:
+    """ConvTranspose: ``Yfull[n, o, p*s + k*d] += X[n, c, p] W[c, o, k]``, Y = Yfull cropped by the pads.
+
+    With ``Gfull`` the output cotangent placed back in the uncropped output, the input cotangent is
+    a plain convolution of ``Gfull`` by ``W`` (same strides, dilations and groups) and the weight
+    cotangent is the ``conv_weight_grad`` of that convolution with the roles of input and output
+    swapped.
+    """
     x, w = ctx.x(0), ctx.x(1)
     g = ctx.g(0)
+    xs, ws, gs = P.shape(x), P.shape(w), P.shape(g)
     groups = int(ctx.attr("group", 1))
-    r = x.ndim - 2
-    kernel = list(w.shape[2:])
+    r = len(xs) - 2
+    kernel = list(ws[2:])
     strides = int_list(ctx.attr("strides", [1] * r))
     dil = int_list(ctx.attr("dilations", [1] * r))
-    in_sp, out_sp = list(x.shape[2:]), list(g.shape[2:])
+    in_sp, out_sp = list(xs[2:]), list(gs[2:])
     begin = _convt_geometry(ctx, in_sp, out_sp, kernel)
     full = [
         max((i - 1) * s + (k - 1) * d + 1, b + o)
         for i, s, k, d, b, o in zip(in_sp, strides, kernel, dil, begin, out_sp, strict=True)
     ]
-    gp = pad_to(g, begin, full)  # cotangent of the uncropped output
-    need_x, need_w = ctx.need(0), ctx.need(1)
-    keep_w = ctx.keep(1)
-    n, c = x.shape[:2]
+    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), (0,) * r, (0,) * r, tuple(full), groups)
+    gp = P.place(g, begin, full)  # cotangent of the uncropped output
     out: Grads = [None] * len(ctx.ins)
-    dx = np.zeros((groups, c // groups, n * int(np.prod(in_sp))), dtype=x.dtype) if need_x else None
-    dw = np.zeros(((n,) if keep_w else ()) + w.shape, dtype=w.dtype) if need_w else None
-    xt = _chan_first(x, groups) if need_w and not keep_w else None
-    xs_n = _per_sample(x, groups) if keep_w else None
-    gpt = np.moveaxis(gp, 1, 0)
-    for k in itertools.product(*(range(kk) for kk in kernel)):
-        win = window(k, dil, strides, in_sp)
-        if need_w and keep_w:
-            assert xs_n is not None
-            gk_n = _per_sample(np.ascontiguousarray(gp[(slice(None), slice(None), *win)]), groups)
-            dw[(slice(None), slice(None), slice(None), *k)] = _pair_grad(xs_n, gk_n, True).reshape(n, *w.shape[:2])  # type: ignore[index]
-        if need_x or (need_w and not keep_w):
-            gk = np.ascontiguousarray(gpt[(slice(None), slice(None), *win)]).reshape(groups, g.shape[1] // groups, -1)
-            if need_w and not keep_w:
-                assert xt is not None
-                dw[(slice(None), slice(None), *k)] = _pair_grad(xt, gk, False).reshape(w.shape[:2])  # type: ignore[index]
-            if need_x:
-                wk = _w_offset(w, groups, k)  # [G, Cg, Og]
-                dx += (wk * gk) if wk.shape[1] == 1 and wk.shape[2] == 1 else wk @ gk
-    if need_x:
-        assert dx is not None
-        out[0] = np.moveaxis(dx.reshape(c, n, *in_sp), 0, 1)
-    if need_w:
-        out[1] = dw
+    if ctx.need(0):
+        out[0] = P.conv(gp, w, xs, geom)
+    if ctx.need(1):
+        out[1] = P.conv_weight_grad(gp, x, ws, geom, ctx.keep(1))
     if ctx.has(2) and ctx.need(2):
-        axes = tuple(range(2, g.ndim)) if ctx.keep(2) else (0, *range(2, g.ndim))
-        out[2] = g.sum(axis=axes).astype(ctx.x(2).dtype, copy=False)
+        nd = len(gs)
+        axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
+        out[2] = P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
     return out
+
+
+def conv_forward(x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``conv`` primitive: onnxruntime's Conv, else one matmul per kernel offset."""
+    r = len(geom.kernel)
+    strides, dil = list(geom.strides), list(geom.dilations)
+    y = run_kernel("Conv", x, w, strides=strides, dilations=dil, group=geom.groups, pads=[0] * (2 * r)) if enabled() \
+        else None
+    if y is None:
+        n, groups = x.shape[0], geom.groups
+        sizes = zip(x.shape[2:], geom.kernel, dil, strides, strict=True)
+        sp = [(L - ((k - 1) * d + 1)) // s + 1 for L, k, d, s in sizes]
+        xt = np.moveaxis(x, 1, 0)  # [C_in, N, *sp]
+        acc = np.zeros((groups, w.shape[0] // groups, n * int(np.prod(sp))), dtype=x.dtype)
+        for k in itertools.product(*(range(kk) for kk in geom.kernel)):
+            win = window(k, dil, strides, sp)
+            xk = np.ascontiguousarray(xt[(slice(None), slice(None), *win)]).reshape(groups, x.shape[1] // groups, -1)
+            acc += _w_offset(w, groups, k) @ xk
+        y = np.moveaxis(acc.reshape(w.shape[0], n, *sp), 0, 1)
+    return crop(y, [0] * r, list(out_shape[2:]))

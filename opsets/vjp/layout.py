@@ -7,27 +7,12 @@ attributes in early opsets and from inputs later; those rules are registered per
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .base import VjpContext, int_list, normalize_axes, register, routing, unbroadcast
-
-
-def _reshape_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    return [g.reshape(ctx.x(0).shape)]
-
-
-def _transpose_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    perm = ctx.attr("perm")
-    perm = list(range(g.ndim))[::-1] if perm is None else int_list(perm)
-    return [g.transpose(np.argsort(perm))]
-
-
-def _concat_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    axis = int(ctx.attr("axis"))
-    axis = axis + g.ndim if axis < 0 else axis
-    sizes = [v.shape[axis] if v is not None else 0 for v in ctx.ins]
-    parts = np.split(g, np.cumsum(sizes)[:-1], axis=axis)
-    return [p if ctx.need(i) else None for i, p in enumerate(parts)]
+from .base import VjpContext, int_list, normalize_axes, register, routing
+from .prims import Prims, prim_routing, register_prim
 
 
 def _split_back(ctx: VjpContext, g0: np.ndarray) -> list[np.ndarray | None]:
@@ -130,25 +115,59 @@ def _pad_back(ctx: VjpContext, g: np.ndarray, pads: list[int], mode: str) -> lis
     return [dx.reshape(x.shape).astype(x.dtype)]
 
 
-def _expand_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    return [unbroadcast(g, ctx.x(0).shape)]
 
 
-def _tile_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
-    x = ctx.x(0)
-    reps = int_list(ctx.x(1))
-    shaped = g.reshape([v for r, d in zip(reps, x.shape, strict=True) for v in (r, d)])
-    return [shaped.sum(axis=tuple(range(0, 2 * x.ndim, 2)))]
-
-
-register(["Reshape", "Flatten", "Squeeze", "Unsqueeze"], routing(_reshape_back, "reshape_back"))
-register(["Transpose"], routing(_transpose_back, "transpose_back"))
-register(["Concat"], routing(_concat_back, "concat_back"))
 register(["Split"], routing(_split_back, "split_back"))
 register(["Slice"], routing(_slicer(False), "slice_back_attrs"), until=9)
 register(["Slice"], routing(_slicer(True), "slice_back"), since=10)
 register(["Gather"], routing(_gather_back, "gather_back"))
 register(["Pad"], routing(_padder(False), "pad_back_attrs"), until=10)
 register(["Pad"], routing(_padder(True), "pad_back"), since=11)
-register(["Expand"], routing(_expand_back, "expand_back"), since=8)
-register(["Tile"], routing(_tile_back, "tile_back"), since=6)
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+
+def _p_reshape_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    return [P.reshape(g, P.shape(ctx.x(0)))]
+
+
+def _p_transpose_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    perm = ctx.attr("perm")
+    nd = P.ndim(g)
+    perm = list(range(nd))[::-1] if perm is None else int_list(perm)
+    return [P.transpose(g, [int(v) for v in np.argsort(perm)])]
+
+
+_RESHAPES = ["Reshape", "Flatten", "Squeeze", "Unsqueeze"]
+register_prim(_RESHAPES, prim_routing(_p_reshape_back, "reshape_back"), "reshape_back")
+register_prim(["Transpose"], prim_routing(_p_transpose_back, "transpose_back"), "transpose_back")
+
+
+def _p_concat_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    nd = P.ndim(g)
+    axis = int(ctx.attr("axis"))
+    axis = axis + nd if axis < 0 else axis
+    out: list[Any] = []
+    start = 0
+    for i, v in enumerate(ctx.ins):
+        size = P.shape(v)[axis] if v is not None else 0
+        out.append(P.slice(g, axis, start, start + size) if ctx.need(i) else None)
+        start += size
+    return out
+
+
+def _p_expand_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    return [P.unbroadcast(g, P.shape(ctx.x(0)))]
+
+
+def _p_tile_back(P: Prims, ctx: VjpContext, g: Any) -> list[Any]:
+    xs = P.shape(ctx.x(0))
+    reps = int_list(P.value(ctx.x(1)))
+    shaped = P.reshape(g, [v for r, d in zip(reps, xs, strict=True) for v in (r, d)])
+    return [P.reduce_sum(shaped, tuple(range(0, 2 * len(xs), 2)))]
+
+
+register_prim(["Concat"], prim_routing(_p_concat_back, "concat_back"), "concat_back")
+register_prim(["Expand"], prim_routing(_p_expand_back, "expand_back"), "expand_back", since=8)
+register_prim(["Tile"], prim_routing(_p_tile_back, "tile_back"), "tile_back", since=6)

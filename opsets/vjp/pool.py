@@ -9,11 +9,13 @@ AveragePool divides by the number of elements each window counts (``count_includ
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
 from .base import Grads, VjpContext, int_list, vjp
 from .conv import crop, pad_to, window, window_pads
+from .prims import ConvGeometry, Prims, prim_vjp
 
 
 def _geometry(
@@ -32,11 +34,29 @@ def _geometry(
     return kernel, strides, dil, begin, end, length
 
 
-@vjp("MaxPool")
-def max_pool(ctx: VjpContext) -> Grads:
-    """MaxPool: the cotangent goes to the first arg-max of each window."""
+@prim_vjp("MaxPool")
+def max_pool(P: Prims, ctx: VjpContext) -> Grads:
+    """MaxPool: the cotangent goes to the first arg-max of each window (the ``max_pool_grad`` primitive)."""
     x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
-    kernel, strides, dil, begin, _, length = _geometry(ctx, x, y)
+    xs, ys = P.shape(x), P.shape(y)
+    r = len(xs) - 2
+    kernel = int_list(ctx.attr("kernel_shape"))
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(xs[2:]), list(ys[2:])
+    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
+    length = [
+        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
+        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
+    ]
+    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
+    return [P.max_pool_grad(x, y, g, geom)] + [None] * (len(ctx.ins) - 1)
+
+
+def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``max_pool_grad`` primitive: a loop over kernel offsets on a padded copy."""
+    kernel, strides, dil = geom.kernel, list(geom.strides), list(geom.dilations)
+    begin, length = list(geom.begin), list(geom.length)
     out_sp = list(y.shape[2:])
     xp = pad_to(x, begin, length, fill=-np.inf)
     dxp = np.zeros_like(xp)
@@ -46,36 +66,59 @@ def max_pool(ctx: VjpContext) -> Grads:
         hit = (xp[win] == y) & ~taken
         taken |= hit
         dxp[win] += np.where(hit, g, 0)
-    return [crop(dxp, begin, list(x.shape[2:]))]
+    return crop(dxp, begin, list(x.shape[2:]))
 
 
-@vjp("AveragePool")
-def average_pool(ctx: VjpContext) -> Grads:
-    """AveragePool: each window's cotangent is spread evenly over the elements it counts."""
+@prim_vjp("AveragePool")
+def average_pool(P: Prims, ctx: VjpContext) -> Grads:
+    """AveragePool: each window's cotangent is spread evenly over the elements it counts.
+
+    The count of each window is a constant of the shapes (computed here in numpy); the spreading is
+    the ``window_sum_grad`` primitive.
+    """
     x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
-    kernel, strides, dil, begin, end, length = _geometry(ctx, x, y)
-    in_sp, out_sp = list(x.shape[2:]), list(y.shape[2:])
+    xs, ys = P.shape(x), P.shape(y)
+    r = len(xs) - 2
+    kernel = int_list(ctx.attr("kernel_shape"))
+    strides = int_list(ctx.attr("strides", [1] * r))
+    dil = int_list(ctx.attr("dilations", [1] * r))
+    in_sp, out_sp = list(xs[2:]), list(ys[2:])
+    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
+    length = [
+        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
+        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
+    ]
     include = bool(ctx.attr("count_include_pad", 0))
-    counted = np.zeros(length, dtype=x.dtype)
+    counted = np.zeros(length, dtype=P.dtype(x))
     if include:
         counted[tuple(slice(0, b + i + e) for b, i, e in zip(begin, in_sp, end, strict=True))] = 1
     else:
         counted[tuple(slice(b, b + i) for b, i in zip(begin, in_sp, strict=True))] = 1
     wins = [window(k, dil, strides, out_sp) for k in itertools.product(*(range(kk) for kk in kernel))]
     count = sum(counted[w] for w in wins)
-    gc = g / np.maximum(count, 1)
-    dxp = np.zeros((*x.shape[:2], *length), dtype=x.dtype)
+    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
+    gc = P.div(g, np.maximum(count, 1))
+    return [P.window_sum_grad(gc, xs, geom)] + [None] * (len(ctx.ins) - 1)
+
+
+def window_sum_grad(g: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
+    """Eager kernel of the ``window_sum_grad`` primitive: a loop over kernel offsets on a padded buffer."""
+    out_sp = list(g.shape[2:])
+    offsets = itertools.product(*(range(kk) for kk in geom.kernel))
+    wins = [window(k, geom.dilations, geom.strides, out_sp) for k in offsets]
+    dxp = np.zeros((*x_shape[:2], *geom.length), dtype=g.dtype)
     for w in wins:
-        dxp[(slice(None), slice(None), *w)] += gc
-    return [crop(dxp, begin, in_sp)]
+        dxp[(slice(None), slice(None), *w)] += g
+    return crop(dxp, list(geom.begin), list(x_shape[2:]))
 
 
-@vjp("GlobalAveragePool")
-def global_average_pool(ctx: VjpContext) -> Grads:
+@prim_vjp("GlobalAveragePool")
+def global_average_pool(P: Prims, ctx: VjpContext) -> Grads:
     """GlobalAveragePool: ``dx = dy / (number of spatial positions)``, broadcast."""
     x, g = ctx.x(0), ctx.g(0)
-    size = int(np.prod(x.shape[2:]))
-    return [np.broadcast_to(g / size, x.shape).astype(x.dtype)]
+    xs = P.shape(x)
+    size = int(np.prod(xs[2:]))
+    return [P.cast(P.broadcast_to(P.div(g, float(size)), xs), P.dtype(x))]
 
 
 @vjp("GlobalMaxPool")

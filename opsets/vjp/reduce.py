@@ -13,6 +13,7 @@ import numpy as np
 
 from ..axes import reduce_axes
 from .base import Grads, VjpContext, VjpRule, register
+from .prims import Prims, register_prim
 
 # (x, y with kept dims, number of reduced elements) -> local derivative dy/dx (broadcastable to x)
 Local = Callable[[np.ndarray, np.ndarray, int], np.ndarray | float]
@@ -73,6 +74,9 @@ def _log_sum_exp(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
     return np.exp(x - y)
 
 
+#: ops whose rule is written against the primitives (op -> first opset with axes as an input)
+_PRIM = {"ReduceSum": 13, "ReduceMean": 18}
+
 _OPS: dict[str, tuple[Local, int]] = {
     # op -> (local derivative, first opset with axes as an input)
     "ReduceSum": (_sum, 13),
@@ -86,5 +90,37 @@ _OPS: dict[str, tuple[Local, int]] = {
 }
 
 for _op, (_local, _switch) in _OPS.items():
+    if _op in _PRIM:
+        continue
     register([_op], reduction(_local, f"{_op}_attr_axes", False), until=_switch - 1)
     register([_op], reduction(_local, f"{_op}_input_axes", True), since=_switch)
+
+
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
+
+
+def prim_reduction(mean: bool, name: str, from_input: bool) -> Callable[[Prims, VjpContext], Grads]:
+    """ReduceSum / ReduceMean: ``dx = broadcast(dy with kept dims) (/ count)``."""
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
+        x, g = ctx.x(0), ctx.g(0)
+        xs = P.shape(x)
+        attr = None if from_input else ctx.attr("axes")
+        given = P.value(ctx.x(1)) if from_input and ctx.has(1) else None
+        axes = reduce_axes(attr, given, ctx.attr("noop_with_empty_axes", 0) if from_input else 0, len(xs))
+        rest: Grads = [None] * (len(ctx.ins) - 1)
+        if axes is None:
+            return [g, *rest]
+        kept = [1 if i in axes else d for i, d in enumerate(xs)]
+        count = int(np.prod([xs[a] for a in axes]))
+        gk = P.mul(P.reshape(g, kept), 1.0 / count if mean else 1.0)
+        return [P.broadcast_to(P.cast(gk, P.dtype(x)), xs), *rest]
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
+
+
+for _op, _switch in _PRIM.items():
+    _mean_op = _op == "ReduceMean"
+    register_prim([_op], prim_reduction(_mean_op, f"{_op}_attr_axes", False), f"{_op}_attr_axes", until=_switch - 1)
+    register_prim([_op], prim_reduction(_mean_op, f"{_op}_input_axes", True), f"{_op}_input_axes", since=_switch)

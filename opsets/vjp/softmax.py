@@ -8,42 +8,50 @@ One template serves the four rules.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .base import Grads, VjpContext, VjpRule, register
+from .base import Grads, VjpContext
+from .prims import Prims, register_prim
 
-Back = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-
-
-def _softmax_back(y: np.ndarray, g: np.ndarray, axis: int) -> np.ndarray:
-    return y * (g - (g * y).sum(axis=axis, keepdims=True))
+# -- written against the primitives (eager and ONNX-emittable) ---------------------------------------
 
 
-def _log_softmax_back(y: np.ndarray, g: np.ndarray, axis: int) -> np.ndarray:
-    return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
+def _p_softmax_back(P: Prims, y: Any, g: Any, axis: int) -> Any:
+    return P.mul(y, P.sub(g, P.reduce_sum(P.mul(g, y), (axis,), keepdims=True)))
 
 
-def normalized(back: Back, name: str, coerce_2d: bool) -> VjpRule:
-    """Template: ``back(y, dy, axis)`` over one axis, after the pre-13 2-D coercion when asked."""
+def _p_log_softmax_back(P: Prims, y: Any, g: Any, axis: int) -> Any:
+    return P.sub(g, P.mul(P.func("exp", y), P.reduce_sum(g, (axis,), keepdims=True)))
 
-    def fn(ctx: VjpContext) -> Grads:
+
+def prim_softmax(coerce_2d: bool, log: bool = False) -> Callable[[Prims, VjpContext], Grads]:
+    """Softmax's VJP ``y * (dy - sum(dy * y))`` (LogSoftmax's ``dy - exp(y) sum(dy)``) over its axis,
+    after the pre-13 2-D coercion when asked."""
+    back = _p_log_softmax_back if log else _p_softmax_back
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
         y, g = ctx.y(0), ctx.g(0)
+        ys = P.shape(y)
+        nd = len(ys)
         if coerce_2d:
             axis = int(ctx.attr("axis", 1))
-            axis = axis + y.ndim if axis < 0 else axis
-            rows = int(np.prod(y.shape[:axis]))
-            dx = back(y.reshape(rows, -1), g.reshape(rows, -1), 1).reshape(y.shape)
+            axis = axis + nd if axis < 0 else axis
+            rows = int(np.prod(ys[:axis]))
+            y2, g2 = P.reshape(y, (rows, -1)), P.reshape(g, (rows, -1))
+            dx = P.reshape(back(P, y2, g2, 1), ys)
         else:
             axis = int(ctx.attr("axis", -1))
-            dx = back(y, g, axis)
-        return [dx.astype(ctx.x(0).dtype, copy=False)]
+            axis = axis + nd if axis < 0 else axis
+            dx = back(P, y, g, axis)
+        return [P.cast(dx, P.dtype(ctx.x(0)))]
 
-    fn.__name__ = fn.__qualname__ = name
-    return VjpRule(fn, False, name)
+    rule.__name__ = rule.__qualname__ = ("log_softmax" if log else "softmax") + ("_2d" if coerce_2d else "")
+    return rule
 
 
-register(["Softmax"], normalized(_softmax_back, "softmax_2d", True), until=12)
-register(["Softmax"], normalized(_softmax_back, "softmax", False), since=13)
-register(["LogSoftmax"], normalized(_log_softmax_back, "log_softmax_2d", True), until=12)
-register(["LogSoftmax"], normalized(_log_softmax_back, "log_softmax", False), since=13)
+register_prim(["Softmax"], prim_softmax(True), "softmax_2d", until=12)
+register_prim(["Softmax"], prim_softmax(False), "softmax", since=13)
+register_prim(["LogSoftmax"], prim_softmax(True, log=True), "log_softmax_2d", until=12)
+register_prim(["LogSoftmax"], prim_softmax(False, log=True), "log_softmax", since=13)

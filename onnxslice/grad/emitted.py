@@ -1,0 +1,87 @@
+"""Running a :class:`~onnxslice.grad.GradientEngine` through its emitted gradient graph (``device="cuda"``).
+
+With ``device="cuda"`` the whole backward pass runs as one onnxruntime session on the CUDA provider:
+the engine emits its gradient graph (:func:`~onnxslice.grad.emit.emit_gradient_model`) once per batch
+shape, traced on the CPU, and feeds each batch to it. Where onnxruntime cannot use CUDA the session
+creation fails with the one-line error of :func:`onnxslice.record.make_session` (nothing falls back
+silently to the CPU). The providers the session really uses are ``session.get_providers()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from onnxslice.errors import DataError
+from onnxslice.record import make_session, runtime_proto
+
+from .emit import emit_gradient_model, grad_output_name
+from .result import Gradients
+
+if TYPE_CHECKING:
+    from .engine import GradientEngine
+
+__all__ = ["EmittedRunner"]
+
+
+class EmittedRunner:
+    """The emitted gradient graphs of one engine, one session per batch shape, on ``engine.device``."""
+
+    def __init__(self, engine: GradientEngine) -> None:
+        self.engine = engine
+        self._sessions: dict[tuple[Any, ...], Any] = {}
+
+    def session(self, feed: Mapping[str, np.ndarray]) -> Any:
+        """The session of the gradient graph traced at ``feed``'s shapes (built on first use)."""
+        key = tuple(sorted((k, np.shape(v)) for k, v in feed.items()))
+        if key not in self._sessions:
+            proto = emit_gradient_model(self.engine, feed, trace_device="cpu")
+            self._sessions[key] = make_session(runtime_proto(proto), self.engine.device, optimize=True)
+        return self._sessions[key]
+
+    def providers(self, feed: Mapping[str, np.ndarray]) -> list[str]:
+        """``get_providers()`` of the session serving ``feed``'s shapes."""
+        return list(self.session(feed).get_providers())
+
+    def __call__(
+        self, feed: Mapping[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None
+    ) -> Gradients:
+        """Gradients of validated ``feed`` (batches of ``batch_size``; the last may be smaller)."""
+        e = self.engine
+        n = len(next(iter(feed.values()))) if feed else 1
+        if e.target.kind == "loss" and labels is None:
+            raise DataError("target 'loss' needs labels (class per sample)")
+        bs = batch_size or n
+        wsum: dict[str, np.ndarray] = {}
+        iparts: dict[str, list[np.ndarray]] = {k: [] for k in e.input_names}
+        fparts: list[np.ndarray] = []
+        for s0 in range(0, n, bs):
+            chunk = {k: np.ascontiguousarray(v[s0 : s0 + bs]) for k, v in feed.items()}
+            sess = self.session(chunk)
+            run_feed = dict(chunk)
+            if e.target.kind == "loss":
+                assert labels is not None
+                run_feed["labels"] = np.asarray(labels[s0 : s0 + bs], dtype=np.int64)
+            names = [o.name for o in sess.get_outputs()]
+            res = dict(zip(names, sess.run(None, run_feed), strict=True))
+            fparts.append(res["target"])
+            for w in e.weight_names:
+                v = res[grad_output_name(w)]
+                wsum[w] = wsum[w] + v if w in wsum else v
+            for k in e.input_names:
+                iparts[k].append(res[grad_output_name(k)])
+        m = e.model
+        norms = {k: float(np.linalg.norm(m.initializer(k))) for k in e.weight_names}
+        return Gradients(
+            wsum,
+            {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in iparts.items()},
+            fparts[0] if len(fparts) == 1 else np.concatenate(fparts),
+            e.target.spec,
+            False,
+            dict(e.layers),
+            norms,
+            {"fingerprint": m.fingerprint, "weights": m.weights_fingerprint, "value": e.value, "output": e.output,
+             "backend": "emitted gradient graph"},
+        )
