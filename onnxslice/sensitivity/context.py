@@ -286,8 +286,11 @@ class Context:
                 k = int(b1 - b0)
                 eng, st = self._stacked_engine(k, per_sample)
                 names = [x.weight for x in self.layers]
-                w = st.feed(names, [{x: np.asarray((points[b0 + j] or {}).get(x, self.model.initializer(x)))
-                                     for x in names} for j in range(k)])
+                values = []
+                for j in range(k):
+                    point = points[b0 + j] or {}  # made once (Points may draw it on demand)
+                    values.append({x: np.asarray(point.get(x, self.model.initializer(x))) for x in names})
+                w = st.feed(names, values)
                 for rows, batch in cal.batches(size):
                     n = rows.stop - rows.start
                     feed = {name: np.concatenate([v] * k) for name, v in batch.items()}
