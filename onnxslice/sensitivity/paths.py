@@ -75,7 +75,8 @@ class PathCriterion:
     def _ig(self, ctx: Context, subjects: list[list[Layer]]) -> dict[str, np.ndarray]:
         m = ctx.steps
         points = Points(len(subjects) * m, lambda i: _at(ctx, subjects[i // m], (i % m + 0.5) / m))
-        means = ctx.mean_grads_many(points, desc=f"ig: {len(subjects)} path(s) x {m} steps")
+        means = ctx.mean_grads_many(points, desc=f"ig: {len(subjects)} path(s) x {m} steps",
+                                    subjects=_one_layer(subjects, m))
         times_w = bool(ctx.option("ig_times_weight", True))
         out = {}
         for s, subject in enumerate(subjects):
@@ -90,7 +91,8 @@ class PathCriterion:
     def _idgi(self, ctx: Context, subjects: list[list[Layer]]) -> dict[str, np.ndarray]:
         m = ctx.steps
         points = Points(len(subjects) * (m + 1), lambda i: _at(ctx, subjects[i // (m + 1)], (i % (m + 1)) / m))
-        means = ctx.mean_grads_many(points, desc=f"idgi: {len(subjects)} path(s) x {m + 1} points")
+        means = ctx.mean_grads_many(points, desc=f"idgi: {len(subjects)} path(s) x {m + 1} points",
+                                    subjects=_one_layer(subjects, m + 1))
         out = {}
         for s, subject in enumerate(subjects):
             path = means[s * (m + 1) : (s + 1) * (m + 1)]
@@ -115,6 +117,8 @@ class PathCriterion:
             sizes = [int(np.prod(sh)) for sh in shapes[s]]
             return [p.reshape(sh) for p, sh in zip(np.split(v, np.cumsum(sizes)[:-1]), shapes[s], strict=True)]
 
+        if len(subjects) > 1 and _one_layer(subjects, 1) is not None:
+            return self._gig_by_layer(ctx, subjects, fraction, max_dist)
         walks = []
         xs: list[np.ndarray] = []
         attrs: list[np.ndarray | None] = [None] * len(subjects)
@@ -148,6 +152,35 @@ class PathCriterion:
             out.update({x.name: -p for x, p in zip(subject, split(attr, s), strict=True)})
         return out
 
+    def _gig_by_layer(
+        self, ctx: Context, subjects: list[list[Layer]], fraction: float, max_dist: float
+    ) -> dict[str, np.ndarray]:
+        """Per-layer guided paths one layer at a time: each step runs only the graph below the layer."""
+        from onnxslice.console import progress_bar
+
+        out = {}
+        with progress_bar(len(subjects) * ctx.steps, f"gig: {len(subjects)} paths x {ctx.steps} steps") as advance:
+            for subject in subjects:
+                (x,) = subject
+                w = ctx.model.initializer(x.weight)
+                start = np.asarray(w, np.float64).ravel()
+
+                def grad_fn(v: np.ndarray, x: Layer = x, w: np.ndarray = w) -> np.ndarray:
+                    ((g, _),) = ctx.mean_grads_many([{x.weight: v.reshape(w.shape).astype(w.dtype)}], subjects=[x])
+                    advance(x.name)
+                    return np.asarray(g[x.weight]).ravel()
+
+                attr = guided_path(grad_fn, start, np.zeros_like(start), ctx.steps, fraction, max_dist)
+                out[x.name] = -attr.reshape(w.shape)
+        return out
+
+
+def _one_layer(subjects: list[list[Layer]], per: int) -> list[Layer | None] | None:
+    """The subject layer of each of ``per`` consecutive points per subject, when subjects are single layers."""
+    if any(len(s) != 1 for s in subjects):
+        return None
+    return [s[0] for s in subjects for _ in range(per)]
+
 
 def guided_path(
     grad_fn: Callable[[np.ndarray], np.ndarray], start: np.ndarray, end: np.ndarray, steps: int,
@@ -161,8 +194,8 @@ def guided_path(
     ``(1 - alpha)`` of the total. The result sums to about ``f(end) - f(start)``.
     """
     walk = guided_walk(start, end, steps, fraction, max_dist)
-    x = next(walk)
     try:
+        x = next(walk)
         while True:
             x = walk.send(grad_fn(x))
     except StopIteration as done:

@@ -29,7 +29,7 @@ from onnx import helper
 
 from onnxslice.model import Layer, Model
 
-__all__ = ["STACKABLE_OPS", "Points", "Stacked", "stack_model", "stack_problem", "weight_copy"]
+__all__ = ["STACKABLE_OPS", "Points", "Stacked", "stack_model", "stack_problem", "stack_subject", "weight_copy"]
 
 #: Layer op types whose copies can read one group of the stacked batch each.
 STACKABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -217,3 +217,97 @@ def stack_model(model: Model, layers: Sequence[Layer], groups: int, batch: bool 
     with contextlib.suppress(Exception):  # types of the new values help the engine; they are not needed
         proto = onnx.shape_inference.infer_shapes(proto)
     return Stacked(model.with_proto(proto, f"stacked x{groups}"), groups, frozenset(batched))
+
+
+def _static(model: Model) -> set[str]:
+    """Values computed from initializers only (no sample axis)."""
+    static = set(model.initializer_names)
+    for node in model.nodes:
+        if node.inputs and all(not i or i in static for i in node.inputs):
+            static.update(o for o in node.outputs if o)
+    return static
+
+
+def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]) -> Stacked | str:
+    """``groups`` settings of one layer's weight per call, the part of the graph above it run once.
+
+    The feed is the calibration batch tiled ``groups`` times; the nodes that do not depend on
+    ``layer``'s weight (the prefix) read only its first ``N`` rows, the layer runs once per group on
+    that prefix value and every prefix value the rest of the graph reads is tiled to ``G * N`` rows. Only
+    the layer's weight varies, so a path that scales one layer costs the suffix below it per point,
+    not the whole model. ``needed``: values that must depend on the layer (the target).
+
+    Returns:
+        the :class:`Stacked` model, or why it cannot be built (an integer value such as a shape
+        computed above the layer is read below it, or a needed value does not depend on the layer).
+    """
+    g = model.graph
+    node_l = model.node(layer.name)
+    below = set(node_l.outputs)
+    suffix: set[str] = set()
+    for n in model.nodes:
+        if n.name != node_l.name and any(i in below for i in n.inputs if i):
+            suffix.add(n.name)
+            below.update(o for o in n.outputs if o)
+    for v in needed:
+        if v not in below:
+            return f"'{v}' does not depend on layer '{layer.name}'"
+    static = _static(model)
+    inputs = set(model.input_names)
+    tiled: dict[str, str] = {}  # prefix value -> its tiled name, for suffix readers
+    for n in model.nodes:
+        if n.name not in suffix:
+            continue
+        for v in n.inputs:
+            if not v or v in below or v in static or v in inputs or v in tiled:
+                continue
+            vi = model.value_info.get(v)
+            if vi is None or vi.dtype is None or vi.dtype.kind != "f":
+                what = vi.describe() if vi else "untyped"
+                return f"value '{v}' ({what}) is computed above layer '{layer.name}' and read below it"
+            tiled[v] = f"{v}__tiled"
+    first = {i: f"{i}__first" for i in model.input_names}  # prefix readers see the first N rows
+    p = f"{node_l.name}__subj"
+    nodes: list[onnx.NodeProto] = []
+    inits = [t for t in g.initializer if t.name != layer.weight]
+    inits += [_const(f"{p}_g", [groups]), _const(f"{p}_s0", [0]), _const(f"{p}_s1", [1])]
+    for i in model.input_names:
+        nodes.append(helper.make_node("Shape", [i], [f"{i}__shape"], name=f"{i}__shape"))
+        nodes.append(helper.make_node("Slice", [f"{i}__shape", f"{p}_s0", f"{p}_s1"], [f"{i}__rows"],
+                                      name=f"{i}__rows"))
+        nodes.append(helper.make_node("Div", [f"{i}__rows", f"{p}_g"], [f"{i}__n"], name=f"{i}__n"))
+        nodes.append(helper.make_node("Slice", [i, f"{p}_s0", f"{i}__n", f"{p}_s0"], [first[i]], name=first[i]))
+    w = model.initializer(layer.weight)
+    for n in g.node:
+        if n.name == node_l.name:
+            outs = []
+            for k in range(groups):
+                copy = onnx.NodeProto()
+                copy.CopyFrom(n)
+                copy.name = f"{n.name}__stack{k}"
+                for j, v in enumerate(copy.input):
+                    if v in first:
+                        copy.input[j] = first[v]
+                copy.input[layer.weight_input] = weight_copy(layer.weight, k)
+                copy.output[0] = f"{n.output[0]}__stack{k}"
+                outs.append(copy.output[0])
+                nodes.append(copy)
+                inits.append(onnx.numpy_helper.from_array(np.asarray(w), weight_copy(layer.weight, k)))
+            nodes.append(helper.make_node("Concat", outs, [n.output[0]], name=f"{n.name}__stack_concat", axis=0))
+            continue
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        rename = tiled if n.name in suffix else first
+        for j, v in enumerate(node.input):
+            if v in rename:
+                node.input[j] = rename[v]
+        nodes.append(node)
+        for o in n.output:
+            if o in tiled:
+                nodes.append(helper.make_node("Concat", [o] * groups, [tiled[o]], name=tiled[o], axis=0))
+    graph = helper.make_graph(nodes, g.name, [i for i in g.input if i.name != layer.weight], list(g.output), inits,
+                              value_info=list(g.value_info))
+    proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
+    with contextlib.suppress(Exception):
+        proto = onnx.shape_inference.infer_shapes(proto)
+    return Stacked(model.with_proto(proto, f"stacked x{groups} on {layer.name}"), groups, frozenset())
