@@ -143,3 +143,55 @@ def test_stacked_model_runs_each_group_at_its_own_weights():
     for g, v in enumerate(values):
         want = base.run({"x": x}, validated=True, weights=v)["logits"]
         np.testing.assert_allclose(out[4 * g : 4 * (g + 1)], want, rtol=1e-6, atol=1e-6)
+
+
+def build_resnet(seed: int = 0, shape_from_input: bool = False) -> Model:
+    """Conv -> Relu -> Conv -> Add(skip) -> Relu -> flatten -> MatMul: the skip value crosses below conv1.
+
+    ``shape_from_input``: flatten with a Reshape whose shape is computed from the input's batch size
+    (an integer value computed above conv1 and read below it).
+    """
+    rng = np.random.default_rng(seed)
+    w = {
+        "W0": (rng.normal(size=(2, 1, 3, 3)) / 3).astype(np.float32),
+        "W1": (rng.normal(size=(2, 2, 3, 3)) / 4).astype(np.float32),
+        "b1": (0.1 * rng.normal(size=2)).astype(np.float32),
+        "W2": (rng.normal(size=(32, 3)) / 5).astype(np.float32),
+        "minus1": np.array([-1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "W1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "r0"], ["s"], name="skip"),
+        helper.make_node("Relu", ["s"], ["r1"], name="relu1"),
+    ]
+    if shape_from_input:
+        nodes += [
+            helper.make_node("Shape", ["x"], ["xs"], name="xs", end=1),
+            helper.make_node("Concat", ["xs", "minus1"], ["flat_shape"], name="flat_shape", axis=0),
+            helper.make_node("Reshape", ["r1", "flat_shape"], ["f"], name="flat"),
+        ]
+    else:
+        nodes.append(helper.make_node("Flatten", ["r1"], ["f"], name="flat"))
+    nodes.append(helper.make_node("MatMul", ["f", "W2"], ["logits"], name="fc"))
+    return load(make_model(nodes, {"x": (np.float32, ["N", 1, 4, 4])}, {"logits": (np.float32, ["N", 3])}, w))
+
+
+@pytest.mark.parametrize("shape_from_input", [False, True])
+def test_per_layer_paths_with_a_skip_connection(shape_from_input):
+    """conv1's path runs below conv1 with the skip value tiled; an integer value crossing refuses that."""
+    from onnxslice.sensitivity.stacked import stack_subject
+
+    model = build_resnet(4, shape_from_input)
+    conv1 = next(x for x in model.layers if x.name == "conv1")
+    st = stack_subject(model, conv1, 2, ["logits"])
+    if shape_from_input:
+        assert isinstance(st, str) and "'flat_shape'" in st
+    else:
+        assert not isinstance(st, str)
+    for name in ("ig", "idgi", "gig"):
+        got, want, _ = _both(model, name, "layer")
+        for k in want:
+            scale = float(np.abs(want[k]).max()) or 1.0
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=f"{name} {k}")
