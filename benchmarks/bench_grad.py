@@ -332,7 +332,7 @@ STEPPED = ("smoothgrad", "vargrad", "ig", "gig", "idgi")
 
 
 def criteria_costs(samples: int, steps: int, threads: int, only: list[str] | None = None,
-                   out: Path | None = None) -> list[dict[str, Any]]:
+                   out: Path | None = None, repeats: int = 3) -> list[dict[str, Any]]:
     """Seconds of ``sensitivity(model, data, criterion)`` for every criterion on every reference model.
 
     The small models run at the defaults' scale: 64 calibration samples, 16 path steps and noise draws,
@@ -340,8 +340,10 @@ def criteria_costs(samples: int, steps: int, threads: int, only: list[str] | Non
     (``stack=False``: one engine call per weight setting) to show what stacking saves, and the path
     criteria once more along the global path. EfficientNet-Lite0 runs at ``samples`` x ``steps`` (and
     ``4 * steps`` HSIC masks); its cells also give the projection to 64 x 16, linear in samples and in
-    steps/draws/masks (``seconds * 64 * 16 / (samples * steps)``; ``* 64 / samples`` for the others).
-    Rows are saved to ``out`` after every model.
+    points (steps, draws or masks; ``steps + 1`` for idgi): an upper bound, since fixed costs (loading,
+    engine builds, one per layer on the per-layer paths) are scaled too.
+    Small models: the median of ``repeats`` runs, the cells interleaved round-robin; EfficientNet-Lite0:
+    one run. Rows are saved to ``out`` after every model (rows of models not run are kept from it).
     """
     import warnings
 
@@ -364,19 +366,24 @@ def criteria_costs(samples: int, steps: int, threads: int, only: list[str] | Non
         runs += [(f"{c}:global", {"path": "global"}) for c in ("ig", "gig", "idgi")]
         if not large:
             runs += [(f"{c}:unstacked", {"stack": False}) for c in STEPPED]
-        for key, opts in runs:
+        times: dict[str, list[float]] = {key: [] for key, _ in runs}
+        for _ in range(1 if large else repeats):  # round-robin: every cell once per repeat
+            for key, opts in runs:
+                crit = key.split(":")[0]
+                if output is not None:
+                    opts = {**opts, "output": output}
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sensitivity(model, {model.input_names[0]: x}, crit, "linf", samples=n, steps=k, noise_samples=k,
+                                batch_size=64, hsic_masks=masks, **opts)  # fmt: skip
+                times[key].append(time.perf_counter() - t)
+        for key, _ in runs:
             crit = key.split(":")[0]
-            if output is not None:
-                opts = {**opts, "output": output}
-            t = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sensitivity(model, {model.input_names[0]: x}, crit, "linf", samples=n, steps=k, noise_samples=k,
-                            batch_size=64, hsic_masks=masks, **opts)  # fmt: skip
-            sec = time.perf_counter() - t
-            cell: dict[str, Any] = {"seconds": round(sec, 3)}
+            sec = statistics.median(times[key])
+            cell: dict[str, Any] = {"seconds": round(sec, 3), "runs": len(times[key])}
             if large:
-                scale = 64 * 16 / (n * k) if crit in (*STEPPED, "hsic") else 64 / n
+                scale = 64 / n * (17 / (k + 1) if crit == "idgi" else 16 / k if crit in (*STEPPED, "hsic") else 1)
                 cell["projected_64x16_s"] = round(sec * scale, 1)
             row[key] = cell
             extra = f"  (64 x 16: ~{cell['projected_64x16_s']:,.0f} s)" if large else ""
@@ -384,13 +391,19 @@ def criteria_costs(samples: int, steps: int, threads: int, only: list[str] | Non
         row["load_average_after"] = os.getloadavg()
         rows.append(row)
         if out is not None:
-            _save_costs(out, rows, samples, steps, threads)
+            _save_costs(out, rows, samples, steps, threads, repeats)
     return rows
 
 
-def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int, threads: int) -> None:
+def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int, threads: int, repeats: int) -> None:
     import subprocess
 
+    kept = []
+    if out.is_file():  # rows of models this run did not measure stay as they were
+        done = {r["model"] for r in rows}
+        kept = [r for r in json.loads(out.read_text()).get("results", []) if r.get("model") not in done]
+    order = {label: i for i, (label, *_) in enumerate(CRITERIA_MODELS)}
+    rows = sorted([*kept, *rows], key=lambda r: order.get(r.get("model"), len(order)))
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True, check=False).stdout.strip()
@@ -401,8 +414,8 @@ def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int,
                    f"--samples {samples} --steps {steps}",
         "commit": commit, "threads": threads, "cpus": os.cpu_count(),
         "settings": "small models: 64 samples, 16 steps/draws, 64 hsic masks, batch 64, linf, target pred, "
-                    f"one run per cell; EfficientNet-Lite0: {samples} samples, {steps} steps/draws, "
-                    f"{4 * steps} hsic masks, with the projection to 64 x 16",
+                    f"median of {repeats} runs per cell (round-robin); EfficientNet-Lite0: one run at {samples} "
+                    f"samples, {steps} steps/draws, {4 * steps} hsic masks, with the projection to 64 x 16",
         "note": "2-core machine shared with four other jobs (load average recorded per model): absolute "
                 "seconds are inflated by the load",
     }
@@ -427,7 +440,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.criteria:
         out = Path(args.out).with_name("grad_criteria.json")
-        criteria_costs(args.samples, args.steps, args.threads[0], [m for m in args.models.split(",") if m], out)
+        criteria_costs(args.samples, args.steps, args.threads[0], [m for m in args.models.split(",") if m], out,
+                       args.repeats or 3)
         print(f"saved {out}")
         return
     if args.profile:
