@@ -230,10 +230,14 @@ class Context:
     def _stack_size(self, points: int, chunk: int, per_sample: bool, force: bool = False) -> int:
         """Points per engine call: as many as the memory budget ``stack_mb`` (default 1024) allows.
 
-        Per-sample gradients stack only with ``options["stack_per_sample"]`` (measured slower on
-        LeNet-5 and the moons MLP: the per-sample gradient arrays of a call grow with the points).
+        Points that change every layer (noise draws, the global path) stack only with
+        ``options["stack_all"]``: measured on the reference models (``benchmarks/bench_grad.py
+        --criteria``), one call per point was as fast or faster (SmoothGrad 1.1-2.5x faster unstacked on
+        LeNet-5, ResNet-8 and the Keras CNN). Points of one layer's path (``force``) always stack.
+        Per-sample gradients stack only with ``options["stack_per_sample"]`` too (the per-sample gradient
+        arrays of a call grow with the points).
         """
-        if points < 2 or (not force and self.stack_problem() is not None):
+        if points < 2 or (not force and (not self.option("stack_all", False) or self.stack_problem() is not None)):
             return 1
         if per_sample and not self.option("stack_per_sample", False):
             return 1

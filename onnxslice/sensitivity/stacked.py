@@ -15,6 +15,11 @@ and every layer is a Conv, ConvTranspose, MatMul or Gemm (``transA=0``) whose da
 samples; otherwise (and with ``options["stack"]=False``) the points are evaluated one call each, with
 the same numbers. ``G`` is bounded by a memory budget (``options["stack_mb"]``, default 1024 MB) on the
 recorded activations of ``G * batch`` samples.
+
+:func:`stack_subject` is the other kind: one layer's weight varies (a per-layer path), so the graph above
+that layer runs once and only the graph below it runs per point. It is the default for per-layer paths;
+stacking points that change every layer is opt-in (``options["stack_all"]``): measured on the reference
+models it was no faster than one call per point (see ``Context._stack_size``).
 """
 
 from __future__ import annotations

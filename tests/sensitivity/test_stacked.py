@@ -49,7 +49,7 @@ def _data(model: Model, n: int = 10) -> dict[str, np.ndarray]:
 def _both(model: Model, name: str, path: str, **opts: object) -> tuple[dict, dict, Context]:
     data = _data(model)
     kw = dict(steps=3, noise_samples=3, seed=1, batch_size=4)
-    stacked = Context.build(model, data, options={"path": path, **opts}, **kw)
+    stacked = Context.build(model, data, options={"path": path, "stack_all": True, **opts}, **kw)
     single = Context.build(model, data, options={"path": path, "stack": False}, **kw)
     crit = get_criterion(name)
     return crit.relevance(stacked), crit.relevance(single), stacked
@@ -96,7 +96,7 @@ def test_per_sample_gradients_per_point():
     """Per-sample gradients of a stacked call are each point's own (checked sample by sample)."""
     model = build_convnet(7)
     data = _data(model, 6)
-    ctx = Context.build(model, data, batch_size=3, options={"stack_per_sample": True})
+    ctx = Context.build(model, data, batch_size=3, options={"stack_all": True, "stack_per_sample": True})
     pts = Points(3, lambda i: {x.weight: (model.initializer(x.weight) * (1 + 0.3 * i)).astype(np.float32)
                                for x in ctx.layers})
     seen = {}
@@ -113,6 +113,14 @@ def test_per_sample_gradients_per_point():
             for x in ctx.layers:
                 assert g[x.weight].shape == w.weights[x.weight].shape
                 np.testing.assert_allclose(g[x.weight], w.weights[x.weight], rtol=1e-5, atol=1e-7)
+
+
+def test_points_of_every_layer_stack_only_when_asked():
+    """Noise draws and the global path: one call per point by default (measured faster), stacked with stack_all."""
+    model = build_convnet(2)
+    ctx = Context.build(model, _data(model), noise_samples=3, batch_size=4)
+    get_criterion("smoothgrad").relevance(ctx)
+    assert not ctx._stacked
 
 
 def test_models_that_cannot_stack_say_why_and_fall_back():
