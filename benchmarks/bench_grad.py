@@ -317,20 +317,33 @@ def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int 
 
 
 #: reference models of the criterion cost table: (label, file under models/, data spec)
+#: (label, file under models/, data, model output, large): every reference model of the cost table.
 CRITERIA_MODELS = [
-    ("LeNet-5", "lenet5.onnx", "builtin:mnist?n=64"),
-    ("ResNet-8 (MNIST)", "resnet8_mnist.onnx", "builtin:mnist?n=64"),
-    ("EfficientNet-Lite0", "efficientnet_lite0.onnx", "builtin:samples-imagenet"),
+    ("LeNet-5", "lenet5.onnx", "builtin:mnist?n=64", None, False),
+    ("ResNet-8 (MNIST)", "resnet8_mnist.onnx", "builtin:mnist?n=64", None, False),
+    ("MLP digits (sklearn)", "mlp_digits.onnx", "builtin:digits?n=64", "probabilities", False),
+    ("Keras MNIST CNN", "keras_mnist.onnx", "builtin:mnist?n=64", None, False),
+    ("moons MLP (vanilla-1000)", "moons/vanilla-1000.onnx", "builtin:moons?n=64", None, False),
+    ("moons transformer (4001)", "moons/transformer-4001.onnx", "builtin:moons?n=64", None, False),
+    ("EfficientNet-Lite0", "efficientnet_lite0.onnx", "builtin:samples-imagenet", None, True),
 ]
+#: criteria whose cost grows with path steps or noise draws (and which evaluate many weight settings)
+STEPPED = ("smoothgrad", "vargrad", "ig", "gig", "idgi")
 
 
-def criteria_costs(samples: int, steps: int, threads: int) -> list[dict[str, Any]]:
-    """Seconds of ``sensitivity(model, data, criterion)`` for every registered criterion on each reference model.
+def criteria_costs(samples: int, steps: int, threads: int, only: list[str] | None = None,
+                   out: Path | None = None, repeats: int = 3) -> list[dict[str, Any]]:
+    """Seconds of ``sensitivity(model, data, criterion)`` for every criterion on every reference model.
 
-    Gradient passes scale with samples x steps (or noise draws) x (layers for the per-layer paths),
-    so the table also gives the projection to 64 samples and 16 steps/draws (the defaults' scale):
-    ``seconds * (64 * 16) / (samples * steps)`` for criteria that use steps or draws, ``* 64 / samples``
-    for the others.
+    The small models run at the defaults' scale: 64 calibration samples, 16 path steps and noise draws,
+    64 HSIC masks, each criterion once; the path and noise criteria also once with stacking off
+    (``stack=False``: one engine call per weight setting) to show what stacking saves, and the path
+    criteria once more along the global path. EfficientNet-Lite0 runs at ``samples`` x ``steps`` (and
+    ``4 * steps`` HSIC masks); its cells also give the projection to 64 x 16, linear in samples and in
+    points (steps, draws or masks; ``steps + 1`` for idgi): an upper bound, since fixed costs (loading,
+    engine builds, one per layer on the per-layer paths) are scaled too.
+    Small models: the median of ``repeats`` runs, the cells interleaved round-robin; EfficientNet-Lite0:
+    one run. Rows are saved to ``out`` after every model (rows of models not run are kept from it).
     """
     import warnings
 
@@ -338,25 +351,75 @@ def criteria_costs(samples: int, steps: int, threads: int) -> list[dict[str, Any
     from onnxslice.sensitivity import criteria_names, sensitivity
 
     _pin(threads)
-    stepped = {"smoothgrad", "vargrad", "ig", "gig", "idgi", "hsic"}
     rows = []
-    for label, file, spec in CRITERIA_MODELS:
+    for label, file, spec, output, large in CRITERIA_MODELS:
+        if only and not any(o.lower() in label.lower() for o in only):
+            continue
         model = load(ROOT / "models" / file)
+        n, k = (samples, steps) if large else (64, 16)
+        masks = 4 * steps if large else 64
         x = load_data(spec).x
-        x = np.concatenate([x] * (samples // len(x) + 1))[:samples]
-        row: dict[str, Any] = {"model": label, "layers": len(model.layers), "samples": samples, "steps": steps}
-        for crit in criteria_names():
-            t = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sensitivity(model, {"x": x}, crit, "linf", samples=samples, steps=steps, noise_samples=steps,
-                            batch_size=samples, hsic_masks=max(8, 2 * steps))  # fmt: skip
-            sec = time.perf_counter() - t
-            scale = 64 * 16 / (samples * steps) if crit in stepped else 64 / samples
-            row[crit] = {"seconds": sec, "projected_64x16_s": sec * scale}
-            print(f"{label:<20}{crit:<12}{sec:>9.2f} s  (64 samples x 16 steps: ~{sec * scale:,.0f} s)", flush=True)
+        x = np.concatenate([x] * (n // len(x) + 1))[:n]
+        row: dict[str, Any] = {"model": label, "file": f"models/{file}", "layers": len(model.layers),
+                               "samples": n, "steps": k, "noise_samples": k, "hsic_masks": masks}
+        runs = [(c, {}) for c in criteria_names()]
+        runs += [(f"{c}:global", {"path": "global"}) for c in ("ig", "gig", "idgi")]
+        if not large:
+            runs += [(f"{c}:unstacked", {"stack": False}) for c in STEPPED]
+        times: dict[str, list[float]] = {key: [] for key, _ in runs}
+        for _ in range(1 if large else repeats):  # round-robin: every cell once per repeat
+            for key, opts in runs:
+                crit = key.split(":")[0]
+                if output is not None:
+                    opts = {**opts, "output": output}
+                t = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sensitivity(model, {model.input_names[0]: x}, crit, "linf", samples=n, steps=k, noise_samples=k,
+                                batch_size=64, hsic_masks=masks, **opts)  # fmt: skip
+                times[key].append(time.perf_counter() - t)
+        for key, _ in runs:
+            crit = key.split(":")[0]
+            sec = statistics.median(times[key])
+            cell: dict[str, Any] = {"seconds": round(sec, 3), "runs": len(times[key])}
+            if large:
+                scale = 64 / n * (17 / (k + 1) if crit == "idgi" else 16 / k if crit in (*STEPPED, "hsic") else 1)
+                cell["projected_64x16_s"] = round(sec * scale, 1)
+            row[key] = cell
+            extra = f"  (64 x 16: ~{cell['projected_64x16_s']:,.0f} s)" if large else ""
+            print(f"{label:<28}{key:<18}{sec:>9.2f} s{extra}", flush=True)
+        row["load_average_after"] = os.getloadavg()
         rows.append(row)
+        if out is not None:
+            _save_costs(out, rows, samples, steps, threads, repeats)
     return rows
+
+
+def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int, threads: int, repeats: int) -> None:
+    import subprocess
+
+    kept = []
+    if out.is_file():  # rows of models this run did not measure stay as they were
+        done = {r["model"] for r in rows}
+        kept = [r for r in json.loads(out.read_text()).get("results", []) if r.get("model") not in done]
+    order = {label: i for i, (label, *_) in enumerate(CRITERIA_MODELS)}
+    rows = sorted([*kept, *rows], key=lambda r: order.get(r.get("model"), len(order)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    meta = {
+        "command": f"nice -n 10 python benchmarks/bench_grad.py --criteria --threads {threads} "
+                   f"--samples {samples} --steps {steps}",
+        "commit": commit, "threads": threads, "cpus": os.cpu_count(),
+        "settings": "small models: 64 samples, 16 steps/draws, 64 hsic masks, batch 64, linf, target pred, "
+                    f"median of {repeats} runs per cell (round-robin); EfficientNet-Lite0: one run at {samples} "
+                    f"samples, {steps} steps/draws, {4 * steps} hsic masks, with the projection to 64 x 16",
+        "note": "2-core machine shared with four other jobs (load average recorded per model): absolute "
+                "seconds are inflated by the load",
+    }
+    out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -369,14 +432,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch for --profile (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grad.json"), help="results JSON")
     ap.add_argument("--criteria", action="store_true", help="time every sensitivity criterion instead (1 thread)")
-    ap.add_argument("--samples", type=int, default=8, help="calibration samples for --criteria (default: 8)")
-    ap.add_argument("--steps", type=int, default=2, help="path steps and noise draws for --criteria (default: 2)")
+    ap.add_argument("--samples", type=int, default=4,
+                    help="EfficientNet-Lite0's calibration samples for --criteria (default: 4)")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="EfficientNet-Lite0's path steps and noise draws for --criteria (default: 1)")
+    ap.add_argument("--models", default="", help="--criteria: comma list of model name parts (default: all)")
     args = ap.parse_args()
     if args.criteria:
-        rows = criteria_costs(args.samples, args.steps, args.threads[0])
         out = Path(args.out).with_name("grad_criteria.json")
-        meta = {"load_average": os.getloadavg(), "threads": args.threads[0], "note": "shared 2-core machine"}
-        out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
+        criteria_costs(args.samples, args.steps, args.threads[0], [m for m in args.models.split(",") if m], out,
+                       args.repeats or 3)
         print(f"saved {out}")
         return
     if args.profile:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxslice.console import format_table, progress, progress_bar, warn_if_long
-from onnxslice.sensitivity.cost import criterion_passes, groundtruth_passes
+from onnxslice.sensitivity.cost import SUFFIX, criterion_passes, groundtruth_passes
 
 
 def test_format_table_right_aligns_numbers_and_has_no_terminal_codes() -> None:
@@ -41,7 +41,9 @@ def test_warn_if_long_announces_minutes_up_front(monkeypatch: pytest.MonkeyPatch
 
 def test_criterion_costs_follow_their_definitions() -> None:
     assert criterion_passes("weight", 10) == 0
-    assert criterion_passes("ig", 10, steps=16) == pytest.approx(10 * criterion_passes("ig", 10, steps=16,
-                                                                                         path="global"))
+    # a per-layer path point runs the graph below its layer only (SUFFIX of a full pass)
+    assert criterion_passes("ig", 10, steps=16) == pytest.approx(10 * SUFFIX * criterion_passes("ig", 10, steps=16,
+                                                                                                  path="global"))
+    assert criterion_passes("idgi", 10, steps=16) > criterion_passes("ig", 10, steps=16)
     assert criterion_passes("smoothgrad", 10, noise_samples=16) == 16 * criterion_passes("grad", 10)
     assert groundtruth_passes(10, 8) > groundtruth_passes(5, 8)

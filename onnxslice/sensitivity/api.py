@@ -99,7 +99,13 @@ def sensitivity(
         device: onnxruntime device.
         **options: criterion options: ``path`` (``layer``/``global``), ``sigma``, ``ig_times_weight``,
             ``gig_fraction``, ``gig_max_dist``, ``hsic_masks``, ``hsic_drop``, ``hsic_bandwidth``, ``fd_h``,
-            ``fd_mode``, ``fd_granularity``.
+            ``fd_mode``, ``fd_granularity``; how path and noise criteria batch their weight settings
+            (:mod:`~onnxslice.sensitivity.stacked`): ``stack`` (default True: a per-layer path runs the
+            graph below its layer, its points stacked), ``stack_all`` (also stack points that change every
+            layer: noise draws, the global path; default False, measured slower), ``stack_mb`` (memory
+            budget per call, default 1024), ``stack_max`` (settings per call, default 64),
+            ``stack_per_sample`` (VarGrad's per-sample passes too, default False), ``stack_batched``
+            (MatMul/Gemm layers as one batched MatMul, default True).
 
     Returns:
         LayerScores (criterion, reduction, and ``meta`` with timing and settings).

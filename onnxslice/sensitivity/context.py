@@ -7,7 +7,8 @@ lazily and keeps them, so criteria that compose (SmoothGrad over a gradient crit
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,9 @@ class Context:
     _target: Target | None = field(default=None, repr=False)
     _engine: Any = field(default=None, repr=False)
     _reference: np.ndarray | None = field(default=None, repr=False)
+    _stacked: dict[tuple[int, bool], Any] = field(default_factory=dict, repr=False)
+    _subject: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    _sample_bytes: float | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -208,6 +212,172 @@ class Context:
             fsum += float(np.sum(g.target_values))
         n = len(cal)
         return {k: v / n for k, v in total.items()}, fsum / n
+
+    # -- many weight settings per engine call (stacked.py) -----------------------------------------
+    def stack_problem(self) -> str | None:
+        """Why points cannot be stacked along the batch here (None when they can)."""
+        from onnxslice.sensitivity.stacked import stack_problem
+
+        if not self.option("stack", True):
+            return "stacking is turned off (option stack=False)"
+        why = stack_problem(self.model, self.layers)
+        if why is None:
+            ref = self.reference()
+            if self.bound.batch_axis(ref, len(self.need_data("target"))) != 0:
+                why = "the target's samples are not on axis 0"
+        return why
+
+    def _stack_size(self, points: int, chunk: int, per_sample: bool, force: bool = False) -> int:
+        """Points per engine call: as many as the memory budget ``stack_mb`` (default 1024) allows.
+
+        Points that change every layer (noise draws, the global path) stack only with
+        ``options["stack_all"]``: measured on the reference models (``benchmarks/bench_grad.py
+        --criteria``), one call per point was as fast or faster (SmoothGrad 1.1-2.5x faster unstacked on
+        LeNet-5, ResNet-8 and the Keras CNN). Points of one layer's path (``force``) always stack.
+        Per-sample gradients stack only with ``options["stack_per_sample"]`` too (the per-sample gradient
+        arrays of a call grow with the points).
+        """
+        if points < 2 or (not force and (not self.option("stack_all", False) or self.stack_problem() is not None)):
+            return 1
+        if per_sample and not self.option("stack_per_sample", False):
+            return 1
+        if self._sample_bytes is None:
+            cal = self.need_data("gradient")
+            _, one = cal.batches(1)[0]
+            vals = self.engine().recorder.run(one, validated=True)
+            # the stacked graph also records each layer's split input and its copies' outputs
+            self._sample_bytes = 2.0 * sum(np.asarray(v).nbytes for v in vals.values()) + 1.0
+        per = self._sample_bytes
+        if per_sample:
+            per += 12.0 * sum(self.model.initializer(x.weight).size for x in self.layers)
+        budget = float(self.option("stack_mb", 1024)) * 2**20
+        return max(1, min(points, int(self.option("stack_max", 64)), int(budget // (chunk * per))))
+
+    def _stacked_engine(self, groups: int, per_sample: bool) -> tuple[Any, Any]:
+        """``(engine, Stacked)`` for ``groups`` points per call (built once per size and kind)."""
+        key = (groups, per_sample)
+        if key not in self._stacked:
+            from onnxslice.grad import GradientEngine
+            from onnxslice.sensitivity.stacked import stack_model
+
+            batched = not per_sample and bool(self.option("stack_batched", True))
+            st = stack_model(self.model, self.layers, groups, batch=batched)
+            names = st.names([x.weight for x in self.layers])
+            self._stacked[key] = (GradientEngine(
+                st.model, self.target, weights=names, inputs=False, swappable=names, device=self.device,
+                output=self.output, exact=bool(self.option("exact", False)),
+            ), st)
+        return self._stacked[key]
+
+    def _subject_engine(self, layer: Layer, groups: int) -> tuple[Any, Any] | None:
+        """``(engine, Stacked)`` for ``groups`` settings of ``layer``'s weight alone (None: not possible)."""
+        key = (layer.name, groups)
+        if key not in self._subject:
+            from onnxslice.grad import GradientEngine
+            from onnxslice.sensitivity.stacked import stack_subject
+
+            for other in [k for k in self._subject if k[0] != layer.name]:
+                del self._subject[other]  # one layer at a time: engines of earlier layers are not needed again
+            st = stack_subject(self.model, layer, groups, [self.value, *self.bound_outputs()])
+            if isinstance(st, str):
+                self._subject[key] = None
+            else:
+                names = st.names([layer.weight])
+                self._subject[key] = (GradientEngine(
+                    st.model, self.target, weights=names, inputs=False, swappable=names, device=self.device,
+                    output=self.output, exact=bool(self.option("exact", False)),
+                ), st)
+        return self._subject[key]
+
+    def bound_outputs(self) -> list[str]:
+        """The model output the target reads (the first when ``options["output"]`` is unset)."""
+        return [self.output or self.model.output_names[0]]
+
+    def grad_chunks_many(
+        self, points: Sequence[Mapping[str, np.ndarray] | None], per_sample: bool = False,
+        chunk: int | None = None, desc: str = "", subjects: Sequence[Layer | None] | None = None,
+    ) -> Iterator[tuple[int, int, dict[str, np.ndarray], np.ndarray]]:
+        """``(point, samples, weight gradients, target values)`` per chunk of the calibration set, per point.
+
+        The same numbers as :meth:`grad_chunks` at each point, but several points share one engine call
+        (stacked along the batch axis, see :mod:`~onnxslice.sensitivity.stacked`) as the memory budget
+        allows. ``subjects[i]``, when given, is the one layer whose weight point ``i`` changes (points of
+        one layer consecutive): those points then run only the graph below that layer and give only its
+        gradient (keys of the yielded gradients: the layers' weight names, or the subject's alone). A
+        progress bar with an ETA counts points (``desc`` names the work).
+        """
+        from onnxslice.console import progress_bar
+
+        cal = self.need_data("gradient")
+        size = chunk or self.batch_size or len(cal)
+        runs: list[tuple[int, int, Layer | None]] = []
+        for i in range(len(points)):
+            subj = subjects[i] if subjects is not None else None
+            if runs and runs[-1][2] is subj:
+                runs[-1] = (runs[-1][0], i + 1, subj)
+            else:
+                runs.append((i, i + 1, subj))
+        with progress_bar(len(points), desc or "gradients", enabled=None if len(points) > 1 else False) as advance:
+            for r0, r1, subj in runs:
+                yield from self._run_points(points, r0, r1, subj, per_sample, size, chunk, advance)
+
+    def _run_points(
+        self, points: Sequence[Mapping[str, np.ndarray] | None], r0: int, r1: int, subject: Layer | None,
+        per_sample: bool, size: int, chunk: int | None, advance: Any,
+    ) -> Iterator[tuple[int, int, dict[str, np.ndarray], np.ndarray]]:
+        cal = self.need_data("gradient")
+        count = r1 - r0
+        sub = subject is not None and self.option("stack", True) and self.stack_problem() is None
+        groups = self._stack_size(count, min(size, len(cal)), per_sample, force=sub)
+        blocks = max(1, -(-count // groups))
+        bounds = r0 + np.linspace(0, count, blocks + 1).round().astype(int)  # near-equal blocks: <= 2 engines
+        for b0, b1 in itertools.pairwise(bounds):
+            k = int(b1 - b0)
+            built = self._subject_engine(subject, k) if sub and subject is not None else None
+            if built is None and k == 1:
+                for n, g in self.grad_chunks(points[b0], per_sample, chunk):
+                    yield int(b0), n, {x.weight: g.weights[x.weight] for x in self.layers}, g.target_values
+                advance("")
+                continue
+            eng, st = built if built is not None else self._stacked_engine(k, per_sample)
+            names = [subject.weight] if built is not None and subject is not None else [x.weight for x in self.layers]
+            values = []
+            for j in range(k):
+                point = points[b0 + j] or {}  # made once (Points may draw it on demand)
+                values.append({x: np.asarray(point.get(x, self.model.initializer(x))) for x in names})
+            w = st.feed(names, values)
+            for rows, batch in cal.batches(size):
+                n = rows.stop - rows.start
+                feed = {name: np.concatenate([v] * k) for name, v in batch.items()}
+                cot = self._cotangent_rows(rows)
+                labels = cal.labels[rows] if cal.labels is not None and self.target == "loss" else None
+                g = eng(feed, labels=None if labels is None else np.concatenate([labels] * k), weights=w,
+                        per_sample=per_sample, cotangent=None if cot is None else np.concatenate([cot] * k))
+                for j in range(k):
+                    rows_j = slice(j * n, (j + 1) * n)
+                    yield (int(b0) + j, n,
+                           {x: st.grad(g.weights, x, j, rows_j if per_sample else None) for x in names},
+                           g.target_values[rows_j])
+            for _ in range(k):
+                advance("")
+
+    def mean_grads_many(
+        self, points: Sequence[Mapping[str, np.ndarray] | None], desc: str = "",
+        subjects: Sequence[Layer | None] | None = None,
+    ) -> list[tuple[dict[str, np.ndarray], float]]:
+        """:meth:`mean_grads` at every point, several points per engine call (``subjects``: see
+        :meth:`grad_chunks_many`; a point with a subject then holds that layer's gradient only)."""
+        cal = self.need_data("gradient")
+        totals: list[dict[str, np.ndarray]] = [{} for _ in points]
+        fsums = [0.0] * len(points)
+        for i, _, gw, f in self.grad_chunks_many(points, desc=desc, subjects=subjects):
+            total = totals[i]
+            for name, arr in gw.items():
+                v = np.asarray(arr, np.float64)
+                total[name] = total[name] + v if name in total else v
+            fsums[i] += float(np.sum(f))
+        n = len(cal)
+        return [({k: v / n for k, v in t.items()}, fs / n) for t, fs in zip(totals, fsums, strict=True)]
 
     def rng(self, *key: int) -> np.random.Generator:
         """A generator for ``(seed, *key)``."""

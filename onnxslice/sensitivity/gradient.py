@@ -15,18 +15,20 @@ score the same class.
   ``NoiseTunnel(grad, "var")``: ``V_{x,n}[df/dw at w + n]`` (variance over samples and noise, SAfER
   eq. 10). Every draw adds ``n ~ N(0, (sigma * (max w_l - min w_l))^2)`` to every layer at once (option
   ``sigma``, default 0.1, SmoothGrad's 10% of the range), so one pass per draw serves all layers:
-  ``noise_samples`` passes (per-sample ones for ``vargrad``).
+  ``noise_samples`` passes (per-sample ones for ``vargrad``), several draws per engine call
+  (:meth:`~onnxslice.sensitivity.context.Context.grad_chunks_many`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import Criterion, register
 from onnxslice.sensitivity.reductions import check_name
+from onnxslice.sensitivity.stacked import Points
 
 __all__ = ["GradCriterion", "NoiseTunnel", "gradcampp_fn"]
 
@@ -68,30 +70,48 @@ class GradCriterion:
         return w * g if self.times_weight else g
 
     def relevance(self, ctx: Context, weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return self.relevance_many(ctx, [weights])[0]
+
+    def relevance_many(
+        self, ctx: Context, points: Sequence[Mapping[str, np.ndarray] | None], desc: str = ""
+    ) -> list[dict[str, np.ndarray]]:
+        """:meth:`relevance` at every point of ``points``, several points per engine call."""
         if self.fn is None:
-            mean, _ = ctx.mean_grads(weights)
-            ws = _weights_of(ctx, weights)
-            return {x.name: (ws[x.weight] * mean[x.weight] if self.times_weight else mean[x.weight])
-                    for x in ctx.layers}
-        return {k: v[0] for k, v in self.moments(ctx, weights).items()}
+            out = []
+            for weights, (mean, _) in zip(points, ctx.mean_grads_many(points, desc=desc), strict=True):
+                ws = _weights_of(ctx, weights) if self.times_weight else {}
+                out.append({x.name: (ws[x.weight] * mean[x.weight] if self.times_weight else mean[x.weight])
+                            for x in ctx.layers})
+            return out
+        return [{k: v[0] for k, v in mom.items()} for mom in self.moments_many(ctx, points, desc=desc)]
 
     def moments(
         self, ctx: Context, weights: Mapping[str, np.ndarray] | None = None
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per layer: ``(E_x[r], E_x[r^2])`` of the per-sample relevance ``r`` (for variances)."""
+        return self.moments_many(ctx, [weights])[0]
+
+    def moments_many(
+        self, ctx: Context, points: Sequence[Mapping[str, np.ndarray] | None], desc: str = ""
+    ) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`moments` at every point, several points per engine call (per-sample gradients)."""
         cal = ctx.need_data(self.name)
-        ws = _weights_of(ctx, weights)
-        s1: dict[str, np.ndarray] = {}
-        s2: dict[str, np.ndarray] = {}
+        s1: list[dict[str, np.ndarray]] = [{} for _ in points]
+        s2: list[dict[str, np.ndarray]] = [{} for _ in points]
         chunk = int(ctx.option("per_sample_chunk", 32))
-        for _, g in ctx.grad_chunks(weights, per_sample=True, chunk=chunk):
+        ws: dict[str, np.ndarray] = {}
+        at = -1
+        for i, _, gw, _ in ctx.grad_chunks_many(points, per_sample=True, chunk=chunk, desc=desc):
+            if i != at and (self.fn is not None or self.times_weight):
+                ws, at = _weights_of(ctx, points[i]), i
             for x in ctx.layers:
-                r = self._per_sample(np.asarray(g.weights[x.weight], np.float64), ws[x.weight][None])
+                g = np.asarray(gw[x.weight], np.float64)
+                r = self._per_sample(g, ws[x.weight][None]) if ws else g
                 a, b = r.sum(axis=0), (r * r).sum(axis=0)
-                s1[x.name] = s1[x.name] + a if x.name in s1 else a
-                s2[x.name] = s2[x.name] + b if x.name in s2 else b
+                s1[i][x.name] = s1[i][x.name] + a if x.name in s1[i] else a
+                s2[i][x.name] = s2[i][x.name] + b if x.name in s2[i] else b
         n = len(cal)
-        return {k: (s1[k] / n, s2[k] / n) for k in s1}
+        return [{k: (p1[k] / n, p2[k] / n) for k in p1} for p1, p2 in zip(s1, s2, strict=True)]
 
 
 class NoiseTunnel:
@@ -123,20 +143,24 @@ class NoiseTunnel:
 
     def relevance(self, ctx: Context, weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         draws = ctx.noise_samples
+        points = Points(draws, lambda d: self.noisy_weights(ctx, d))
+        desc = f"{self.name}: {draws} noise draws"
         if self.kind == "smooth":
+            many = getattr(self.base, "relevance_many", None)
+            rels = (many(ctx, points, desc=desc) if many is not None
+                    else (self.base.relevance(ctx, points[d]) for d in range(draws)))
             acc: dict[str, np.ndarray] = {}
-            for d in range(draws):
-                rel = self.base.relevance(ctx, self.noisy_weights(ctx, d))
+            for rel in rels:
                 for k, v in rel.items():
                     acc[k] = acc[k] + v if k in acc else np.asarray(v, np.float64)
             return {k: v / draws for k, v in acc.items()}
-        moments = getattr(self.base, "moments", None)
-        if moments is None:
+        moments_many = getattr(self.base, "moments_many", None)
+        if moments_many is None:
             raise TypeError(f"VarGrad needs per-sample moments; criterion '{self.base.name}' has none")
         m1: dict[str, np.ndarray] = {}
         m2: dict[str, np.ndarray] = {}
-        for d in range(draws):
-            for k, (a, b) in moments(ctx, self.noisy_weights(ctx, d)).items():
+        for mom in moments_many(ctx, points, desc=desc):
+            for k, (a, b) in mom.items():
                 m1[k] = m1[k] + a if k in m1 else a
                 m2[k] = m2[k] + b if k in m2 else b
         return {k: np.maximum(m2[k] / draws - (m1[k] / draws) ** 2, 0.0) for k in m1}

@@ -1,0 +1,205 @@
+"""Several weight settings per engine call (stacked along the batch) give the numbers of one call each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _sens_helpers import build_mlp, mlp_weights
+from onnx import helper
+
+from onnxslice.model import Model, load
+from onnxslice.sensitivity import get_criterion
+from onnxslice.sensitivity.context import Context
+from onnxslice.sensitivity.stacked import Points, stack_model, stack_problem
+from onnxslice.testing import make_model
+
+pytest.importorskip("onnxslice.grad")
+
+CRITERIA = ("ig", "gig", "idgi", "smoothgrad", "vargrad")
+
+
+def build_convnet(seed: int = 0, batch: str | int = "N") -> Model:
+    """x[N,1,6,6] -> Conv -> Relu -> Conv -> Relu -> Flatten -> MatMul -> Add -> logits[N,3]."""
+    rng = np.random.default_rng(seed)
+    w = {
+        "W0": (rng.normal(size=(3, 1, 3, 3)) / 3).astype(np.float32),
+        "b0": (0.1 * rng.normal(size=3)).astype(np.float32),
+        "W1": (rng.normal(size=(2, 3, 3, 3)) / 5).astype(np.float32),
+        "W2": (rng.normal(size=(8, 3)) / 3).astype(np.float32),
+        "b2": (0.1 * rng.normal(size=3)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W0", "b0"], ["c0"], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "W1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Flatten", ["r1"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "W2"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "b2"], ["logits"], name="fc_bias"),
+    ]
+    return load(make_model(nodes, {"x": (np.float32, [batch, 1, 6, 6])}, {"logits": (np.float32, [batch, 3])}, w))
+
+
+def _data(model: Model, n: int = 10) -> dict[str, np.ndarray]:
+    shape = [n if not isinstance(d, int) or d == 0 else d for d in model.inputs[0].shape or ()]
+    shape[0] = n
+    return {"x": np.random.default_rng(3).normal(size=shape).astype(np.float32)}
+
+
+def _both(model: Model, name: str, path: str, **opts: object) -> tuple[dict, dict, Context]:
+    data = _data(model)
+    kw = dict(steps=3, noise_samples=3, seed=1, batch_size=4)
+    stacked = Context.build(model, data, options={"path": path, "stack_all": True, **opts}, **kw)
+    single = Context.build(model, data, options={"path": path, "stack": False}, **kw)
+    crit = get_criterion(name)
+    return crit.relevance(stacked), crit.relevance(single), stacked
+
+
+@pytest.mark.parametrize("which", ["mlp", "convnet"])
+@pytest.mark.parametrize("name", CRITERIA)
+def test_stacked_equals_one_point_per_call(which, name):
+    model = build_mlp(mlp_weights(2)) if which == "mlp" else build_convnet()
+    paths = ("layer", "global") if name in ("ig", "gig", "idgi") else ("layer",)
+    for path in paths:
+        opts = {"stack_per_sample": True} if name == "vargrad" else {}  # off by default: slower
+        got, want, ctx = _both(model, name, path, **opts)
+        assert ctx.stack_problem() is None
+        if (name, path) != ("gig", "global"):  # one guided path is sequential: nothing to stack
+            assert ctx._stacked or any(ctx._subject.values()), "the points were not stacked"
+        if path == "layer" and name in ("ig", "gig", "idgi"):  # one layer's path: the graph below it only
+            assert any(ctx._subject.values())
+        assert got.keys() == want.keys()
+        for k in want:
+            scale = float(np.abs(want[k]).max()) or 1.0
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=f"{name} {path} {k}")
+
+
+def test_uneven_blocks_and_the_memory_budget():
+    """stack_max=2 over 3 points: blocks of 2 and 1 points, the same numbers."""
+    model = build_convnet(5)
+    got, want, ctx = _both(model, "smoothgrad", "layer", stack_max=2)
+    assert {k for k, _ in ctx._stacked} == {2}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7)
+    got, want, ctx = _both(model, "ig", "layer", stack_max=2)  # one layer's 3 steps: 2 + 1
+    assert {k for (_, k), v in ctx._subject.items() if v} == {1, 2}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7)
+    # a budget too small for two points: one point per call
+    got, want, ctx = _both(model, "smoothgrad", "layer", stack_mb=1e-6)
+    assert not ctx._stacked
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_per_sample_gradients_per_point():
+    """Per-sample gradients of a stacked call are each point's own (checked sample by sample)."""
+    model = build_convnet(7)
+    data = _data(model, 6)
+    ctx = Context.build(model, data, batch_size=3, options={"stack_all": True, "stack_per_sample": True})
+    pts = Points(3, lambda i: {x.weight: (model.initializer(x.weight) * (1 + 0.3 * i)).astype(np.float32)
+                               for x in ctx.layers})
+    seen = {}
+    for i, n, g, f in ctx.grad_chunks_many(pts, per_sample=True, chunk=3):
+        seen.setdefault(i, []).append((n, g, f))
+    assert ctx._stacked
+    ref = Context.build(model, data, batch_size=3, options={"stack": False})
+    for i in range(3):
+        want = list(ref.grad_chunks(pts[i], per_sample=True, chunk=3))
+        assert len(want) == len(seen[i])
+        for (n, g, f), (m, w) in zip(seen[i], want, strict=True):
+            assert n == m
+            np.testing.assert_allclose(f, w.target_values, rtol=1e-5, atol=1e-6)
+            for x in ctx.layers:
+                assert g[x.weight].shape == w.weights[x.weight].shape
+                np.testing.assert_allclose(g[x.weight], w.weights[x.weight], rtol=1e-5, atol=1e-7)
+
+
+def test_points_of_every_layer_stack_only_when_asked():
+    """Noise draws and the global path: one call per point by default (measured faster), stacked with stack_all."""
+    model = build_convnet(2)
+    ctx = Context.build(model, _data(model), noise_samples=3, batch_size=4)
+    get_criterion("smoothgrad").relevance(ctx)
+    assert not ctx._stacked
+
+
+def test_models_that_cannot_stack_say_why_and_fall_back():
+    fixed = build_convnet(batch=10)
+    assert "no free batch dimension" in (stack_problem(fixed, fixed.layers) or "")
+    got, want, ctx = _both(fixed, "smoothgrad", "layer")
+    assert ctx.stack_problem() is not None and not ctx._stacked
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_stacked_model_runs_each_group_at_its_own_weights():
+    """The rewritten graph itself: group g of the stacked batch equals the model at point g (onnxruntime)."""
+    import onnx
+
+    from onnxslice.record import Recorder
+
+    model = build_convnet(9)
+    st = stack_model(model, model.layers, 3)
+    onnx.checker.check_model(st.model.proto, full_check=True)
+    x = _data(model, 4)["x"]
+    values = [{w: (model.initializer(w) * s).astype(np.float32) for w in (y.weight for y in model.layers)}
+              for s in (0.5, 1.0, -2.0)]
+    feed = st.feed([y.weight for y in model.layers], values)
+    out = Recorder(st.model, ["logits"], "cpu", weight_inputs=list(feed)).run(
+        {"x": np.concatenate([x] * 3)}, validated=True, weights=feed)["logits"]
+    base = Recorder(model, ["logits"], "cpu", weight_inputs=[y.weight for y in model.layers])
+    for g, v in enumerate(values):
+        want = base.run({"x": x}, validated=True, weights=v)["logits"]
+        np.testing.assert_allclose(out[4 * g : 4 * (g + 1)], want, rtol=1e-6, atol=1e-6)
+
+
+def build_resnet(seed: int = 0, shape_from_input: bool = False) -> Model:
+    """Conv -> Relu -> Conv -> Add(skip) -> Relu -> flatten -> MatMul: the skip value crosses below conv1.
+
+    ``shape_from_input``: flatten with a Reshape whose shape is computed from the input's batch size
+    (an integer value computed above conv1 and read below it).
+    """
+    rng = np.random.default_rng(seed)
+    w = {
+        "W0": (rng.normal(size=(2, 1, 3, 3)) / 3).astype(np.float32),
+        "W1": (rng.normal(size=(2, 2, 3, 3)) / 4).astype(np.float32),
+        "b1": (0.1 * rng.normal(size=2)).astype(np.float32),
+        "W2": (rng.normal(size=(32, 3)) / 5).astype(np.float32),
+        "minus1": np.array([-1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "W1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "r0"], ["s"], name="skip"),
+        helper.make_node("Relu", ["s"], ["r1"], name="relu1"),
+    ]
+    if shape_from_input:
+        nodes += [
+            helper.make_node("Shape", ["x"], ["xs"], name="xs", end=1),
+            helper.make_node("Concat", ["xs", "minus1"], ["flat_shape"], name="flat_shape", axis=0),
+            helper.make_node("Reshape", ["r1", "flat_shape"], ["f"], name="flat"),
+        ]
+    else:
+        nodes.append(helper.make_node("Flatten", ["r1"], ["f"], name="flat"))
+    nodes.append(helper.make_node("MatMul", ["f", "W2"], ["logits"], name="fc"))
+    return load(make_model(nodes, {"x": (np.float32, ["N", 1, 4, 4])}, {"logits": (np.float32, ["N", 3])}, w))
+
+
+@pytest.mark.parametrize("shape_from_input", [False, True])
+def test_per_layer_paths_with_a_skip_connection(shape_from_input):
+    """conv1's path runs below conv1 with the skip value tiled; an integer value crossing refuses that."""
+    from onnxslice.sensitivity.stacked import stack_subject
+
+    model = build_resnet(4, shape_from_input)
+    conv1 = next(x for x in model.layers if x.name == "conv1")
+    st = stack_subject(model, conv1, 2, ["logits"])
+    if shape_from_input:
+        assert isinstance(st, str) and "'flat_shape'" in st
+    else:
+        assert not isinstance(st, str)
+    for name in ("ig", "idgi", "gig"):
+        got, want, _ = _both(model, name, "layer")
+        for k in want:
+            scale = float(np.abs(want[k]).max()) or 1.0
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=f"{name} {k}")
