@@ -298,16 +298,17 @@ def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: arg
                 orders[criterion] = _order(model, b, calib, criterion)
             order, by = orders[criterion]
             order = [n for n in order if n in b.layers]
-            qp = formats.plan_float_layers(b, order, goal=getattr(args, "goal", 0.99))
-            label = f"{fmt} sensitivity plan ({by}, {len(qp.exclude)} float)"
-            variants[label] = formats.convert(model, fmt, exclude=qp.exclude, proto=qp.proto)
-            info[label] = {"float_layers": qp.exclude, "trials": qp.trials, "seconds": time.perf_counter() - t0,
-                           "order_by": by, "goal_met_on_selection": qp.met}
-            if qp.exclude:
-                rng = np.random.default_rng(0)
-                rnd = [b.layers[i] for i in rng.permutation(len(b.layers))[: len(qp.exclude)]]
-                variants[f"{fmt} random plan (same count)"] = formats.convert(model, fmt, exclude=rnd, builder=b)
-                info[f"{fmt} random plan (same count)"] = {"float_layers": rnd}
+            for goal in sorted({getattr(args, "goal", 0.99), 1.0}):
+                qp = formats.plan_float_layers(b, order, goal=goal)
+                label = f"{fmt} sensitivity plan @{goal} ({by}, {len(qp.exclude)} float)"
+                variants[label] = formats.convert(model, fmt, exclude=qp.exclude, proto=qp.proto)
+                info[label] = {"float_layers": qp.exclude, "trials": qp.trials, "seconds": time.perf_counter() - t0,
+                               "order_by": by, "goal": goal, "goal_met_on_selection": qp.met}
+                if qp.exclude and f"{fmt} random plan (same count)" not in variants:
+                    rng = np.random.default_rng(0)
+                    rnd = [b.layers[i] for i in rng.permutation(len(b.layers))[: len(qp.exclude)]]
+                    variants[f"{fmt} random plan (same count)"] = formats.convert(model, fmt, exclude=rnd, builder=b)
+                    info[f"{fmt} random plan (same count)"] = {"float_layers": rnd}
         finally:
             b.close()
     variants["weight-only int8"] = formats.convert(model, "weight", calib)
@@ -341,7 +342,9 @@ def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: arg
         rows.append({"variant": label, "bytes": m.proto.ByteSize(), "latency": round(lat[label], 4),
                      **fid_row(ref, m, ev, out), "agree_95ci": f"{lo:.3f}-{hi:.3f}",
                      "agree_confident": round(float(same[confident].mean()), 4)})
-    auto = ("qdq sensitivity", "dynamic sensitivity", "weight-only", "nbits")  # what --format auto builds on CPU
+    goal = getattr(args, "goal", 0.99)
+    auto = (f"qdq sensitivity plan @{goal} ", f"dynamic sensitivity plan @{goal} ", "weight-only",
+            "nbits")  # what --format auto builds on CPU at its default accuracy goal
     cands = [{"format": r["variant"], "latency": r["latency"], "top1_agreement": r["agreement"], "kl": r["kl"],
               "rel_error": 0.0} for r in rows if r["variant"].startswith(auto)]
     chosen, met = formats.pick([{"format": "fp32", "latency": 1.0, "top1_agreement": 1.0, "kl": 0.0,

@@ -25,6 +25,8 @@ with one calibration shared by every trial (onnxruntime's calibration cache).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,13 +49,16 @@ FORMATS = ("qdq", "dynamic", "weight", "nbits", "fp16")
 
 
 class _Quiet:
-    """Silence onnxruntime's quantizer advice on the root logger."""
+    """Silence onnxruntime's quantizer advice on the root logger and its calibrators' prints on stdout."""
 
     def __enter__(self) -> None:
         self.level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
+        self.out = contextlib.redirect_stdout(io.StringIO())
+        self.out.__enter__()
 
     def __exit__(self, *exc: object) -> None:
+        self.out.__exit__(None, None, None)
         logging.getLogger().setLevel(self.level)
 
 
