@@ -20,12 +20,16 @@ digits disjoint from the evaluation). The rival ``onnxsim``'s ``apply_structured
 where it runs.
 
 **Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
-by ``benchmarks/_encoder.py`` and cached): float32; ``onnxruntime.quantization.quantize_static`` with
-every setting at its default (uniform int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8
-activations); ``qdq`` sensitivity plan (the fewest most-sensitive layers kept float, by ``wgrad``,
-until top-1 agreement on the calibration data is >= 0.99); ``qdq`` random plan (as many float layers, chosen at random);
-weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival ``onnxsim``'s
-``apply_mixed_precision_quantization`` where it runs.
+by ``benchmarks/_encoder.py`` and cached; ``bench_deploy_quant.py`` runs this table alone on all three
+models): float32; ``onnxruntime.quantization.quantize_static`` with every setting at its default (uniform
+int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8 activations) and ``dynamic`` uniform
+(``quantize_dynamic``); their sensitivity plans (the fewest layers, most sensitive first by the measured
+int8 oracle, kept float until top-1 agreement on the selection samples reaches 0.99, and the strict
+goal 1.0; dynamic plans only where MatMul/Gemm layers are the majority); a random plan with as many float
+layers; weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival
+``onnxsim``'s ``apply_mixed_precision_quantization`` where it runs. The quantization data come from
+``quant_datasets`` (calibration, selection and evaluation disjoint; EfficientNet-Lite0 on photos of
+``benchmarks/_images.py``), with a 95% Wilson interval on the agreement.
 
 Fidelity on data disjoint from the calibration data: top-1 agreement with the original, KL, accuracy
 (MNIST: 1,000 / 300 test digits; EfficientNet-Lite0: the 20 ``builtin:samples-imagenet`` images plus

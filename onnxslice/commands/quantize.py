@@ -181,6 +181,8 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         raise DataError(f"--format {fmt} needs --data (calibration and the accuracy goal)")
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
     tried = formats.default_formats(device) if fmt == "auto" else (fmt,)
+    if fmt == "auto" and not formats.matmul_dominated(model):
+        tried = tuple(f for f in tried if f != "dynamic")  # integer convolutions are the slow kind on CPU
     variants: dict[str, Model] = {}
     info: dict[str, Any] = {}
     for f in tried:

@@ -437,6 +437,12 @@ def device_of(device: str) -> str:
     return "cuda" if cuda_usable() else "cpu"
 
 
+def matmul_dominated(model: Model) -> bool:
+    """Whether at least half of the quantizable layers are MatMul/Gemm (where ``dynamic`` is worth trying)."""
+    layers = quantizable_layers(model)
+    return bool(layers) and 2 * sum(x.op_type in ("MatMul", "Gemm") for x in layers) >= len(layers)
+
+
 def default_formats(device: str) -> tuple[str, ...]:
     """The formats worth trying on ``device``, fastest-first guess (the measurement decides)."""
     return ("fp16", "qdq") if device == "cuda" else ("qdq", "dynamic", "weight", "nbits")

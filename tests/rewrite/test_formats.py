@@ -75,6 +75,7 @@ def test_nbits_emits_matmulnbits_and_unknown_formats_fail(net):
 def test_dynamic_quantizes_matmuls_at_run_time_and_keeps_excluded_layers_float():
     mm = osl.load(matmul_net())
     x = np.random.default_rng(4).normal(0, 1, (64, 64)).astype(np.float32)
+    assert formats.matmul_dominated(mm)
     b = formats.DynamicBuilder(mm, x)
     try:
         assert b.layers == ["mm1", "mm2"]
