@@ -84,7 +84,8 @@ def test_dynamic_quantizes_matmuls_at_run_time_and_keeps_excluded_layers_float()
         assert "DynamicQuantizeLinear" in kinds and "MatMulInteger" in kinds
         q2 = formats.convert(mm, "dynamic", exclude=["mm2"], builder=b)
         assert "w2" in {t.name for t in q2.proto.graph.initializer}  # mm2 reads its float weight
-        assert json.loads({p.key: p.value for p in q2.proto.metadata_props}["onnxslice.plan"])["layers"]["mm2"] == "fp32"
+        meta = {p.key: p.value for p in q2.proto.metadata_props}
+        assert json.loads(meta["onnxslice.plan"])["layers"]["mm2"] == "fp32"
         f = fidelity(q, mm, x)
         assert f.rel_error < 0.05
         # the planner drives it like QDQ: a goal it cannot reach keeps layers float, in order
