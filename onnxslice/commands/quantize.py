@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=positive_int, default=32, help="int4 block size (default 32)")
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
     p.add_argument("--samples", type=positive_int, default=256,
-                   help="samples used for scoring and calibration (default 256)")
+                   help="samples used for scoring and calibration (default 256); with --format, the next as many "
+                        "samples of --data (where it has them) measure the fidelity")
     p.add_argument("--save-plan", help="also write the plan used (JSON; default: not written)")
     p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
@@ -216,7 +217,12 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
             except PlanError:
                 if fmt != "auto":
                     raise
-    probe = calib if calib is not None else _zeros(model)
+    # fidelity on held-out samples (after the first --samples) where --data has them, else on the calibration ones
+    held = ds is not None and len(ds) > args.samples
+    probe = (ds.subset(slice(args.samples, 2 * args.samples)) if held and ds is not None
+             else calib if calib is not None else _zeros(model))
+    info["fidelity_on"] = (f"{len(probe)} held-out samples of --data" if held
+                           else "the calibration samples" if calib is not None else "zeros (no --data)")
     rows = formats.compare(model, variants, probe, device=device, threads=args.threads, repeats=args.repeats)
     chosen, met = (formats.pick(rows, args.accuracy_goal) if fmt == "auto" else (fmt, True))
     if chosen == "fp32":
@@ -232,7 +238,8 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
     result = {"out": str(out), "format": chosen, "device": device, "threads": args.threads, "rows": rows,
               "accuracy_goal": args.accuracy_goal, "goal_met": met, **info}
     _stamp_report(variants[chosen], {"format": chosen, "device": device, "before": rows[0], "after": row,
-                                     "accuracy_goal": args.accuracy_goal, "goal_met": met})
+                                     "accuracy_goal": args.accuracy_goal, "goal_met": met,
+                                     "fidelity_on": info["fidelity_on"]})
     outs.defer(out, lambda p: variants[chosen].save(p))
     outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
@@ -240,7 +247,7 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         emit_json(result)
         return 0
     title = f"formats of {Path(args.model).name} on {device} ({args.threads} thread, batch 1; fidelity on " + \
-        f"{len(probe) if hasattr(probe, '__len__') else 1} samples)"
+        f"{info['fidelity_on']})"
     print(format_table([{k: v for k, v in r.items() if k != "rel_error"} for r in rows], title=title))
     for key, label in (("", "qdq"), ("dynamic_", "dynamic")):
         if info.get(f"{key}float_layers") is not None:

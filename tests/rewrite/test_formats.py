@@ -127,7 +127,23 @@ def test_quantize_cli_format_auto_writes_model_and_report(tmp_path, capsys):
     assert all(r["params"] > 0 and r["bytes"] > 0 for r in res["rows"])
     stamped = json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.quantize_report"])
     assert stamped["format"] == res["format"] and stamped["before"]["format"] == "fp32"
+    assert res["fidelity_on"] == "the calibration samples"
     assert stamped["after"]["latency"] == next(r["latency"] for r in res["rows"] if r["format"] == res["format"])
+
+
+def test_quantize_cli_format_measures_fidelity_on_held_out_samples(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=images(40))
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(path), "--format", "weight", "--data", str(data), "--samples", "24", "--out", str(out),
+               "--repeats", "2", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["fidelity_on"] == "16 held-out samples of --data"
+    w = osl.load(out)
+    want = fidelity(w, osl.load(path), images(40)[24:])
+    assert res["rows"][1]["kl"] == pytest.approx(want.kl, rel=1e-5, abs=1e-12)
 
 
 def test_quantize_cli_format_bad_paths_write_nothing(tmp_path, capsys):
