@@ -332,8 +332,8 @@ def run(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "planned_by": _planned_by(args, plan),
         "avg_bits": round(cost.avg_bits, 3),
-        "params_before": model.num_params,
-        "params_after": q.num_params,
+        "float_params_before": model.num_params,
+        "float_params_after": q.num_params,
         "size_bytes_before": size_before,
         "size_bytes_after": size_after,
     }
@@ -355,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, title=f"{args.mode} quantization of {model.path.name if model.path else 'model'}"))
     print(f"\nplanned by: {summary['planned_by']}")
     print(f"average bits per weight: {cost.avg_bits:.3f}")
-    print(f"parameters: {summary['params_before']:,} -> {summary['params_after']:,}")
+    print(f"float parameters: {summary['float_params_before']:,} -> {summary['float_params_after']:,} "
+          "(the rest are stored quantized)")
     print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
     print(f"latency (median, round-robin, {summary['device']}, {args.threads} thread, batch 1): "
           f"{summary['latency_ms_before']:.4g} -> {summary['latency_ms_after']:.4g} ms "

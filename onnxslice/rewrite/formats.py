@@ -452,7 +452,8 @@ def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: s
             repeats: int = 15, batch: int = 1) -> list[dict[str, Any]]:
     """Latency (round-robin with the float model, median per-repeat ratio) and fidelity of each variant.
 
-    Returns one row per variant (and the float model first): format, latency ratio and ms, parameters, file bytes,
+    Returns one row per variant (and the float model first): format, latency ratio and ms, parameters still
+    float (the others are stored quantized), file bytes,
     top-1 agreement, KL, accuracy where ``data`` has labels.
     """
     from onnxslice.latency import median_ratios, timed_sessions
@@ -468,7 +469,7 @@ def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: s
     rows = []
     for name, m, t, r in zip(names, models, ms, ratios, strict=True):
         f = compare_outputs(ref, ref if m is model else run_outputs(m, data, eval_batch(name)), labels)
-        rows.append({"format": name, "latency": round(r, 4), "latency_ms": round(t, 4), "params": m.num_params,
+        rows.append({"format": name, "latency": round(r, 4), "latency_ms": round(t, 4), "float_params": m.num_params,
                      "bytes": m.proto.ByteSize(),
                      "top1_agreement": f.top1_agreement, "kl": f.kl, "accuracy": f.accuracy,
                      "rel_error": f.rel_error})

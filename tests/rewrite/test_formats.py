@@ -124,7 +124,8 @@ def test_quantize_cli_format_auto_writes_model_and_report(tmp_path, capsys):
     assert json.loads(rep.read_text())["format"] == res["format"]
     q = osl.load(out)
     assert q.output_names == ["y"]
-    assert all(r["params"] > 0 and r["bytes"] > 0 for r in res["rows"])
+    assert res["rows"][0]["float_params"] == osl.load(path).num_params
+    assert all(0 <= r["float_params"] <= res["rows"][0]["float_params"] and r["bytes"] > 0 for r in res["rows"])
     stamped = json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.quantize_report"])
     assert stamped["format"] == res["format"] and stamped["before"]["format"] == "fp32"
     assert res["fidelity_on"] == "the calibration samples"
