@@ -20,12 +20,16 @@ digits disjoint from the evaluation). The rival ``onnxsim``'s ``apply_structured
 where it runs.
 
 **Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
-by ``benchmarks/_encoder.py`` and cached): float32; ``onnxruntime.quantization.quantize_static`` with
-every setting at its default (uniform int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8
-activations); ``qdq`` sensitivity plan (the fewest most-sensitive layers kept float, by ``wgrad``,
-until top-1 agreement on the calibration data is >= 0.99); ``qdq`` random plan (as many float layers, chosen at random);
-weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival ``onnxsim``'s
-``apply_mixed_precision_quantization`` where it runs.
+by ``benchmarks/_encoder.py`` and cached; ``bench_deploy_quant.py`` runs this table alone on all three
+models): float32; ``onnxruntime.quantization.quantize_static`` with every setting at its default (uniform
+int8); ``qdq`` uniform (ours: pre-processing, per-channel, uint8 activations) and ``dynamic`` uniform
+(``quantize_dynamic``); their sensitivity plans (the fewest layers, most sensitive first by the measured
+int8 oracle, kept float until top-1 agreement on the selection samples reaches 0.99, and the strict
+goal 1.0; dynamic plans only where MatMul/Gemm layers are the majority); a random plan with as many float
+layers; weight-only int8; ``fp16``; MatMulNBits where the model has MatMul weights; the rival
+``onnxsim``'s ``apply_mixed_precision_quantization`` where it runs. The quantization data come from
+``quant_datasets`` (calibration, selection and evaluation disjoint; EfficientNet-Lite0 on photos of
+``benchmarks/_images.py``), with a 95% Wilson interval on the agreement.
 
 Fidelity on data disjoint from the calibration data: top-1 agreement with the original, KL, accuracy
 (MNIST: 1,000 / 300 test digits; EfficientNet-Lite0: the 20 ``builtin:samples-imagenet`` images plus
@@ -95,8 +99,8 @@ def datasets(name: str, quick: bool) -> tuple[Dataset, Dataset]:
     return train.subset(slice(0, 64)), test.subset(slice(0, 300 if quick else 1000))
 
 
-def fid_row(ref: list[np.ndarray], m: Model, ev: Dataset) -> dict[str, Any]:
-    out = run_outputs(m, ev)
+def fid_row(ref: list[np.ndarray], m: Model, ev: Dataset, out: list[np.ndarray] | None = None) -> dict[str, Any]:
+    out = run_outputs(m, ev) if out is None else out
     agree = compare_outputs(ref, out)
     labels = ev.labels
     acc = None
@@ -213,12 +217,63 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
             "latency_table": table.to_dict()}
 
 
+def quant_datasets(name: str, quick: bool) -> tuple[Dataset, Dataset, Dataset]:
+    """(calibration, selection, evaluation) for the quantization tables, pairwise disjoint.
+
+    EfficientNet-Lite0: 64 crops of the calibration photos of ``benchmarks/_images.py`` (calibration and
+    selection: the plan's accuracy goal is judged on them), evaluation on the 20 labelled
+    ``builtin:samples-imagenet`` images plus 180 (quick: 80) crops of other photos. MNIST models: 64 training
+    digits calibrate, training digits 1000:2000 select, 1,000 (quick: 500) test digits evaluate.
+    """
+    if name == "efficientnet_lite0":
+        import _images
+
+        imnet = osl.load_data("builtin:samples-imagenet")
+        cal = _images.crops(_images.CALIBRATION, 64, seed=1)
+        crops = _images.crops(_images.EVALUATION, 80 if quick else 180, seed=100)
+        x = np.concatenate([imnet.x.astype(np.float32), crops])
+        labels = np.concatenate([np.asarray(imnet.labels), np.full(len(crops), -1)])
+        calib = Dataset({"x": cal}, None, f"64 crops of {_images.describe(_images.CALIBRATION)}")
+        return calib, calib, Dataset({"x": x}, labels, f"samples-imagenet (20) + {len(crops)} crops of "
+                                                       f"{_images.describe(_images.EVALUATION)}")
+    train = osl.load_data("builtin:mnist?split=train")
+    test = osl.load_data("builtin:mnist?split=test")
+    return (train.subset(slice(0, 64)), train.subset(slice(1000, 2000)),
+            test.subset(slice(0, 500 if quick else 1000)))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, c - h)), float(min(1.0, c + h))
+
+
+def _order(model: Model, b: Any, calib: Dataset, criterion: str) -> tuple[list[str], str]:
+    """Layers of builder ``b``, most sensitive first, by ``criterion`` (or the measured QDQ/dynamic gain)."""
+    from onnxslice.rewrite.bits_scores import quantization_scores
+
+    if criterion != "measured":
+        try:
+            sc = quantization_scores(model, calib, criterion, samples=min(32, len(calib)), batch_size=16).scores
+            return sorted([n for n in b.layers if n in sc], key=lambda n: -sc[n]), criterion
+        except osl.OnnxSliceError:  # no VJP rule for an op: the measured sensitivity instead
+            pass
+    sens = formats.qdq_sensitivity(b)
+    return sorted(sens, key=lambda n: -sens[n]), f"measured {b.fmt} KL gain"
+
+
 def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """The quantization table of one model (``calib``/``ev`` are replaced by :func:`quant_datasets`)."""
     from onnxruntime.quantization import quantize_static
 
-    from onnxslice.rewrite.bits_scores import quantization_scores
     from onnxslice.rewrite.static_quant import FeedReader
 
+    calib, select, ev = quant_datasets(name, not getattr(args, "full", False))
+    criterion = getattr(args, "order_by", "oracle:int8")
     variants: dict[str, Model] = {}
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,27 +283,38 @@ def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: arg
         quantize_static(str(src), str(dst), FeedReader({model.input_names[0]: calib.x}, 16))
         variants["ort quantize_static defaults (uniform int8)"] = osl.load(onnx.load(str(dst)))
         info["ort quantize_static defaults (uniform int8)"] = {"seconds": time.perf_counter() - t0}
-    b = formats.QdqBuilder(model, calib)
-    try:
-        variants["qdq uniform int8 (ours)"] = formats.convert(model, "qdq", builder=b)
-        t0 = time.perf_counter()
+    mm = sum(x.op_type in ("MatMul", "Gemm") for x in model.layers) * 2 >= len(model.layers)
+    orders: dict[str, tuple[list[str], str]] = {}
+    for fmt in ("qdq", "dynamic"):
+        # calibrate on calib; the plan's accuracy goal and the measured sensitivity are judged on select
+        b: Any = (formats.QdqBuilder(model, calib, selection=select, samples=1000) if fmt == "qdq"
+                  else formats.DynamicBuilder(model, select, samples=1000))
         try:
-            sc = quantization_scores(model, calib, "wgrad", samples=len(calib), batch_size=16).scores
-            by = "wgrad"
-        except osl.OnnxSliceError:  # no VJP rule for an op: the measured QDQ sensitivity instead
-            sc, by = formats.qdq_sensitivity(b), "qdq (measured)"
-        order = sorted([n for n in b.layers if n in sc], key=lambda n: -sc[n])
-        qp = formats.plan_float_layers(b, order, goal=0.99)
-        variants["qdq sensitivity plan (wgrad, float layers)"] = formats.convert(model, "qdq", exclude=qp.exclude,
-                                                                                  proto=qp.proto)
-        info["qdq sensitivity plan (wgrad, float layers)"] = {"float_layers": qp.exclude, "trials": qp.trials,
-                                                               "seconds": time.perf_counter() - t0, "order_by": by}
-        rng = np.random.default_rng(0)
-        rnd = [b.layers[i] for i in rng.permutation(len(b.layers))[: len(qp.exclude)]]
-        variants["qdq random plan (same count)"] = formats.convert(model, "qdq", exclude=rnd, builder=b)
-        info["qdq random plan (same count)"] = {"float_layers": rnd}
-    finally:
-        b.close()
+            try:
+                variants[f"{fmt} uniform int8 (ours)"] = formats.convert(model, fmt, builder=b)
+            except osl.OnnxSliceError as e:
+                info[f"{fmt} uniform int8 (ours)"] = {"error": str(e)}
+                continue
+            if fmt == "dynamic" and not mm:  # integer convolutions run slower: plans only where MatMuls dominate
+                continue
+            t0 = time.perf_counter()
+            if criterion not in orders or criterion == "measured":
+                orders[criterion] = _order(model, b, calib, criterion)
+            order, by = orders[criterion]
+            order = [n for n in order if n in b.layers]
+            for goal in sorted({getattr(args, "goal", 0.99), 1.0}):
+                qp = formats.plan_float_layers(b, order, goal=goal)
+                label = f"{fmt} sensitivity plan @{goal} ({by}, {len(qp.exclude)} float)"
+                variants[label] = formats.convert(model, fmt, exclude=qp.exclude, proto=qp.proto)
+                info[label] = {"float_layers": qp.exclude, "trials": qp.trials, "seconds": time.perf_counter() - t0,
+                               "order_by": by, "goal": goal, "goal_met_on_selection": qp.met}
+                if qp.exclude and f"{fmt} random plan (same count)" not in variants:
+                    rng = np.random.default_rng(0)
+                    rnd = [b.layers[i] for i in rng.permutation(len(b.layers))[: len(qp.exclude)]]
+                    variants[f"{fmt} random plan (same count)"] = formats.convert(model, fmt, exclude=rnd, builder=b)
+                    info[f"{fmt} random plan (same count)"] = {"float_layers": rnd}
+        finally:
+            b.close()
     variants["weight-only int8"] = formats.convert(model, "weight", calib)
     variants["fp16 (for GPU)"] = formats.convert(model, "fp16")
     try:
@@ -266,11 +332,30 @@ def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: arg
         info["onnxsim mixed precision (int4/int8 weights)"] = {"error": str(e)[:200]}
     lat = timed(model, variants, {model.input_names[0]: ev.x[:1]}, args.repeats)
     ref = run_outputs(model, ev)
-    rows = [{"variant": "float32", "bytes": model.proto.ByteSize(), "latency": 1.0, **fid_row(ref, model, ev)}]
+    p = np.exp(ref[0] - ref[0].max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top2 = np.sort(p, 1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) >= 0.05  # fp32's top-1 leads its runner-up by 5 points or more
+    n = len(ev)
+    rows = [{"variant": "float32", "bytes": model.proto.ByteSize(), "latency": 1.0, **fid_row(ref, model, ev),
+             "agree_95ci": "1", "agree_confident": 1.0}]
     for label, m in variants.items():
+        out = run_outputs(m, ev, formats.eval_batch(label.split(" ")[0]))  # dynamic: batch 1, as timed
+        same = out[0].argmax(1) == ref[0].argmax(1)
+        lo, hi = wilson(int(same.sum()), n)
         rows.append({"variant": label, "bytes": m.proto.ByteSize(), "latency": round(lat[label], 4),
-                     **fid_row(ref, m, ev)})
-    return {"rows": rows, "info": info, "original_ms": lat["original_ms"]}
+                     **fid_row(ref, m, ev, out), "agree_95ci": f"{lo:.3f}-{hi:.3f}",
+                     "agree_confident": round(float(same[confident].mean()), 4)})
+    goal = getattr(args, "goal", 0.99)
+    auto = (f"qdq sensitivity plan @{goal} ", f"dynamic sensitivity plan @{goal} ", "weight-only",
+            "nbits")  # what --format auto builds on CPU at its default accuracy goal
+    cands = [{"format": r["variant"], "latency": r["latency"], "top1_agreement": r["agreement"], "kl": r["kl"],
+              "rel_error": 0.0} for r in rows if r["variant"].startswith(auto)]
+    chosen, met = formats.pick([{"format": "fp32", "latency": 1.0, "top1_agreement": 1.0, "kl": 0.0,
+                                 "rel_error": 0.0}, *cands], 0.01)
+    return {"rows": rows, "info": info, "original_ms": lat["original_ms"], "calibration": calib.name,
+            "selection": select.name, "evaluation": f"{ev.name} ({n})", "confident": int(confident.sum()),
+            "order_by": criterion, "auto_pick_on_evaluation": {"format": chosen, "goal_met": met}}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -37,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choices", default="int4,int8", help="precisions to choose from (int4,int8,fp16,fp32)")
     p.add_argument(
         "--criterion",
-        default="wgrad",
-        help="layer importance: a SAfER criterion (wgrad (default), grad, weight, gradcampp, ig, gig, idgi, "
-        "smoothgrad, vargrad, hsic, fd) or 'oracle[:int4|int8]', the measured output error of quantizing "
-        "each layer alone (one pass over the data per layer)",
+        default=None,
+        help="layer importance: a SAfER criterion (wgrad (the default with a budget), grad, weight, gradcampp, ig, "
+        "gig, idgi, smoothgrad, vargrad, hsic, fd), fisher/taylor/hutchinson[:int4|int8], or 'oracle[:int4|int8]', "
+        "the measured output error of quantizing each layer alone (one pass over the data per layer; with "
+        "--format the default is oracle:int8 on the first 32 samples)",
     )
     p.add_argument("--reduction", default="linf", help="SAfER reduction for --criterion (default linf)")
     p.add_argument("--target", "-t", default="pred",
@@ -53,20 +54,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", help="a JSON plan (layer -> precision) that overrides the computed one")
     p.add_argument("--mode", choices=("weight", "static"), default=None,
                    help="with a budget or --plan: weight-only (default) or static QDQ mixed precision")
-    p.add_argument("--format", choices=("auto", "qdq", "weight", "nbits", "fp16"), default=None,
+    p.add_argument("--format", choices=("auto", "qdq", "dynamic", "weight", "nbits", "fp16"), default=None,
                    help="deployment format (default: auto when no --avg-bits/--size-mb/--plan is given): qdq = static "
                         "int8 activations and weights fused into integer kernels, with the most sensitive layers kept "
-                        "float until --accuracy-goal is met; weight = weight-only int8 (smaller, not faster); nbits = "
-                        "MatMulNBits int4 MatMul weights; fp16 = float16 graph (GPU); auto = the fastest of them on "
-                        "--device that meets --accuracy-goal, measured")
+                        "float until --accuracy-goal is met; dynamic = int8 weights with activations quantized at run "
+                        "time (onnxruntime's quantize_dynamic; transformers), sensitive layers kept float likewise; "
+                        "weight = weight-only int8 (smaller, not faster); nbits = MatMulNBits int4 MatMul weights; "
+                        "fp16 = float16 graph (GPU); auto = the fastest of them on --device that meets "
+                        "--accuracy-goal, measured")
+    p.add_argument("--calibrate-method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="--format qdq: activation range calibration (default minmax)")
     p.add_argument("--accuracy-goal", type=fraction_closed01, default=0.01,
                    help="--format: largest top-1 agreement loss vs the float model on --data (default 0.01)")
     p.add_argument("--max-latency", type=positive_float, default=None,
-                   help="--format qdq: latency budget (fraction of the float model's) for keeping layers float "
-                        "(default: none)")
+                   help="--format qdq/dynamic: latency budget (fraction of the float model's) for keeping layers "
+                        "float (default: none)")
     p.add_argument("--float-layers", type=nonneg_int, default=None,
-                   help="--format qdq: keep exactly this many of the most sensitive layers float (default: as few as "
-                        "--accuracy-goal needs, at most a quarter); --criterion qdq measures the sensitivity")
+                   help="--format qdq/dynamic: keep exactly this many of the most sensitive layers float (default: as "
+                        "few as --accuracy-goal needs, at most a quarter); --criterion qdq measures the sensitivity")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads of the latency measurement (default 1)")
     p.add_argument("--repeats", type=positive_int, default=15, help="latency repeats, round-robin (default 15)")
@@ -74,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=positive_int, default=32, help="int4 block size (default 32)")
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")
     p.add_argument("--samples", type=positive_int, default=256,
-                   help="samples used for scoring and calibration (default 256)")
+                   help="samples used for scoring and calibration (default 256); with --format, the next as many "
+                        "samples of --data (where it has them) measure the fidelity")
     p.add_argument("--save-plan", help="also write the plan used (JSON; default: not written)")
     p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
 
@@ -145,15 +151,24 @@ def _layer_rows(model: Model, decisions: dict[str, str], block_size: int) -> lis
 
 
 def _order(args: argparse.Namespace, model: Model, calib: Any, builder: Any) -> tuple[list[str], str]:
-    """Layers, most sensitive first, for keeping QDQ layers float."""
+    """Layers, most sensitive first, for keeping QDQ/dynamic layers float.
+
+    By default the measured int8 oracle on at most 32 samples: the output error of each layer's int8 weights
+    alone (on EfficientNet-Lite0 the first layers it ranks, kept float, bring the QDQ model's KL 6x down).
+    """
+    import copy
+
     from onnxslice.rewrite.formats import qdq_sensitivity
 
     if args.criterion == "qdq":
         sens = qdq_sensitivity(builder)
-        return sorted(sens, key=lambda n: -sens[n]), "qdq (measured KL gain of keeping each layer float)"
+        return sorted(sens, key=lambda n: -sens[n]), f"{builder.fmt} (measured KL gain of keeping each layer float)"
+    if args.criterion is None and not args.scores:
+        args = copy.copy(args)
+        args.criterion, args.samples = "oracle:int8", min(args.samples, 32)
     scores = _scores(args, model, calib).scores
     names = [n for n in builder.layers if n in scores]
-    return sorted(names, key=lambda n: -float(scores[n])), str(args.criterion)
+    return sorted(names, key=lambda n: -float(scores[n])), str(args.criterion or f"scores {args.scores}")
 
 
 def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs: Any, out: Path,
@@ -167,13 +182,20 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         raise DataError(f"--format {fmt} needs --data (calibration and the accuracy goal)")
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
     tried = formats.default_formats(device) if fmt == "auto" else (fmt,)
+    if fmt == "auto" and not formats.matmul_dominated(model):
+        tried = tuple(f for f in tried if f != "dynamic")  # integer convolutions are the slow kind on CPU
     variants: dict[str, Model] = {}
     info: dict[str, Any] = {}
     for f in tried:
-        if f == "qdq":
-            builder = formats.QdqBuilder(model, calib, samples=args.samples)
+        if f in ("qdq", "dynamic"):
+            builder: Any = (formats.QdqBuilder(model, calib, samples=args.samples,
+                                               calibrate_method=args.calibrate_method) if f == "qdq"
+                            else formats.DynamicBuilder(model, calib, samples=args.samples))
+            key = "" if f == "qdq" else "dynamic_"
             try:
-                if args.float_layers is not None or args.max_latency is not None or args.accuracy_goal < 1:
+                exclude: list[str] = []
+                if calib is not None and (args.float_layers is not None or args.max_latency is not None
+                                          or args.accuracy_goal < 1):
                     order, by = _order(args, model, calib, builder)
                     if args.float_layers is not None:
                         exclude = order[: args.float_layers]
@@ -181,10 +203,12 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
                         qp = formats.plan_float_layers(builder, order, goal=1.0 - args.accuracy_goal,
                                                        max_latency=args.max_latency, device=device,
                                                        threads=args.threads)
-                        exclude, info["qdq_trials"] = qp.exclude, qp.trials
-                    info["float_layers"], info["sensitivity"] = exclude, by
-                variants[f] = formats.convert(model, "qdq", calib, exclude=info.get("float_layers", []),
-                                              builder=builder)
+                        exclude, info[f"{key or 'qdq_'}trials"] = qp.exclude, qp.trials
+                    info[f"{key}float_layers"], info[f"{key}sensitivity"] = exclude, by
+                variants[f] = formats.convert(model, f, calib, exclude=exclude, builder=builder)
+            except PlanError:
+                if fmt != "auto":
+                    raise
             finally:
                 builder.close()
         else:
@@ -193,7 +217,12 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
             except PlanError:
                 if fmt != "auto":
                     raise
-    probe = calib if calib is not None else _zeros(model)
+    # fidelity on held-out samples (after the first --samples) where --data has them, else on the calibration ones
+    held = ds is not None and len(ds) > args.samples
+    probe = (ds.subset(slice(args.samples, 2 * args.samples)) if held and ds is not None
+             else calib if calib is not None else _zeros(model))
+    info["fidelity_on"] = (f"{len(probe)} held-out samples of --data" if held
+                           else "the calibration samples" if calib is not None else "zeros (no --data)")
     rows = formats.compare(model, variants, probe, device=device, threads=args.threads, repeats=args.repeats)
     chosen, met = (formats.pick(rows, args.accuracy_goal) if fmt == "auto" else (fmt, True))
     if chosen == "fp32":
@@ -208,6 +237,9 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
              f"{device}); {'--format qdq' if device == 'cpu' else '--format fp16'} is the fast one")
     result = {"out": str(out), "format": chosen, "device": device, "threads": args.threads, "rows": rows,
               "accuracy_goal": args.accuracy_goal, "goal_met": met, **info}
+    _stamp_report(variants[chosen], {"format": chosen, "device": device, "before": rows[0], "after": row,
+                                     "accuracy_goal": args.accuracy_goal, "goal_met": met,
+                                     "fidelity_on": info["fidelity_on"]})
     outs.defer(out, lambda p: variants[chosen].save(p))
     outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
@@ -215,12 +247,23 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         emit_json(result)
         return 0
     title = f"formats of {Path(args.model).name} on {device} ({args.threads} thread, batch 1; fidelity on " + \
-        f"{len(probe) if hasattr(probe, '__len__') else 1} samples)"
+        f"{info['fidelity_on']})"
     print(format_table([{k: v for k, v in r.items() if k != "rel_error"} for r in rows], title=title))
-    if info.get("float_layers") is not None:
-        print(f"\nqdq float layers ({info['sensitivity']}): {', '.join(info['float_layers']) or 'none'}")
+    for key, label in (("", "qdq"), ("dynamic_", "dynamic")):
+        if info.get(f"{key}float_layers") is not None:
+            print(f"\n{label} float layers ({info[f'{key}sensitivity']}): "
+                  f"{', '.join(info[f'{key}float_layers']) or 'none'}")
     print(f"\nchosen: {chosen}; saved {out}")
     return 0
+
+
+def _stamp_report(q: Model, report: dict[str, Any]) -> None:
+    """Store the before/after summary in the quantized model's ``metadata_props`` (``onnxslice.quantize_report``)."""
+    import json
+
+    from onnxslice.rewrite.emit import _set_meta
+
+    _set_meta(q.proto, {"onnxslice.quantize_report": json.dumps(report, default=str)})
 
 
 def _latency(args: argparse.Namespace, model: Model, q: Model, ds: Dataset | None) -> dict[str, Any]:
@@ -273,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
             raise PlanError("--format chooses a whole-model format; drop --avg-bits/--size-mb/--plan (or --format)")
         return _run_format(args, model, ds, outs, out, report)
     args.mode = args.mode or "weight"
+    args.criterion = args.criterion or "wgrad"
     plan = _plan(args, model, ds)
     decisions = check_plan(model, plan)  # a bad plan stops here: nothing is written
     calib = ds.subset(slice(0, args.samples)) if ds is not None else None
@@ -288,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "planned_by": _planned_by(args, plan),
         "avg_bits": round(cost.avg_bits, 3),
+        "float_params_before": model.num_params,
+        "float_params_after": q.num_params,
         "size_bytes_before": size_before,
         "size_bytes_after": size_after,
     }
@@ -296,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
         ref = run_outputs(model, ds)
         summary["fidelity_before"] = compare_outputs(ref, ref, ds.labels).to_dict()
         summary["fidelity_after"] = compare_outputs(ref, run_outputs(q, ds), ds.labels).to_dict()
+    _stamp_report(q, summary)
     outs.defer(out, q.save)
     outs.defer(plan_path, plan.save)
     outs.defer(report, partial(_save_json_to, {**summary, "plan": plan.to_dict()}))
@@ -308,6 +355,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, title=f"{args.mode} quantization of {model.path.name if model.path else 'model'}"))
     print(f"\nplanned by: {summary['planned_by']}")
     print(f"average bits per weight: {cost.avg_bits:.3f}")
+    print(f"float parameters: {summary['float_params_before']:,} -> {summary['float_params_after']:,} "
+          "(the rest are stored quantized)")
     print(f"file size: {size_before:,} -> {size_after:,} bytes ({size_after / size_before:.3f}x)")
     print(f"latency (median, round-robin, {summary['device']}, {args.threads} thread, batch 1): "
           f"{summary['latency_ms_before']:.4g} -> {summary['latency_ms_after']:.4g} ms "

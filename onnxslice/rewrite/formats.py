@@ -7,6 +7,10 @@
   modelopt/AIMET/Quark practice for the most sensitive layers).
 - ``weight``: weight-only int8 (:mod:`~onnxslice.rewrite.weight_quant`): smaller, for memory-bound
   deployment; weights are dequantized at run time, so it is not faster on CPU.
+- ``dynamic``: onnxruntime's ``quantize_dynamic``: int8 per-channel MatMul/Conv weights, activations
+  quantized at run time from each batch's own range (``DynamicQuantizeLinear`` + ``MatMulInteger``), so
+  no calibration range can clip; onnxruntime's recommendation for transformers and RNNs on CPU. Layers
+  named in ``exclude`` stay float.
 - ``nbits``: MatMul weights as onnxruntime's 4-bit ``MatMulNBits`` (other layers stay float).
 - ``fp16``: the whole graph in float16 with float32 inputs and outputs (onnxruntime's
   ``convert_float_to_float16``): for GPUs; on CPU it is slower.
@@ -21,6 +25,8 @@ with one calibration shared by every trial (onnxruntime's calibration cache).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,19 +42,23 @@ from onnxslice.model import Model
 from onnxslice.record import as_feed, runtime_proto, validate_inputs
 from onnxslice.rewrite.precision import quantizable_layers
 
-__all__ = ["FORMATS", "QdqPlan", "fp16_convert", "plan_float_layers", "qdq_quantize", "qdq_sensitivity"]
+__all__ = ["FORMATS", "DynamicBuilder", "QdqBuilder", "QdqPlan", "fp16_convert", "plan_float_layers", "qdq_quantize",
+           "qdq_sensitivity"]
 
-FORMATS = ("qdq", "weight", "nbits", "fp16")
+FORMATS = ("qdq", "dynamic", "weight", "nbits", "fp16")
 
 
 class _Quiet:
-    """Silence onnxruntime's quantizer advice on the root logger."""
+    """Silence onnxruntime's quantizer advice on the root logger and its calibrators' prints on stdout."""
 
     def __enter__(self) -> None:
         self.level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
+        self.out = contextlib.redirect_stdout(io.StringIO())
+        self.out.__enter__()
 
     def __exit__(self, *exc: object) -> None:
+        self.out.__exit__(None, None, None)
         logging.getLogger().setLevel(self.level)
 
 
@@ -61,10 +71,14 @@ class QdqBuilder:
         samples: at most this many calibration samples.
         batch_size: calibration batch size (1 when the model's batch axis is fixed).
         calibrate_method: ``minmax``, ``entropy`` or ``percentile``.
+        selection: samples the trials of :func:`plan_float_layers` / :func:`qdq_sensitivity` are scored on
+            (default: the calibration samples).
     """
 
+    fmt = "qdq"
+
     def __init__(self, model: Model, calibration: Any, *, samples: int = 256, batch_size: int = 16,
-                 calibrate_method: str = "minmax") -> None:
+                 calibrate_method: str = "minmax", selection: Any = None) -> None:
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -82,6 +96,8 @@ class QdqBuilder:
         self.feed = {k: v[:samples] for k, v in feed.items()}
         fixed = model.inputs[0].shape[0] if model.inputs and model.inputs[0].shape else None
         self.reader = FeedReader(self.feed, 1 if isinstance(fixed, int) and fixed > 0 else batch_size)
+        if selection is not None:
+            self.feed = {k: v[:samples] for k, v in validate_inputs(model, as_feed(model, selection)).items()}
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxslice-qdq-")
         self.dir = Path(self._tmp.name)
         src = self.dir / "float.onnx"
@@ -117,6 +133,67 @@ class QdqBuilder:
                 raise OnnxSliceError(f"onnxruntime's quantize_static failed on this model: {e}") from e
         proto = onnx.load(str(dst))
         dst.unlink()
+        return proto
+
+    def close(self) -> None:
+        """Remove the temporary folder."""
+        self._tmp.cleanup()
+
+
+class DynamicBuilder:
+    """Builds ``quantize_dynamic`` models (int8 weights, run-time activation ranges) with any set of float layers.
+
+    The same interface as :class:`QdqBuilder` (``model``, ``feed``, ``layers``, ``build``, ``close``), so that
+    :func:`plan_float_layers` and :func:`qdq_sensitivity` plan either format. ``data`` only scores the trials.
+
+    Args:
+        model: the float model.
+        data: samples on which trials are scored (mapping, array or ``Dataset``; may be None).
+        samples: at most this many of them.
+        per_channel: per-output-channel weight scales (default True).
+    """
+
+    fmt = "dynamic"
+
+    def __init__(self, model: Model, data: Any = None, *, samples: int = 256, per_channel: bool = True) -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.model = model
+        self.per_channel = per_channel
+        feed = validate_inputs(model, as_feed(model, data)) if data is not None else {}
+        self.feed = {k: v[:samples] for k, v in feed.items()}
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnxslice-dyn-")
+        self.dir = Path(self._tmp.name)
+        src = self.dir / "float.onnx"
+        onnx.save_model(runtime_proto(model.proto), str(src))
+        self.pre = self.dir / "pre.onnx"
+        with _Quiet():
+            try:
+                quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
+            except Exception as e:
+                raise OnnxSliceError(f"onnxruntime's quantization pre-processing failed on this model: {e}") from e
+        names = {n.name for n in onnx.load(str(self.pre), load_external_data=False).graph.node}
+        self.layers = [x.name for x in quantizable_layers(model) if x.name in names]
+        self._n = 0
+
+    def build(self, exclude: Iterable[str] = ()) -> onnx.ModelProto:
+        """The dynamically quantized model with the layers in ``exclude`` kept float."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        self._n += 1
+        dst = self.dir / f"dyn{self._n}.onnx"
+        with _Quiet():
+            try:
+                quantize_dynamic(str(self.pre), str(dst), per_channel=self.per_channel, weight_type=QuantType.QInt8,
+                                 nodes_to_exclude=list(exclude))
+            except Exception as e:
+                raise OnnxSliceError(f"onnxruntime's quantize_dynamic failed on this model: {e}") from e
+        proto = onnx.load(str(dst))
+        dst.unlink()
+        if not any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul")
+                   for n in proto.graph.node):
+            raise PlanError("quantize_dynamic quantized no layer of this model (it takes MatMul/Conv weights); "
+                            "use --format qdq or weight")
         return proto
 
     def close(self) -> None:
@@ -171,12 +248,13 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def _outputs(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+def _outputs(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: Sequence[str],
+             batch: int = 64) -> list[np.ndarray]:
     from onnxslice.record import make_session
 
     sess = make_session(runtime_proto(proto), "cpu", optimize=True)
     n = len(next(iter(feed.values())))
-    parts = [sess.run(list(names), {k: v[s : s + 64] for k, v in feed.items()}) for s in range(0, n, 64)]
+    parts = [sess.run(list(names), {k: v[s : s + batch] for k, v in feed.items()}) for s in range(0, n, batch)]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
 
 
@@ -190,17 +268,24 @@ def _score(ref: list[np.ndarray], out: list[np.ndarray]) -> tuple[float, float]:
     return 1.0 - f.rel_error, f.rel_error**2
 
 
-def qdq_sensitivity(builder: QdqBuilder, layers: Sequence[str] | None = None) -> dict[str, float]:
-    """Measured sensitivity of each layer under QDQ: the KL removed by keeping it alone in float.
+def eval_batch(fmt: str) -> int:
+    """Batch size to score a format's fidelity with: 1 for ``dynamic`` (its activation ranges are taken over the
+    whole batch, so a larger batch would score another model than the batch-1 one whose latency is measured)."""
+    return 1 if fmt == "dynamic" else 64
 
-    One QDQ model per layer, built from the shared calibration; scored on the calibration samples
+
+def qdq_sensitivity(builder: QdqBuilder | DynamicBuilder, layers: Sequence[str] | None = None) -> dict[str, float]:
+    """Measured sensitivity of each layer under QDQ (or dynamic): the KL removed by keeping it alone in float.
+
+    One model per layer, built from the shared calibration; scored on the calibration samples
     against the float model (squared relative error when the output is not a class score).
     """
     names = list(layers or builder.layers)
     outs = builder.model.output_names
     ref = _outputs(builder.model.proto, builder.feed, outs)
-    base = _score(ref, _outputs(builder.build(), builder.feed, outs))[1]
-    return {n: base - _score(ref, _outputs(builder.build([n]), builder.feed, outs))[1] for n in names}
+    bs = eval_batch(builder.fmt)
+    base = _score(ref, _outputs(builder.build(), builder.feed, outs, bs))[1]
+    return {n: base - _score(ref, _outputs(builder.build([n]), builder.feed, outs, bs))[1] for n in names}
 
 
 @dataclass
@@ -225,7 +310,7 @@ class QdqPlan:
 
 
 def plan_float_layers(
-    builder: QdqBuilder,
+    builder: QdqBuilder | DynamicBuilder,
     order: Sequence[str],
     *,
     goal: float = 0.99,
@@ -266,7 +351,7 @@ def plan_float_layers(
     for k in counts:
         exclude = list(order[:k])
         proto = builder.build(exclude)
-        agree, kl = _score(ref, _outputs(proto, builder.feed, outs))
+        agree, kl = _score(ref, _outputs(proto, builder.feed, outs, eval_batch(builder.fmt)))
         lat = None
         if max_latency is not None:
             lat = median_ratios(timed_sessions([builder.model.proto, proto], device, threads), x, repeats)[1][1]
@@ -297,11 +382,11 @@ def convert(model: Model, fmt: str, calibration: Any = None, *, exclude: Sequenc
 
     Args:
         model: the float model.
-        fmt: ``qdq``, ``weight``, ``nbits`` or ``fp16``.
+        fmt: ``qdq``, ``dynamic``, ``weight``, ``nbits`` or ``fp16``.
         calibration: calibration data (``qdq`` needs it).
-        exclude: ``qdq``: layers kept float.
+        exclude: ``qdq``/``dynamic``: layers kept float.
         block_size: ``nbits`` block size.
-        builder: a :class:`QdqBuilder` to reuse (its calibration).
+        builder: a :class:`QdqBuilder` (``qdq``, its calibration) or :class:`DynamicBuilder` (``dynamic``) to reuse.
         proto: an already built model of this format (only finalized here).
 
     Raises:
@@ -327,6 +412,16 @@ def convert(model: Model, fmt: str, calibration: Any = None, *, exclude: Sequenc
                         mode="weight", block_size=block_size)
     if fmt == "fp16":
         return _finish(proto if proto is not None else fp16_convert(model), model, fmt, {"layers": layers})
+    if fmt == "dynamic":
+        if proto is None:
+            b = builder if builder is not None else DynamicBuilder(model)
+            try:
+                proto = b.build(exclude)
+            finally:
+                if builder is None:
+                    b.close()
+        return _finish(proto, model, "dynamic", {"layers": layers, "float_layers": list(exclude),
+                                                 "meta": {"float_layers": list(exclude)}})
     if proto is None:
         proto = builder.build(exclude) if builder is not None else qdq_quantize(model, calibration, exclude)
     meta = {"float_layers": list(exclude)}
@@ -342,16 +437,23 @@ def device_of(device: str) -> str:
     return "cuda" if cuda_usable() else "cpu"
 
 
+def matmul_dominated(model: Model) -> bool:
+    """Whether at least half of the quantizable layers are MatMul/Gemm (where ``dynamic`` is worth trying)."""
+    layers = quantizable_layers(model)
+    return bool(layers) and 2 * sum(x.op_type in ("MatMul", "Gemm") for x in layers) >= len(layers)
+
+
 def default_formats(device: str) -> tuple[str, ...]:
     """The formats worth trying on ``device``, fastest-first guess (the measurement decides)."""
-    return ("fp16", "qdq") if device == "cuda" else ("qdq", "weight", "nbits")
+    return ("fp16", "qdq") if device == "cuda" else ("qdq", "dynamic", "weight", "nbits")
 
 
 def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: str = "cpu", threads: int = 1,
             repeats: int = 15, batch: int = 1) -> list[dict[str, Any]]:
     """Latency (round-robin with the float model, median per-repeat ratio) and fidelity of each variant.
 
-    Returns one row per variant (and the float model first): format, latency ratio and ms, file bytes,
+    Returns one row per variant (and the float model first): format, latency ratio and ms, parameters still
+    float (the others are stored quantized), file bytes,
     top-1 agreement, KL, accuracy where ``data`` has labels.
     """
     from onnxslice.latency import median_ratios, timed_sessions
@@ -366,8 +468,9 @@ def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: s
     ref = run_outputs(model, data)
     rows = []
     for name, m, t, r in zip(names, models, ms, ratios, strict=True):
-        f = compare_outputs(ref, ref if m is model else run_outputs(m, data), labels)
-        rows.append({"format": name, "latency": round(r, 4), "latency_ms": round(t, 4), "bytes": m.proto.ByteSize(),
+        f = compare_outputs(ref, ref if m is model else run_outputs(m, data, eval_batch(name)), labels)
+        rows.append({"format": name, "latency": round(r, 4), "latency_ms": round(t, 4), "float_params": m.num_params,
+                     "bytes": m.proto.ByteSize(),
                      "top1_agreement": f.top1_agreement, "kl": f.kl, "accuracy": f.accuracy,
                      "rel_error": f.rel_error})
     return rows

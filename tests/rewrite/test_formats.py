@@ -72,6 +72,32 @@ def test_nbits_emits_matmulnbits_and_unknown_formats_fail(net):
         formats.convert(net, "int3")
 
 
+def test_dynamic_quantizes_matmuls_at_run_time_and_keeps_excluded_layers_float():
+    mm = osl.load(matmul_net())
+    x = np.random.default_rng(4).normal(0, 1, (64, 64)).astype(np.float32)
+    assert formats.matmul_dominated(mm)
+    b = formats.DynamicBuilder(mm, x)
+    try:
+        assert b.layers == ["mm1", "mm2"]
+        q = formats.convert(mm, "dynamic", builder=b)
+        kinds = {n.op_type for n in q.proto.graph.node}
+        assert "DynamicQuantizeLinear" in kinds and "MatMulInteger" in kinds
+        q2 = formats.convert(mm, "dynamic", exclude=["mm2"], builder=b)
+        assert "w2" in {t.name for t in q2.proto.graph.initializer}  # mm2 reads its float weight
+        meta = {p.key: p.value for p in q2.proto.metadata_props}
+        assert json.loads(meta["onnxslice.plan"])["layers"]["mm2"] == "fp32"
+        f = fidelity(q, mm, x)
+        assert f.rel_error < 0.05
+        # the planner drives it like QDQ: a goal it cannot reach keeps layers float, in order
+        hard = formats.plan_float_layers(b, ["mm2", "mm1"], goal=1.01, max_float=1)
+        assert hard.exclude == ["mm2"] or hard.exclude == []
+        assert [t["float_layers"] for t in hard.trials] == [0, 1]
+    finally:
+        b.close()
+    with pytest.raises(PlanError, match="quantized no layer"):
+        formats.convert(mm, "dynamic", exclude=["mm1", "mm2"])
+
+
 def test_pick_prefers_the_fastest_format_meeting_the_goal():
     rows = [{"format": "fp32", "latency": 1.0, "top1_agreement": 1.0, "kl": 0.0, "rel_error": 0.0},
             {"format": "qdq", "latency": 0.5, "top1_agreement": 0.95, "kl": 0.1, "rel_error": 0.1},
@@ -96,7 +122,29 @@ def test_quantize_cli_format_auto_writes_model_and_report(tmp_path, capsys):
     assert res["format"] in ("qdq", "weight", "nbits") and out.is_file()
     assert {r["format"] for r in res["rows"]} >= {"fp32", "qdq", "weight"}
     assert json.loads(rep.read_text())["format"] == res["format"]
-    assert osl.load(out).output_names == ["y"]
+    q = osl.load(out)
+    assert q.output_names == ["y"]
+    assert res["rows"][0]["float_params"] == osl.load(path).num_params
+    assert all(0 <= r["float_params"] <= res["rows"][0]["float_params"] and r["bytes"] > 0 for r in res["rows"])
+    stamped = json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.quantize_report"])
+    assert stamped["format"] == res["format"] and stamped["before"]["format"] == "fp32"
+    assert res["fidelity_on"] == "the calibration samples"
+    assert stamped["after"]["latency"] == next(r["latency"] for r in res["rows"] if r["format"] == res["format"])
+
+
+def test_quantize_cli_format_measures_fidelity_on_held_out_samples(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_net(), str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=images(40))
+    out = tmp_path / "q.onnx"
+    rc = main(["quantize", str(path), "--format", "weight", "--data", str(data), "--samples", "24", "--out", str(out),
+               "--repeats", "2", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["fidelity_on"] == "16 held-out samples of --data"
+    w = osl.load(out)
+    want = fidelity(w, osl.load(path), images(40)[24:])
+    assert res["rows"][1]["kl"] == pytest.approx(want.kl, rel=1e-5, abs=1e-12)
 
 
 def test_quantize_cli_format_bad_paths_write_nothing(tmp_path, capsys):

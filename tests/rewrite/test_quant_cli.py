@@ -29,11 +29,27 @@ def test_cli_quantize_prints_plan_size_and_fidelity(files, capsys, criterion, pl
                "--data", str(files / "data.npz"), "--out", str(out), "--samples", "32"])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file()
-    for word in ("precision", "int4", "int8", "file size", "top1_agreement", "before", "after",
-                 f"planned by: {planned_by}"):
+    for word in ("precision", "int4", "int8", "float parameters", "file size", "latency", "top1_agreement", "before",
+                 "after", f"planned by: {planned_by}"):
         assert word in text
     q = load(out)
     assert q.output_names == ["y"] and out.stat().st_size < (files / "net.onnx").stat().st_size / 3
+    stamped = json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.quantize_report"])
+    assert stamped["float_params_before"] == load(files / "net.onnx").num_params
+    assert 0 <= stamped["float_params_after"] < stamped["float_params_before"]
+    assert stamped["latency_ratio"] > 0 and stamped["fidelity_after"]["top1_agreement"] is not None
+
+
+def test_cli_format_qdq_percentile_and_measured_float_layers(files, capsys):
+    out = files / "fq.onnx"
+    rc = main(["quantize", str(files / "net.onnx"), "--format", "qdq", "--calibrate-method", "percentile",
+               "--criterion", "qdq", "--float-layers", "1", "--data", str(files / "data.npz"), "--out", str(out),
+               "--repeats", "2", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["format"] == "qdq" and len(res["float_layers"]) == 1
+    assert res["sensitivity"].startswith("qdq (measured")
+    layers = json.loads({p.key: p.value for p in load(out).proto.metadata_props}["onnxslice.plan"])["layers"]
+    assert [n for n, p in layers.items() if p == "fp32"] == res["float_layers"]
 
 
 def test_cli_user_plan_overrides(files, capsys):
