@@ -81,6 +81,30 @@ def sample_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
+def natural_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """``n`` crops of the three natural photos shipped with the installed packages (scikit-learn's china and
+    flower, matplotlib's grace_hopper), at random scales (30-100% of the shorter side), resized to ``size``,
+    randomly flipped; [0, 1] NCHW. The recovery set of EfficientNet-Lite0 (never the evaluation images)."""
+    import matplotlib
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    imgs = [np.asarray(im) for im in load_sample_images().images] + [np.asarray(Image.open(hopper).convert("RGB"))]
+    out = []
+    for i in range(n):
+        im = imgs[i % len(imgs)]
+        side = int(min(im.shape[:2]) * rng.uniform(0.3, 1.0))
+        y, x = rng.integers(0, im.shape[0] - side + 1), rng.integers(0, im.shape[1] - side + 1)
+        crop = Image.fromarray(im[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        if rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        out.append(arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out)).astype(np.float32)
+
+
 def datasets(name: str, quick: bool) -> tuple[Dataset, Dataset]:
     """(calibration, evaluation): disjoint."""
     if name == "efficientnet_lite0":

@@ -48,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unrounded; 1 turns rounding off) so that the speedup follows the FLOPs")
     p.add_argument("--latency", type=fraction_open_closed01, default=None,
                    help="plan for a latency target instead of --ratio: fraction of the original's measured latency "
-                        "(e.g. 0.7); a knapsack against the measured latency table (cached) of the measured damage of "
-                        "each candidate channel count on --data (without --data: --channel-score importance); the "
+                        "(e.g. 0.7; with --ratio, the plan also removes at least that ratio of parameters, choosing "
+                        "where they go so that latency falls most); a knapsack against the measured latency table "
+                        "(cached) of the measured damage of each candidate channel count on --data (without --data: --channel-score importance); the "
                         "pruned model is measured and the plan tightened if it misses (default: off)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
@@ -62,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune the pruned model for STEPS updates by distillation from the original's outputs on "
                         "--data's samples after the first --samples (those stay held out for fidelity), with "
                         "onnxslice's own gradients (default 0: off)")
+    p.add_argument("--reconstruct", choices=("lsq", "bn", "lsq+bn"), default=None,
+                   help="repair the pruned model without backprop before any --recover, on --data's samples after the "
+                        "first --samples: lsq re-fits every layer that lost input channels to the original layer's "
+                        "outputs by least squares (layer by layer), bn re-estimates BatchNormalization statistics "
+                        "(default: off)")
+    p.add_argument("--reconstruct-samples", type=positive_int, default=64,
+                   help="calibration samples of --reconstruct (default 64)")
     p.add_argument("--recover-lr", type=positive_float, default=1e-3,
                    help="Adam learning rate of --recover (default 1e-3)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="batch size of --recover (default 32)")
@@ -169,8 +177,6 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
     if args.mode != "structured" or args.budget == "slice":
         raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
-    if args.ratio is not None:
-        raise PlanError("give either --ratio or --latency, not both")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
     channel_score = _channel_score(args, model, calib)
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
@@ -180,7 +186,7 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     if calib is not None:  # measured damage of every candidate count on the user's data
         damage = damage_table(model, calib, table, channel_score=channel_score, samples=min(args.samples, 64))
     res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
-                           repeats=max(args.repeats, 10))
+                           min_ratio=args.ratio, repeats=max(args.repeats, 10))
     if not res.met:
         warn(NAME, f"latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
              "original")
@@ -209,6 +215,22 @@ def _recover(args: argparse.Namespace, model: Any, pruned: Any, data: Any) -> di
     return {"model": res.model, "unrecovered": pruned, "steps": args.recover, "lr": args.recover_lr,
             "samples": len(rest), "seconds": round(time.perf_counter() - t0, 1),
             "loss_first": float(res.losses[0]), "loss_last": float(np.mean(res.losses[-10:]))}
+
+
+def _reconstruct(args: argparse.Namespace, model: Any, pruned: Any, plan: Any, data: Any) -> dict[str, Any]:
+    """Least-squares / BN repair on the samples after the first --samples (those stay held out for fidelity)."""
+    from onnxslice.rewrite.reconstruct import reconstruct
+
+    if data is None:
+        raise PlanError("--reconstruct needs --data (unlabelled calibration samples)")
+    if plan.meta.get("mode", "structured") != "structured":
+        raise PlanError("--reconstruct repairs structured pruning; drop --mode unstructured")
+    rest = data.subset(slice(args.samples, args.samples + args.reconstruct_samples))
+    if len(rest) == 0:
+        raise PlanError(f"--reconstruct needs more samples in --data than --samples ({args.samples}): the first "
+                        "--samples are held out for fidelity")
+    res = reconstruct(model, pruned, plan, rest, method=args.reconstruct, samples=len(rest))
+    return {"model": res.model, "unrepaired": pruned, **res.to_dict()}
 
 
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
@@ -267,6 +289,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
+    repair = _reconstruct(args, model, pruned, plan, data) if args.reconstruct else None
+    if repair is not None:
+        pruned = repair.pop("model")
     recovery = _recover(args, model, pruned, data) if args.recover else None
     if recovery is not None:
         pruned = recovery.pop("model")
@@ -303,6 +328,12 @@ def run(args: argparse.Namespace) -> int:
 
         unrecovered = recovery.pop("unrecovered")
         result["recovery"] = {**recovery, "fidelity_before_recovery": fidelity(unrecovered, model, fid_data).to_dict()}
+    if repair is not None:
+        from onnxslice.rewrite.fidelity import fidelity
+
+        unrepaired = repair.pop("unrepaired")
+        result["reconstruct"] = {**repair, "fidelity_before_reconstruct":
+                                 fidelity(unrepaired, model, fid_data).to_dict() if fid_data is not None else None}
     outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
     if args.json:
@@ -337,6 +368,11 @@ def _table(result: dict[str, Any], name: str, plan: Any) -> str:
         if fid["top1_agreement"] is not None:
             rows.append({"measure": f"top-1 agreement with original{label}", "before": 1.0,
                          "after": round(fid["top1_agreement"], 4)})
+    rep = result.get("reconstruct")
+    if rep is not None and rep["fidelity_before_reconstruct"] and \
+            rep["fidelity_before_reconstruct"]["top1_agreement"] is not None:
+        rows.append({"measure": f"top-1 agreement before --reconstruct {rep['method']}", "before": 1.0,
+                     "after": round(rep["fidelity_before_reconstruct"]["top1_agreement"], 4)})
     rec = result.get("recovery")
     if rec is not None and rec["fidelity_before_recovery"]["top1_agreement"] is not None:
         rows.append({"measure": f"top-1 agreement before --recover {rec['steps']}", "before": 1.0,

@@ -212,6 +212,87 @@ def _knapsack(options: list[list[tuple[int, float, float]]], units: int, resolut
     return picks[::-1]
 
 
+def _shift(a: np.ndarray, s: int, axis: int) -> np.ndarray:
+    """``a`` moved ``s`` steps up ``axis``, saturating at the last index (the max of what lands there)."""
+    if s <= 0:
+        return a.copy()
+    n = a.shape[axis]
+    out = np.full_like(a, -np.inf)
+    a0 = np.moveaxis(a, axis, 0)
+    o0 = np.moveaxis(out, axis, 0)
+    if n - 1 - s > 0:
+        o0[s : n - 1] = a0[: n - 1 - s]
+    o0[n - 1] = a0[max(0, n - 1 - s) :].max(axis=0)
+    return out
+
+
+def _knapsack2(options: list[list[tuple[int, float, float, float]]], lat_units: int, lat_res: float,
+               par_units: int, par_res: float) -> list[int] | None:
+    """Option index per group maximising the value with saving >= ``lat_units`` steps AND removed
+    parameters >= ``par_units`` steps (both saturating); options are (kept, saving, value, removed share).
+
+    Exact dynamic programme over the 2-D grid; None when no choice reaches both needs.
+    """
+    tables = [np.full((lat_units + 1, par_units + 1), -np.inf)]
+    tables[0][0, 0] = 0.0
+    steps = [[(math.floor(s / lat_res + 1e-9), math.floor(p / par_res + 1e-9)) for _, s, _, p in o] for o in options]
+    for opts, st in zip(options, steps, strict=True):
+        prev = tables[-1]
+        new = np.full_like(prev, -np.inf)
+        for (_, _, value, _), (sl, sp) in zip(opts, st, strict=True):
+            new = np.maximum(new, _shift(_shift(prev, sl, 0), sp, 1) + value)
+        tables.append(new)
+    if not np.isfinite(tables[-1][lat_units, par_units]):
+        return None
+    picks: list[int] = []
+    i, j = lat_units, par_units
+    for gi in range(len(options) - 1, -1, -1):
+        prev, cur = tables[gi], tables[gi + 1]
+        found = False
+        for oi, ((_, _, value, _), (sl, sp)) in enumerate(zip(options[gi], steps[gi], strict=True)):
+            src_i = [i - sl] if i < lat_units else list(range(max(0, lat_units - sl), lat_units + 1))
+            src_j = [j - sp] if j < par_units else list(range(max(0, par_units - sp), par_units + 1))
+            for a in src_i:
+                for b in src_j:
+                    if 0 <= a <= lat_units and 0 <= b <= par_units and np.isfinite(prev[a, b]) and math.isclose(
+                            prev[a, b] + value, cur[i, j], rel_tol=1e-12, abs_tol=1e-12):
+                        picks.append(oi)
+                        i, j = a, b
+                        found = True
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if not found:  # numerically impossible; be safe
+            return None
+    return picks[::-1]
+
+
+def _plan_both(gset: GroupSet, groups: list[ChannelGroup], options: list[list[tuple[int, float, float]]], units: int,
+               resolution: float, ratio: float, prunable: int, par_res: float = 0.005) -> dict[str, int] | None:
+    """Kept counts meeting the latency need and removing >= ``ratio`` of the prunable parameters (exactly).
+
+    The knapsack adds each group's removed parameters, which overcounts a layer that loses input and
+    output channels (removed once, counted twice); when the exact count falls short the need is raised
+    by the shortfall and the problem solved again.
+    """
+    share = [[gset.removed_params({g.leader: g.size - k}) / max(prunable, 1) for k, _, _ in o]
+             for g, o in zip(groups, options, strict=True)]
+    opts2 = [[(k, s, v, p) for (k, s, v), p in zip(o, sh, strict=True)] for o, sh in zip(options, share, strict=True)]
+    want = ratio
+    for _ in range(12):
+        picks = _knapsack2(opts2, units, resolution, max(0, math.ceil(want / par_res - 1e-9)), par_res)
+        if picks is None:
+            return None
+        kept = {g.leader: options[i][p][0] for i, (g, p) in enumerate(zip(groups, picks, strict=True))}
+        exact = gset.removed_params({g.leader: g.size - kept[g.leader] for g in groups}) / max(prunable, 1)
+        if exact >= ratio - 1e-9:
+            return kept
+        want += ratio - exact + par_res / 2
+    return None
+
+
 def plan_latency(
     model: Model,
     target: float,
@@ -222,6 +303,7 @@ def plan_latency(
     damage: Mapping[str, Mapping[int, float]] | None = None,
     off_grid: bool = False,
     resolution: float = 0.002,
+    min_ratio: float | None = None,
     seed: int = 0,
     **table_options: Any,
 ) -> PrunePlan:
@@ -238,6 +320,9 @@ def plan_latency(
         off_grid: also allow counts off the kernel block (default: only multiples of the block, or
             the whole group).
         resolution: latency step of the dynamic programme (fraction of the original latency).
+        min_ratio: also remove at least this fraction of the prunable parameters (a second knapsack
+            constraint: the plan then chooses *where* the parameters go so that latency falls most for
+            the least damage); target 1.0 with ``min_ratio`` asks for the ratio alone.
         seed: for ``channel_score="random"``.
         **table_options: passed to :func:`onnxslice.latency.latency_table` when ``table`` is None.
 
@@ -267,25 +352,36 @@ def plan_latency(
     options = [_options(g, table.groups[g.leader], imp[g.leader], table.block,
                         None if damage is None else damage.get(g.leader, {}), off_grid) for g in groups]
     need = 1.0 - t
+    units = max(0, math.ceil(need / resolution - 1e-9))
     most = sum(max(s for _, s, _ in o) for o in options)
-    picks = _knapsack(options, max(0, math.ceil(need / resolution - 1e-9)), resolution) if need > 0 else \
-        [0] * len(groups)
-    if picks is None:
-        raise PlanError(f"latency target {t:g} cannot be reached with the measured channel counts: at most "
-                        f"{1 - most:.3f} of the original latency is predicted (keeping >= {1 - MAX_LAYER_RATIO:g} "
-                        "of each group); choose a larger target")
-    kept = {g.leader: options[i][p][0] for i, (g, p) in enumerate(zip(groups, picks, strict=True))}
+    prunable = gset.prunable_params()
+    if min_ratio is not None:
+        r = float(min_ratio)
+        if not (0.0 <= r < 1.0) or math.isnan(r):
+            raise PlanError(f"the parameter ratio is {min_ratio}; it must be in [0, 1)")
+        kept = _plan_both(gset, groups, options, units, resolution, r, prunable)
+        if kept is None:
+            raise PlanError(f"no plan of the measured channel counts removes {r:g} of the prunable parameters within "
+                            f"latency {t:g} (keeping >= {1 - MAX_LAYER_RATIO:g} of each group); relax --ratio or "
+                            "--latency")
+    else:
+        picks = _knapsack(options, units, resolution) if need > 0 else [0] * len(groups)
+        if picks is None:
+            raise PlanError(f"latency target {t:g} cannot be reached with the measured channel counts: at most "
+                            f"{1 - most:.3f} of the original latency is predicted (keeping >= "
+                            f"{1 - MAX_LAYER_RATIO:g} of each group); choose a larger target")
+        kept = {g.leader: options[i][p][0] for i, (g, p) in enumerate(zip(groups, picks, strict=True))}
     layers: dict[str, Any] = {}
     for g in groups:
         k = g.size - kept[g.leader]
         chans = select_channels(imp[g.leader], k, g.segments)
         layers[g.leader] = {"ratio": round(chans.size / g.size, 6), "remove": chans.tolist(), "layers": g.layers}
     removed = gset.removed_params({g.leader: g.size - kept[g.leader] for g in groups})
-    prunable = gset.prunable_params()
     meta = {
         "mode": "structured",
         "ratio_definition": RATIO_DEFINITION["structured"],
         "latency_target": t,
+        "min_ratio": min_ratio,
         "predicted_latency": round(table.predict(kept), 5),
         "kept_channels": kept,
         "prunable_params": prunable,
@@ -330,6 +426,7 @@ def prune_to_latency(
     channel_score: ChannelScore = "l1",
     scores: Any = None,
     damage: Mapping[str, Mapping[int, float]] | None = None,
+    min_ratio: float | None = None,
     rounds: int = 3,
     repeats: int = 30,
     tolerance: float = 0.02,
@@ -345,6 +442,7 @@ def prune_to_latency(
         channel_score: channel importance (see :func:`plan_latency`).
         scores: optional layer scores.
         damage: optional measured damage table (:func:`damage_table`).
+        min_ratio: also remove at least this fraction of the prunable parameters (see :func:`plan_latency`).
         rounds: at most this many plan-prune-measure rounds.
         repeats: round-robin repeats of each check.
         tolerance: a measurement within ``target + tolerance`` counts as met (timing noise).
@@ -364,7 +462,8 @@ def prune_to_latency(
     tried: list[tuple[PrunePlan, Model, float]] = []
     for _ in range(max(1, rounds)):
         try:
-            plan = plan_latency(model, goal, table, channel_score=channel_score, scores=scores, damage=damage)
+            plan = plan_latency(model, min(goal, 1.0), table, channel_score=channel_score, scores=scores,
+                                damage=damage, min_ratio=min_ratio)
         except PlanError:
             if tried:
                 break

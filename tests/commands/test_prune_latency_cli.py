@@ -43,8 +43,38 @@ def test_prune_latency_bad_targets_write_nothing(tmp_path, capsys):
     assert main(["prune", str(path), "--latency", "0.05", "--cache", str(tmp_path / "c"), "--out", str(out),
                  "--repeats", "2"]) == 2
     assert "cannot be reached" in capsys.readouterr().err and not out.exists()
-    assert main(["prune", str(path), "--latency", "0.8", "--ratio", "0.3", "--out", str(out)]) == 2
-    assert not out.exists()
+    assert main(["prune", str(path), "--latency", "1.0", "--ratio", "0.95", "--cache", str(tmp_path / "c"),
+                 "--out", str(out), "--repeats", "2"]) == 2
+    assert "relax" in capsys.readouterr().err and not out.exists()
+
+
+def test_prune_latency_with_ratio_removes_at_least_the_ratio(tmp_path, capsys):
+    path, _data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--latency", "1.0", "--ratio", "0.2", "--cache", str(tmp_path / "c"),
+                 "--out", str(out), "--repeats", "2", "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)["plan"]["meta"]
+    assert meta["min_ratio"] == 0.2 and meta["achieved_ratio"] >= 0.2 and out.exists()
+
+
+def test_prune_reconstruct_repairs_on_held_out_samples_and_reports(tmp_path, capsys):
+    path, data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    rc = main(["prune", str(path), "--ratio", "0.3", "--data", str(data), "--samples", "16", "--reconstruct", "lsq",
+               "--reconstruct-samples", "24", "--out", str(out), "--repeats", "2", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    rep = res["reconstruct"]
+    assert rep["method"] == "lsq" and rep["samples"] == 24 and rep["layers"]
+    assert all(f["error_after"] <= f["error_before"] for f in rep["layers"])
+    before = rep["fidelity_before_reconstruct"]
+    assert before["samples"] == 16 and res["fidelity"]["kl"] <= before["kl"]
+    assert any(p.key == "onnxslice.passes" and "reconstruct" in p.value for p in osl.load(out).proto.metadata_props)
+    assert main(["prune", str(path), "--ratio", "0.3", "--data", str(data), "--samples", "40", "--reconstruct", "bn",
+                 "--out", str(tmp_path / "q.onnx")]) == 2
+    assert "--reconstruct needs more samples" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
+    assert main(["prune", str(path), "--ratio", "0.3", "--reconstruct", "lsq", "--out", str(tmp_path / "q.onnx")]) == 2
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_prune_recover_distils_and_reports_before_and_after(tmp_path, capsys):
