@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="plan for a latency target instead of --ratio: fraction of the original's measured latency "
                         "(e.g. 0.7; with --ratio, the plan also removes at least that ratio of parameters, choosing "
                         "where they go so that latency falls most); a knapsack against the measured latency table "
-                        "(cached) of the measured damage of each candidate channel count on --data (without --data: --channel-score importance); the "
+                        "(cached) of the measured damage of each candidate channel count on --data (without --data: "
+                        "--channel-score importance); the "
                         "pruned model is measured and the plan tightened if it misses (default: off)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="onnxruntime execution provider the latency is measured and planned for (default cpu)")

@@ -61,7 +61,7 @@ def test_prune_reconstruct_repairs_on_held_out_samples_and_reports(tmp_path, cap
     path, data = _files(tmp_path)
     out = tmp_path / "p.onnx"
     rc = main(["prune", str(path), "--ratio", "0.3", "--data", str(data), "--samples", "16", "--reconstruct", "lsq",
-               "--reconstruct-samples", "24", "--out", str(out), "--repeats", "2", "--json"])
+               "--reconstruct-samples", "24", "--round-to", "1", "--out", str(out), "--repeats", "2", "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     rep = res["reconstruct"]
