@@ -163,7 +163,56 @@ def counts_plan(model: Model, kept: dict[str, int], score: str, seed: int) -> Pr
     return PrunePlan("prune", layers, "uniform", {"mode": "structured"})
 
 
+def overhead(model: Model, feed: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    """Where a run's time goes (onnxruntime's profiler, optimized session, 1 thread): the run, the summed
+    kernel times, the fixed per-run overhead share (run minus kernels), and the five costliest nodes."""
+    import onnxruntime as ort
+
+    from onnxslice.record import runtime_proto
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"onnxslice-prof-{os.getpid()}")
+    sess = ort.InferenceSession(runtime_proto(model.proto).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feed)
+    for _ in range(runs):
+        sess.run(None, feed)
+    path = sess.end_profiling()
+    events = json.loads(Path(path).read_text())
+    os.remove(path)
+    runs_us = sorted(e["dur"] for e in events if e.get("cat") == "Session" and e["name"] == "model_run")[3:]
+    per: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = f"{e['args'].get('op_name', '?')} {e['name'][: -len('_kernel_time')]}"
+            per[key] = per.get(key, 0.0) + e["dur"]
+    n = len(runs_us) + 3
+    run_ms = float(np.median(runs_us)) / 1e3
+    kernels = sum(per.values()) / n / 1e3
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:5]
+    return {"run_ms": round(run_ms, 4), "kernels_ms": round(kernels, 4),
+            "overhead_share": round(max(0.0, 1 - kernels / run_ms), 3), "nodes": len(per),
+            "top": {k: round(v / n / 1e3, 4) for k, v in top}}
+
+
+def repair_set(name: str, quick: bool) -> Dataset:
+    """Unlabelled recovery samples, disjoint from the evaluation and calibration data."""
+    if name == "efficientnet_lite0":
+        return Dataset({"x": natural_crops(64 if quick else 256, seed=11)}, None, "crops of 3 photos")
+    train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
+    return Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
+
+
+def batch_of(x: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([x] * -(-n // len(x)))[:n]
+
+
 def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    from onnxslice.rewrite.reconstruct import reconstruct
+
     t0 = time.perf_counter()
     table = latency_table(model, repeats=15, show_progress=False)
     print(f"  latency table: {time.perf_counter() - t0:.0f} s (cached after the first run)", flush=True)
@@ -173,45 +222,65 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
     scores = sensitivity_scores(model, calib, "wgrad", "linf", samples=len(calib), batch_size=16)
     block = table.block
     variants: dict[str, Model] = {}
+    plans: dict[str, Any] = {}
     info: dict[str, Any] = {}
 
     def add(label: str, plan: Any, seed: int = 0) -> None:
         variants[label] = prune(model, plan, seed=seed)
+        plans[label] = plan
         info[label] = {"params": variants[label].num_params / model.num_params,
                        "achieved_ratio": plan.meta.get("achieved_ratio")}
 
+    def add_latency(label: str, target: float, **kw: Any) -> None:
+        try:
+            res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+        except osl.OnnxSliceError as e:
+            info[label] = {"error": str(e)}
+            return
+        variants[label], plans[label] = res.model, res.plan
+        info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
+                       "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met,
+                       "kept": res.plan.meta["kept_channels"]}
+
+    feed = {model.input_names[0]: calib.x[:1]}
+    default = f"uniform-l1@0.3 (convs round {block}, new default)"
     add("uniform-l1@0.3 (no rounding, old default)", plan_pruning(model, 0.3, "uniform", round_to=1))
-    add(f"uniform-l1@0.3 (convs round {block}, new default)",
-        plan_pruning(model, 0.3, "uniform", round_to=block, round_convs_only=True))
+    add(default, plan_pruning(model, 0.3, "uniform", round_to=block, round_convs_only=True))
+    if name == "efficientnet_lite0":
+        add(f"uniform-l1@0.2 (convs round {block}, new default)",
+            plan_pruning(model, 0.2, "uniform", round_to=block, round_convs_only=True))
     add(f"sensitivity(wgrad)@0.3 (convs round {block})",
         plan_pruning(model, 0.3, "sensitivity", scores=scores, round_to=block, round_convs_only=True))
-    feed = {model.input_names[0]: calib.x[:1]}
+    for t in args.ratio_targets:  # >= 30% of the parameters, from where latency falls most for the least damage
+        add_latency(f"latency-aware(damage) ratio>=0.3 @{t}", t, damage=dmg, min_ratio=0.3)
     for t in args.targets:
         kept, frac = uniform_counts(table, t)
         same = round(table.predict(kept), 4)  # the uniform plan's predicted latency: compare at equal latency
         add(f"uniform-l1@{t} (predicted {same})", counts_plan(model, kept, "l1", 0))
         info[f"uniform-l1@{t} (predicted {same})"]["fraction"] = frac
         add(f"random@{t} (uniform counts)", counts_plan(model, kept, "random", 0))
-        for label, target, kw in ((f"latency-aware(damage)@{same} (= uniform)", same, {"damage": dmg}),
-                                  (f"latency-aware(damage)@{t}", t, {"damage": dmg}),
-                                  (f"latency-aware(l1)@{t}", t, {})):
-            try:
-                res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
-            except osl.OnnxSliceError as e:
-                info[label] = {"error": str(e)}
-                continue
-            variants[label] = res.model
-            info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
-                           "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met}
+        add_latency(f"latency-aware(damage)@{same} (= uniform)", same, damage=dmg)
+        add_latency(f"latency-aware(damage)@{t}", t, damage=dmg)
+        add_latency(f"latency-aware(l1)@{t}", t)
+    rec = repair_set(name, not args.full)
+    if args.reconstruct:  # least-squares repair (forward runs only) of the main plans
+        want = ["new default", "ratio>=0.3", "(= uniform)", "predicted"] if name != "efficientnet_lite0" else \
+            ["new default", "ratio>=0.3"]
+        for label in [k for k in list(variants) if any(w in k for w in want) and not k.startswith("random")]:
+            t0 = time.perf_counter()
+            r = reconstruct(model, variants[label], plans[label], rec, method="lsq", samples=args.reconstruct)
+            new = f"{label} + lsq"
+            variants[new] = r.model
+            info[new] = {**info[label], "lsq_seconds": round(time.perf_counter() - t0, 1), "lsq_samples": r.samples,
+                         "lsq_skipped": r.skipped}
+            print(f"  {new}: {time.perf_counter() - t0:.0f} s", flush=True)
     if args.recover and name != "efficientnet_lite0":
         from onnxslice.train import finetune
 
-        train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
-        unlabelled = Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
-        for label in [k for k in list(variants) if "new default" in k or "(= uniform)" in k
-                      or (k.startswith("uniform-l1@0.") and "predicted" in k)]:
+        for label in [k for k in list(variants) if ("new default" in k or "(= uniform)" in k
+                      or (k.startswith("uniform-l1@0.") and "predicted" in k)) and not k.endswith("lsq")]:
             t0 = time.perf_counter()
-            res = finetune(variants[label], unlabelled, steps=args.recover, loss="distill", teacher=model,
+            res = finetune(variants[label], rec, steps=args.recover, loss="distill", teacher=model,
                            lr=1e-3, batch_size=32, progress=False)
             new = f"{label} + recover {args.recover}"
             variants[new] = res.model
@@ -227,14 +296,22 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
                                                             "seconds": time.perf_counter() - t0}
     except Exception as e:  # the rival's scope: MatMul/Gemm and simple Conv chains
         info["onnxsim apply_structured_pruning L2 @0.3"] = {"error": str(e)[:200]}
-    lat = timed(model, variants, {model.input_names[0]: ev.x[:1]}, args.repeats)
+    x1 = {model.input_names[0]: ev.x[:1]}
+    xb = {model.input_names[0]: batch_of(ev.x, args.big_batch)}
+    lat = timed(model, variants, x1, args.repeats)
+    latb = timed(model, variants, xb, max(5, args.repeats // 2))
     ref = run_outputs(model, ev)
-    rows = [{"variant": "original", "params": 1.0, "latency": 1.0, **fid_row(ref, model, ev)}]
+    rows = [{"variant": "original", "params": 1.0, "latency": 1.0, f"latency b{args.big_batch}": 1.0,
+             **fid_row(ref, model, ev)}]
     for label, m in variants.items():
         rows.append({"variant": label, "params": round(info[label]["params"], 4), "latency": round(lat[label], 4),
-                     **fid_row(ref, m, ev)})
-    return {"rows": rows, "info": info, "original_ms": lat["original_ms"], "damage_seconds": damage_s,
-            "latency_table": table.to_dict()}
+                     f"latency b{args.big_batch}": round(latb[label], 4), **fid_row(ref, m, ev)})
+    prof = {"original b1": overhead(model, x1, 50), f"original b{args.big_batch}": overhead(model, xb, 5),
+            "new default b1": overhead(variants[default], x1, 50),
+            f"new default b{args.big_batch}": overhead(variants[default], xb, 5)}
+    return {"rows": rows, "info": info, "original_ms": lat["original_ms"],
+            f"original_ms_b{args.big_batch}": latb["original_ms"], "damage_seconds": damage_s,
+            "overhead": prof, "repair_set": f"{rec.name} ({len(rec)})", "latency_table": table.to_dict()}
 
 
 def quantization(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
@@ -325,11 +402,16 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="more targets, samples and repeats")
     p.add_argument("--models", default="resnet8_mnist,efficientnet_lite0")
     p.add_argument("--out", type=Path, default=RESULTS / "deploy.json")
+    p.add_argument("--reconstruct", type=int, default=256,
+                   help="recovery samples of the least-squares repair rows ('+ lsq'; 0: none; default 256)")
+    p.add_argument("--skip-quantization", action="store_true", help="pruning tables only (default: both)")
     p.add_argument("--recover", type=int, default=60,
                    help="distillation steps of the recovery rows (MNIST models; 0: none; default 60)")
     args = p.parse_args()
     quick = not args.full
     args.targets = [0.9] if quick else [0.9, 0.8, 0.7]
+    args.ratio_targets = [0.8] if quick else [0.85, 0.8, 0.75]
+    args.big_batch = 32
     args.repeats = 20 if quick else 40
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -353,8 +435,12 @@ def main() -> None:
         else:
             entry["pruning"] = pruning(name, model, calib, ev, args)
             print(format_table(entry["pruning"]["rows"], title=f"{name}: pruning (latency / original, one run)"))
-        entry["quantization"] = quantization(name, model, calib, ev, args)
-        print(format_table(entry["quantization"]["rows"], title=f"{name}: quantization (latency / float32, one run)"))
+        if args.skip_quantization:
+            entry["quantization"] = dict(results["models"].get(name, {}).get("quantization", {"rows": []}))
+        else:
+            entry["quantization"] = quantization(name, model, calib, ev, args)
+            print(format_table(entry["quantization"]["rows"],
+                               title=f"{name}: quantization (latency / float32, one run)"))
         results["models"][name] = entry
         results["machine"]["load_average_end"] = load_average()
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -234,6 +234,47 @@ def _reconstruct(args: argparse.Namespace, model: Any, pruned: Any, plan: Any, d
     return {"model": res.model, "unrepaired": pruned, **res.to_dict()}
 
 
+#: A pruned model measured above this latency ratio counts as slower than its input (timing noise below).
+SLOWER = 1.03
+
+
+def _default_plan(args: argparse.Namespace, plan: Any) -> bool:
+    """Whether the plan came from --ratio with the default kernel rounding (the default must never be slower)."""
+    return (args.plan is None and args.latency is None and args.round_to is None and args.mode == "structured"
+            and args.budget in ("uniform", "sensitivity") and plan.meta.get("mode", "structured") == "structured")
+
+
+def _fallback(args: argparse.Namespace, model: Any, plan: Any, pruned: Any, lat: list[float], lat_ratio: list[float],
+              batch: dict[str, np.ndarray]) -> tuple[Any, Any, list[float], list[float], dict[str, Any]]:
+    """The default plan measured slower than its input: round every group (Gemm/MatMul too) to the kernel block,
+    measure both against the input round-robin, keep the faster; refuse (nothing written) if both are slower."""
+    from onnxslice.artifacts import stamp
+    from onnxslice.latency import kernel_block, median_ratios, timed_sessions
+    from onnxslice.rewrite import plan_pruning, prune
+
+    block = kernel_block(args.device)
+    first = lat_ratio[1]
+    alt_plan = plan_pruning(model, args.ratio, "uniform", channel_score=args.channel_score, mode="structured",
+                            round_to=block, round_convs_only=False) \
+        if args.budget == "uniform" and args.channel_score != "criterion" else None
+    alt = None if alt_plan is None else prune(model, alt_plan)
+    protos = [model.proto, pruned.proto] + ([] if alt is None else [alt.proto])
+    ms, ratios = median_ratios(timed_sessions(protos, args.device, args.threads), batch, max(2 * args.repeats, 6))
+    best = min(range(1, len(ratios)), key=lambda i: ratios[i])
+    if ratios[best] > SLOWER:
+        raise PlanError(f"the pruned model measures {first:.2f}x (again {ratios[1]:.2f}x) the input's latency on "
+                        f"{args.device}, batch {args.latency_batch}"
+                        + (f", and {ratios[2]:.2f}x with every group rounded to {block} channels" if alt else "")
+                        + "; nothing written: plan for speed with --latency, or give --round-to to write it anyway")
+    info = {"first_measured": round(first, 4), "remeasured": round(ratios[1], 4)}
+    if best == 2 and alt is not None and alt_plan is not None:
+        stamp(alt_plan.meta, model)
+        info.update({"used": f"every group rounded to {block}", "measured": round(ratios[2], 4)})
+        return alt_plan, alt, [ms[0], ms[2]], [1.0, ratios[2]], info
+    info["used"] = "the plan as it was (the first measurement was noise)"
+    return plan, pruned, [ms[0], ms[1]], [1.0, ratios[1]], info
+
+
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
     from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
 
@@ -290,12 +331,6 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
-    repair = _reconstruct(args, model, pruned, plan, data) if args.reconstruct else None
-    if repair is not None:
-        pruned = repair.pop("model")
-    recovery = _recover(args, model, pruned, data) if args.recover else None
-    if recovery is not None:
-        pruned = recovery.pop("model")
     fid_data = data.subset(slice(0, args.samples)) if data is not None else None
     if fid_data is not None:
         feed = fid_data.bind(model)
@@ -306,14 +341,26 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(fixed, int) and fixed > 0 and fixed != args.latency_batch:
         args.latency_batch = fixed  # the model's batch is fixed: time it at that batch
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
+    # the latency is measured before any repair: --reconstruct / --recover change weights, never the graph
     lat, lat_ratio = median_ratios(timed_sessions([model.proto, pruned.proto], args.device, args.threads), batch,
                                    max(args.repeats, 3))
+    fallback = None
+    if lat_ratio[1] > SLOWER and _default_plan(args, plan):
+        plan, pruned, lat, lat_ratio, fallback = _fallback(args, model, plan, pruned, lat, lat_ratio, batch)
+    repair = _reconstruct(args, model, pruned, plan, data) if args.reconstruct else None
+    if repair is not None:
+        pruned = repair.pop("model")
+    recovery = _recover(args, model, pruned, data) if args.recover else None
+    if recovery is not None:
+        pruned = recovery.pop("model")
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
                               "ratio": {**before.ratio(after), "latency": lat_ratio[1]},
                               "latency_batch": args.latency_batch, "device": args.device, "threads": args.threads,
                               "load_average": load_average()}
-    if lat_ratio[1] > 1.03:
+    if fallback is not None:
+        result["fallback"] = fallback
+    if lat_ratio[1] > SLOWER:
         result["slower_than_input"] = True
         warn(NAME, f"the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
              f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
