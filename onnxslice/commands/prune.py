@@ -266,7 +266,7 @@ def _fallback(args: argparse.Namespace, model: Any, plan: Any, pruned: Any, lat:
                         f"{args.device}, batch {args.latency_batch}"
                         + (f", and {ratios[2]:.2f}x with every group rounded to {block} channels" if alt else "")
                         + "; nothing written: plan for speed with --latency, or give --round-to to write it anyway")
-    info = {"first_measured": round(first, 4), "remeasured": round(ratios[1], 4)}
+    info: dict[str, Any] = {"first_measured": round(first, 4), "remeasured": round(ratios[1], 4)}
     if best == 2 and alt is not None and alt_plan is not None:
         stamp(alt_plan.meta, model)
         info.update({"used": f"every group rounded to {block}", "measured": round(ratios[2], 4)})

@@ -43,7 +43,14 @@ from onnxslice.rewrite.prune_plan import MAX_LAYER_RATIO, RATIO_DEFINITION, Prun
 #: An off-block count must save at least this much (whole-model measurement) to be chosen.
 OFF_GRID_MARGIN = 0.02
 
-__all__ = ["LatencyPruneResult", "channel_importance", "damage_table", "plan_latency", "prune_to_latency"]
+__all__ = [
+    "LatencyPruneResult",
+    "channel_importance",
+    "damage_table",
+    "plan_greedy",
+    "plan_latency",
+    "prune_to_latency",
+]
 
 
 def _out_ref(g: ChannelGroup, weight: str) -> Any:
@@ -139,6 +146,110 @@ def damage_table(
             row[k] = float(fid.kl) if fid.kl is not None else float(fid.rel_error) ** 2
         out[g.leader] = row
     return out
+
+
+def plan_greedy(
+    model: Model,
+    target: float,
+    table: LatencyTable,
+    data: Any,
+    *,
+    channel_score: ChannelScore = "l1",
+    samples: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> PrunePlan:
+    """Latency-aware plan by greedy removal with re-measured damage (interactions included).
+
+    Starting from the whole model, every step tries, for every group, its next smaller kernel-aligned count
+    of the latency table *on top of the cuts already made*, measures the model's output damage on ``data``
+    (mean KL to the original, as :func:`damage_table`), and takes the step with the least added damage per
+    unit of predicted latency saved; until the predicted latency is at most ``target``. Unlike the knapsack
+    over single-group damages, each choice sees how earlier cuts interact with it. Cost: one forward pass
+    over ``samples`` samples per group and step.
+
+    Raises:
+        PlanError: a target outside (0, 1], a table of another model, or a target no step sequence reaches.
+    """
+    from onnxslice.console import progress
+    from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
+    from onnxslice.rewrite.fidelity import compare_outputs
+    from onnxslice.rewrite.prune import _apply_structured
+
+    t = float(target)
+    if not (0.0 < t <= 1.0) or math.isnan(t):
+        raise PlanError(f"the latency target is {target}; give a fraction of the original latency in (0, 1]")
+    if table.fingerprint != model.fingerprint:
+        raise PlanError("the latency table was measured on another model; measure this model")
+    feed = validate_inputs(model, as_feed(model, data))
+    feed = {k: v[:samples] for k, v in feed.items()}
+    n = len(next(iter(feed.values())))
+
+    def run(proto: Any) -> list[np.ndarray]:
+        sess = make_session(runtime_proto(proto), "cpu", optimize=True)
+        parts = [sess.run(model.output_names, {k: v[s : s + batch_size] for k, v in feed.items()})
+                 for s in range(0, n, batch_size)]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(model.output_names))]
+
+    gset = discover_groups(model)
+    rng = np.random.default_rng(seed)
+    groups = [g for g in gset.prunable if g.leader in table.groups]
+    scores = {g.leader: group_scores(model, g, channel_score, rng) for g in groups}
+    ladder = {g.leader: sorted({k for k, _, _ in _options(g, table.groups[g.leader], scores[g.leader], table.block)},
+                               reverse=True) for g in groups}
+    ref = run(model.proto)
+    kept = {g.leader: g.size for g in groups}
+
+    def chosen(counts: Mapping[str, int]) -> dict[str, np.ndarray]:
+        return {g.leader: select_channels(scores[g.leader], g.size - counts[g.leader], g.segments) for g in groups
+                if counts[g.leader] < g.size}
+
+    def damage(counts: Mapping[str, int]) -> float:
+        fid = compare_outputs(ref, run(_apply_structured(model, chosen(counts), gset)))
+        return float(fid.kl) if fid.kl is not None else float(fid.rel_error) ** 2
+
+    current, steps = 0.0, []
+    bar = iter(progress(range(10**6), None, "greedy latency plan", show_progress))
+    while table.predict(kept) > t + 1e-12:
+        best: tuple[float, str, int, float] | None = None
+        for g in groups:
+            lower = [k for k in ladder[g.leader] if k < kept[g.leader]]
+            if not lower:
+                continue
+            trial = {**kept, g.leader: lower[0]}
+            saved = table.predict(kept) - table.predict(trial)
+            if saved <= 0:
+                continue
+            d = damage(trial)
+            cost = (d - current) / saved
+            if best is None or cost < best[0]:
+                best = (cost, g.leader, lower[0], d)
+        next(bar, None)
+        if best is None:
+            raise PlanError(f"latency target {t:g} cannot be reached with the measured channel counts (greedy stopped "
+                            f"at {table.predict(kept):.3f}); choose a larger target")
+        _, leader, k, current = best
+        kept[leader] = k
+        steps.append({"group": leader, "kept": k, "damage": round(current, 6),
+                      "predicted": round(table.predict(kept), 5)})
+    layers: dict[str, Any] = {}
+    for g in groups:
+        chans = select_channels(scores[g.leader], g.size - kept[g.leader], g.segments)
+        layers[g.leader] = {"ratio": round(chans.size / g.size, 6), "remove": chans.tolist(), "layers": g.layers}
+    removed = gset.removed_params({g.leader: g.size - kept[g.leader] for g in groups})
+    prunable = gset.prunable_params()
+    meta = {
+        "mode": "structured", "ratio_definition": RATIO_DEFINITION["structured"], "latency_target": t,
+        "predicted_latency": round(table.predict(kept), 5), "kept_channels": kept, "prunable_params": prunable,
+        "removed_params": removed, "achieved_ratio": removed / prunable if prunable else 0.0,
+        "channel_score": channel_score if isinstance(channel_score, str) else "custom",
+        "importance": "greedy, re-measured damage", "steps": steps, "damage": round(current, 6),
+        "latency_table": {"device": table.device, "batch": table.batch, "threads": table.threads,
+                          "block": table.block, "base_ms": table.base_ms},
+        "left_alone": gset.skipped, "seed": seed,
+    }
+    return PrunePlan("prune", layers, "latency", meta)
 
 
 def _options(g: ChannelGroup, row: Mapping[int, float], imp: np.ndarray, block: int,
