@@ -13,7 +13,14 @@ from _prune_nets import build
 import onnxslice as osl
 from onnxslice.errors import PlanError
 from onnxslice.latency import LatencyTable, _isotonic, candidate_counts, latency_table, subgraph
-from onnxslice.rewrite.latency_plan import _knapsack, _knapsack2, damage_table, plan_latency, prune_to_latency
+from onnxslice.rewrite.latency_plan import (
+    _knapsack,
+    _knapsack2,
+    damage_table,
+    plan_greedy,
+    plan_latency,
+    prune_to_latency,
+)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +163,20 @@ def test_damage_table_and_prune_to_latency(net, table):
     assert res.model.num_params < m.num_params
     y = ort.InferenceSession(res.model.proto.SerializeToString()).run(None, {"x": x})[0]
     assert y.shape == (4, 5)
+
+
+def test_greedy_plan_reaches_the_target_and_its_damage_is_the_measured_one(net, table):
+    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+
+    m, _ = net
+    data = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    plan = plan_greedy(m, 0.97, table, data, samples=16)
+    assert plan.meta["predicted_latency"] <= 0.97 + 1e-9 and plan.meta["steps"]
+    assert all(k % 4 == 0 or k == table.sizes[g] for g, k in plan.meta["kept_channels"].items())
+    preds = [s["predicted"] for s in plan.meta["steps"]]
+    assert preds == sorted(preds, reverse=True)
+    pruned = osl.prune(m, plan)
+    kl = compare_outputs(run_outputs(m, data), run_outputs(pruned, data)).kl
+    assert plan.meta["damage"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    with pytest.raises(PlanError, match="cannot be reached"):
+        plan_greedy(m, 0.01, table, data, samples=8)
