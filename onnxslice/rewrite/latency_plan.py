@@ -165,7 +165,9 @@ def plan_greedy(
     Starting from the whole model, every step tries, for every group, its next smaller kernel-aligned count
     of the latency table *on top of the cuts already made*, measures the model's output damage on ``data``
     (mean KL to the original, as :func:`damage_table`), and takes the step with the least added damage per
-    unit of predicted latency saved; until the predicted latency is at most ``target``. Unlike the knapsack
+    unit of predicted latency saved; until the predicted latency is at most ``target``; then, while it
+    lowers the damage and stays within the target, it gives one step back to a group (the last step may
+    overshoot the target by a large step). Unlike the knapsack
     over single-group damages, each choice sees how earlier cuts interact with it. Cost: one forward pass
     over ``samples`` samples per group and step.
 
@@ -233,6 +235,24 @@ def plan_greedy(
         kept[leader] = k
         steps.append({"group": leader, "kept": k, "damage": round(current, 6),
                       "predicted": round(table.predict(kept), 5)})
+    while True:  # the last step may overshoot: give back the channels whose return hurts the damage most
+        back: tuple[float, str, int] | None = None
+        for g in groups:
+            higher = [k for k in ladder[g.leader] if k > kept[g.leader]]
+            if not higher:
+                continue
+            trial = {**kept, g.leader: higher[-1]}
+            if table.predict(trial) > t + 1e-12:
+                continue
+            d = damage(trial)
+            if d < current and (back is None or d < back[0]):
+                back = (d, g.leader, higher[-1])
+        if back is None:
+            break
+        current, leader, k = back
+        kept[leader] = k
+        steps.append({"group": leader, "kept": k, "damage": round(current, 6),
+                      "predicted": round(table.predict(kept), 5), "back": True})
     layers: dict[str, Any] = {}
     for g in groups:
         chans = select_channels(scores[g.leader], g.size - kept[g.leader], g.segments)

@@ -173,8 +173,10 @@ def test_greedy_plan_reaches_the_target_and_its_damage_is_the_measured_one(net, 
     plan = plan_greedy(m, 0.97, table, data, samples=16)
     assert plan.meta["predicted_latency"] <= 0.97 + 1e-9 and plan.meta["steps"]
     assert all(k % 4 == 0 or k == table.sizes[g] for g, k in plan.meta["kept_channels"].items())
-    preds = [s["predicted"] for s in plan.meta["steps"]]
+    preds = [s["predicted"] for s in plan.meta["steps"] if not s.get("back")]
     assert preds == sorted(preds, reverse=True)
+    backs = [s["damage"] for s in plan.meta["steps"] if s.get("back")]
+    assert backs == sorted(backs, reverse=True)
     pruned = osl.prune(m, plan)
     kl = compare_outputs(run_outputs(m, data), run_outputs(pruned, data)).kl
     assert plan.meta["damage"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
