@@ -7,17 +7,20 @@ Per model, two tables (every variant of a table is timed in ONE round-robin sess
 original: each repeat runs all of them in turn; latency = median per-repeat ratio to the original,
 onnxruntime CPU, graph optimizations on, 1 intra-op thread, batch 1):
 
-**Pruning** (no fine-tuning): uniform L1 at 30% of prunable parameters with the old default (no
+**Pruning** (no fine-tuning unless said): uniform L1 at 30% of prunable parameters with the old default (no
 rounding) and the new default (Conv groups rounded to the CPU's kernel block), the SAfER sensitivity
-budget (wgrad/linf) at 30% with the new default, and at each latency target T: the latency-aware
-knapsack (``prune_to_latency``) with measured damage (``damage_table``) and with data-free L1
-importance, the uniform plan (one kept fraction for every group, kernel-aligned counts from the same
-latency table, the largest fraction predicted within T), and random channels at the uniform plan's
-counts; the latency-aware knapsack also at the uniform plan's predicted latency (equal latency).
-MNIST models: the new-default and equal-latency plans again after ``--recover`` steps of distillation
-from the original (``onnxslice.train.finetune``, Adam 1e-3, batch 32, on 2,000 unlabelled training
-digits disjoint from the evaluation). The rival ``onnxsim``'s ``apply_structured_pruning`` (L2, 30%)
-where it runs.
+budget (wgrad/linf) at 30% with the new default; the latency-aware knapsack with measured damage under
+both constraints "at least 30% of the parameters" and "latency <= T" (``min_ratio``); at the predicted
+latency of the uniform plan at 30% and 50% (equal latency): the knapsack (``prune_to_latency`` with
+``damage_table``), the greedy plan with re-measured damage (``plan_greedy``; EfficientNet-Lite0 only
+with ``--full``) and random channels at the uniform counts; the knapsack at target T with measured damage
+and with data-free L1 importance. ``+ lsq``: the main plans repaired by layer-wise least squares
+(``onnxslice.rewrite.reconstruct``, forward runs only) on ``--reconstruct`` unlabelled samples (MNIST
+training digits 1000:3000; EfficientNet-Lite0: crops of three photos, disjoint from the evaluation
+images); ``+ recover``: MNIST models after ``--recover`` distillation steps (Adam 1e-3, batch 32). Latency
+at batch 1 and 32, and the original's and the new default's overhead share (onnxruntime profiler:
+per-run time not spent in kernels). The rival ``onnxsim``'s ``apply_structured_pruning`` (L2, 30%)
+where it runs. ``--conformance``: the conformance set's conv nets at 30% (see ``conformance_pruning``).
 
 **Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
 by ``benchmarks/_encoder.py`` and cached): float32; ``onnxruntime.quantization.quantize_static`` with
@@ -62,7 +65,8 @@ from onnxslice.rewrite import formats, plan_pruning, prune  # noqa: E402
 from onnxslice.rewrite.channel_scores import group_scores, select_channels  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 from onnxslice.rewrite.groups import discover_groups  # noqa: E402
-from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency  # noqa: E402
+from onnxslice.rewrite.latency_plan import damage_table, plan_greedy, prune_to_latency  # noqa: E402
+from onnxslice.rewrite.prune import resolve_channels  # noqa: E402
 from onnxslice.rewrite.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -137,21 +141,6 @@ def timed(model: Model, variants: dict[str, Model], batch: dict[str, np.ndarray]
     out = {"original": 1.0, "original_ms": ms[0]}
     out.update({k: r for k, r in zip(variants, ratios[1:], strict=True)})
     return out
-
-
-def uniform_counts(table: Any, target: float) -> tuple[dict[str, int], float]:
-    """One kept fraction for all groups (table counts on the block): the largest predicted within target."""
-    fracs = sorted({k / table.sizes[g] for g, row in table.groups.items() for k in row
-                    if k % table.block == 0 or k == table.sizes[g]}, reverse=True)
-    kept: dict[str, int] = {}
-    for f in fracs:
-        kept = {}
-        for g, row in table.groups.items():
-            ok = [k for k in row if k % table.block == 0 or k == table.sizes[g]]
-            kept[g] = min(ok, key=lambda k, g=g: (abs(k / table.sizes[g] - f), -k))
-        if table.predict(kept) <= target:
-            return kept, f
-    return kept, fracs[-1]
 
 
 def counts_plan(model: Model, kept: dict[str, int], score: str, seed: int) -> PrunePlan:
@@ -259,18 +248,31 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
         plan_pruning(model, 0.3, "sensitivity", scores=scores, round_to=block, round_convs_only=True))
     for t in args.ratio_targets:  # >= 30% of the parameters, from where latency falls most for the least damage
         add_latency(f"latency-aware(damage) ratio>=0.3 @{t}", t, damage=dmg, min_ratio=0.3)
+    for r in args.uniform_ratios:  # equal latency: the uniform (default) plan's predicted latency
+        pu = plan_pruning(model, r, "uniform", round_to=block, round_convs_only=True)
+        chosen, _, gs = resolve_channels(model, pu)
+        kept = {g.leader: g.size - (chosen[g.leader].size if g.leader in chosen else 0) for g in gs.prunable}
+        exact = table.predict(kept)  # the knapsack and the greedy plan get the exact value: equal latency
+        same = round(exact, 4)
+        lab = f"uniform-l1@{r} (convs round {block})"
+        if not any(k.startswith(f"uniform-l1@{r} (convs round") for k in variants):
+            add(lab, pu)
+        add(f"random@{r} (uniform counts)", counts_plan(model, kept, "random", 0))
+        add_latency(f"latency-aware(damage)@{same} (= uniform@{r})", exact, damage=dmg)
+        if name != "efficientnet_lite0" or args.full:  # one forward pass per group and step
+            t0 = time.perf_counter()
+            try:
+                add(f"latency-aware(greedy)@{same} (= uniform@{r})",
+                    plan_greedy(model, exact, table, calib, samples=len(calib)))
+                info[f"latency-aware(greedy)@{same} (= uniform@{r})"]["seconds"] = round(time.perf_counter() - t0, 1)
+            except osl.OnnxSliceError as e:
+                info[f"latency-aware(greedy)@{same} (= uniform@{r})"] = {"error": str(e)}
     for t in args.targets:
-        kept, frac = uniform_counts(table, t)
-        same = round(table.predict(kept), 4)  # the uniform plan's predicted latency: compare at equal latency
-        add(f"uniform-l1@{t} (predicted {same})", counts_plan(model, kept, "l1", 0))
-        info[f"uniform-l1@{t} (predicted {same})"]["fraction"] = frac
-        add(f"random@{t} (uniform counts)", counts_plan(model, kept, "random", 0))
-        add_latency(f"latency-aware(damage)@{same} (= uniform)", same, damage=dmg)
         add_latency(f"latency-aware(damage)@{t}", t, damage=dmg)
         add_latency(f"latency-aware(l1)@{t}", t)
     rec = repair_set(name, not args.full)
     if args.reconstruct:  # least-squares repair (forward runs only) of the main plans
-        want = ["new default", "ratio>=0.3", "(= uniform)", "predicted"] if name != "efficientnet_lite0" else \
+        want = ["new default", "ratio>=0.3", "(= uniform", "(convs round"] if name != "efficientnet_lite0" else \
             ["new default", "ratio>=0.3"]
         for label in [k for k in list(variants) if any(w in k for w in want) and not k.startswith("random")]:
             t0 = time.perf_counter()
@@ -283,8 +285,8 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
     if args.recover and name != "efficientnet_lite0":
         from onnxslice.train import finetune
 
-        for label in [k for k in list(variants) if ("new default" in k or "(= uniform)" in k
-                      or (k.startswith("uniform-l1@0.") and "predicted" in k)) and not k.endswith("lsq")]:
+        for label in [k for k in list(variants) if ("new default" in k or "(= uniform" in k)
+                      and not k.endswith("lsq")]:
             t0 = time.perf_counter()
             res = finetune(variants[label], rec, steps=args.recover, loss="distill", teacher=model,
                            lr=1e-3, batch_size=32, progress=False)
@@ -465,6 +467,7 @@ def main() -> None:
     quick = not args.full
     args.targets = [0.9] if quick else [0.9, 0.8, 0.7]
     args.ratio_targets = [0.8] if quick else [0.85, 0.8, 0.75]
+    args.uniform_ratios = [0.3, 0.5]
     args.big_batch = 32
     args.repeats = 20 if quick else 40
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -301,7 +301,12 @@ def _options(g: ChannelGroup, row: Mapping[int, float], imp: np.ndarray, block: 
     return opts
 
 
-def _knapsack(options: list[list[tuple[int, float, float]]], units: int, resolution: float) -> list[int] | None:
+def _step(x: float, resolution: float, nearest: bool) -> int:
+    return round(x / resolution) if nearest else math.floor(x / resolution + 1e-9)
+
+
+def _knapsack(options: list[list[tuple[int, float, float]]], units: int, resolution: float,
+              nearest: bool = False) -> list[int] | None:
     """Option index per group maximising total importance with total saving >= ``units * resolution``.
 
     Exact dynamic programme over the saving in ``resolution`` steps (savings beyond the need count as
@@ -310,7 +315,7 @@ def _knapsack(options: list[list[tuple[int, float, float]]], units: int, resolut
     neg = -np.inf
     tables = [np.full(units + 1, neg)]
     tables[0][0] = 0.0
-    steps = [[math.floor(s / resolution + 1e-9) for _, s, _ in opts] for opts in options]
+    steps = [[_step(s, resolution, nearest) for _, s, _ in opts] for opts in options]
     idx = np.arange(units + 1)
     for opts, st in zip(options, steps, strict=True):
         prev = tables[-1]
@@ -358,7 +363,7 @@ def _shift(a: np.ndarray, s: int, axis: int) -> np.ndarray:
 
 
 def _knapsack2(options: list[list[tuple[int, float, float, float]]], lat_units: int, lat_res: float,
-               par_units: int, par_res: float) -> list[int] | None:
+               par_units: int, par_res: float, nearest: bool = False) -> list[int] | None:
     """Option index per group maximising the value with saving >= ``lat_units`` steps AND removed
     parameters >= ``par_units`` steps (both saturating); options are (kept, saving, value, removed share).
 
@@ -366,7 +371,7 @@ def _knapsack2(options: list[list[tuple[int, float, float, float]]], lat_units: 
     """
     tables = [np.full((lat_units + 1, par_units + 1), -np.inf)]
     tables[0][0, 0] = 0.0
-    steps = [[(math.floor(s / lat_res + 1e-9), math.floor(p / par_res + 1e-9)) for _, s, _, p in o] for o in options]
+    steps = [[(_step(s, lat_res, nearest), _step(p, par_res, nearest)) for _, s, _, p in o] for o in options]
     for opts, st in zip(options, steps, strict=True):
         prev = tables[-1]
         new = np.full_like(prev, -np.inf)
@@ -401,26 +406,34 @@ def _knapsack2(options: list[list[tuple[int, float, float, float]]], lat_units: 
 
 
 def _plan_both(gset: GroupSet, groups: list[ChannelGroup], options: list[list[tuple[int, float, float]]], units: int,
-               resolution: float, ratio: float, prunable: int, par_res: float = 0.005) -> dict[str, int] | None:
+               resolution: float, ratio: float, prunable: int, need: float,
+               par_res: float = 0.005) -> dict[str, int] | None:
     """Kept counts meeting the latency need and removing >= ``ratio`` of the prunable parameters (exactly).
 
     The knapsack adds each group's removed parameters, which overcounts a layer that loses input and
     output channels (removed once, counted twice); when the exact count falls short the need is raised
-    by the shortfall and the problem solved again.
+    by the shortfall and the problem solved again. Steps are rounded to the nearest grid point and the
+    exact latency saving checked too (rounding every group's saving down would make a plan exactly at
+    the target infeasible).
     """
     share = [[gset.removed_params({g.leader: g.size - k}) / max(prunable, 1) for k, _, _ in o]
              for g, o in zip(groups, options, strict=True)]
     opts2 = [[(k, s, v, p) for (k, s, v), p in zip(o, sh, strict=True)] for o, sh in zip(options, share, strict=True)]
-    want = ratio
-    for _ in range(12):
-        picks = _knapsack2(opts2, units, resolution, max(0, math.ceil(want / par_res - 1e-9)), par_res)
+    want, lat_units = ratio, units
+    for _ in range(40):
+        picks = _knapsack2(opts2, lat_units, resolution, max(0, math.ceil(want / par_res - 1e-9)), par_res,
+                           nearest=True)
         if picks is None:
             return None
         kept = {g.leader: options[i][p][0] for i, (g, p) in enumerate(zip(groups, picks, strict=True))}
         exact = gset.removed_params({g.leader: g.size - kept[g.leader] for g in groups}) / max(prunable, 1)
-        if exact >= ratio - 1e-9:
+        saving = sum(o[p][1] for o, p in zip(options, picks, strict=True))
+        if exact >= ratio - 1e-9 and saving >= need - 1e-9:
             return kept
-        want += ratio - exact + par_res / 2
+        if exact < ratio - 1e-9:
+            want += ratio - exact + par_res / 2
+        if saving < need - 1e-9:
+            lat_units += 1
     return None
 
 
@@ -490,13 +503,18 @@ def plan_latency(
         r = float(min_ratio)
         if not (0.0 <= r < 1.0) or math.isnan(r):
             raise PlanError(f"the parameter ratio is {min_ratio}; it must be in [0, 1)")
-        kept = _plan_both(gset, groups, options, units, resolution, r, prunable)
+        kept = _plan_both(gset, groups, options, units, resolution, r, prunable, need)
         if kept is None:
             raise PlanError(f"no plan of the measured channel counts removes {r:g} of the prunable parameters within "
                             f"latency {t:g} (keeping >= {1 - MAX_LAYER_RATIO:g} of each group); relax --ratio or "
                             "--latency")
     else:
-        picks = _knapsack(options, units, resolution) if need > 0 else [0] * len(groups)
+        picks: list[int] | None = [0] * len(groups)
+        while need > 0:  # nearest-step savings, checked exactly (a plan exactly at the target stays feasible)
+            picks = _knapsack(options, units, resolution, nearest=True)
+            if picks is None or sum(o[p][1] for o, p in zip(options, picks, strict=True)) >= need - 1e-9:
+                break
+            units += 1
         if picks is None:
             raise PlanError(f"latency target {t:g} cannot be reached with the measured channel counts: at most "
                             f"{1 - most:.3f} of the original latency is predicted (keeping >= "

@@ -182,3 +182,17 @@ def test_greedy_plan_reaches_the_target_and_its_damage_is_the_measured_one(net, 
     assert plan.meta["damage"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
     with pytest.raises(PlanError, match="cannot be reached"):
         plan_greedy(m, 0.01, table, data, samples=8)
+
+
+def test_a_plan_exactly_at_the_target_is_feasible(net, table):
+    m, _ = net
+    for g, row in table.groups.items():  # one group cut to its smallest aligned count: exactly its predicted latency
+        k = min(k for k in row if k % table.block == 0 and row[k] < 1.0) if any(
+            k % table.block == 0 and row[k] < 1.0 for k in row) else None
+        if k is None:
+            continue
+        target = table.predict({g: k})
+        plan = plan_latency(m, target, table)
+        assert plan.meta["predicted_latency"] <= target + 1e-6
+        both = plan_latency(m, target, table, min_ratio=0.0)
+        assert both.meta["predicted_latency"] <= target + 1e-6
