@@ -405,6 +405,13 @@ def _knapsack2(options: list[list[tuple[int, float, float, float]]], lat_units: 
     return picks[::-1]
 
 
+def _relaxed(need: float, resolution: float, groups: int) -> int:
+    """Grid steps low enough that every plan whose exact saving meets ``need`` meets them after rounding each
+    group's saving to the nearest step (each rounding loses at most half a step); the planners then raise
+    the steps until the optimum's exact saving meets the need, so the first exact plan is the best one."""
+    return max(0, math.floor((need - groups * resolution / 2) / resolution - 1e-9)) if need > 0 else 0
+
+
 def _plan_both(gset: GroupSet, groups: list[ChannelGroup], options: list[list[tuple[int, float, float]]], units: int,
                resolution: float, ratio: float, prunable: int, need: float,
                par_res: float = 0.005) -> dict[str, int] | None:
@@ -503,13 +510,15 @@ def plan_latency(
         r = float(min_ratio)
         if not (0.0 <= r < 1.0) or math.isnan(r):
             raise PlanError(f"the parameter ratio is {min_ratio}; it must be in [0, 1)")
-        kept = _plan_both(gset, groups, options, units, resolution, r, prunable, need)
+        kept = _plan_both(gset, groups, options, _relaxed(need, resolution, len(groups)), resolution, r, prunable,
+                          need)
         if kept is None:
             raise PlanError(f"no plan of the measured channel counts removes {r:g} of the prunable parameters within "
                             f"latency {t:g} (keeping >= {1 - MAX_LAYER_RATIO:g} of each group); relax --ratio or "
                             "--latency")
     else:
         picks: list[int] | None = [0] * len(groups)
+        units = _relaxed(need, resolution, len(groups))
         while need > 0:  # nearest-step savings, checked exactly (a plan exactly at the target stays feasible)
             picks = _knapsack(options, units, resolution, nearest=True)
             if picks is None or sum(o[p][1] for o, p in zip(options, picks, strict=True)) >= need - 1e-9:

@@ -193,6 +193,6 @@ def test_a_plan_exactly_at_the_target_is_feasible(net, table):
             continue
         target = table.predict({g: k})
         plan = plan_latency(m, target, table)
-        assert plan.meta["predicted_latency"] <= target + 1e-6
+        assert plan.meta["predicted_latency"] <= target + 1e-5
         both = plan_latency(m, target, table, min_ratio=0.0)
-        assert both.meta["predicted_latency"] <= target + 1e-6
+        assert both.meta["predicted_latency"] <= target + 1e-5
