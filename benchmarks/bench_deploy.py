@@ -483,7 +483,7 @@ def main() -> None:
     quick = not args.full
     args.targets = [0.9] if quick else [0.9, 0.8, 0.7]
     args.ratio_targets = [0.8] if quick else [0.85, 0.8, 0.75]
-    args.uniform_ratios = [0.3, 0.5]
+    args.uniform_ratios = [0.3, 0.5, 0.6]
     args.big_batch = 32
     args.repeats = 20 if quick else 40
     os.environ.setdefault("OMP_NUM_THREADS", "1")

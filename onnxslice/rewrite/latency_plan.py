@@ -277,9 +277,10 @@ def _options(g: ChannelGroup, row: Mapping[int, float], imp: np.ndarray, block: 
     """(kept, saving, value) of every allowed count, the full count first.
 
     The value is the kept importance (sum of the ``k`` largest), or minus the measured damage. Counts
-    off the kernel block are allowed only with ``off_grid`` and where the whole model measured a clear
-    saving (2%): on a loaded machine single whole-model measurements are too noisy to trust, and
-    onnxruntime's layout changes around an off-block count reach beyond the group.
+    off the kernel block are allowed only with ``off_grid`` (or in a group no larger than one block, which
+    no count aligns) and where the whole model measured a clear saving (2%): on a loaded machine single
+    whole-model measurements are too noisy to trust, and onnxruntime's layout changes around an
+    off-block count reach beyond the group.
     """
     order = np.sort(imp)[::-1]
     cum = np.concatenate([[0.0], np.cumsum(order)])
@@ -294,7 +295,7 @@ def _options(g: ChannelGroup, row: Mapping[int, float], imp: np.ndarray, block: 
             continue
         if damage is not None and k not in damage:
             continue
-        if k % block and not off_grid:
+        if k % block and not off_grid and g.size > block:  # a group within one block is never aligned anyway
             continue
         if 1.0 - r > (0 if k % block == 0 else OFF_GRID_MARGIN):
             opts.append((int(k), 1.0 - float(r), value(int(k))))
