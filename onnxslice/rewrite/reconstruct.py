@@ -173,9 +173,9 @@ def _targets(model: Model, pruned: Model, plan: Any, skipped: dict[str, str]) ->
         if ref is None or node is None:
             continue
         w, w0 = pruned.initializer(layer.weight), model.initializer(ref.weight)
-        if layer.op_type == "Conv":
+        if layer.op_type == "Conv" and layer.weight_input == 1:
             in_axis, kind = 1, "conv"
-        elif layer.op_type == "Gemm" and w.ndim == 2:
+        elif layer.op_type == "Gemm" and w.ndim == 2 and layer.weight_input == 1:
             in_axis, kind = 1 - layer.out_axis, "gemm"
         elif layer.op_type == "MatMul" and w.ndim == 2 and layer.weight_input == 1:
             in_axis, kind = 0, "matmul"
