@@ -7,17 +7,20 @@ Per model, two tables (every variant of a table is timed in ONE round-robin sess
 original: each repeat runs all of them in turn; latency = median per-repeat ratio to the original,
 onnxruntime CPU, graph optimizations on, 1 intra-op thread, batch 1):
 
-**Pruning** (no fine-tuning): uniform L1 at 30% of prunable parameters with the old default (no
+**Pruning** (no fine-tuning unless said): uniform L1 at 30% of prunable parameters with the old default (no
 rounding) and the new default (Conv groups rounded to the CPU's kernel block), the SAfER sensitivity
-budget (wgrad/linf) at 30% with the new default, and at each latency target T: the latency-aware
-knapsack (``prune_to_latency``) with measured damage (``damage_table``) and with data-free L1
-importance, the uniform plan (one kept fraction for every group, kernel-aligned counts from the same
-latency table, the largest fraction predicted within T), and random channels at the uniform plan's
-counts; the latency-aware knapsack also at the uniform plan's predicted latency (equal latency).
-MNIST models: the new-default and equal-latency plans again after ``--recover`` steps of distillation
-from the original (``onnxslice.train.finetune``, Adam 1e-3, batch 32, on 2,000 unlabelled training
-digits disjoint from the evaluation). The rival ``onnxsim``'s ``apply_structured_pruning`` (L2, 30%)
-where it runs.
+budget (wgrad/linf) at 30% with the new default; the latency-aware knapsack with measured damage under
+both constraints "at least 30% of the parameters" and "latency <= T" (``min_ratio``); at the predicted
+latency of the uniform plan at 30% and 50% (equal latency): the knapsack (``prune_to_latency`` with
+``damage_table``), the greedy plan with re-measured damage (``plan_greedy``; EfficientNet-Lite0 only
+with ``--full``) and random channels at the uniform counts; the knapsack at target T with measured damage
+and with data-free L1 importance. ``+ lsq``: the main plans repaired by layer-wise least squares
+(``onnxslice.rewrite.reconstruct``, forward runs only) on ``--reconstruct`` unlabelled samples (MNIST
+training digits 1000:3000; EfficientNet-Lite0: crops of three photos, disjoint from the evaluation
+images); ``+ recover``: MNIST models after ``--recover`` distillation steps (Adam 1e-3, batch 32). Latency
+at batch 1 and 32, and the original's and the new default's overhead share (onnxruntime profiler:
+per-run time not spent in kernels). The rival ``onnxsim``'s ``apply_structured_pruning`` (L2, 30%)
+where it runs. ``--conformance``: the conformance set's conv nets at 30% (see ``conformance_pruning``).
 
 **Quantization** (also on ``mnist_encoder``, a 2-layer transformer encoder over MNIST rows trained
 by ``benchmarks/_encoder.py`` and cached; ``bench_deploy_quant.py`` runs this table alone on all three
@@ -40,6 +43,7 @@ random crops of scikit-learn's sample photos; accuracy on the 20 labelled ones).
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import sys
@@ -65,7 +69,8 @@ from onnxslice.rewrite import formats, plan_pruning, prune  # noqa: E402
 from onnxslice.rewrite.channel_scores import group_scores, select_channels  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 from onnxslice.rewrite.groups import discover_groups  # noqa: E402
-from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency  # noqa: E402
+from onnxslice.rewrite.latency_plan import damage_table, plan_greedy, prune_to_latency  # noqa: E402
+from onnxslice.rewrite.prune import resolve_channels  # noqa: E402
 from onnxslice.rewrite.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,6 +88,30 @@ def sample_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
         y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
         out.append(im[y : y + size, x : x + size].transpose(2, 0, 1))
     return np.stack(out).astype(np.float32)
+
+
+def natural_crops(n: int, seed: int, size: int = 224) -> np.ndarray:
+    """``n`` crops of the three natural photos shipped with the installed packages (scikit-learn's china and
+    flower, matplotlib's grace_hopper), at random scales (30-100% of the shorter side), resized to ``size``,
+    randomly flipped; [0, 1] NCHW. The recovery set of EfficientNet-Lite0 (never the evaluation images)."""
+    import matplotlib
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    imgs = [np.asarray(im) for im in load_sample_images().images] + [np.asarray(Image.open(hopper).convert("RGB"))]
+    out = []
+    for i in range(n):
+        im = imgs[i % len(imgs)]
+        side = int(min(im.shape[:2]) * rng.uniform(0.3, 1.0))
+        y, x = rng.integers(0, im.shape[0] - side + 1), rng.integers(0, im.shape[1] - side + 1)
+        crop = Image.fromarray(im[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        if rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        out.append(arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out)).astype(np.float32)
 
 
 def datasets(name: str, quick: bool) -> tuple[Dataset, Dataset]:
@@ -118,19 +147,23 @@ def timed(model: Model, variants: dict[str, Model], batch: dict[str, np.ndarray]
     return out
 
 
-def uniform_counts(table: Any, target: float) -> tuple[dict[str, int], float]:
-    """One kept fraction for all groups (table counts on the block): the largest predicted within target."""
-    fracs = sorted({k / table.sizes[g] for g, row in table.groups.items() for k in row
-                    if k % table.block == 0 or k == table.sizes[g]}, reverse=True)
-    kept: dict[str, int] = {}
-    for f in fracs:
-        kept = {}
-        for g, row in table.groups.items():
-            ok = [k for k in row if k % table.block == 0 or k == table.sizes[g]]
-            kept[g] = min(ok, key=lambda k, g=g: (abs(k / table.sizes[g] - f), -k))
-        if table.predict(kept) <= target:
-            return kept, f
-    return kept, fracs[-1]
+def predict_any(table: Any, kept: dict[str, int]) -> float:
+    """The table's additive prediction, with counts it did not measure interpolated linearly between the
+    nearest measured counts on the kernel block (the uniform plan's counts need not be in the table)."""
+    total = 1.0
+    for g, k in kept.items():
+        row = table.groups.get(g)
+        if row is None or k == table.sizes.get(g):
+            continue
+        if k in row:
+            total += row[k] - 1.0
+            continue
+        ks = sorted(c for c in row if c % table.block == 0 or c == table.sizes[g])
+        lo = max([c for c in ks if c <= k], default=ks[0])
+        hi = min([c for c in ks if c >= k], default=ks[-1])
+        r = row[lo] if hi == lo else row[lo] + (row[hi] - row[lo]) * (k - lo) / (hi - lo)
+        total += r - 1.0
+    return total
 
 
 def counts_plan(model: Model, kept: dict[str, int], score: str, seed: int) -> PrunePlan:
@@ -143,7 +176,61 @@ def counts_plan(model: Model, kept: dict[str, int], score: str, seed: int) -> Pr
     return PrunePlan("prune", layers, "uniform", {"mode": "structured"})
 
 
+def overhead(model: Model, feed: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    """Where a run's time goes (onnxruntime's profiler, optimized session, 1 thread): the run, the summed
+    kernel times, the fixed per-run overhead share (run minus kernels), and the five costliest nodes."""
+    import onnxruntime as ort
+
+    from onnxslice.record import runtime_proto
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"onnxslice-prof-{os.getpid()}")
+    sess = ort.InferenceSession(runtime_proto(model.proto).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feed)
+    for _ in range(runs):
+        sess.run(None, feed)
+    path = sess.end_profiling()
+    events = json.loads(Path(path).read_text())
+    os.remove(path)
+    runs = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    starts = [r[0] for r in runs]
+    kern = np.zeros(len(runs))
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            i = max(0, bisect.bisect_right(starts, e["ts"]) - 1)
+            kern[i] += e["dur"]
+            key = f"{e['args'].get('op_name', '?')} {e['name'][: -len('_kernel_time')]}"
+            per.setdefault(key, []).append(e["dur"])
+    dur = np.array([r[1] for r in runs], dtype=float)
+    share = 1.0 - kern[3:] / np.maximum(dur[3:], 1e-9)  # per run (warm-up runs dropped); median over runs
+    med = {k: float(np.median(v)) for k, v in per.items()}
+    top = sorted(med.items(), key=lambda kv: -kv[1])[:5]
+    return {"run_ms": round(float(np.median(dur[3:])) / 1e3, 4),
+            "kernels_ms": round(float(np.median(kern[3:])) / 1e3, 4),
+            "overhead_share": round(float(np.median(share)), 3), "nodes": len(per),
+            "top": {k: round(v / 1e3, 4) for k, v in top}}
+
+
+def repair_set(name: str, quick: bool) -> Dataset:
+    """Unlabelled recovery samples, disjoint from the evaluation and calibration data."""
+    if name == "efficientnet_lite0":
+        return Dataset({"x": natural_crops(128 if quick else 256, seed=11)}, None, "crops of 3 photos")
+    train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
+    return Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
+
+
+def batch_of(x: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([x] * -(-n // len(x)))[:n]
+
+
 def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    from onnxslice.rewrite.reconstruct import reconstruct
+
     t0 = time.perf_counter()
     table = latency_table(model, repeats=15, show_progress=False)
     print(f"  latency table: {time.perf_counter() - t0:.0f} s (cached after the first run)", flush=True)
@@ -153,45 +240,80 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
     scores = sensitivity_scores(model, calib, "wgrad", "linf", samples=len(calib), batch_size=16)
     block = table.block
     variants: dict[str, Model] = {}
+    plans: dict[str, Any] = {}
     info: dict[str, Any] = {}
 
     def add(label: str, plan: Any, seed: int = 0) -> None:
         variants[label] = prune(model, plan, seed=seed)
+        plans[label] = plan
         info[label] = {"params": variants[label].num_params / model.num_params,
                        "achieved_ratio": plan.meta.get("achieved_ratio")}
 
+    def add_latency(label: str, target: float, **kw: Any) -> None:
+        try:
+            res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+        except osl.OnnxSliceError as e:
+            info[label] = {"error": str(e)}
+            return
+        variants[label], plans[label] = res.model, res.plan
+        info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
+                       "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met,
+                       "kept": res.plan.meta["kept_channels"]}
+
+    feed = {model.input_names[0]: calib.x[:1]}
+    default = f"uniform-l1@0.3 (convs round {block}, new default)"
     add("uniform-l1@0.3 (no rounding, old default)", plan_pruning(model, 0.3, "uniform", round_to=1))
-    add(f"uniform-l1@0.3 (convs round {block}, new default)",
-        plan_pruning(model, 0.3, "uniform", round_to=block, round_convs_only=True))
+    add(default, plan_pruning(model, 0.3, "uniform", round_to=block, round_convs_only=True))
+    if name == "efficientnet_lite0":
+        add(f"uniform-l1@0.2 (convs round {block}, new default)",
+            plan_pruning(model, 0.2, "uniform", round_to=block, round_convs_only=True))
     add(f"sensitivity(wgrad)@0.3 (convs round {block})",
         plan_pruning(model, 0.3, "sensitivity", scores=scores, round_to=block, round_convs_only=True))
-    feed = {model.input_names[0]: calib.x[:1]}
-    for t in args.targets:
-        kept, frac = uniform_counts(table, t)
-        same = round(table.predict(kept), 4)  # the uniform plan's predicted latency: compare at equal latency
-        add(f"uniform-l1@{t} (predicted {same})", counts_plan(model, kept, "l1", 0))
-        info[f"uniform-l1@{t} (predicted {same})"]["fraction"] = frac
-        add(f"random@{t} (uniform counts)", counts_plan(model, kept, "random", 0))
-        for label, target, kw in ((f"latency-aware(damage)@{same} (= uniform)", same, {"damage": dmg}),
-                                  (f"latency-aware(damage)@{t}", t, {"damage": dmg}),
-                                  (f"latency-aware(l1)@{t}", t, {})):
+    for t in args.ratio_targets:  # >= 30% of the parameters, from where latency falls most for the least damage
+        add_latency(f"latency-aware(damage) ratio>=0.3 @{t}", t, damage=dmg, min_ratio=0.3)
+    if name == "efficientnet_lite0":  # the recovery goal: 20% of the parameters, from where they hurt least
+        add_latency("least damage ratio>=0.2 (latency-aware(damage) @1.0)", 1.0, damage=dmg, min_ratio=0.2)
+    for r in args.uniform_ratios:  # equal latency: the uniform (default) plan's predicted latency
+        pu = plan_pruning(model, r, "uniform", round_to=block, round_convs_only=True)
+        chosen, _, gs = resolve_channels(model, pu)
+        kept = {g.leader: g.size - (chosen[g.leader].size if g.leader in chosen else 0) for g in gs.prunable}
+        exact = predict_any(table, kept)  # the knapsack and the greedy plan get the exact value: equal latency
+        same = round(exact, 4)
+        lab = f"uniform-l1@{r} (convs round {block})"
+        if not any(k.startswith(f"uniform-l1@{r} (convs round") for k in variants):
+            add(lab, pu)
+        add(f"random@{r} (uniform counts)", counts_plan(model, kept, "random", 0))
+        add_latency(f"latency-aware(damage)@{same} (= uniform@{r})", exact, damage=dmg)
+        if name != "efficientnet_lite0" or args.full:  # one forward pass per group and step
+            t0 = time.perf_counter()
             try:
-                res = prune_to_latency(model, target, table, feed=feed, repeats=20, **kw)
+                add(f"latency-aware(greedy)@{same} (= uniform@{r})",
+                    plan_greedy(model, exact, table, calib, samples=len(calib)))
+                info[f"latency-aware(greedy)@{same} (= uniform@{r})"]["seconds"] = round(time.perf_counter() - t0, 1)
             except osl.OnnxSliceError as e:
-                info[label] = {"error": str(e)}
-                continue
-            variants[label] = res.model
-            info[label] = {"params": res.model.num_params / model.num_params, "rounds": res.rounds,
-                           "achieved_ratio": res.plan.meta["achieved_ratio"], "met": res.met}
+                info[f"latency-aware(greedy)@{same} (= uniform@{r})"] = {"error": str(e)}
+    for t in args.targets:
+        add_latency(f"latency-aware(damage)@{t}", t, damage=dmg)
+        add_latency(f"latency-aware(l1)@{t}", t)
+    rec = repair_set(name, not args.full)
+    if args.reconstruct:  # least-squares repair (forward runs only) of the main plans
+        want = ["new default", "ratio>=0.3", "(= uniform", "(convs round"] if name != "efficientnet_lite0" else \
+            ["new default", "ratio>="]
+        for label in [k for k in list(variants) if any(w in k for w in want) and not k.startswith("random")]:
+            t0 = time.perf_counter()
+            r = reconstruct(model, variants[label], plans[label], rec, method="lsq", samples=args.reconstruct)
+            new = f"{label} + lsq"
+            variants[new] = r.model
+            info[new] = {**info[label], "lsq_seconds": round(time.perf_counter() - t0, 1), "lsq_samples": r.samples,
+                         "lsq_skipped": r.skipped}
+            print(f"  {new}: {time.perf_counter() - t0:.0f} s", flush=True)
     if args.recover and name != "efficientnet_lite0":
         from onnxslice.train import finetune
 
-        train = osl.load_data("builtin:mnist?split=train").subset(slice(1000, 3000))
-        unlabelled = Dataset({"x": train.x}, None, "mnist train 1000:3000, unlabelled")
-        for label in [k for k in list(variants) if "new default" in k or "(= uniform)" in k
-                      or (k.startswith("uniform-l1@0.") and "predicted" in k)]:
+        for label in [k for k in list(variants) if ("new default" in k or "(= uniform" in k)
+                      and not k.endswith("lsq")]:
             t0 = time.perf_counter()
-            res = finetune(variants[label], unlabelled, steps=args.recover, loss="distill", teacher=model,
+            res = finetune(variants[label], rec, steps=args.recover, loss="distill", teacher=model,
                            lr=1e-3, batch_size=32, progress=False)
             new = f"{label} + recover {args.recover}"
             variants[new] = res.model
@@ -207,14 +329,82 @@ def pruning(name: str, model: Model, calib: Dataset, ev: Dataset, args: argparse
                                                             "seconds": time.perf_counter() - t0}
     except Exception as e:  # the rival's scope: MatMul/Gemm and simple Conv chains
         info["onnxsim apply_structured_pruning L2 @0.3"] = {"error": str(e)[:200]}
-    lat = timed(model, variants, {model.input_names[0]: ev.x[:1]}, args.repeats)
+    x1 = {model.input_names[0]: ev.x[:1]}
+    xb = {model.input_names[0]: batch_of(ev.x, args.big_batch)}
+    lat = timed(model, variants, x1, args.repeats)
+    latb = timed(model, variants, xb, max(5, args.repeats // 2))
     ref = run_outputs(model, ev)
-    rows = [{"variant": "original", "params": 1.0, "latency": 1.0, **fid_row(ref, model, ev)}]
+    held = None
+    if name == "efficientnet_lite0":  # the labelled ImageNet samples: natural images the repair never saw
+        keep = np.flatnonzero(np.asarray(ev.labels) >= 0)
+        held = ev.subset(keep)
+        ref_held = [r[keep] for r in ref]
+
+    def row(m: Model) -> dict[str, Any]:
+        out = fid_row(ref, m, ev)
+        if held is not None:
+            out["agreement (imagenet 20)"] = compare_outputs(ref_held, run_outputs(m, held)).top1_agreement
+        return out
+
+    rows = [{"variant": "original", "params": 1.0, "latency": 1.0, f"latency b{args.big_batch}": 1.0, **row(model)}]
     for label, m in variants.items():
         rows.append({"variant": label, "params": round(info[label]["params"], 4), "latency": round(lat[label], 4),
-                     **fid_row(ref, m, ev)})
-    return {"rows": rows, "info": info, "original_ms": lat["original_ms"], "damage_seconds": damage_s,
-            "latency_table": table.to_dict()}
+                     f"latency b{args.big_batch}": round(latb[label], 4), **row(m)})
+    prof = {"original b1": overhead(model, x1, 50), f"original b{args.big_batch}": overhead(model, xb, 5),
+            "new default b1": overhead(variants[default], x1, 50),
+            f"new default b{args.big_batch}": overhead(variants[default], xb, 5)}
+    return {"rows": rows, "info": info, "original_ms": lat["original_ms"],
+            f"original_ms_b{args.big_batch}": latb["original_ms"], "damage_seconds": damage_s,
+            "overhead": prof, "repair_set": f"{rec.name} ({len(rec)})", "latency_table": table.to_dict()}
+
+
+CONFORMANCE_CONV = ["light_squeezenet", "keras_mnist", "cnn", "segnet"]
+CONFORMANCE_CONV_FULL = ["light_resnet50", "light_inception_v1", "light_densenet121"]
+
+
+def conformance_pruning(args: argparse.Namespace) -> dict[str, Any]:
+    """The conformance set's conv nets at 30% of parameters: the default (Conv groups rounded to the kernel
+    block) and the latency-aware plan with ``min_ratio=0.3`` (data-free L1 importance: these nets have random
+    weights, so only latency and size are meaningful), timed round-robin with the original (batch 1)."""
+    from models.conformance import build
+
+    out: dict[str, Any] = {}
+    for name in CONFORMANCE_CONV + (CONFORMANCE_CONV_FULL if args.full else []):
+        t0 = time.perf_counter()
+        path, spec = build(name)
+        model = osl.load(path)
+        x = osl.load_data(spec).bind(model)
+        x1 = {k: v[:1] for k, v in x.items()}
+        table = latency_table(model, repeats=10, fractions=(0.75, 0.5), show_progress=False, feed=x1)
+        variants: dict[str, Model] = {}
+        info: dict[str, Any] = {}
+        plan = plan_pruning(model, 0.3, "uniform", round_to=1)
+        variants["uniform-l1@0.3 (no rounding)"] = prune(model, plan)
+        info["uniform-l1@0.3 (no rounding)"] = {"achieved_ratio": plan.meta.get("achieved_ratio")}
+        plan = plan_pruning(model, 0.3, "uniform", round_to=table.block, round_convs_only=True)
+        variants["uniform-l1@0.3 (new default)"] = prune(model, plan)
+        info["uniform-l1@0.3 (new default)"] = {"achieved_ratio": plan.meta.get("achieved_ratio")}
+        for t in (0.8, 0.9, 1.0):
+            try:
+                res = prune_to_latency(model, t, table, min_ratio=0.3, feed=x1, repeats=10, rounds=2)
+            except osl.OnnxSliceError as e:
+                info[f"latency-aware(l1) ratio>=0.3 @{t}"] = {"error": str(e)[:300]}
+                continue
+            variants[f"latency-aware(l1) ratio>=0.3 @{t}"] = res.model
+            info[f"latency-aware(l1) ratio>=0.3 @{t}"] = {"achieved_ratio": res.plan.meta["achieved_ratio"],
+                                                          "rounds": res.rounds}
+            break
+        lat = timed(model, variants, x1, args.repeats)
+        rows = [{"variant": "original", "params": 1.0, "achieved ratio": 0.0, "latency": 1.0}]
+        for label, m in variants.items():
+            rows.append({"variant": label, "params": round(m.num_params / model.num_params, 4),
+                         "achieved ratio": round(info[label]["achieved_ratio"] or 0.0, 4),
+                         "latency": round(lat[label], 4)})
+        out[name] = {"rows": rows, "info": info, "original_ms": lat["original_ms"],
+                     "overhead": overhead(model, x1, 30), "seconds": round(time.perf_counter() - t0, 1),
+                     "load_average": load_average()}
+        print(format_table(rows, title=f"{name}: pruning at 30% (latency / original, batch 1, one run)"), flush=True)
+    return out
 
 
 def quant_datasets(name: str, quick: bool) -> tuple[Dataset, Dataset, Dataset]:
@@ -386,11 +576,19 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="more targets, samples and repeats")
     p.add_argument("--models", default="resnet8_mnist,efficientnet_lite0")
     p.add_argument("--out", type=Path, default=RESULTS / "deploy.json")
+    p.add_argument("--reconstruct", type=int, default=256,
+                   help="recovery samples of the least-squares repair rows ('+ lsq'; 0: none; default 256)")
+    p.add_argument("--conformance", action="store_true",
+                   help="also prune the conformance set's conv nets at 30%% (default: off; --full adds the large ones)")
+    p.add_argument("--skip-quantization", action="store_true", help="pruning tables only (default: both)")
     p.add_argument("--recover", type=int, default=60,
                    help="distillation steps of the recovery rows (MNIST models; 0: none; default 60)")
     args = p.parse_args()
     quick = not args.full
     args.targets = [0.9] if quick else [0.9, 0.8, 0.7]
+    args.ratio_targets = [0.8] if quick else [0.85, 0.8, 0.75]
+    args.uniform_ratios = [0.3, 0.5, 0.6]
+    args.big_batch = 32
     args.repeats = 20 if quick else 40
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -398,7 +596,13 @@ def main() -> None:
                                            "note": "shared machine (8 helpers on 2 cores); ratios from one "
                                                    "round-robin run, absolute times are noisy"},
                                "quick": quick, "models": dict(old.get("models", {}))}
-    for name in args.models.split(","):
+    if "conformance_pruning" in old:
+        results["conformance_pruning"] = old["conformance_pruning"]
+    if args.conformance:
+        results["conformance_pruning"] = conformance_pruning(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+    for name in [m for m in args.models.split(",") if m]:
         print(f"== {name}", flush=True)
         if name == "mnist_encoder":
             from _encoder import encoder_model
@@ -414,8 +618,12 @@ def main() -> None:
         else:
             entry["pruning"] = pruning(name, model, calib, ev, args)
             print(format_table(entry["pruning"]["rows"], title=f"{name}: pruning (latency / original, one run)"))
-        entry["quantization"] = quantization(name, model, calib, ev, args)
-        print(format_table(entry["quantization"]["rows"], title=f"{name}: quantization (latency / float32, one run)"))
+        if args.skip_quantization:
+            entry["quantization"] = dict(results["models"].get(name, {}).get("quantization", {"rows": []}))
+        else:
+            entry["quantization"] = quantization(name, model, calib, ev, args)
+            print(format_table(entry["quantization"]["rows"],
+                               title=f"{name}: quantization (latency / float32, one run)"))
         results["models"][name] = entry
         results["machine"]["load_average_end"] = load_average()
         args.out.parent.mkdir(parents=True, exist_ok=True)

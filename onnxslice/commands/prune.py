@@ -48,8 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "unrounded; 1 turns rounding off) so that the speedup follows the FLOPs")
     p.add_argument("--latency", type=fraction_open_closed01, default=None,
                    help="plan for a latency target instead of --ratio: fraction of the original's measured latency "
-                        "(e.g. 0.7); a knapsack against the measured latency table (cached) of the measured damage of "
-                        "each candidate channel count on --data (without --data: --channel-score importance); the "
+                        "(e.g. 0.7; with --ratio, the plan also removes at least that ratio of parameters, choosing "
+                        "where they go so that latency falls most); a knapsack against the measured latency table "
+                        "(cached) of the measured damage of each candidate channel count on --data (without --data: "
+                        "--channel-score importance); the "
                         "pruned model is measured and the plan tightened if it misses (default: off)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
@@ -62,6 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune the pruned model for STEPS updates by distillation from the original's outputs on "
                         "--data's samples after the first --samples (those stay held out for fidelity), with "
                         "onnxslice's own gradients (default 0: off)")
+    p.add_argument("--reconstruct", choices=("lsq", "bn", "lsq+bn"), default=None,
+                   help="repair the pruned model without backprop before any --recover, on --data's samples after the "
+                        "first --samples: lsq re-fits every layer that lost input channels to the original layer's "
+                        "outputs by least squares (layer by layer), bn re-estimates BatchNormalization statistics "
+                        "(default: off)")
+    p.add_argument("--reconstruct-samples", type=positive_int, default=64,
+                   help="calibration samples of --reconstruct (default 64)")
     p.add_argument("--recover-lr", type=positive_float, default=1e-3,
                    help="Adam learning rate of --recover (default 1e-3)")
     p.add_argument("--recover-batch", type=positive_int, default=32, help="batch size of --recover (default 32)")
@@ -169,8 +178,6 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
     if args.mode != "structured" or args.budget == "slice":
         raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
-    if args.ratio is not None:
-        raise PlanError("give either --ratio or --latency, not both")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
     channel_score = _channel_score(args, model, calib)
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
@@ -180,7 +187,7 @@ def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     if calib is not None:  # measured damage of every candidate count on the user's data
         damage = damage_table(model, calib, table, channel_score=channel_score, samples=min(args.samples, 64))
     res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
-                           repeats=max(args.repeats, 10))
+                           min_ratio=args.ratio, repeats=max(args.repeats, 10))
     if not res.met:
         warn(NAME, f"latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
              "original")
@@ -209,6 +216,63 @@ def _recover(args: argparse.Namespace, model: Any, pruned: Any, data: Any) -> di
     return {"model": res.model, "unrecovered": pruned, "steps": args.recover, "lr": args.recover_lr,
             "samples": len(rest), "seconds": round(time.perf_counter() - t0, 1),
             "loss_first": float(res.losses[0]), "loss_last": float(np.mean(res.losses[-10:]))}
+
+
+def _reconstruct(args: argparse.Namespace, model: Any, pruned: Any, plan: Any, data: Any) -> dict[str, Any]:
+    """Least-squares / BN repair on the samples after the first --samples (those stay held out for fidelity)."""
+    from onnxslice.rewrite.reconstruct import reconstruct
+
+    if data is None:
+        raise PlanError("--reconstruct needs --data (unlabelled calibration samples)")
+    if plan.meta.get("mode", "structured") != "structured":
+        raise PlanError("--reconstruct repairs structured pruning; drop --mode unstructured")
+    rest = data.subset(slice(args.samples, args.samples + args.reconstruct_samples))
+    if len(rest) == 0:
+        raise PlanError(f"--reconstruct needs more samples in --data than --samples ({args.samples}): the first "
+                        "--samples are held out for fidelity")
+    res = reconstruct(model, pruned, plan, rest, method=args.reconstruct, samples=len(rest))
+    return {"model": res.model, "unrepaired": pruned, **res.to_dict()}
+
+
+#: A pruned model measured above this latency ratio counts as slower than its input (timing noise below).
+SLOWER = 1.03
+
+
+def _default_plan(args: argparse.Namespace, plan: Any) -> bool:
+    """Whether the plan came from --ratio with the default kernel rounding (the default must never be slower)."""
+    return (args.plan is None and args.latency is None and args.round_to is None and args.mode == "structured"
+            and args.budget in ("uniform", "sensitivity") and plan.meta.get("mode", "structured") == "structured")
+
+
+def _fallback(args: argparse.Namespace, model: Any, plan: Any, pruned: Any, lat: list[float], lat_ratio: list[float],
+              batch: dict[str, np.ndarray]) -> tuple[Any, Any, list[float], list[float], dict[str, Any]]:
+    """The default plan measured slower than its input: round every group (Gemm/MatMul too) to the kernel block,
+    measure both against the input round-robin, keep the faster; refuse (nothing written) if both are slower."""
+    from onnxslice.artifacts import stamp
+    from onnxslice.latency import kernel_block, median_ratios, timed_sessions
+    from onnxslice.rewrite import plan_pruning, prune
+
+    block = kernel_block(args.device)
+    first = lat_ratio[1]
+    alt_plan = plan_pruning(model, args.ratio, "uniform", channel_score=args.channel_score, mode="structured",
+                            round_to=block, round_convs_only=False) \
+        if args.budget == "uniform" and args.channel_score != "criterion" else None
+    alt = None if alt_plan is None else prune(model, alt_plan)
+    protos = [model.proto, pruned.proto] + ([] if alt is None else [alt.proto])
+    ms, ratios = median_ratios(timed_sessions(protos, args.device, args.threads), batch, max(2 * args.repeats, 6))
+    best = min(range(1, len(ratios)), key=lambda i: ratios[i])
+    if ratios[best] > SLOWER:
+        raise PlanError(f"the pruned model measures {first:.2f}x (again {ratios[1]:.2f}x) the input's latency on "
+                        f"{args.device}, batch {args.latency_batch}"
+                        + (f", and {ratios[2]:.2f}x with every group rounded to {block} channels" if alt else "")
+                        + "; nothing written: plan for speed with --latency, or give --round-to to write it anyway")
+    info: dict[str, Any] = {"first_measured": round(first, 4), "remeasured": round(ratios[1], 4)}
+    if best == 2 and alt is not None and alt_plan is not None:
+        stamp(alt_plan.meta, model)
+        info.update({"used": f"every group rounded to {block}", "measured": round(ratios[2], 4)})
+        return alt_plan, alt, [ms[0], ms[2]], [1.0, ratios[2]], info
+    info["used"] = "the plan as it was (the first measurement was noise)"
+    return plan, pruned, [ms[0], ms[1]], [1.0, ratios[1]], info
 
 
 def _fidelity_rows(model: Any, pruned: Any, data: Any, classes: list[int]) -> dict[str, Any]:
@@ -267,9 +331,6 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data) if args.data else None
     plan, sl = _plan(args, model, data)
     pruned = prune(model, plan)
-    recovery = _recover(args, model, pruned, data) if args.recover else None
-    if recovery is not None:
-        pruned = recovery.pop("model")
     fid_data = data.subset(slice(0, args.samples)) if data is not None else None
     if fid_data is not None:
         feed = fid_data.bind(model)
@@ -280,14 +341,26 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(fixed, int) and fixed > 0 and fixed != args.latency_batch:
         args.latency_batch = fixed  # the model's batch is fixed: time it at that batch
     batch = {k: np.concatenate([v] * -(-args.latency_batch // len(v)))[: args.latency_batch] for k, v in feed.items()}
+    # the latency is measured before any repair: --reconstruct / --recover change weights, never the graph
     lat, lat_ratio = median_ratios(timed_sessions([model.proto, pruned.proto], args.device, args.threads), batch,
                                    max(args.repeats, 3))
+    fallback = None
+    if lat_ratio[1] > SLOWER and _default_plan(args, plan):
+        plan, pruned, lat, lat_ratio, fallback = _fallback(args, model, plan, pruned, lat, lat_ratio, batch)
+    repair = _reconstruct(args, model, pruned, plan, data) if args.reconstruct else None
+    if repair is not None:
+        pruned = repair.pop("model")
+    recovery = _recover(args, model, pruned, data) if args.recover else None
+    if recovery is not None:
+        pruned = recovery.pop("model")
     before, after = model_stats(model, batch, latency=lat[0]), model_stats(pruned, batch, latency=lat[1])
     result: dict[str, Any] = {"out": str(out), "plan": plan.to_dict(), "before": vars(before), "after": vars(after),
                               "ratio": {**before.ratio(after), "latency": lat_ratio[1]},
                               "latency_batch": args.latency_batch, "device": args.device, "threads": args.threads,
                               "load_average": load_average()}
-    if lat_ratio[1] > 1.03:
+    if fallback is not None:
+        result["fallback"] = fallback
+    if lat_ratio[1] > SLOWER:
         result["slower_than_input"] = True
         warn(NAME, f"the pruned model is measured SLOWER than its input ({lat_ratio[1]:.2f}x latency on "
              f"{args.device}, batch {args.latency_batch}); plan with --latency, or --round-to "
@@ -303,6 +376,12 @@ def run(args: argparse.Namespace) -> int:
 
         unrecovered = recovery.pop("unrecovered")
         result["recovery"] = {**recovery, "fidelity_before_recovery": fidelity(unrecovered, model, fid_data).to_dict()}
+    if repair is not None:
+        from onnxslice.rewrite.fidelity import fidelity
+
+        unrepaired = repair.pop("unrepaired")
+        result["reconstruct"] = {**repair, "fidelity_before_reconstruct":
+                                 fidelity(unrepaired, model, fid_data).to_dict() if fid_data is not None else None}
     outs.defer(report, lambda p: save_json(p, result))
     outs.commit()
     if args.json:
@@ -337,6 +416,11 @@ def _table(result: dict[str, Any], name: str, plan: Any) -> str:
         if fid["top1_agreement"] is not None:
             rows.append({"measure": f"top-1 agreement with original{label}", "before": 1.0,
                          "after": round(fid["top1_agreement"], 4)})
+    rep = result.get("reconstruct")
+    if rep is not None and rep["fidelity_before_reconstruct"] and \
+            rep["fidelity_before_reconstruct"]["top1_agreement"] is not None:
+        rows.append({"measure": f"top-1 agreement before --reconstruct {rep['method']}", "before": 1.0,
+                     "after": round(rep["fidelity_before_reconstruct"]["top1_agreement"], 4)})
     rec = result.get("recovery")
     if rec is not None and rec["fidelity_before_recovery"]["top1_agreement"] is not None:
         rows.append({"measure": f"top-1 agreement before --recover {rec['steps']}", "before": 1.0,

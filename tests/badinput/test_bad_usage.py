@@ -34,6 +34,8 @@ _NUMERIC: list[tuple[str, str, tuple[str, ...]]] = [
     ("prune", "--recover", ("-1", "x")),
     ("prune", "--recover-lr", ("0", "-1e-3")),
     ("prune", "--recover-batch", ("0",)),
+    ("prune", "--reconstruct-samples", ("0", "-4", "x")),
+    ("prune", "--reconstruct", ("sgd",)),
     ("quantize", "--avg-bits", ("0", "-4", "nan", "abc")),
     ("quantize", "--block-size", ("0", "-32")),
     ("quantize", "--samples", ("0", "-1")),

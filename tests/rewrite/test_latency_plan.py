@@ -13,7 +13,14 @@ from _prune_nets import build
 import onnxslice as osl
 from onnxslice.errors import PlanError
 from onnxslice.latency import LatencyTable, _isotonic, candidate_counts, latency_table, subgraph
-from onnxslice.rewrite.latency_plan import _knapsack, damage_table, plan_latency, prune_to_latency
+from onnxslice.rewrite.latency_plan import (
+    _knapsack,
+    _knapsack2,
+    damage_table,
+    plan_greedy,
+    plan_latency,
+    prune_to_latency,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +76,43 @@ def test_knapsack_matches_brute_force():
             assert sum(options[g][i][2] for g, i in enumerate(picks)) == pytest.approx(best)
 
 
+def test_two_constraint_knapsack_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(25):
+        options = [[(0, 0.0, 0.0, 0.0)] + [(i, float(rng.uniform(0, 0.2)), -float(rng.uniform(0, 1)),
+                                            float(rng.uniform(0, 0.3))) for i in range(1, 4)] for _ in range(4)]
+        lr, pr = 0.01, 0.02
+        lu, pu = int(np.ceil(rng.uniform(0, 0.4) / lr)), int(np.ceil(rng.uniform(0, 0.6) / pr))
+        picks = _knapsack2(options, lu, lr, pu, pr)
+        best = None
+        for combo in itertools.product(*[range(len(o)) for o in options]):
+            sl = sum(int(np.floor(options[g][i][1] / lr + 1e-9)) for g, i in enumerate(combo))
+            sp = sum(int(np.floor(options[g][i][3] / pr + 1e-9)) for g, i in enumerate(combo))
+            if sl >= lu and sp >= pu:
+                value = sum(options[g][i][2] for g, i in enumerate(combo))
+                best = value if best is None else max(best, value)
+        if best is None:
+            assert picks is None
+        else:
+            assert picks is not None
+            assert sum(options[g][i][2] for g, i in enumerate(picks)) == pytest.approx(best)
+            assert sum(int(np.floor(options[g][i][1] / lr + 1e-9)) for g, i in enumerate(picks)) >= lu
+            assert sum(int(np.floor(options[g][i][3] / pr + 1e-9)) for g, i in enumerate(picks)) >= pu
+
+
+def test_plan_latency_with_a_parameter_ratio_removes_at_least_that(net, table):
+    m, _ = net
+    plan = plan_latency(m, 1.0, table, min_ratio=0.2)
+    assert plan.meta["achieved_ratio"] >= 0.2 and plan.meta["min_ratio"] == 0.2
+    assert all(k % 4 == 0 or k == table.sizes[g] for g, k in plan.meta["kept_channels"].items())
+    both = plan_latency(m, 0.97, table, min_ratio=0.1)
+    assert both.meta["achieved_ratio"] >= 0.1 and both.meta["predicted_latency"] <= 0.97 + 1e-9
+    with pytest.raises(PlanError, match="relax"):
+        plan_latency(m, 1.0, table, min_ratio=0.99)
+    with pytest.raises(PlanError, match=r"\[0, 1\)"):
+        plan_latency(m, 1.0, table, min_ratio=1.5)
+
+
 def test_latency_table_is_measured_and_cached(net, table, tmp_path):
     m, _ = net
     assert table.fingerprint == m.fingerprint and table.block == 4 and table.threads == 1
@@ -119,3 +163,36 @@ def test_damage_table_and_prune_to_latency(net, table):
     assert res.model.num_params < m.num_params
     y = ort.InferenceSession(res.model.proto.SerializeToString()).run(None, {"x": x})[0]
     assert y.shape == (4, 5)
+
+
+def test_greedy_plan_reaches_the_target_and_its_damage_is_the_measured_one(net, table):
+    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+
+    m, _ = net
+    data = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    plan = plan_greedy(m, 0.97, table, data, samples=16)
+    assert plan.meta["predicted_latency"] <= 0.97 + 1e-9 and plan.meta["steps"]
+    assert all(k % 4 == 0 or k == table.sizes[g] for g, k in plan.meta["kept_channels"].items())
+    preds = [s["predicted"] for s in plan.meta["steps"] if not s.get("back")]
+    assert preds == sorted(preds, reverse=True)
+    backs = [s["damage"] for s in plan.meta["steps"] if s.get("back")]
+    assert backs == sorted(backs, reverse=True)
+    pruned = osl.prune(m, plan)
+    kl = compare_outputs(run_outputs(m, data), run_outputs(pruned, data)).kl
+    assert plan.meta["damage"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    with pytest.raises(PlanError, match="cannot be reached"):
+        plan_greedy(m, 0.01, table, data, samples=8)
+
+
+def test_a_plan_exactly_at_the_target_is_feasible(net, table):
+    m, _ = net
+    for g, row in table.groups.items():  # one group cut to its smallest aligned count: exactly its predicted latency
+        k = min(k for k in row if k % table.block == 0 and row[k] < 1.0) if any(
+            k % table.block == 0 and row[k] < 1.0 for k in row) else None
+        if k is None:
+            continue
+        target = table.predict({g: k})
+        plan = plan_latency(m, target, table)
+        assert plan.meta["predicted_latency"] <= target + 1e-5
+        both = plan_latency(m, target, table, min_ratio=0.0)
+        assert both.meta["predicted_latency"] <= target + 1e-5
