@@ -85,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} models, {wall:.0f} s wall, {work:.0f} s of work ({work / max(1, len(results)):.1f} s/model)")
     for name, v in tabs.items():
         vs = v.get("vs baseline (paired, linf)")
+        ve = v.get("vs baseline (paired, every reduction)")
         print(f"{name:22s} exact {v['exact % (linf, all criteria)']:5.1f}% [{v['ci'][0]:.0f}, {v['ci'][1]:.0f}] "
               f"n={v['cases']:5d}  dist-to-paper "
               f"{v['distance to paper (mean |ours - paper| over Table 1 cells, points)']:.1f}"
-              + (f"  vs baseline: +{vs['a_only']}/-{vs['b_only']} p={vs['p']:.2g}" if vs else ""))
+              + (f"  vs baseline: +{vs['a_only']}/-{vs['b_only']} p={vs['p']:.2g}" if vs else "")
+              + (f" (every reduction: +{ve['a_only']}/-{ve['b_only']} p={ve['p']:.2g})" if ve else ""))
     payload = {"command": "python benchmarks/bench_safer_variants.py " + " ".join(argv or sys.argv[1:]),
                "models": [r["model"] for r in results], "criteria": crits, "seconds": wall, "work_seconds": work,
                "per_model_seconds": {r["model"]: r["seconds"] for r in results},

@@ -112,6 +112,9 @@ def evaluate_model(
     from onnxslice.model import load
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # one onnxruntime thread per worker: on a shared machine the default (all cores, spinning) was measured
+    # twice as slow on the moons transformers (docs/reproduction.md)
+    os.environ.setdefault("ONNXSLICE_THREADS", "1")
     model = load(path)
     family = family_of(path)
     ctx = Context.build(model, "builtin:moons?split=train", "pred", samples=samples, steps=steps,
@@ -134,17 +137,18 @@ def evaluate_model(
             scores[(name, red)] = LayerScores({x.name: reduce(rel[x.name], red) for x in ctx.layers}, name, red)
     cases: list[dict[str, Any]] = []
     ceil: list[dict[str, Any]] = []
+    sessions: dict[Any, Any] = {}  # the suffix sessions, shared by every ground truth of this model
     t0 = time.perf_counter()
     for noise, on in settings_for(family):
         for mag in magnitudes:
             gt = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws, samples=None,
-                                         batch_size=None, seed=seed)
+                                         batch_size=None, seed=seed, sessions=sessions)
             for (name, red), s in scores.items():
                 cases.append({"noise": noise, "on": on, "magnitude": mag, "criterion": name, "reduction": red,
                               **agreement(s, gt)})
             if ceiling:
                 gt2 = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws,
-                                              samples=None, batch_size=None, seed=seed + 1)
+                                              samples=None, batch_size=None, seed=seed + 1, sessions=sessions)
                 ceil.append({"noise": noise, "on": on, "magnitude": mag, **agreement(gt2, gt)})
     seconds["groundtruth"] = time.perf_counter() - t0
     out = {"model": Path(path).name, "family": family, "layers": len(ctx.layers), "cases": cases,
