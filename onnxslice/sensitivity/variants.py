@@ -23,6 +23,7 @@ Table 1.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -177,7 +178,7 @@ def variant_cases(result: dict[str, Any], variant: dict[str, str]) -> list[dict[
                 cases.append({"family": result["family"], "model": result["model"], "noise": t["noise"],
                               "on": t["on"], "magnitude": t["magnitude"], "criterion": name, "reduction": red,
                               "exact": agr["exact"], "spearman": agr["spearman"], "kendall": agr["kendall"],
-                              "top1": agr["top1"]})
+                              "top1": agr["top1"], "ranked": len(layers)})
     return cases
 
 
@@ -260,8 +261,11 @@ def variant_tables(results: list[dict[str, Any]], criteria: Sequence[str]) -> di
                             if sel else float("nan")}
         linf = [c["exact"] for c in cases if c["reduction"] == "linf"]
         lo, hi = wilson(int(sum(linf)), len(linf))
+        # a random order of L layers is exact with probability 1 / L!: fewer ranked layers, easier by chance
+        chance = [1.0 / math.factorial(c["ranked"]) for c in cases if c["reduction"] == "linf"]
         entry: dict[str, Any] = {
             "settings": var, "cases": len(cases), "exact % (linf, all criteria)": _pct(linf), "ci": [lo, hi],
+            "chance % (random order)": 100.0 * float(np.mean(chance)) if chance else float("nan"),
             "distance to paper (mean |ours - paper| over Table 1 cells, points)": float(np.mean(dist)) if dist
             else float("nan"),
             "per criterion": per_crit, "table1": tabs["table1"], "table2": tabs["table2"],

@@ -78,6 +78,8 @@ def test_variant_cases():
     assert tabs["layers=blocks"]["exact % (linf, all criteria)"] == 100.0
     assert tabs["baseline"]["exact % (linf, all criteria)"] == 0.0
     assert tabs["layers=blocks"]["vs baseline (paired, linf)"]["a_only"] == 4
+    assert tabs["layers=blocks"]["chance % (random order)"] == 50.0  # 2 blocks
+    assert tabs["baseline"]["chance % (random order)"] == pytest.approx(100 / 24)
 
 
 def test_mcnemar_against_binomial():
