@@ -19,8 +19,9 @@ HELP = "benchmarks: 'safer' regenerates SAfER Table 1/2 (criteria vs ground trut
 ORDER = 90
 
 _REPO = Path(__file__).resolve().parents[2]
-#: Measured: 12 moons models with every criterion and 32 draws took 1255 s with 2 workers on 2 cores.
-_SECONDS_PER_MODEL = 1255 * 2 / 12
+#: Measured (docs/reproduction.md): every criterion, 32 draws, the ceiling, one onnxruntime thread per worker
+#: on the shared 2-core machine: 57, 17, 23 and 364 s of work per vanilla, skip, skip+sd and transformer model.
+_SECONDS_PER_MODEL = (57 + 17 + 23 + 364) / 4
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
