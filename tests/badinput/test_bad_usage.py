@@ -181,6 +181,7 @@ _SEMANTIC = [
     case("bench-magnitudes-range", ["bench", "safer", "--magnitudes", "0,2"], 2, r"must be in \(0, 1\]"),
     case("bench-magnitudes-text", ["bench", "safer", "--magnitudes", "a"], 2, "not a comma list of numbers"),
     case("bench-families-unknown", ["bench", "safer", "--families", "cnn"], 2, "unknown family cnn"),
+    case("bench-layers-unknown", ["bench", "safer", "--layers", "heads"], 2, "argument --layers: invalid choice"),
 ]
 
 

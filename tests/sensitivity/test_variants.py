@@ -91,3 +91,18 @@ def test_mcnemar_against_binomial():
     assert (res["a_only"], res["b_only"]) == (9, 2)
     assert res["p"] == pytest.approx(binomtest(9, 11, 0.5).pvalue)
     assert mcnemar([True], [True])["p"] == 1.0
+
+
+def test_evaluate_model_blocks_only_ranks_the_sampled_blocks():
+    from pathlib import Path
+
+    from onnxslice.sensitivity.benchmark import evaluate_model
+
+    path = Path(__file__).resolve().parents[2] / "models" / "moons" / "skip-2000.onnx"
+    res = evaluate_model(str(path), ["weight"], magnitudes=(0.3,), draws=2, samples=32, layers="blocks")
+    assert res["layers"] == 3  # blocks.0-2 of stem, 3 blocks, head
+    assert len(res["cases"]) == 3 * 5  # 3 skip settings x 1 magnitude x 5 reductions
+    full = evaluate_model(str(path), ["weight"], magnitudes=(0.3,), draws=2, samples=32)
+    assert full["layers"] == 5
+    with pytest.raises(UnknownNameError):
+        evaluate_model(str(path), ["weight"], magnitudes=(0.3,), draws=2, samples=32, layers="heads")
