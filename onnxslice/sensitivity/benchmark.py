@@ -35,7 +35,7 @@ from onnxslice.sensitivity.agreement import agreement
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import get_criterion
 from onnxslice.sensitivity.groundtruth import perturbation_importance
-from onnxslice.sensitivity.reductions import REDUCTIONS, reduce
+from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
 from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = [
@@ -103,19 +103,33 @@ def evaluate_model(
     noise_samples: int = 16,
     seed: int = 0,
     ceiling: bool = False,
+    layers: str = "all",
 ) -> dict[str, Any]:
     """All cases of one model: ``{"model", "family", "layers", "cases": [...], "seconds": {...}, "errors"}``.
 
     With ``ceiling``, every ground truth is measured a second time with ``seed + 1`` and the agreement of
     the two estimates is recorded per setting under ``"ceiling"`` (what no criterion can exceed).
+    ``layers="blocks"`` ranks only the layers of the sampled blocks (``hidden.*``/``blocks.*``: no stem,
+    embedding or head), the setting that reproduced the paper best (docs/reproduction.md); ``"all"``
+    (default) ranks every weight layer.
     """
     from onnxslice.model import load
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # one onnxruntime thread per worker: on a shared machine the default (all cores, spinning) was measured
+    # twice as slow on the moons transformers (docs/reproduction.md)
+    os.environ.setdefault("ONNXSLICE_THREADS", "1")
     model = load(path)
     family = family_of(path)
+    check_name("layer set", layers, ("all", "blocks"))
+    chosen = None
+    if layers == "blocks":
+        from onnxslice.sensitivity.common import model_layers
+        from onnxslice.sensitivity.variants import block_layers
+
+        chosen = block_layers([x.name for x in model_layers(model)])
     ctx = Context.build(model, "builtin:moons?split=train", "pred", samples=samples, steps=steps,
-                        noise_samples=noise_samples, seed=seed, batch_size=None)
+                        noise_samples=noise_samples, seed=seed, batch_size=None, layers=chosen)
     scores: dict[tuple[str, str], LayerScores] = {}
     seconds: dict[str, float] = {}
     errors: dict[str, str] = {}
@@ -134,17 +148,19 @@ def evaluate_model(
             scores[(name, red)] = LayerScores({x.name: reduce(rel[x.name], red) for x in ctx.layers}, name, red)
     cases: list[dict[str, Any]] = []
     ceil: list[dict[str, Any]] = []
+    sessions: dict[Any, Any] = {}  # the suffix sessions, shared by every ground truth of this model
     t0 = time.perf_counter()
     for noise, on in settings_for(family):
         for mag in magnitudes:
             gt = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws, samples=None,
-                                         batch_size=None, seed=seed)
+                                         batch_size=None, seed=seed, sessions=sessions, layers=chosen)
             for (name, red), s in scores.items():
                 cases.append({"noise": noise, "on": on, "magnitude": mag, "criterion": name, "reduction": red,
                               **agreement(s, gt)})
             if ceiling:
                 gt2 = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws,
-                                              samples=None, batch_size=None, seed=seed + 1)
+                                              samples=None, batch_size=None, seed=seed + 1, sessions=sessions,
+                                              layers=chosen)
                 ceil.append({"noise": noise, "on": on, "magnitude": mag, **agreement(gt2, gt)})
     seconds["groundtruth"] = time.perf_counter() - t0
     out = {"model": Path(path).name, "family": family, "layers": len(ctx.layers), "cases": cases,

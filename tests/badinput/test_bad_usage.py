@@ -187,6 +187,7 @@ _SEMANTIC = [
     case("guard-address-local", ["guard", "{m}", "-o", "{o}/g.onnx", "-d", "{d}", "--criterion", "vulnerability",
                                  "--layers", "1", "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
     case("slice-address-local", [*VERB_ARGS["slice"], "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
+    case("bench-layers-unknown", ["bench", "safer", "--layers", "heads"], 2, "argument --layers: invalid choice"),
 ]
 
 
