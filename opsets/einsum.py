@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["broadcast_operands", "explicit", "has_diagonal", "matmul_equation", "unbroadcast_to"]
+__all__ = ["broadcast_operands", "explicit", "has_diagonal", "matmul_equation"]
 
 
 def explicit(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
@@ -64,12 +64,6 @@ def broadcast_operands(subs: Sequence[str], arrays: Sequence[np.ndarray]) -> lis
         for c, n in zip(sub, a.shape, strict=True):
             size[c] = max(size.get(c, 1), int(n))
     return [np.broadcast_to(a, tuple(size[c] for c in sub)) for sub, a in zip(subs, arrays, strict=True)]
-
-
-def unbroadcast_to(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Sum ``arr`` over the axes where ``shape`` has 1 and ``arr`` does not (same rank)."""
-    axes = tuple(i for i, (s, n) in enumerate(zip(shape, arr.shape, strict=True)) if s == 1 and n != 1)
-    return arr.sum(axis=axes, keepdims=True) if axes else arr
 
 
 def has_diagonal(equation: str) -> bool:

@@ -16,13 +16,14 @@ Nothing here touches a graph; arrays in, arrays out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from onnxslice.model import Node
+
+from ..broadcast import unbroadcast
 
 __all__ = [
     "ContribContext",
@@ -53,17 +54,6 @@ def collapse(arr: np.ndarray) -> np.ndarray:
     if arr.ndim <= 2:
         return arr
     return arr.reshape(arr.shape[0], arr.shape[1], -1).mean(axis=2, dtype=np.float64).astype(arr.dtype, copy=False)
-
-
-def unbroadcast(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Sum ``arr`` over the axes that numpy broadcasting added or stretched to reach it from ``shape``."""
-    shape = tuple(shape)
-    extra = arr.ndim - len(shape)
-    out = arr.sum(axis=tuple(range(extra))) if extra > 0 else arr
-    axes = tuple(i for i, (s, o) in enumerate(zip(shape, out.shape, strict=True)) if s == 1 and o != 1)
-    if axes:
-        out = out.sum(axis=axes, keepdims=True)
-    return out.reshape(shape)
 
 
 @dataclass

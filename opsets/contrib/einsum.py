@@ -21,8 +21,9 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
+from ..broadcast import unbroadcast
 from ..coverage import computed, refuses
-from ..einsum import broadcast_operands, explicit, has_diagonal, matmul_equation, unbroadcast_to
+from ..einsum import broadcast_operands, explicit, has_diagonal, matmul_equation
 from ..registry import REGISTRY
 from .base import ContribContext, ContribResult, sign_terms
 from .weighted import dense_contributions
@@ -104,11 +105,11 @@ def product_contributions(ctx: ContribContext, subs: list[str], out: str) -> Con
     for i in data:
         dx = ctx.dx[i]
         assert dx is not None
-        res.inputs[i] = unbroadcast_to(inc[i], dx.shape).reshape(dx.shape).astype(np.int32)
+        res.inputs[i] = unbroadcast(inc[i], dx.shape).reshape(dx.shape).astype(np.int32)
     for w, v in syn.items():
         x = xs[w]
         assert x is not None
-        res.synapses[w] = unbroadcast_to(v, x.shape).reshape(x.shape)
+        res.synapses[w] = unbroadcast(v, x.shape).reshape(x.shape)
     return res
 
 

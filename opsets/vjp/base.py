@@ -29,6 +29,7 @@ import numpy as np
 from onnxslice.errors import UnsupportedOpError
 
 from ..axes import normalize_axes
+from ..broadcast import unbroadcast as sum_broadcast
 from ..registry import REGISTRY
 
 if TYPE_CHECKING:
@@ -188,12 +189,7 @@ def unbroadcast(g: np.ndarray, shape: Sequence[int], keep_batch: bool = False) -
     """
     shape = tuple(int(s) for s in shape)
     if not keep_batch:
-        if g.shape == shape:
-            return g
-        lead = g.ndim - len(shape)
-        axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
-        r = g.sum(axis=axes, keepdims=True) if axes else g
-        return r.reshape(shape)
+        return sum_broadcast(g, shape)
     n = g.shape[0]
     tshape = (1,) * (g.ndim - len(shape)) + shape
     if g.ndim == 0 or tshape[0] != 1:

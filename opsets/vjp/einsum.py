@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..broadcast import unbroadcast
 from ..coverage import refuses
-from ..einsum import broadcast_operands, explicit, has_diagonal, unbroadcast_to
+from ..einsum import broadcast_operands, explicit, has_diagonal
 from .base import Grads, VjpContext, vjp
 
 
@@ -40,7 +41,7 @@ def einsum(ctx: VjpContext) -> Grads:
             if c not in elsewhere:
                 d = np.expand_dims(d, pos)
         d = np.broadcast_to(d, bx[i].shape)
-        out[i] = np.ascontiguousarray(unbroadcast_to(d, xs[i].shape)).astype(xs[i].dtype, copy=False)
+        out[i] = np.ascontiguousarray(unbroadcast(d, xs[i].shape)).astype(xs[i].dtype, copy=False)
     return out
 
 
