@@ -8,7 +8,8 @@ from onnxslice.opsets.broadcast import unbroadcast
 
 torch = pytest.importorskip("torch")
 
-CASES = [((2, 3, 4), (3, 4)), ((2, 3, 4), (1, 4)), ((2, 3, 4), (2, 1, 1)), ((5,), (1,)), ((2, 3), ()), ((4, 1, 3), (4, 1, 3))]
+CASES = [((2, 3, 4), (3, 4)), ((2, 3, 4), (1, 4)), ((2, 3, 4), (2, 1, 1)), ((5,), (1,)), ((2, 3), ()),
+         ((4, 1, 3), (4, 1, 3))]
 
 
 @pytest.mark.parametrize(("big", "small"), CASES)
