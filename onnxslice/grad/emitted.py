@@ -1,6 +1,7 @@
-"""Running a :class:`~onnxslice.grad.GradientEngine` through its emitted gradient graph (``device="cuda"``).
+"""Running a :class:`~onnxslice.grad.GradientEngine` through its emitted gradient graph.
 
-With ``device="cuda"`` the whole backward pass runs as one onnxruntime session on the CUDA provider:
+Used with ``device="cuda"`` and, on the CPU, with ``executor="graph"`` (or ``"auto"`` where it was
+measured faster). With ``device="cuda"`` the whole backward pass runs as one onnxruntime session on the CUDA provider:
 the engine emits its gradient graph (:func:`~onnxslice.grad.emit.emit_gradient_model`) once per batch
 shape, traced on the CPU, and feeds each batch to it. Where onnxruntime cannot use CUDA the session
 creation fails with the one-line error of :func:`onnxslice.record.make_session` (nothing falls back
@@ -23,7 +24,22 @@ from .result import Gradients
 if TYPE_CHECKING:
     from .engine import GradientEngine
 
-__all__ = ["EmittedRunner"]
+__all__ = ["GRAPH_TOL", "EmittedRunner", "graph_disagreement"]
+
+#: ``executor="auto"`` keeps the graph only where it agrees with the eager engine within this (relative to
+#: the largest gradient of the kind, as ``tests/grad/test_grad_emit.py`` measures it).
+GRAPH_TOL = 2e-5
+
+
+def graph_disagreement(a: Gradients, b: Gradients) -> float:
+    """Largest ``max |a - b|`` over ``max |b|`` of all gradients of the same kind (weights, inputs)."""
+    worst = 0.0
+    for ga, gb in ((a.weights, b.weights), (a.inputs, b.inputs)):
+        scale = max((float(np.max(np.abs(v))) for v in gb.values() if v.size), default=0.0) or 1.0
+        for k, v in gb.items():
+            if v.size:
+                worst = max(worst, float(np.max(np.abs(ga[k] - v))) / scale)
+    return worst
 
 
 class EmittedRunner:
@@ -32,6 +48,7 @@ class EmittedRunner:
     def __init__(self, engine: GradientEngine) -> None:
         self.engine = engine
         self._sessions: dict[tuple[Any, ...], Any] = {}
+        self._norms: dict[str, float] | None = None
 
     def session(self, feed: Mapping[str, np.ndarray]) -> Any:
         """The session of the gradient graph traced at ``feed``'s shapes (built on first use)."""
@@ -73,7 +90,9 @@ class EmittedRunner:
             for k in e.input_names:
                 iparts[k].append(res[grad_output_name(k)])
         m = e.model
-        norms = {k: float(np.linalg.norm(m.initializer(k))) for k in e.weight_names}
+        if self._norms is None:
+            self._norms = {k: float(np.linalg.norm(m.initializer(k))) for k in e.weight_names}
+        norms = dict(self._norms)
         return Gradients(
             wsum,
             {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in iparts.items()},
