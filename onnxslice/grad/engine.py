@@ -704,7 +704,7 @@ _CACHE_SIZE = 4
 
 
 def _cache_key(
-    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device
+    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device, executor: str = "auto"
 ) -> tuple[Any, ...] | None:
     """The engine cache key of a model file (its resolved path, size and modification time), else None.
 
@@ -717,7 +717,7 @@ def _cache_key(
     except OSError:
         return None  # load() reports the missing file
     w = weights if isinstance(weights, str) else tuple(weights)
-    return (os.path.realpath(model), st.st_size, st.st_mtime_ns, target, w, exact, device)
+    return (os.path.realpath(model), st.st_size, st.st_mtime_ns, target, w, exact, device, executor)
 
 
 def clear_cache() -> None:
@@ -737,6 +737,7 @@ def gradients(
     device: Device = "auto",
     batch_size: int | None = None,
     cotangent: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    executor: str = "auto",
 ) -> Gradients:
     """The derivative of a scalar target with respect to every weight initializer and float model input.
 
@@ -756,15 +757,16 @@ def gradients(
         device: onnxruntime device for the forward pass.
         batch_size: samples per forward/backward pass.
         cotangent: the output cotangent for ``target="cotangent"``.
+        executor: ``"auto"``, ``"eager"`` or ``"graph"`` (see :class:`GradientEngine`).
 
     Returns:
         :class:`Gradients` (save it with ``.save(path)``, print ``.table()``).
     """
     spec: str | Sequence[str] = weights if isinstance(weights, str) else list(weights)
-    key = _cache_key(model, target, spec, exact, device)
+    key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
     if engine is None:
-        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device)
+        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _CACHE_SIZE:
