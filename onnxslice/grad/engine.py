@@ -704,7 +704,7 @@ _CACHE_SIZE = 4
 
 
 def _cache_key(
-    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device, executor: str = "auto"
+    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device, executor: str = "eager"
 ) -> tuple[Any, ...] | None:
     """The engine cache key of a model file (its resolved path, size and modification time), else None.
 
@@ -737,7 +737,7 @@ def gradients(
     device: Device = "auto",
     batch_size: int | None = None,
     cotangent: np.ndarray | Mapping[str, np.ndarray] | None = None,
-    executor: str = "auto",
+    executor: str = "eager",
 ) -> Gradients:
     """The derivative of a scalar target with respect to every weight initializer and float model input.
 
@@ -757,7 +757,9 @@ def gradients(
         device: onnxruntime device for the forward pass.
         batch_size: samples per forward/backward pass.
         cotangent: the output cotangent for ``target="cotangent"``.
-        executor: ``"auto"``, ``"eager"`` or ``"graph"`` (see :class:`GradientEngine`).
+        executor: ``"eager"`` (default: a repeated one-shot call costs what a prepared engine's call
+            costs, with no timing trial on its second call), ``"auto"`` or ``"graph"`` (see
+            :class:`GradientEngine`).
 
     Returns:
         :class:`Gradients` (save it with ``.save(path)``, print ``.table()``).

@@ -127,3 +127,17 @@ def test_auto_refuses_a_graph_that_disagrees(monkeypatch: pytest.MonkeyPatch) ->
 def test_unknown_executor_is_refused() -> None:
     with pytest.raises(DataError, match="executor must be one of auto, eager, graph, not 'fast'"):
         GradientEngine(str(ROOT / "models" / "lenet5.onnx"), executor="fast")
+
+
+def test_one_shot_gradients_stay_eager_unless_asked() -> None:
+    from onnxslice.grad import clear_cache, gradients
+
+    path = str(ROOT / "models" / "lenet5.onnx")
+    _, feed = _feed("lenet5", 2)
+    clear_cache()
+    try:
+        for _ in range(3):
+            assert gradients(path, feed).meta.get("backend") is None
+        assert gradients(path, feed, executor="graph").meta.get("backend") == GRAPH
+    finally:
+        clear_cache()
