@@ -16,7 +16,8 @@ to torch (goal: <= 1.0), the peak resident memory each side adds (``ru_maxrss`` 
 the resident size before it) and its ratio, the agreement of the input gradients with torch, the
 graph's first call (emission + session build), and the one-shot build cost of
 ``osl.gradients(path, x)`` (first call minus a steady eager call; the second one-shot call hits the
-engine cache). ``--profile NAME`` prints the time per VJP op type and the recording on one model.
+engine cache). ``--profile NAME`` prints the time per VJP op type and the recording on one model;
+``--profile-graph NAME`` onnxruntime's kernel time per op type of the graph executor's session.
 Results go to ``benchmarks/results/grad.json`` (1 thread) and ``grad_2threads.json``.
 """
 
@@ -301,6 +302,48 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
+    """onnxruntime's profile of the graph executor's session: kernel time per op type and the top nodes."""
+    import collections
+
+    import onnxruntime as ort
+
+    from onnxslice.grad.emit import emit_gradient_model
+    from onnxslice.record import runtime_proto, validate_inputs
+
+    _pin(threads)
+    _, onnx_bytes, x = build(name, batch)
+    model = load(onnx_bytes)
+    feed = validate_inputs(model, {"x": x})
+    proto = runtime_proto(emit_gradient_model(GradientEngine(model, "pred", device="cpu", executor="eager"), feed))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # as the graph executor
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for _ in range(repeats):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: collections.Counter[str] = collections.Counter()
+    by_node: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            op = ev["args"].get("op_name", "?")
+            by_op[op] += ev["dur"]
+            by_node[f"{ev['name'][: -len('_kernel_time')]} ({op})"] += ev["dur"]
+            count[op] += 1
+    total = sum(by_op.values()) or 1
+    print(f"{name} b{len(x)}, graph executor, {threads} thread(s): {total / repeats / 1e3:.1f} ms kernel time per run")
+    for op, d in by_op.most_common(12):
+        print(f"  {op:<24}{d / repeats / 1e3:9.1f} ms {100 * d / total:5.1f}%  nodes {count[op] // repeats}")
+    print("  top nodes:")
+    for node, d in by_node.most_common(8):
+        print(f"    {node:<60}{d / repeats / 1e3:8.1f} ms")
+
+
 def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
     """Where onnxslice spends a gradient call: the recorded forward and each VJP op type (ms per call)."""
     _pin(threads)
@@ -455,6 +498,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to pin (default: 1 2)")
     ap.add_argument("--cases", nargs="*", default=None, help="MODEL:BATCH pairs (default: the issue's cases)")
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
+    ap.add_argument("--profile-graph", choices=list(MODELS),
+                    help="onnxruntime's profile of the graph executor on one model, then exit (default: off)")
     ap.add_argument("--batch", type=int, default=None, help="batch for --profile (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grad.json"), help="results JSON")
     ap.add_argument("--criteria", action="store_true", help="time every sensitivity criterion instead (1 thread)")
@@ -473,6 +518,9 @@ def main() -> None:
         return
     if args.profile:
         profile(args.profile, args.batch, args.threads[0])
+        return
+    if args.profile_graph:
+        profile_graph(args.profile_graph, args.batch, args.threads[0])
         return
     cases = [(m, b) for m, b, _ in CASES]
     if args.cases:
