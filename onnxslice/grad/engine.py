@@ -401,9 +401,10 @@ class GradientEngine:
         except (EmissionError, UnsupportedOpError) as e:
             self._runner = False
             if self.executor != "auto" or self.device == "cuda":
-                where = "on CUDA" if self.device == "cuda" else "recorded by onnxruntime"
-                warnings.warn(f"executor='graph': the gradient graph cannot be emitted ({e}); the forward is "
-                              f"{where} and the backward runs in numpy", stacklevel=3)
+                cuda = self.device == "cuda"
+                who, where = ("device='cuda'", "on CUDA") if cuda else ("executor='graph'", "on the CPU")
+                warnings.warn(f"{who}: the gradient graph cannot be emitted ({e}); the forward runs {where} "
+                              "and the backward in numpy", stacklevel=3)
             return None
 
     def _graph_fits(self, n: int, batch_size: int | None) -> bool:
