@@ -6,15 +6,19 @@ compute the weight and input gradients of the ``pred`` target (the predicted cla
 same batch: LeNet-5 b32 (1x28x28), ResNet-18 CIFAR b8 and b32 (3x32x32), EfficientNet-Lite0 b8
 (ReLU6, no squeeze-excitation, 3x224x224).
 
-Method: each side lives in its own child process with its threads pinned (``OMP_NUM_THREADS``,
-``torch.set_num_threads``, onnxruntime ``intra_op_num_threads`` through ``ONNXSLICE_THREADS``); the
-parent asks the two sides for one gradient call at a time, alternating which goes first
-(round-robin), so machine load hits both alike. Reported per model and thread count: median wall
-time per call (after a warm-up), the ratio onnxslice / torch (goal: <= 1.0), the peak resident memory
-each side adds (``ru_maxrss`` after the work minus the resident size before it) and its ratio, the
-agreement of the input gradients, and the one-shot build cost of ``osl.gradients(path, x)`` (first
-call minus a steady call; the second one-shot call hits the engine cache). ``--profile NAME`` prints
-the time per VJP op type and the recording on one model. Results go to ``benchmarks/results/grad.json``.
+Three sides: torch, the eager engine (``executor="eager"``) and the engine's graph executor
+(``executor="graph"``: the emitted gradient graph run by onnxruntime). Method: each side lives in its
+own child process with its threads pinned (``OMP_NUM_THREADS``, ``torch.set_num_threads``,
+onnxruntime ``intra_op_num_threads`` through ``ONNXSLICE_THREADS``); the parent asks the sides for
+one gradient call at a time, each side going first in turn (round-robin), so machine load hits all
+alike. Reported per model and thread count: median wall time per call (after a warm-up), the ratios
+to torch (goal: <= 1.0), the peak resident memory each side adds (``ru_maxrss`` after the work minus
+the resident size before it) and its ratio, the agreement of the input gradients with torch, the
+graph's first call (emission + session build), and the one-shot build cost of
+``osl.gradients(path, x)`` (first call minus a steady eager call; the second one-shot call hits the
+engine cache). ``--profile NAME`` prints the time per VJP op type and the recording on one model;
+``--profile-graph NAME`` onnxruntime's kernel time per op type of the graph executor's session.
+Results go to ``benchmarks/results/grad.json`` (1 thread) and ``grad_2threads.json``.
 """
 
 from __future__ import annotations
@@ -197,10 +201,23 @@ def _onnxslice_side(name: str, batch: int, threads: int, conn: Any) -> None:
         return {"oneshot_first_s": first, "oneshot_cached_s": time.perf_counter() - t}
 
     model = load(onnx_bytes)
-    base = _rss_mib()  # both sides: after the weights are in memory
-    engine = GradientEngine(model, "pred", device="cpu")
+    base = _rss_mib()  # every side: after the weights are in memory
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager")
     engine(x)  # warm-up
     _serve(conn, lambda: engine(x).inputs["x"], base, oneshot)
+
+
+def _graph_side(name: str, batch: int, threads: int, conn: Any) -> None:
+    """The engine's graph executor: the emitted gradient graph in one onnxruntime session (CPU)."""
+    _pin(threads)
+    _, onnx_bytes, x = build(name, batch)
+    model = load(onnx_bytes)
+    base = _rss_mib()
+    engine = GradientEngine(model, "pred", device="cpu", executor="graph")
+    t = time.perf_counter()
+    engine(x)  # emission, session build and the first run
+    first = time.perf_counter() - t
+    _serve(conn, lambda: engine(x).inputs["x"], base, lambda: {"graph_first_call_s": first})
 
 
 def _torch_side(name: str, batch: int, threads: int, conn: Any) -> None:
@@ -237,7 +254,7 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
     """Both sides on one model, calls interleaved round-robin; medians, ratios and memory."""
     ctx = mp.get_context("spawn")
     sides = {}
-    for side, fn in (("onnxslice", _onnxslice_side), ("torch", _torch_side)):
+    for side, fn in (("onnxslice", _onnxslice_side), ("graph", _graph_side), ("torch", _torch_side)):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=fn, args=(name, batch, threads, child))
         proc.start()
@@ -247,7 +264,7 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in sides}
     order = list(sides)
     for r in range(repeats):
-        for side in order if r % 2 == 0 else order[::-1]:
+        for side in order[r % 3 :] + order[: r % 3]:  # each side goes first in turn
             sides[side][1].send("run")
             times[side].append(sides[side][1].recv())
     res = {}
@@ -256,7 +273,9 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
         res[side] = conn.recv()
         proc.join()
     a, b = res["onnxslice"].pop("input_grad"), res["torch"].pop("input_grad")
+    c = res["graph"].pop("input_grad")
     t_ours, t_torch = statistics.median(times["onnxslice"]), statistics.median(times["torch"])
+    t_graph = statistics.median(times["graph"])
     return {
         "model": name,
         "batch": batch,
@@ -270,9 +289,59 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
         "oneshot_build_s": res["onnxslice"]["oneshot_first_s"] - t_ours,
         "oneshot_cached_s": res["onnxslice"]["oneshot_cached_s"],
         "input_grad_rel_error": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+        "graph_ms": 1e3 * t_graph,
+        "graph_ratio": t_graph / t_torch,
+        "graph_over_eager": t_graph / t_ours,
+        "best_ratio": min(t_graph, t_ours) / t_torch,
+        "graph_peak_mib": res["graph"]["peak_mib"],
+        "graph_rss_ratio": res["graph"]["peak_mib"] / max(res["torch"]["peak_mib"], 1e-9),
+        "graph_first_call_s": res["graph"]["graph_first_call_s"],
+        "graph_input_grad_rel_error": float(np.linalg.norm(c - b) / np.linalg.norm(b)),
         "repeats": repeats,
         "times_ms": {k: [round(1e3 * v, 2) for v in ts] for k, ts in times.items()},
     }
+
+
+def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
+    """onnxruntime's profile of the graph executor's session: kernel time per op type and the top nodes."""
+    import collections
+
+    import onnxruntime as ort
+
+    from onnxslice.grad.emit import emit_gradient_model
+    from onnxslice.record import runtime_proto, validate_inputs
+
+    _pin(threads)
+    _, onnx_bytes, x = build(name, batch)
+    model = load(onnx_bytes)
+    feed = validate_inputs(model, {"x": x})
+    proto = runtime_proto(emit_gradient_model(GradientEngine(model, "pred", device="cpu", executor="eager"), feed))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # as the graph executor
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for _ in range(repeats):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: collections.Counter[str] = collections.Counter()
+    by_node: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            op = ev["args"].get("op_name", "?")
+            by_op[op] += ev["dur"]
+            by_node[f"{ev['name'][: -len('_kernel_time')]} ({op})"] += ev["dur"]
+            count[op] += 1
+    total = sum(by_op.values()) or 1
+    print(f"{name} b{len(x)}, graph executor, {threads} thread(s): {total / repeats / 1e3:.1f} ms kernel time per run")
+    for op, d in by_op.most_common(12):
+        print(f"  {op:<24}{d / repeats / 1e3:9.1f} ms {100 * d / total:5.1f}%  nodes {count[op] // repeats}")
+    print("  top nodes:")
+    for node, d in by_node.most_common(8):
+        print(f"    {node:<60}{d / repeats / 1e3:8.1f} ms")
 
 
 def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
@@ -429,6 +498,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to pin (default: 1 2)")
     ap.add_argument("--cases", nargs="*", default=None, help="MODEL:BATCH pairs (default: the issue's cases)")
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
+    ap.add_argument("--profile-graph", choices=list(MODELS),
+                    help="onnxruntime's profile of the graph executor on one model, then exit (default: off)")
     ap.add_argument("--batch", type=int, default=None, help="batch for --profile (default: the model's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grad.json"), help="results JSON")
     ap.add_argument("--criteria", action="store_true", help="time every sensitivity criterion instead (1 thread)")
@@ -436,6 +507,7 @@ def main() -> None:
                     help="EfficientNet-Lite0's calibration samples for --criteria (default: 4)")
     ap.add_argument("--steps", type=int, default=1,
                     help="EfficientNet-Lite0's path steps and noise draws for --criteria (default: 1)")
+    ap.add_argument("--note", default="", help="machine conditions recorded (default: a shared-machine note)")
     ap.add_argument("--models", default="", help="--criteria: comma list of model name parts (default: all)")
     args = ap.parse_args()
     if args.criteria:
@@ -447,6 +519,9 @@ def main() -> None:
     if args.profile:
         profile(args.profile, args.batch, args.threads[0])
         return
+    if args.profile_graph:
+        profile_graph(args.profile_graph, args.batch, args.threads[0])
+        return
     cases = [(m, b) for m, b, _ in CASES]
     if args.cases:
         cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases]
@@ -454,27 +529,32 @@ def main() -> None:
     repeats = args.repeats or (15 if args.full else 5)
     load_before = os.getloadavg()
     rows = []
-    print(f"{'model':<20}{'batch':>6}{'thr':>4}{'onnxslice ms':>14}{'torch ms':>10}{'ratio':>7}{'goal':>6}"
-          f"{'RSS ratio':>10}{'one-shot build s':>18}{'rel err':>9}")  # fmt: skip
+    print(f"{'model':<20}{'batch':>6}{'thr':>4}{'eager ms':>10}{'graph ms':>10}{'torch ms':>10}{'eager/t':>8}"
+          f"{'graph/t':>8}{'goal':>6}{'RSS e/t':>8}{'RSS g/t':>8}{'1-shot s':>9}{'rel err e,g':>16}")  # fmt: skip
     for threads in args.threads:
         for name, batch in cases:
             r = bench(name, batch, threads, repeats)
             r["goal"] = goals.get((name, batch))
             rows.append(r)
-            print(f"{name:<20}{batch:>6}{threads:>4}{r['onnxslice_ms']:>14.1f}{r['torch_ms']:>10.1f}{r['ratio']:>7.2f}"
-                  f"{r['goal'] or float('nan'):>6.1f}{r['rss_ratio']:>10.2f}{r['oneshot_build_s']:>18.2f}"
-                  f"{r['input_grad_rel_error']:>9.1e}", flush=True)  # fmt: skip
+            print(f"{name:<20}{batch:>6}{threads:>4}{r['onnxslice_ms']:>10.1f}{r['graph_ms']:>10.1f}{r['torch_ms']:>10.1f}"
+                  f"{r['ratio']:>8.2f}{r['graph_ratio']:>8.2f}{r['goal'] or float('nan'):>6.1f}{r['rss_ratio']:>8.2f}"
+                  f"{r['graph_rss_ratio']:>8.2f}{r['oneshot_build_s']:>9.2f}"
+                  f"{r['input_grad_rel_error']:>8.1e}{r['graph_input_grad_rel_error']:>8.1e}", flush=True)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "method": "one child process per side, threads pinned, calls interleaved round-robin, medians",
+        "method": "one child process per side (torch, eager engine, graph executor), threads pinned, calls "
+                  "interleaved round-robin (each side first in turn), medians",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "cpus": os.cpu_count(),
-        "note": "measured on a 2-core machine shared with other jobs: absolute times are inflated, ratios hold",
+        "note": args.note or "measured on a 2-core machine shared with other jobs: absolute times are inflated",
     }
-    out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
-    print(f"saved {out}")
+    for threads in args.threads:  # one file per thread count: 1 thread -> --out, 2 -> <out>_2threads.json
+        path = out if threads == 1 else out.with_name(f"{out.stem}_{threads}threads{out.suffix}")
+        part = [r for r in rows if r["threads"] == threads]
+        path.write_text(json.dumps({"results": part, "meta": {**meta, "threads": threads}}, indent=2) + "\n")
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ no gradient and are never visited. Nothing here edits the model.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,18 +24,20 @@ import onnx
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
-from onnxslice.record import Device, Recorder, as_feed, validate_inputs
+from onnxslice.record import Device, Recorder, as_feed, fixed_batch_of, validate_inputs
 from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker
 
 from .fallback import finite_difference_rule
 from .result import Gradients
 
-__all__ = ["GradientEngine", "clear_cache", "gradients", "logits_value"]
+__all__ = ["EXECUTORS", "GradientEngine", "clear_cache", "gradients", "logits_value"]
 
 _NO_GRAD_DTYPES = ("i", "u", "b", "O", "U", "S")
 #: Float initializers with at least this many elements are fed to the recording session, not copied into it.
 _FEED_MIN = 4096
+#: The ways a call may run (see ``GradientEngine(executor=)``).
+EXECUTORS = ("auto", "eager", "graph")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,12 @@ class GradientEngine:
         device: onnxruntime device for the forward pass (the backward runs in numpy); ``"cuda"`` runs
             forward and backward as one emitted gradient graph on the GPU (:mod:`.emitted`) for
             calls without ``per_sample``, ``cotangent`` or ``weights``.
+        executor: how calls without ``per_sample``, ``cotangent`` or ``weights`` run on the CPU:
+            ``"eager"`` (recording + VJP rules in numpy), ``"graph"`` (the emitted gradient graph, one
+            onnxruntime session per batch shape, cached) or ``"auto"`` (default: the second call of a
+            batch shape times both and keeps the graph only where it is faster and agrees with the eager
+            result within :data:`~onnxslice.grad.emitted.GRAPH_TOL`). Models the graph cannot be emitted
+            for stay eager (with a warning for ``"graph"``). ``"eager"`` also turns the graph off on CUDA.
         exact: refuse (``UnsupportedOpError``) nodes without a VJP rule instead of using finite differences.
         output: which model output to differentiate (default: the first); a list of outputs for
             ``cotangent`` targets given as a mapping output -> cotangent.
@@ -94,7 +103,11 @@ class GradientEngine:
         exact: bool = False,
         output: str | Sequence[str] | None = None,
         logits: bool = True,
+        executor: str = "auto",
     ) -> None:
+        if executor not in EXECUTORS:
+            raise DataError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
+        self.executor = executor
         self.model = model if isinstance(model, Model) else load(model)
         self.target = parse_target(target)
         self.exact = exact
@@ -146,6 +159,8 @@ class GradientEngine:
         self.device: Device = device
         self._recorder: Recorder | None = None
         self._runner: Any = None  # the emitted gradient graphs, for device="cuda" (built on first use)
+        #: executor="auto": per (batch shapes, batch_size), 1 after the first call, then the choice (True: graph)
+        self._auto: dict[tuple[Any, ...], int | bool] = {}
         self._cot_axes: dict[str, int] = {}
         self._norms: dict[str, float] | None = None
         self.layers = {
@@ -300,10 +315,32 @@ class GradientEngine:
             raise DataError(f"{len(lab)} labels for {n} samples")
         cots = self._cotangents(cotangent, n)
         w_over = self._check_weights(weights)
-        if self.device == "cuda" and not per_sample and cots is None and not w_over and self._runner is not False:
-            res = self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
-            if res is not None:
-                return res
+        if not per_sample and cots is None and not w_over and self._runner is not False and self.executor != "eager":
+            if self.device == "cuda":
+                res = self._emitted(feed, lab, batch_size)  # the backward pass as one graph on the GPU
+                if res is not None:
+                    return res
+            elif self.executor == "graph" and self._graph_fits(n, batch_size):
+                res = self._emitted(feed, lab, batch_size)
+                if res is not None:
+                    return res
+            elif self.executor == "auto" and self._graph_fits(n, batch_size):
+                res = self._auto_call(feed, lab, batch_size)
+                if res is not None:
+                    return res
+        return self._eager(feed, lab, cots, w_over, per_sample, batch_size)
+
+    def _eager(
+        self,
+        feed: dict[str, np.ndarray],
+        lab: np.ndarray | None,
+        cots: dict[str, np.ndarray] | None,
+        w_over: dict[str, np.ndarray],
+        per_sample: bool,
+        batch_size: int | None,
+    ) -> Gradients:
+        """Record the forward pass and run the VJP rules (the eager executor)."""
+        n = len(next(iter(feed.values()))) if feed else 1
         wsum: dict[str, np.ndarray] = {}
         wparts: dict[str, list[np.ndarray]] = {}
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
@@ -363,9 +400,52 @@ class GradientEngine:
             return self._runner(feed, labels, batch_size)
         except (EmissionError, UnsupportedOpError) as e:
             self._runner = False
-            warnings.warn(f"device='cuda': the gradient graph cannot be emitted ({e}); the forward runs on CUDA "
-                          "and the backward in numpy", stacklevel=3)
+            if self.executor != "auto" or self.device == "cuda":
+                cuda = self.device == "cuda"
+                who, where = ("device='cuda'", "on CUDA") if cuda else ("executor='graph'", "on the CPU")
+                warnings.warn(f"{who}: the gradient graph cannot be emitted ({e}); the forward runs {where} "
+                              "and the backward in numpy", stacklevel=3)
             return None
+
+    def _graph_fits(self, n: int, batch_size: int | None) -> bool:
+        """Whether every batch of a call has the model's fixed batch size, where it has one."""
+        fb = fixed_batch_of(self.model)
+        return fb is None or ((batch_size or n) == fb and n % fb == 0)
+
+    def _auto_call(
+        self, feed: dict[str, np.ndarray], labels: np.ndarray | None, batch_size: int | None
+    ) -> Gradients | None:
+        """``executor="auto"`` on the CPU: the graph where it was measured faster on this batch shape, else None.
+
+        The first call of a batch shape runs eagerly (a one-off call pays no emission). The second one
+        runs eagerly too, timed, then builds the graph, runs it twice and times the second run: the
+        graph is kept for that shape when it is faster and agrees with the eager result within
+        :data:`~onnxslice.grad.emitted.GRAPH_TOL`. That call returns the eager result.
+        """
+        from .emitted import GRAPH_TOL, graph_disagreement
+
+        key = (tuple(sorted((k, np.shape(v)) for k, v in feed.items())), batch_size)
+        state = self._auto.get(key)
+        if state is True:
+            return self._emitted(feed, labels, batch_size)
+        if state is None:
+            self._auto[key] = 1
+            return None
+        if state is not False:  # the trial
+            self._auto[key] = False
+            t = time.perf_counter()
+            g = self._eager(feed, labels, None, {}, False, batch_size)
+            t_eager = time.perf_counter() - t
+            if self._emitted(feed, labels, batch_size) is None:  # builds the session; None: not emittable
+                return g
+            t = time.perf_counter()
+            res = self._emitted(feed, labels, batch_size)
+            t_graph = time.perf_counter() - t
+            self._auto[key] = bool(
+                res is not None and t_graph < t_eager and graph_disagreement(res, g) <= GRAPH_TOL
+            )
+            return g
+        return None
 
     def vjp(
         self,
@@ -625,7 +705,7 @@ _CACHE_SIZE = 4
 
 
 def _cache_key(
-    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device
+    model: Any, target: str, weights: str | Sequence[str], exact: bool, device: Device, executor: str = "eager"
 ) -> tuple[Any, ...] | None:
     """The engine cache key of a model file (its resolved path, size and modification time), else None.
 
@@ -638,7 +718,7 @@ def _cache_key(
     except OSError:
         return None  # load() reports the missing file
     w = weights if isinstance(weights, str) else tuple(weights)
-    return (os.path.realpath(model), st.st_size, st.st_mtime_ns, target, w, exact, device)
+    return (os.path.realpath(model), st.st_size, st.st_mtime_ns, target, w, exact, device, executor)
 
 
 def clear_cache() -> None:
@@ -658,6 +738,7 @@ def gradients(
     device: Device = "auto",
     batch_size: int | None = None,
     cotangent: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    executor: str = "eager",
 ) -> Gradients:
     """The derivative of a scalar target with respect to every weight initializer and float model input.
 
@@ -677,15 +758,18 @@ def gradients(
         device: onnxruntime device for the forward pass.
         batch_size: samples per forward/backward pass.
         cotangent: the output cotangent for ``target="cotangent"``.
+        executor: ``"eager"`` (default: a repeated one-shot call costs what a prepared engine's call
+            costs, with no timing trial on its second call), ``"auto"`` or ``"graph"`` (see
+            :class:`GradientEngine`).
 
     Returns:
         :class:`Gradients` (save it with ``.save(path)``, print ``.table()``).
     """
     spec: str | Sequence[str] = weights if isinstance(weights, str) else list(weights)
-    key = _cache_key(model, target, spec, exact, device)
+    key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
     if engine is None:
-        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device)
+        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _CACHE_SIZE:

@@ -317,6 +317,8 @@ class OnnxPrims(Prims):
         """A Conv of the input by the cotangent with sample and channel axes swapped (strides and dilations swap)."""
         if keep:
             raise NotEmittable("per-sample weight gradients are not emitted")
+        if geom.groups == 1 and len(x.shape) == 4 and min(*geom.begin, *geom.end) >= 0:
+            return self._conv_weight_grad_im2col(x, g, geom)
         n, c = x.shape[:2]
         o = g.shape[1]
         sp = list(x.shape[2:])
@@ -339,6 +341,39 @@ class OnnxPrims(Prims):
         dws = self._sym(dw, (cg, o, *ksp), x.dtype)
         dws = self._slice(dws, list(range(2, 2 + r)), [0] * r, list(geom.kernel))
         return self.transpose(dws, (1, 0, *range(2, 2 + r)))
+
+    def _conv_weight_grad_im2col(self, x: Sym, g: Sym, geom: ConvGeometry) -> Sym:
+        """2-D, one group: one GEMM ``[C*K, N*P] @ [N*P, O]`` of the kernel-shifted windows of the padded input
+        (channels first) by the cotangent, instead of the axis-swapped Conv whose kernel is the whole
+        cotangent image (see docs/gradients.md)."""
+        n, c = x.shape[:2]
+        o, oh, ow = g.shape[1], g.shape[2], g.shape[3]
+        kh, kw = geom.kernel
+        sh, sw = geom.strides
+        dh, dw = geom.dilations
+        i64 = np.int64
+        xt = self.transpose(x, (1, 0, 2, 3))  # [C, N, H, W]
+        xp = xt.name
+        if any(geom.begin) or any(geom.end):
+            pads = self.b.const(np.asarray([0, 0, *geom.begin, 0, 0, *geom.end], i64))
+            (xp,) = self.b.node("Pad", [xt.name, pads])
+        axes = self.b.const(np.asarray([2, 3], i64))
+        steps = self.b.const(np.asarray([sh, sw], i64))
+        flat = self.b.const(np.asarray([c, 1, n * oh * ow], i64))
+        cols = []
+        for a in range(kh):
+            for b_ in range(kw):
+                starts = self.b.const(np.asarray([a * dh, b_ * dw], i64))
+                ends = self.b.const(np.asarray([a * dh + (oh - 1) * sh + 1, b_ * dw + (ow - 1) * sw + 1], i64))
+                (win,) = self.b.node("Slice", [xp, starts, ends, axes, steps])
+                (col,) = self.b.node("Reshape", [win, flat])
+                cols.append(col)
+        k = kh * kw
+        stack = self.b.node("Concat", cols, axis=1)[0] if k > 1 else cols[0]  # [C, K, N*P]
+        xc = self.reshape(self._sym(stack, (c, k, n * oh * ow), x.dtype), (c * k, n * oh * ow))
+        gt = self.reshape(self.transpose(g, (0, 2, 3, 1)), (n * oh * ow, o))  # [N*P, O]
+        (prod,) = self.b.node("MatMul", [xc.name, gt.name])  # [C*K, O]
+        return self.reshape(self.transpose(self._sym(prod, (c * k, o), x.dtype), (1, 0)), (o, c, kh, kw))
 
     def window_sum_grad(self, g: Sym, x_shape: Sequence[int], geom: ConvGeometry) -> Sym:
         """A depthwise ConvTranspose of ``g`` by a kernel of ones."""

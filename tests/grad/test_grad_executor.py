@@ -1,0 +1,143 @@
+"""``GradientEngine(executor=)``: the emitted gradient graph as a CPU execution of the engine.
+
+``"graph"`` and ``"auto"`` must give the eager engine's gradients within the emit tolerance, fall back
+to the eager path where the graph does not apply (per-sample, swapped weights, explicit cotangents,
+models it cannot be emitted for), and reuse one cached session per batch shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from _common import ROOT
+from onnx import helper, numpy_helper
+
+from onnxslice.errors import DataError
+from onnxslice.grad import GradientEngine
+from onnxslice.grad.emitted import GRAPH_TOL, graph_disagreement
+from onnxslice.model import load
+from onnxslice.record import validate_inputs
+
+GRAPH = "emitted gradient graph"
+
+
+def _feed(name: str, batch: int, seed: int = 0) -> tuple[Any, dict[str, np.ndarray]]:
+    m: Any = load(str(ROOT / "models" / f"{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    feed = {i.name: rng.random([d if isinstance(d, int) and d > 0 else batch for d in i.shape]).astype(i.dtype)
+            for i in m.inputs}
+    return m, validate_inputs(m, feed)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet8_mnist"])
+@pytest.mark.parametrize("target", ["pred", "loss"])
+def test_graph_executor_matches_eager(name: str, target: str) -> None:
+    m, feed = _feed(name, 3)
+    labels = np.array([1, 0, 2]) if target == "loss" else None
+    eager = GradientEngine(m, target, device="cpu", executor="eager")(feed, labels=labels)
+    engine = GradientEngine(m, target, device="cpu", executor="graph")
+    g = engine(feed, labels=labels)
+    assert g.meta.get("backend") == GRAPH and eager.meta.get("backend") is None
+    assert graph_disagreement(g, eager) <= GRAPH_TOL
+    np.testing.assert_allclose(g.target_values, eager.target_values, rtol=1e-5, atol=1e-6)
+    assert set(g.weights) == set(eager.weights) and set(g.inputs) == set(eager.inputs)
+
+
+def test_graph_executor_caches_one_session_per_batch_shape() -> None:
+    m, feed = _feed("lenet5", 4)
+    engine = GradientEngine(m, "pred", device="cpu", executor="graph")
+    a = engine(feed)
+    b = engine(feed)
+    c = engine(feed, batch_size=2)  # a second shape: [2, ...]
+    assert len(engine._runner._sessions) == 2
+    engine(feed, batch_size=2)
+    assert len(engine._runner._sessions) == 2  # reused
+    for k, v in a.weights.items():
+        np.testing.assert_array_equal(b.weights[k], v)
+        np.testing.assert_allclose(c.weights[k], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
+
+
+def test_graph_executor_leaves_per_sample_weights_and_cotangents_to_eager() -> None:
+    m, feed = _feed("lenet5", 2)
+    engine = GradientEngine(m, "pred", device="cpu", executor="graph", swappable=["conv1.weight"])
+    assert engine(feed, per_sample=True).meta.get("backend") is None
+    cot = np.ones((2, 10), np.float32)
+    assert engine(feed, cotangent=cot).meta.get("backend") is None
+    swapped = engine(feed, weights={"conv1.weight": m.initializer("conv1.weight") * 2})
+    assert swapped.meta.get("backend") is None
+    assert engine(feed).meta.get("backend") == GRAPH
+
+
+def _pad_model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 5])
+    e = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "e")
+    g = helper.make_graph([helper.make_node("Pad", ["x", "e"], ["y"], name="pad")], "pad", [x], [y], [e])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_unemittable_model_runs_eagerly_with_a_warning_for_graph_and_silently_for_auto() -> None:
+    feed = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    ref = GradientEngine(_pad_model(), "pred", device="cpu", executor="eager")(feed)
+    engine = GradientEngine(_pad_model(), "pred", device="cpu", executor="graph")
+    with pytest.warns(UserWarning, match="cannot be emitted"):
+        g = engine(feed)
+    np.testing.assert_array_equal(g.inputs["x"], ref.inputs["x"])
+    assert engine._runner is False
+    auto = GradientEngine(_pad_model(), "pred", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            np.testing.assert_array_equal(auto(feed).inputs["x"], ref.inputs["x"])
+    assert auto._runner is False
+
+
+def test_auto_tries_the_graph_on_the_second_call_and_keeps_the_choice() -> None:
+    m, feed = _feed("lenet5", 4)
+    engine = GradientEngine(m, "pred", device="cpu")
+    assert engine.executor == "auto"
+    first = engine(feed)
+    assert engine._runner is None  # a one-off call builds no graph
+    second = engine(feed)
+    assert second.meta.get("backend") is None  # the trial returns the eager result
+    (choice,) = engine._auto.values()
+    assert isinstance(choice, bool)
+    third = engine(feed)
+    assert (third.meta.get("backend") == GRAPH) is choice
+    assert graph_disagreement(third, first) <= GRAPH_TOL
+    runner: Any = engine._runner
+    assert len(runner._sessions) == 1
+
+
+def test_auto_refuses_a_graph_that_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxslice.grad.emitted as emitted
+
+    monkeypatch.setattr(emitted, "graph_disagreement", lambda a, b: 1.0)
+    m, feed = _feed("lenet5", 4)
+    engine = GradientEngine(m, "pred", device="cpu")
+    for _ in range(3):
+        g = engine(feed)
+    assert list(engine._auto.values()) == [False] and g.meta.get("backend") is None
+
+
+def test_unknown_executor_is_refused() -> None:
+    with pytest.raises(DataError, match="executor must be one of auto, eager, graph, not 'fast'"):
+        GradientEngine(str(ROOT / "models" / "lenet5.onnx"), executor="fast")
+
+
+def test_one_shot_gradients_stay_eager_unless_asked() -> None:
+    from onnxslice.grad import clear_cache, gradients
+
+    path = str(ROOT / "models" / "lenet5.onnx")
+    _, feed = _feed("lenet5", 2)
+    clear_cache()
+    try:
+        for _ in range(3):
+            assert gradients(path, feed).meta.get("backend") is None
+        assert gradients(path, feed, executor="graph").meta.get("backend") == GRAPH
+    finally:
+        clear_cache()
