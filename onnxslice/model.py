@@ -22,6 +22,8 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxslice.errors import ModelError, OnnxSliceError
+from onnxslice.opsets import REGISTRY, default_info
+from onnxslice.order import topological_order
 
 __all__ = ["Layer", "Model", "Node", "ValueInfo", "load", "save_model"]
 
@@ -441,8 +443,6 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None, notes: Iterable[str] = ()) -> None:
-        from onnxslice.walk import topological_order  # the walker owns order
-
         self.proto = proto
         self.path = path
         self.notes = list(notes)
@@ -532,8 +532,6 @@ class Model:
 
     def info(self, node: Node) -> Any:
         """The op's static metadata (an ``OpInfo``)."""
-        from onnxslice.opsets import REGISTRY, default_info
-
         return REGISTRY.find("info", node.op_type, node.domain, node.opset) or default_info()
 
     # -- layers --------------------------------------------------------------------------------

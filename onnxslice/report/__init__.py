@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxslice import __version__
 from onnxslice.console import progress_bar, warn_if_long
 from onnxslice.data import Dataset
 from onnxslice.model import Model
@@ -29,6 +28,7 @@ from onnxslice.report.analyses import (
     slice_section,
 )
 from onnxslice.sensitivity import LayerScores
+from onnxslice.version import __version__
 
 __all__ = ["SECTIONS", "Report", "ReportOptions", "build_report", "estimate_seconds", "json_ready"]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.data import Dataset
+from onnxslice.describe import describe
 from onnxslice.model import Model
 from onnxslice.sensitivity import LayerScores
 
@@ -69,8 +70,6 @@ class ReportOptions:
 
 def overview_section(model: Model) -> dict[str, Any]:
     """Inputs, outputs, size, ops and layers of the model."""
-    from onnxslice.commands.inspect import describe
-
     d = describe(model)
     return {
         "name": model.path.name if model.path else "model",

@@ -57,9 +57,9 @@ def finalize(
     Raises:
         OnnxSliceError: the result fails the full check, changes the I/O signature, or does not run.
     """
-    from onnxslice import __version__
     from onnxslice.model import load
     from onnxslice.record import make_session, max_ort_ir_version, runtime_proto
+    from onnxslice.version import __version__
 
     proto.ir_version = min(proto.ir_version, max_ort_ir_version())
     history = [p.value for p in proto.metadata_props if p.key == "onnxslice.passes"]

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from onnxslice.model import Node
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
 
 __all__ = [
     "ContribContext",
