@@ -28,7 +28,7 @@ _LAZY = {
     "Gradients": "onnxslice.grad",
     "slice": "onnxslice.slicing",
     "Slice": "onnxslice.slicing",
-    "plan_pruning": "onnxslice.rewrite",
+    "plan_pruning": "onnxslice.plans",
     "prune": "onnxslice.rewrite",
     "plan_bits": "onnxslice.rewrite",
     "quantize": "onnxslice.rewrite",

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
 from onnxslice.errors import DataError, OnnxSliceError
 
-__all__ = ["Device", "cuda_usable", "make_session", "max_ort_ir_version", "runtime_proto"]
+__all__ = [
+    "Device",
+    "cuda_usable",
+    "make_session",
+    "max_ort_ir_version",
+    "median_ratios",
+    "runtime_proto",
+    "timed_sessions",
+]
 
 Device = Literal["auto", "cpu", "cuda"]
 log = logging.getLogger("onnxslice")
@@ -158,3 +168,33 @@ def make_session(
 
 def _session_device(sess: ort.InferenceSession) -> str:
     return "cuda" if _cuda_works(sess.get_providers()) else "cpu"
+
+
+def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1) -> list[Any]:
+    """Optimized onnxruntime sessions (graph optimizations on, as deployed) with pinned intra-op threads."""
+    if device not in ("cpu", "cuda"):
+        raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
+    dev: Any = device
+    return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
+
+
+def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,
+                  warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Round-robin timing; returns (median ms of each session, median per-repeat ratio to session 0).
+
+    Each repeat runs every session once, starting one later than the repeat before.
+    """
+    feed = dict(feed)
+    for s in sessions:
+        for _ in range(warmup):
+            s.run(None, feed)
+    times = np.zeros((repeats, len(sessions)))
+    for r in range(repeats):
+        for j in range(len(sessions)):
+            i = (r + j) % len(sessions)
+            t0 = time.perf_counter()
+            sessions[i].run(None, feed)
+            times[r, i] = (time.perf_counter() - t0) * 1e3
+    ms = np.median(times, axis=0)
+    ratios = np.median(times / times[:, :1], axis=0)
+    return [float(v) for v in ms], [float(v) for v in ratios]

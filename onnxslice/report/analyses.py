@@ -240,7 +240,8 @@ def _sweep(model: Model, data: Dataset, opts: ReportOptions, variants: list[tupl
 
 
 def _pruned(model: Model, ratio: float, budget: str, **options: Any) -> Model:
-    from onnxslice.rewrite import plan_pruning, prune
+    from onnxslice.plans import plan_pruning
+    from onnxslice.rewrite import prune
 
     return prune(model, plan_pruning(model, ratio, budget, **options))
 

@@ -337,7 +337,7 @@ def plan_float_layers(
     Returns:
         The first trial meeting the goal; else the most faithful trial within the latency budget.
     """
-    from onnxslice.latency import median_ratios, timed_sessions
+    from onnxslice.session import median_ratios, timed_sessions
 
     outs = builder.model.output_names
     ref = _outputs(builder.model.proto, builder.feed, outs)
@@ -456,8 +456,8 @@ def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: s
     float (the others are stored quantized), file bytes,
     top-1 agreement, KL, accuracy where ``data`` has labels.
     """
-    from onnxslice.latency import median_ratios, timed_sessions
     from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+    from onnxslice.session import median_ratios, timed_sessions
 
     feed = validate_inputs(model, as_feed(model, data))
     x = {k: v[:batch] for k, v in feed.items()}

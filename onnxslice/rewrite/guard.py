@@ -144,7 +144,7 @@ def guard_unit(model: Model, name: str) -> list[str]:
 def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str]:
     """A copy of the guarded unit of ``name`` reading its own copies of its initializers (and of
     the nodes building a quantized weight). Returns nodes, initializers, the original and the recomputed output."""
-    from onnxslice.apps.faults import constant_subgraph
+    from onnxslice.fault_sites import constant_subgraph
 
     protos = {n.name: n for n in model.graph.node}
     p = f"{_P}{name}/"
@@ -236,7 +236,7 @@ def guard(model: Model, layers: Sequence[str], *, rtol: float = 1e-4, atol: floa
         ModelError: no layer to guard, an unknown layer, or a non-float layer output.
         DataError: a negative or non-finite tolerance.
     """
-    from onnxslice.apps.faults import fault_layers
+    from onnxslice.fault_sites import fault_layers
 
     _check_tolerance(rtol, atol)
     known = {x.name: x for x in fault_layers(model)}

@@ -9,11 +9,11 @@ import numpy as np
 
 from onnxslice.model import Model
 from onnxslice.record import Device
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.common import as_model
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import Criterion, get_criterion
 from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = ["relevance", "sensitivity"]
 

@@ -31,12 +31,12 @@ import numpy as np
 
 from onnxslice.console import format_table
 from onnxslice.errors import UnsupportedOpError
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.agreement import agreement
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import get_criterion
 from onnxslice.sensitivity.groundtruth import perturbation_importance
 from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = [
     "SAFER_TABLE1",

@@ -33,7 +33,7 @@ from onnxslice.model import Model
 from onnxslice.record import as_feed, validate_inputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["QUANT_CRITERIA", "is_quant_criterion", "perturbation_errors", "quant_criterion_scores"]
 

@@ -6,7 +6,7 @@ benchmark use, so both ask for a criterion by the same name:
 - a SAfER criterion of :func:`onnxslice.sensitivity` (``wgrad``, ``grad``, ``weight``, ``gradcampp``,
   ``ig``, ``gig``, ``idgi``, ``smoothgrad``, ``vargrad``, ``hsic``, ``fd``), reduced with ``reduction``;
 - ``fisher``, ``taylor`` or ``hutchinson`` (``:<precision>``, int4 by default): the predicted output
-  error of each layer's real quantization error (:mod:`onnxslice.rewrite.quant_criteria`); their
+  error of each layer's real quantization error (:mod:`onnxslice.plans.quant_criteria`); their
   ``meta["errors"]`` let :func:`plan_bits` compare the candidate precisions of each layer;
 - ``oracle`` or ``oracle:<precision>`` (``int4`` when not given): the measured output error of
   quantizing each layer alone (:func:`onnxslice.rewrite.oracle.quantization_oracle`). It is a
@@ -21,7 +21,7 @@ from typing import Any
 
 from onnxslice.model import Model
 from onnxslice.rewrite.precision import quantizable_layers
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["DEFAULT_CRITERION", "is_oracle", "quantization_scores"]
 
@@ -71,7 +71,7 @@ def quantization_scores(
         UnsupportedOpError: a gradient criterion on a model with an op that has no VJP rule.
     """
     names = [x.name for x in quantizable_layers(model)]
-    from onnxslice.rewrite.quant_criteria import is_quant_criterion, quant_criterion_scores
+    from onnxslice.plans.quant_criteria import is_quant_criterion, quant_criterion_scores
 
     if is_quant_criterion(criterion):
         return quant_criterion_scores(model, _resolve(data), criterion, samples=samples, block_size=block_size,

@@ -36,9 +36,9 @@ import numpy as np
 from onnxslice.errors import PlanError
 from onnxslice.latency import LatencyTable, latency_table, median_ratios, random_feed, timed_sessions
 from onnxslice.model import Model
+from onnxslice.plans.prune_plan import MAX_LAYER_RATIO, RATIO_DEFINITION, PrunePlan
 from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, per_channel, select_channels
 from onnxslice.rewrite.groups import ChannelGroup, GroupSet, discover_groups
-from onnxslice.rewrite.prune_plan import MAX_LAYER_RATIO, RATIO_DEFINITION, PrunePlan
 
 #: An off-block count must save at least this much (whole-model measurement) to be chosen.
 OFF_GRID_MARGIN = 0.02
