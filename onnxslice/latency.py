@@ -49,8 +49,11 @@ import numpy as np
 
 from onnxslice.console import progress
 from onnxslice.errors import OnnxSliceError
+from onnxslice.flops import count_macs
 from onnxslice.io import save_json
-from onnxslice.model import Model
+from onnxslice.model import Model, load
+from onnxslice.rewrite.groups import discover_groups
+from onnxslice.rewrite.prune import _apply_structured
 from onnxslice.session import median_ratios, timed_sessions
 
 __all__ = [
@@ -261,9 +264,6 @@ def _feed_of(proto: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _macs(proto: Any) -> int:
-    from onnxslice.flops import count_macs
-    from onnxslice.model import load
-
     return int(count_macs(load(proto, check=False, infer_shapes=False)).total)
 
 
@@ -409,9 +409,6 @@ def latency_table(
     Raises:
         OnnxSliceError: an unknown device, CUDA requested but unusable, or no prunable group.
     """
-    from onnxslice.rewrite.groups import discover_groups
-    from onnxslice.rewrite.prune import _apply_structured
-
     if device not in DEVICES:
         raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
     block = int(block or kernel_block(device))

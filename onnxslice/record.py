@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.data import Dataset
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
+from onnxslice.io import load_npz, save_npz
 from onnxslice.model import Model
 from onnxslice.session import (
     Device,
@@ -136,8 +138,6 @@ class Trace:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save every array to ``.npz`` (``value/<name>`` and ``input/<name>``)."""
-        from onnxslice.io import save_npz
-
         arrays = {f"value/{k}": v for k, v in self.values.items()}
         arrays.update({f"input/{k}": v for k, v in self.inputs.items()})
         return save_npz(path, arrays, {"kind": "Trace", "outputs": self.outputs, "device": self.device})
@@ -145,8 +145,6 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
         """Load a trace written by :meth:`save`."""
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Trace")
         values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
         inputs = {k[6:]: v for k, v in arrays.items() if k.startswith("input/")}
@@ -392,8 +390,6 @@ def record(
 
 def as_feed(model: Model, inputs: Any) -> dict[str, np.ndarray]:
     """Normalize ``inputs`` (mapping, single array, or Dataset) to arrays keyed by input name."""
-    from onnxslice.data import Dataset
-
     if isinstance(inputs, Dataset):
         return inputs.bind(model)
     if isinstance(inputs, np.ndarray):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.artifacts import check_belongs, check_finite_number, check_keys, read_json
 from onnxslice.console import format_table
 from onnxslice.errors import DataError
 from onnxslice.io import save_json
@@ -66,8 +67,6 @@ class LayerScores:
         Raises:
             DataError: missing, malformed or incomplete file; the message names it and the problem.
         """
-        from onnxslice.artifacts import check_finite_number, check_keys, read_json
-
         p = Path(path)
         d = read_json(p, "scores")
         if d.get("kind") != "LayerScores":
@@ -83,8 +82,6 @@ class LayerScores:
 
     def check_model(self, model: Any, path: str | os.PathLike[str] | None = None) -> None:
         """Raise DataError when these scores were computed on another model or name layers it lacks."""
-        from onnxslice.artifacts import check_belongs
-
         check_belongs(path, "scores", self.meta, model)
         known = {x.name for x in model.layers}
         unknown = [k for k in self.scores if k not in known]

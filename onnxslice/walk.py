@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from onnxslice.errors import UnsupportedOpError
+from onnxslice.opsets import REGISTRY
 from onnxslice.order import topological_order
 
 if TYPE_CHECKING:
@@ -63,8 +64,6 @@ class Walker:
     """
 
     def __init__(self, model: Model, registry: Any = None) -> None:
-        from onnxslice.opsets import REGISTRY
-
         self.model = model
         self.registry = registry if registry is not None else REGISTRY
 

@@ -37,9 +37,10 @@ import numpy as np
 
 from onnxslice.apps.bits import class_bits, draw_flips, encoding, flip_bits
 from onnxslice.apps.staged import FaultPoint, StagedRunner
+from onnxslice.console import progress as bar
 from onnxslice.errors import DataError, ModelError
 from onnxslice.fault_sites import FaultLayer, constant_subgraph, fault_layers
-from onnxslice.model import Model
+from onnxslice.model import Model, load
 from onnxslice.parallel import Backend, map_units, unit_seeds
 from onnxslice.record import Device
 from onnxslice.scores import LayerScores
@@ -185,7 +186,6 @@ def _runner(shared: _Shared) -> tuple[Model, list[FaultLayer], StagedRunner, np.
     hit = _RUNNERS.get(id(shared))
     if hit is not None and hit[0] is shared:
         return hit[1], hit[2], hit[3], hit[4]
-    from onnxslice.model import load
 
     _RUNNERS.clear()
     _PREPARED.clear()
@@ -325,8 +325,6 @@ def run_campaign(
     Raises:
         DataError: a bad fault model, trials < 1, bad data. ModelError: an unknown layer or no layers.
     """
-    from onnxslice.console import progress as bar
-
     fault.check()
     if trials < 1:
         raise DataError(f"trials must be at least 1, got {trials}")

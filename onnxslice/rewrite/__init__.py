@@ -13,5 +13,6 @@ from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.prune import prune
 from onnxslice.rewrite.quantize import quantize
+from onnxslice.rewrite.slice_mask import slice_to_model
 
-__all__ = ["Plan", "finalize", "plan_bits", "prune", "quantize"]
+__all__ = ["Plan", "finalize", "plan_bits", "prune", "quantize", "slice_to_model"]

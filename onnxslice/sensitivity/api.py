@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.record import Device
 from onnxslice.scores import LayerScores
@@ -23,8 +24,6 @@ def _context(
     noise_samples: int, seed: int, batch_size: int | None, layers: list[str] | None, device: Device,
     options: dict[str, Any],
 ) -> Context:
-    from onnxslice.errors import DataError
-
     if steps < 1 or noise_samples < 1:
         raise DataError(f"steps and noise_samples must be at least 1; got {steps} and {noise_samples}")
     m = as_model(model)
