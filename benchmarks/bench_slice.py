@@ -16,7 +16,7 @@ stop the walk at the classifier; the overhead runs use ``"delta"``, which walks 
 fraction of neurons in the slice is reported so the work done is visible).
 
 ``--fidelity`` slices the trained zoo LeNet-5 with the default options, zeroes every synapse outside the
-slice (``Slice.to_model``) and reports how often the sliced model keeps the original prediction on the
+slice (``rewrite.slice_to_model``) and reports how often the sliced model keeps the original prediction on the
 slice's own samples and on other samples of ``builtin:mnist``.
 
 Results are saved to ``benchmarks/results/slice.json``.
