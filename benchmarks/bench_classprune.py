@@ -46,9 +46,10 @@ import onnxslice as osl  # noqa: E402
 from models import zoo  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.io import save_json  # noqa: E402
-from onnxslice.rewrite import plan_pruning, prune  # noqa: E402
+from onnxslice.plans import plan_pruning  # noqa: E402
+from onnxslice.plans.prune_plan import class_slice  # noqa: E402
+from onnxslice.rewrite import prune  # noqa: E402
 from onnxslice.rewrite.fidelity import run_outputs  # noqa: E402
-from onnxslice.rewrite.prune_plan import class_slice  # noqa: E402
 
 MODELS = ("lenet5", "resnet8_mnist")
 METHODS = ("slice-targeted", "slice-targeted-abs", "slice-all", "slice-then-magnitude", "magnitude", "random")

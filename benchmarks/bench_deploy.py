@@ -65,13 +65,14 @@ from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
 from onnxslice.latency import latency_table, load_average, median_ratios, timed_sessions  # noqa: E402
 from onnxslice.model import Model  # noqa: E402
-from onnxslice.rewrite import formats, plan_pruning, prune  # noqa: E402
+from onnxslice.plans import plan_pruning  # noqa: E402
+from onnxslice.plans.latency_plan import damage_table, plan_greedy, prune_to_latency  # noqa: E402
+from onnxslice.plans.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
+from onnxslice.rewrite import formats, prune  # noqa: E402
 from onnxslice.rewrite.channel_scores import group_scores, select_channels  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 from onnxslice.rewrite.groups import discover_groups  # noqa: E402
-from onnxslice.rewrite.latency_plan import damage_table, plan_greedy, prune_to_latency  # noqa: E402
 from onnxslice.rewrite.prune import resolve_channels  # noqa: E402
-from onnxslice.rewrite.prune_plan import PrunePlan, sensitivity_scores  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -444,7 +445,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def _order(model: Model, b: Any, calib: Dataset, criterion: str) -> tuple[list[str], str]:
     """Layers of builder ``b``, most sensitive first, by ``criterion`` (or the measured QDQ/dynamic gain)."""
-    from onnxslice.rewrite.bits_scores import quantization_scores
+    from onnxslice.plans.bits_scores import quantization_scores
 
     if criterion != "measured":
         try:

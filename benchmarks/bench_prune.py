@@ -43,10 +43,11 @@ import onnxslice as osl  # noqa: E402
 from models import zoo  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.flops import count_macs  # noqa: E402
-from onnxslice.rewrite import plan_pruning, prune  # noqa: E402
+from onnxslice.plans import plan_pruning  # noqa: E402
+from onnxslice.plans.prune_plan import class_slice, sensitivity_scores  # noqa: E402
+from onnxslice.rewrite import prune  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 from onnxslice.rewrite.measure import paired_latency_ms  # noqa: E402
-from onnxslice.rewrite.prune_plan import class_slice, sensitivity_scores  # noqa: E402
 
 MNIST_MODELS = ("lenet5", "resnet8_mnist")
 TARGET_SUBSETS = ([0, 1], [3, 8], [4, 9])

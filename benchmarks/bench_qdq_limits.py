@@ -39,8 +39,8 @@ import onnxslice as osl  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
 from onnxslice.latency import load_average  # noqa: E402
+from onnxslice.plans.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.rewrite import formats  # noqa: E402
-from onnxslice.rewrite.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 
 

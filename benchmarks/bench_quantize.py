@@ -43,10 +43,10 @@ from onnxslice import load, load_data  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
 from onnxslice.model import Model  # noqa: E402
+from onnxslice.plans.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.record import make_session, runtime_proto  # noqa: E402
 from onnxslice.rewrite import Plan, plan_bits, quantize  # noqa: E402
 from onnxslice.rewrite.bits_plan import plan_cost, uniform_plan  # noqa: E402
-from onnxslice.rewrite.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs  # noqa: E402
 from onnxslice.rewrite.oracle import spearman  # noqa: E402
 from onnxslice.rewrite.precision import quantizable_layers  # noqa: E402
@@ -315,7 +315,7 @@ def quantizer_aware(name: str, model: Model, calib: Dataset, probes: int) -> dic
     output channel (its own quantizer; ours is block-wise, as ``quantize`` emits) through its own torch
     executor, ``label_mode="sample"`` (its default), on the same samples.
     """
-    from onnxslice.rewrite.quant_criteria import perturbation_errors
+    from onnxslice.plans.quant_criteria import perturbation_errors
 
     n = len(calib)
     out: dict[str, Any] = {"samples": n, "spearman": {}, "spearman_per_parameter": {}, "seconds": {}}

@@ -16,7 +16,7 @@ stop the walk at the classifier; the overhead runs use ``"delta"``, which walks 
 fraction of neurons in the slice is reported so the work done is visible).
 
 ``--fidelity`` slices the trained zoo LeNet-5 with the default options, zeroes every synapse outside the
-slice (``Slice.to_model``) and reports how often the sliced model keeps the original prediction on the
+slice (``rewrite.slice_to_model``) and reports how often the sliced model keeps the original prediction on the
 slice's own samples and on other samples of ``builtin:mnist``.
 
 Results are saved to ``benchmarks/results/slice.json``.
@@ -43,6 +43,7 @@ from onnxslice.console import format_table  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.profile import profile  # noqa: E402
 from onnxslice.record import Recorder  # noqa: E402
+from onnxslice.rewrite import slice_to_model  # noqa: E402
 from onnxslice.slicing import BackwardOptions, backward, deltas, parse_targets, seed_tables, slice  # noqa: E402
 
 # NNSlicer's overhead table (seconds per sample): profiling/forward single, batch; backward single, batch.
@@ -145,7 +146,7 @@ def fidelity(n_slices: int) -> dict[str, Any]:
     own_keep, other_keep, kept = [], [], []
     for i in range(n_slices):
         s = slice(model, prof, test, "pred", 0.3, samples=[i], workers=1)
-        sliced = s.to_model(model)
+        sliced = slice_to_model(s, model)
         out = run_ort(sliced, {"x": test.x[np.r_[i, others]]})[0].argmax(1)
         own_keep.append(out[0] == pred[i])
         other_keep.append(float((out[1:] == pred[others]).mean()))
@@ -154,7 +155,7 @@ def fidelity(n_slices: int) -> dict[str, Any]:
     for c in range(10):
         own = np.flatnonzero(train.labels == c)[:30]
         s = slice(model, prof, train, f"class:{c}", 0.3, samples=own, workers=1)
-        sliced = s.to_model(model)
+        sliced = slice_to_model(s, model)
         t_out = run_ort(sliced, {"x": test.x})[0].argmax(1)
         o_out = run_ort(sliced, {"x": train.x[own]})[0].argmax(1)
         same = test.labels == c

@@ -41,7 +41,8 @@ os.environ.setdefault("ONNXSLICE_THREADS", "1")  # one onnxruntime thread: twice
 import onnxslice as osl  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.io import save_json  # noqa: E402
-from onnxslice.rewrite import plan_pruning, prune  # noqa: E402
+from onnxslice.plans import plan_pruning  # noqa: E402
+from onnxslice.rewrite import prune  # noqa: E402
 from onnxslice.rewrite.fidelity import run_outputs  # noqa: E402
 from onnxslice.sensitivity import relevance  # noqa: E402
 from onnxslice.sensitivity.reductions import reduce  # noqa: E402

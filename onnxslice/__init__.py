@@ -19,8 +19,7 @@ from onnxslice.model import Layer, Model, Node, ValueInfo, load, save_model
 from onnxslice.profile import Profile, profile
 from onnxslice.record import Recorder, Trace, record
 from onnxslice.sensitivity import LayerScores, perturbation_importance, sensitivity
-
-__version__ = "0.1.0"
+from onnxslice.version import __version__
 
 # name -> module that defines it; imported lazily so `import onnxslice` stays fast.
 _LAZY = {
@@ -29,7 +28,7 @@ _LAZY = {
     "Gradients": "onnxslice.grad",
     "slice": "onnxslice.slicing",
     "Slice": "onnxslice.slicing",
-    "plan_pruning": "onnxslice.rewrite",
+    "plan_pruning": "onnxslice.plans",
     "prune": "onnxslice.rewrite",
     "plan_bits": "onnxslice.rewrite",
     "quantize": "onnxslice.rewrite",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxslice.errors import DataError, OnnxSliceError
+from onnxslice.limits import check_size
 
 if TYPE_CHECKING:
     from onnxslice.model import Model
@@ -127,7 +128,6 @@ def read_json(path: str | os.PathLike[str], kind: str, error: _Err = DataError) 
         raise error(f"{kind} file '{p}' does not exist")
     if not p.is_file():
         raise error(f"{kind} file '{p}' is not a file")
-    from onnxslice.limits import check_size
 
     check_size(p.stat().st_size, f"{kind} file '{p}'", error)
     try:

@@ -27,11 +27,11 @@ from collections.abc import Iterator, Sequence
 from types import FrameType, ModuleType
 from typing import Any, NoReturn
 
-from onnxslice import __version__
 from onnxslice.commands import deferred_warnings
 from onnxslice.commands._types import positive_float
 from onnxslice.errors import OnnxSliceError
 from onnxslice.limits import DEFAULT_MAX_BYTES, set_max_bytes
+from onnxslice.version import __version__
 
 __all__ = ["Interrupted", "build_parser", "main"]
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnxslice.errors import DataError
+from onnxslice.limits import check_size
 
 if TYPE_CHECKING:
     from onnxslice.model import Model
@@ -380,8 +381,6 @@ def _builtin(name: str, spec: str, raw: Mapping[str, str]) -> Dataset:
 def _npz_headers(path: Path) -> None:
     """Check every array's declared size against the limit before anything is inflated."""
     import zipfile
-
-    from onnxslice.limits import check_size
 
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():

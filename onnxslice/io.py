@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from onnxslice.errors import DataError
+from onnxslice.limits import check_size
+from onnxslice.outputs import temp_prefix
 
 __all__ = ["atomic_path", "atomic_write_bytes", "load_npz", "save_json", "save_npz"]
 
@@ -34,8 +36,6 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     The temporary name is ``.onnxslice-<pid>-*`` (see :func:`onnxslice.outputs.clean_stale`); it is
     removed on any exception, including ``KeyboardInterrupt`` and the CLI's SIGTERM interrupt.
     """
-    from onnxslice.outputs import temp_prefix
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = ""
     try:
@@ -79,8 +79,6 @@ def load_npz(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndar
             another kind. The message names the file.
     """
     import zipfile
-
-    from onnxslice.limits import check_size
 
     p = Path(path)
     if not p.exists():

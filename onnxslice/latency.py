@@ -26,7 +26,7 @@ raw measurement.
 
 The table predicts a plan's latency additively: ``1 + sum_g (r_g(k_g) - 1)``, which ignores the cross
 term of a layer losing both input and output channels; planners check the result by measuring the
-pruned model (see :mod:`onnxslice.rewrite.latency_plan`).
+pruned model (see :mod:`onnxslice.plans.latency_plan`).
 
 Tables are cached as JSON under ``cache_dir`` (default ``$ONNXSLICE_CACHE`` or
 ``~/.cache/onnxslice``; never beside the model), keyed by the model's fingerprint, the execution
@@ -49,8 +49,12 @@ import numpy as np
 
 from onnxslice.console import progress
 from onnxslice.errors import OnnxSliceError
+from onnxslice.flops import count_macs
 from onnxslice.io import save_json
-from onnxslice.model import Model
+from onnxslice.model import Model, load
+from onnxslice.rewrite.groups import discover_groups
+from onnxslice.rewrite.prune import _apply_structured
+from onnxslice.session import median_ratios, timed_sessions
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -168,38 +172,6 @@ def random_feed(model: Model, batch: int, seed: int = 0) -> dict[str, np.ndarray
     return feed
 
 
-def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1) -> list[Any]:
-    """Optimized onnxruntime sessions (graph optimizations on, as deployed) with pinned intra-op threads."""
-    from onnxslice.record import make_session, runtime_proto
-
-    if device not in DEVICES:
-        raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
-    dev: Any = device
-    return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
-
-
-def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,
-                  warmup: int = 2) -> tuple[list[float], list[float]]:
-    """Round-robin timing; returns (median ms of each session, median per-repeat ratio to session 0).
-
-    Each repeat runs every session once, starting one later than the repeat before.
-    """
-    feed = dict(feed)
-    for s in sessions:
-        for _ in range(warmup):
-            s.run(None, feed)
-    times = np.zeros((repeats, len(sessions)))
-    for r in range(repeats):
-        for j in range(len(sessions)):
-            i = (r + j) % len(sessions)
-            t0 = time.perf_counter()
-            sessions[i].run(None, feed)
-            times[r, i] = (time.perf_counter() - t0) * 1e3
-    ms = np.median(times, axis=0)
-    ratios = np.median(times / times[:, :1], axis=0)
-    return [float(v) for v in ms], [float(v) for v in ratios]
-
-
 def _node_range(proto: Any, weights: set[str], context: int = 1) -> tuple[int, int]:
     """Index range of the nodes that read any of ``weights``, widened by ``context`` Convs on each side.
 
@@ -292,9 +264,6 @@ def _feed_of(proto: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _macs(proto: Any) -> int:
-    from onnxslice.flops import count_macs
-    from onnxslice.model import load
-
     return int(count_macs(load(proto, check=False, infer_shapes=False)).total)
 
 
@@ -440,9 +409,6 @@ def latency_table(
     Raises:
         OnnxSliceError: an unknown device, CUDA requested but unusable, or no prunable group.
     """
-    from onnxslice.rewrite.groups import discover_groups
-    from onnxslice.rewrite.prune import _apply_structured
-
     if device not in DEVICES:
         raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
     block = int(block or kernel_block(device))

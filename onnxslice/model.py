@@ -21,7 +21,12 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
+from onnxslice.dequantize import float_view
 from onnxslice.errors import ModelError, OnnxSliceError
+from onnxslice.limits import check_size
+from onnxslice.opsets import REGISTRY, default_info
+from onnxslice.order import topological_order
+from onnxslice.outputs import temp_prefix
 
 __all__ = ["Layer", "Model", "Node", "ValueInfo", "load", "save_model"]
 
@@ -349,8 +354,6 @@ def _contained_location(t: onnx.TensorProto, base_dir: Path, where: str) -> tupl
 
 def _load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> None:
     """Read every external-data tensor into the proto, after containment and size checks on all of them."""
-    from onnxslice.limits import check_size
-
     todo: list[tuple[onnx.TensorProto, Path, int, int]] = []
     for t in external_data_helper._get_all_tensors(proto):
         if not external_data_helper.uses_external_data(t):
@@ -385,8 +388,6 @@ def _load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> N
 
 
 def _check_inline_sizes(proto: onnx.ModelProto, where: str) -> None:
-    from onnxslice.limits import check_size
-
     for t in proto.graph.initializer:
         need = _tensor_nbytes(t)
         if need is not None:
@@ -441,8 +442,6 @@ class Model:
     """
 
     def __init__(self, proto: onnx.ModelProto, path: Path | None = None, notes: Iterable[str] = ()) -> None:
-        from onnxslice.walk import topological_order  # the walker owns order
-
         self.proto = proto
         self.path = path
         self.notes = list(notes)
@@ -532,8 +531,6 @@ class Model:
 
     def info(self, node: Node) -> Any:
         """The op's static metadata (an ``OpInfo``)."""
-        from onnxslice.opsets import REGISTRY, default_info
-
         return REGISTRY.find("info", node.op_type, node.domain, node.opset) or default_info()
 
     # -- layers --------------------------------------------------------------------------------
@@ -689,8 +686,6 @@ def load(
         _check(proto, where)
     notes = _normalize(proto)
     if dequantize:
-        from onnxslice.dequantize import float_view
-
         notes += float_view(proto, "strip" if dequantize == "strip" else "keep")
     if infer_shapes:
         proto = _infer(proto, where)
@@ -718,7 +713,6 @@ def save_model(
         raise OnnxSliceError(f"'{dest}' exists; pass overwrite=True or choose another path")
     dest.parent.mkdir(parents=True, exist_ok=True)
     large = proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
-    from onnxslice.outputs import temp_prefix
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=temp_prefix()) as tmp:
         tmp_model = Path(tmp) / dest.name

@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.artifacts import check_array, check_belongs, check_keys, check_shapes
 from onnxslice.console import progress
+from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError
+from onnxslice.io import load_npz, save_npz
 from onnxslice.model import Model
 from onnxslice.record import Device, Recorder, as_feed, recordable_values
+from onnxslice.targets import symbolic_batch_axis
 
 __all__ = ["Profile", "profile"]
 
@@ -62,8 +66,6 @@ class Profile:
 
     def check_model(self, model: Model, path: str | os.PathLike[str] | None = None) -> None:
         """Raise DataError when this profile was computed on another model (structure, weights, values)."""
-        from onnxslice.artifacts import check_belongs, check_shapes
-
         if self.fingerprint != model.fingerprint:
             raise DataError(
                 f"the profile{f' {str(path)!r}' if path else ''} belongs to another model (fingerprint "
@@ -75,8 +77,6 @@ class Profile:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save as ``.npz`` (atomic)."""
-        from onnxslice.io import save_npz
-
         return save_npz(
             path,
             {f"mean/{k}": v for k, v in self.mean.items()},
@@ -91,9 +91,6 @@ class Profile:
         Raises:
             DataError: the file is not a complete profile; the message names the file and the problem.
         """
-        from onnxslice.artifacts import check_array, check_keys
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Profile")
         check_keys(path, "profile", meta, {"count": int, "fingerprint": str})
         if meta["count"] < 1:
@@ -153,8 +150,6 @@ def profile(
     Raises:
         DataError: empty or malformed data.
     """
-    from onnxslice.data import Dataset, load_data
-
     ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
     feed = ds.bind(model) if ds is not None else as_feed(model, data)
     name = ds.name if ds is not None else "arrays"
@@ -163,7 +158,6 @@ def profile(
         raise DataError("cannot profile on an empty data set")
     wanted = recordable_values(model) if values == "all" else list(values)
     rec = Recorder(model, wanted, device)
-    from onnxslice.targets import symbolic_batch_axis
 
     sums: dict[str, np.ndarray] = {}
     axes: dict[str, int] = {}

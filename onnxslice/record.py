@@ -13,17 +13,23 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import helper
 
+from onnxslice.data import Dataset
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
+from onnxslice.io import load_npz, save_npz
 from onnxslice.model import Model
+from onnxslice.session import (
+    Device,
+    _session_device,
+    cuda_usable,
+    make_session,
+    max_ort_ir_version,
+    runtime_proto,
+)
 
 __all__ = [
     "Device",
@@ -39,144 +45,7 @@ __all__ = [
     "validate_inputs",
 ]
 
-Device = Literal["auto", "cpu", "cuda"]
 log = logging.getLogger("onnxslice")
-
-
-@lru_cache(maxsize=1)
-def max_ort_ir_version() -> int:
-    """The highest IR version the installed onnxruntime accepts (probed once on a tiny model)."""
-    for ir in range(onnx.IR_VERSION, 6, -1):
-        try:
-            ort.InferenceSession(_probe_model(ir), providers=["CPUExecutionProvider"])
-            return ir
-        except Exception:  # onnxruntime raises its own exception types for unsupported IR
-            continue
-    return 7
-
-
-def runtime_proto(
-    proto: onnx.ModelProto, extra_outputs: Sequence[str] = (), weight_inputs: Sequence[str] = ()
-) -> onnx.ModelProto:
-    """A copy of ``proto`` that onnxruntime accepts, with ``extra_outputs`` added as graph outputs.
-
-    The IR version is lowered to what onnxruntime supports (onnx 1.23 writes IR 14 by default).
-    Initializers named in ``weight_inputs`` become graph inputs, so one session can run with many
-    values of those weights (perturbation studies, gradients at shifted weights).
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    out.ir_version = min(out.ir_version, max_ort_ir_version())
-    if weight_inputs:
-        want = set(weight_inputs)
-        moved = [t for t in out.graph.initializer if t.name in want]
-        missing = want - {t.name for t in moved}
-        if missing:
-            raise DataError(f"no initializer named {', '.join(sorted(missing))} in the model")
-        keep = [t for t in out.graph.initializer if t.name not in want]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(keep)
-        declared = {i.name for i in out.graph.input}
-        for t in moved:
-            if t.name not in declared:
-                out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    have = {o.name for o in out.graph.output}
-    known = {vi.name: vi for vi in out.graph.value_info}
-    for name in extra_outputs:
-        if name in have:
-            continue
-        vi = onnx.ValueInfoProto()
-        if name in known:
-            vi.CopyFrom(known[name])
-        else:
-            vi.name = name  # onnxruntime infers the type of an untyped output
-        out.graph.output.append(vi)
-        have.add(name)
-    return out
-
-
-def _cuda_works(providers: Sequence[str]) -> bool:
-    return bool(providers) and providers[0] == "CUDAExecutionProvider"
-
-
-def _probe_model(ir: int) -> bytes:
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir).SerializeToString()
-
-
-@lru_cache(maxsize=1)
-def cuda_usable() -> bool:
-    """Whether onnxruntime really runs on CUDA here (probed once, quietly, on a tiny model).
-
-    ``get_available_providers()`` lists CUDA whenever onnxruntime-gpu is installed, even with no GPU
-    or CUDA libraries, so only a session's ``get_providers()`` is trusted.
-    """
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    ort.set_default_logger_severity(4)
-    try:
-        sess = ort.InferenceSession(_probe_model(7), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        return _cuda_works(sess.get_providers())
-    except Exception:
-        return False
-    finally:
-        ort.set_default_logger_severity(2)
-
-
-def make_session(
-    proto: onnx.ModelProto,
-    device: Device = "auto",
-    *,
-    optimize: bool = False,
-    threads: int | None = None,
-    arena: bool = True,
-) -> ort.InferenceSession:
-    """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
-
-    Args:
-        proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
-        device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
-        optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
-        threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
-        arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
-            the resident size down for sessions whose outputs are copied out anyway).
-
-    Raises:
-        OnnxSliceError: CUDA was required but the session fell back to CPU.
-    """
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    so.log_severity_level = 3
-    so.enable_cpu_mem_arena = arena and os.environ.get("ONNXSLICE_ARENA", "1") != "0"
-    threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
-    if threads:
-        so.intra_op_num_threads = threads
-    data = proto.SerializeToString()
-    if device in ("auto", "cuda") and cuda_usable():
-        try:
-            sess = ort.InferenceSession(data, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-            if _cuda_works(sess.get_providers()):
-                return sess
-        except Exception as e:  # a broken CUDA install raises at session creation
-            if device == "cuda":
-                raise OnnxSliceError(f"CUDA was requested but onnxruntime could not use it: {e}") from e
-    if device == "cuda":
-        raise OnnxSliceError(
-            "CUDA was requested but onnxruntime runs on CPU here (no usable GPU or CUDA libraries); "
-            "use device='cpu' or 'auto'"
-        )
-    try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OnnxSliceError(f"onnxruntime cannot run this model: {e}") from e
-
-
-def _session_device(sess: ort.InferenceSession) -> str:
-    return "cuda" if _cuda_works(sess.get_providers()) else "cpu"
 
 
 def validate_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -269,8 +138,6 @@ class Trace:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save every array to ``.npz`` (``value/<name>`` and ``input/<name>``)."""
-        from onnxslice.io import save_npz
-
         arrays = {f"value/{k}": v for k, v in self.values.items()}
         arrays.update({f"input/{k}": v for k, v in self.inputs.items()})
         return save_npz(path, arrays, {"kind": "Trace", "outputs": self.outputs, "device": self.device})
@@ -278,8 +145,6 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
         """Load a trace written by :meth:`save`."""
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Trace")
         values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
         inputs = {k[6:]: v for k, v in arrays.items() if k.startswith("input/")}
@@ -525,8 +390,6 @@ def record(
 
 def as_feed(model: Model, inputs: Any) -> dict[str, np.ndarray]:
     """Normalize ``inputs`` (mapping, single array, or Dataset) to arrays keyed by input name."""
-    from onnxslice.data import Dataset
-
     if isinstance(inputs, Dataset):
         return inputs.bind(model)
     if isinstance(inputs, np.ndarray):

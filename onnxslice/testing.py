@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxslice.record import make_session, runtime_proto
+
 __all__ = ["assert_models_close", "make_model", "run_ort"]
 
 #: IR version of the models built here: one every supported onnxruntime accepts.
@@ -45,8 +47,6 @@ def make_model(
 
 def run_ort(model: onnx.ModelProto | Any, feed: Mapping[str, np.ndarray], optimize: bool = False) -> list[np.ndarray]:
     """Run a ModelProto (or an onnxslice Model) on CPU onnxruntime and return all outputs."""
-    from onnxslice.record import make_session, runtime_proto
-
     proto = model.proto if hasattr(model, "proto") else model
     sess = make_session(runtime_proto(proto), "cpu", optimize=optimize)
     return list(sess.run(None, dict(feed)))

@@ -37,6 +37,7 @@ from onnxslice.errors import DataError
 from onnxslice.grad.engine import GradientEngine, logits_value
 from onnxslice.model import Model, load
 from onnxslice.record import Device, Recorder, validate_inputs
+from onnxslice.rewrite.emit import finalize
 from onnxslice.targets import BoundTarget
 
 __all__ = ["LOSSES", "OPTIMIZERS", "FinetuneResult", "finetune"]
@@ -308,8 +309,6 @@ def finetune(
 
 def _with_weights(m: Model, params: Mapping[str, np.ndarray], config: Mapping[str, Any], steps: int) -> Model:
     """A copy of ``m`` with the trained initializers replaced and the run in ``metadata_props``."""
-    from onnxslice.rewrite.emit import finalize
-
     proto = onnx.ModelProto()
     proto.CopyFrom(m.proto)
     for t in proto.graph.initializer:

@@ -6,11 +6,13 @@ The walker owns order; plugins own op semantics; it never edits a graph. A walk 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from onnxslice.errors import ModelError, UnsupportedOpError
+from onnxslice.errors import UnsupportedOpError
+from onnxslice.opsets import REGISTRY
+from onnxslice.order import topological_order
 
 if TYPE_CHECKING:
     from onnxslice.model import Model, Node
@@ -18,51 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["Step", "Walker", "ancestors", "descendants", "topological_order"]
 
 OnMissing = Literal["raise", "skip", "yield"]
-
-
-def topological_order(nodes: Sequence[Node], graph_inputs: Iterable[str], initializers: Collection[str]) -> list[Node]:
-    """Nodes sorted so that every node comes after the producers of its inputs.
-
-    Stable: nodes already in order keep their order (Kahn's algorithm over the original index).
-
-    Raises:
-        ModelError: the graph has a cycle or reads a value nobody produces.
-    """
-    import heapq
-
-    available = set(graph_inputs) | set(initializers) | {""}
-    producer = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
-    deps: list[set[int]] = []
-    users: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        d: set[int] = set()
-        for v in n.inputs:
-            if v in available:
-                continue
-            if v not in producer:
-                raise ModelError(
-                    f"node '{n.name}' ({n.op_type}) reads '{v}', which no node, input or initializer "
-                    "provides; the graph is incomplete"
-                )
-            d.add(producer[v])
-        deps.append(d)
-        for j in d:
-            users.setdefault(j, []).append(i)
-    pending = [len(d) for d in deps]
-    ready = [i for i, c in enumerate(pending) if c == 0]
-    heapq.heapify(ready)
-    order: list[Node] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for j in users.get(i, []):
-            pending[j] -= 1
-            if pending[j] == 0:
-                heapq.heappush(ready, j)
-    if len(order) != len(nodes):
-        stuck = [nodes[i].name for i, c in enumerate(pending) if c > 0][:5]
-        raise ModelError(f"the graph has a cycle through node(s) {', '.join(stuck)}")
-    return order
 
 
 def ancestors(model: Model, values: Iterable[str]) -> set[str]:
@@ -107,8 +64,6 @@ class Walker:
     """
 
     def __init__(self, model: Model, registry: Any = None) -> None:
-        from onnxslice.opsets import REGISTRY
-
         self.model = model
         self.registry = registry if registry is not None else REGISTRY
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from onnxslice.model import Model
+from onnxslice.model import Model, load
 from onnxslice.record import Recorder
 
 __all__ = ["in_process", "job_state"]
@@ -23,8 +23,6 @@ _STATE: dict[str, tuple[Model, Recorder]] = {}
 def job_state(token: str, model_bytes: bytes | None, device: Any) -> tuple[Model, Recorder]:
     """The model and an all-values recorder of job ``token``, loaded from ``model_bytes`` on first use."""
     if token not in _STATE:
-        from onnxslice.model import load
-
         if model_bytes is None:  # a bug: in-process jobs are registered with in_process()
             raise RuntimeError(f"no model registered for job {token} in this process")
         model = load(model_bytes, check=False, infer_shapes=False)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from onnxslice.opsets.registry import REGISTRY
+
 from .registry import normalize_domain
 
 __all__ = ["Refusal", "refusals", "refuses"]
@@ -130,7 +132,6 @@ def coverage_markdown(capabilities: tuple[str, ...] = ("vjp", "contributions", "
     A cell is ``yes`` (a rule), ``partial`` (a rule with declared refusals, listed in the last column) or
     ``-`` (no rule).
     """
-    from .registry import REGISTRY
 
     ops = sorted({op for cap in capabilities for d, op in REGISTRY.ops(cap) if d == ""})
     lines = ["| op | " + " | ".join(capabilities) + " | refused cases |", "|---" * (len(capabilities) + 2) + "|"]

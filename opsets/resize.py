@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from onnxslice.opsets.coverage import refuses
 
 from onnxslice.errors import UnsupportedOpError
 
@@ -273,7 +274,6 @@ def check(node: Any, x: np.ndarray, y: np.ndarray | None, mats: Sequence[np.ndar
 
 def declare_refusals(capability: str) -> None:
     """Declare the configurations :func:`axis_matrices` refuses (see ``coverage.py``)."""
-    from .coverage import refuses
 
     refuses(capability, "Resize", "antialias=1", lambda n, m: n.opset >= 18 and bool(int(n.attr("antialias", 0))))
     refuses(

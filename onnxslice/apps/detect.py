@@ -36,10 +36,13 @@ from typing import Any
 import numpy as np
 
 from onnxslice.apps.features import FEATURE_KINDS, Features, extract_features
+from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError
+from onnxslice.io import atomic_write_bytes, load_npz, save_npz
 from onnxslice.model import Model
 from onnxslice.parallel import Backend
 from onnxslice.profile import Profile
+from onnxslice.record import max_ort_ir_version
 from onnxslice.targets import default_output
 
 __all__ = [
@@ -92,8 +95,6 @@ def _classifier(name: str, seed: int) -> Any:
 def _to_onnx(clf: Any, length: int) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
-
-    from onnxslice.record import max_ort_ir_version
 
     onx = convert_sklearn(
         clf,
@@ -224,8 +225,6 @@ class Detector:
     # -- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save as ``.npz`` (atomic): the classifier's ONNX bytes, the profile and a JSON header."""
-        from onnxslice.io import save_npz
-
         arrays = {"classifier_onnx": np.frombuffer(self.classifier_onnx, np.uint8), "columns": self.columns}
         if self.profile is not None:
             arrays.update({f"profile/{k}": v for k, v in self.profile.mean.items()})
@@ -253,8 +252,6 @@ class Detector:
         Raises:
             DataError: not a detector file, or a damaged one (its profile no longer matches its fingerprint).
         """
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Detector")
         prof = None
         if meta.get("profile_meta") is not None:
@@ -284,8 +281,6 @@ class Detector:
         The model's metadata records the columns of the full feature vector it takes and the fingerprints.
         """
         import onnx
-
-        from onnxslice.io import atomic_write_bytes
 
         proto = onnx.load_from_string(self.classifier_onnx)
         for k, v in {
@@ -356,8 +351,6 @@ def fit_detector(
     Raises:
         DataError: no labels, too few samples in a class, an unknown option, a profile of another model.
     """
-    from onnxslice.data import Dataset, load_data
-
     if features not in FEATURE_KINDS:
         raise DataError(f"unknown feature kind '{features}'; use {', '.join(FEATURE_KINDS)}")
     clf = _classifier(classifier, seed)

@@ -34,17 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 
 from onnxslice.apps.bits import class_bits, draw_flips, encoding, flip_bits
 from onnxslice.apps.staged import FaultPoint, StagedRunner
+from onnxslice.console import progress as bar
 from onnxslice.errors import DataError, ModelError
-from onnxslice.model import Model, Node
+from onnxslice.fault_sites import FaultLayer, constant_subgraph, fault_layers
+from onnxslice.model import Model, load
 from onnxslice.parallel import Backend, map_units, unit_seeds
 from onnxslice.record import Device
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.common import as_model, calibration
-from onnxslice.sensitivity.scores import LayerScores
-from onnxslice.walk import ancestors
 
 __all__ = [
     "TARGETS",
@@ -62,87 +62,6 @@ __all__ = [
 ]
 
 TARGETS = ("weights", "activations", "both")
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_QUANT = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
-          onnx.TensorProto.UINT4: "uint4"}
-
-
-@dataclass(frozen=True)
-class FaultLayer:
-    """A layer faults can hit.
-
-    Attributes:
-        name: the node name.
-        index: its position in :func:`fault_layers` (the key of its random streams).
-        weight: the initializer whose bits flip (the float weight, or the stored quantized one).
-        weight_encoding: ``float32``, ``float16``, ``int8``, ``uint8``, ``int4`` or ``uint4``.
-        output: the node's output value (its activation).
-    """
-
-    name: str
-    index: int
-    weight: str
-    weight_encoding: str
-    output: str
-
-
-def fault_layers(model: Model) -> list[FaultLayer]:
-    """The SAfER layers of ``model`` (float weights), layers reading a dequantized integer initializer, and
-    ``MatMulNBits`` layers (their packed ``uint8`` weight bytes).
-
-    Raises:
-        ModelError: the model has no such layer.
-    """
-    out: list[FaultLayer] = []
-    floats = {x.name: x for x in model.layers}
-    for n in model.nodes:
-        if n.name in floats:
-            x = floats[n.name]
-            enc = str(model.initializer(x.weight).dtype)
-            if enc in ("float32", "float16"):
-                out.append(FaultLayer(n.name, len(out), x.weight, enc, x.output))
-            continue
-        if n.op_type == "MatMulNBits" and n.domain == "com.microsoft" and model.is_initializer(n.input(1)):
-            t = model._init_protos[n.input(1)]
-            if t.data_type == onnx.TensorProto.UINT8:  # packed 4-bit weights: two per stored byte
-                out.append(FaultLayer(n.name, len(out), n.input(1), "uint8", n.outputs[0]))
-            continue
-        if n.op_type not in _LAYER_OPS or n.domain:
-            continue
-        for v in n.inputs[1:2] if n.op_type != "MatMul" else n.inputs[:2]:
-            sub = constant_subgraph(model, v)
-            dq = next((d for d in sub or [] if d.op_type == "DequantizeLinear" and model.is_initializer(d.input(0))),
-                      None)
-            if dq is None:
-                continue
-            t = model._init_protos[dq.input(0)]
-            if t.data_type in _QUANT and len(t.dims) >= 1 and int(np.prod(t.dims)) > 1:
-                out.append(FaultLayer(n.name, len(out), dq.input(0), _QUANT[t.data_type], n.outputs[0]))
-                break
-    if not out:
-        raise ModelError(
-            "the model has no layers faults can hit: no Conv/ConvTranspose/Gemm/MatMul node reads a float32/float16 "
-            "weight initializer or a DequantizeLinear of an int8/uint8/int4/uint4 one, and no MatMulNBits node"
-        )
-    return out
-
-
-def constant_subgraph(model: Model, value: str) -> list[Node] | None:
-    """The nodes computing ``value`` from initializers only (a weight built by DequantizeLinear, Reshape...),
-    in model order; None when ``value`` depends on a graph input, or is itself an initializer or empty."""
-    if not value or model.is_initializer(value) or model.producer(value) is None:
-        return None
-    names = ancestors(model, [value])
-    nodes = [n for n in model.nodes if n.name in names]
-    for n in nodes:
-        if n.op_type in ("If", "Loop", "Scan"):
-            return None
-        for i in n.inputs:
-            if i and not model.is_initializer(i) and (model.producer(i) is None or model.producer(i).name not in names):  # type: ignore[union-attr]
-                return None
-    return nodes
-
-
 @dataclass(frozen=True)
 class FaultModel:
     """What a trial flips (see the module docstring).
@@ -267,7 +186,6 @@ def _runner(shared: _Shared) -> tuple[Model, list[FaultLayer], StagedRunner, np.
     hit = _RUNNERS.get(id(shared))
     if hit is not None and hit[0] is shared:
         return hit[1], hit[2], hit[3], hit[4]
-    from onnxslice.model import load
 
     _RUNNERS.clear()
     _PREPARED.clear()
@@ -407,8 +325,6 @@ def run_campaign(
     Raises:
         DataError: a bad fault model, trials < 1, bad data. ModelError: an unknown layer or no layers.
     """
-    from onnxslice.console import progress as bar
-
     fault.check()
     if trials < 1:
         raise DataError(f"trials must be at least 1, got {trials}")

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from onnxslice.console import progress
+from onnxslice.data import Dataset
 from onnxslice.errors import DataError
+from onnxslice.grad import GradientEngine
 from onnxslice.model import Model
 from onnxslice.parallel import Backend, map_units
 from onnxslice.profile import Profile
@@ -208,8 +210,6 @@ def _activation_features(
 def _gradient_features(
     model: Model, feed: dict[str, np.ndarray], batch_size: int, device: str
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
-    from onnxslice.grad import GradientEngine
-
     layers = layer_records(model)
     weights = [r["weight"] for r in layers]
     eng = GradientEngine(model, "pred", weights=weights, device=device)  # type: ignore[arg-type]
@@ -284,7 +284,6 @@ def extract_features(
         raise DataError(f"unknown aggregate '{aggregate}'; use {', '.join(_AGGREGATES)}")
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    from onnxslice.data import Dataset
 
     data = inputs.bind(model) if isinstance(inputs, Dataset) else inputs
     feed = validate_inputs(model, as_feed(model, data))

@@ -35,7 +35,10 @@ from onnxslice.data import Dataset
 from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.profile import Profile
-from onnxslice.record import Device
+from onnxslice.profile import profile as make_profile
+from onnxslice.record import Device, make_session, runtime_proto, validate_inputs
+from onnxslice.rewrite.emit import finalize
+from onnxslice.slicing import slice as slice_model
 from onnxslice.targets import default_output
 
 __all__ = [
@@ -166,9 +169,6 @@ def slice_scores(
     Returns:
         (scores by weight name, information: samples used per slice).
     """
-    from onnxslice.profile import profile as make_profile
-    from onnxslice.slicing import slice as slice_model
-
     prof = (
         profile if profile is not None else make_profile(model, data.subset(slice(0, 1000)), 256, show_progress=False)
     )
@@ -264,8 +264,6 @@ def lock(
     Returns:
         (locked model, key).
     """
-    from onnxslice.rewrite.emit import finalize
-
     if fill not in FILLS:
         raise DataError(f"unknown fill '{fill}'; use {' or '.join(FILLS)}")
     rng = np.random.default_rng(seed + 15485863)
@@ -305,8 +303,6 @@ def unlock(locked: Model, key: ProtectKey) -> Model:
     Raises:
         KeyFileError: the key belongs to another model, or the locked model was changed.
     """
-    from onnxslice.rewrite.emit import finalize
-
     meta = key.meta
     if locked.fingerprint != meta.get("fingerprint"):
         raise KeyFileError(
@@ -338,8 +334,6 @@ def unlock(locked: Model, key: ProtectKey) -> Model:
 # -- accuracy ----------------------------------------------------------------------------------------
 def predict(model: Model, data: Dataset, *, batch_size: int = 512, device: Device = "cpu") -> np.ndarray:
     """Argmax of the first output for every sample (onnxruntime, one thread per session)."""
-    from onnxslice.record import make_session, runtime_proto, validate_inputs
-
     sess = make_session(runtime_proto(model.proto), device, threads=1)
     feed = validate_inputs(model, data.bind(model))
     n = len(data)

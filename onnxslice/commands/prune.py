@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
-    from onnxslice.rewrite.prune_plan import sensitivity_scores
+    from onnxslice.plans.prune_plan import sensitivity_scores
     from onnxslice.sensitivity import LayerScores
 
     if args.scores:
@@ -110,7 +110,7 @@ def _scores(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
 
 def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
-    from onnxslice.rewrite.prune_plan import class_slice
+    from onnxslice.plans.prune_plan import class_slice
     from onnxslice.slicing import Slice
 
     if args.slice_file:
@@ -124,8 +124,8 @@ def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
 
 
 def _plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
-    from onnxslice.rewrite import plan_pruning
-    from onnxslice.rewrite.prune_plan import PrunePlan
+    from onnxslice.plans import plan_pruning
+    from onnxslice.plans.prune_plan import PrunePlan
 
     if args.plan:
         return PrunePlan.load(args.plan), None
@@ -174,7 +174,7 @@ def _round_to(args: argparse.Namespace, model: Any) -> int:
 def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     """Latency-aware plan (knapsack against the measured table), checked by measuring the pruned model."""
     from onnxslice.latency import latency_table
-    from onnxslice.rewrite.latency_plan import damage_table, prune_to_latency
+    from onnxslice.plans.latency_plan import damage_table, prune_to_latency
 
     if args.mode != "structured" or args.budget == "slice":
         raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
@@ -250,7 +250,8 @@ def _fallback(args: argparse.Namespace, model: Any, plan: Any, pruned: Any, lat:
     measure both against the input round-robin, keep the faster; refuse (nothing written) if both are slower."""
     from onnxslice.artifacts import stamp
     from onnxslice.latency import kernel_block, median_ratios, timed_sessions
-    from onnxslice.rewrite import plan_pruning, prune
+    from onnxslice.plans import plan_pruning
+    from onnxslice.rewrite import prune
 
     block = kernel_block(args.device)
     first = lat_ratio[1]

@@ -86,8 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _scores(args: argparse.Namespace, model: Model, ds: Dataset | None) -> Any:
-    from onnxslice.rewrite.bits_scores import is_oracle, quantization_scores
-    from onnxslice.sensitivity.scores import LayerScores
+    from onnxslice.plans.bits_scores import is_oracle, quantization_scores
+    from onnxslice.scores import LayerScores
 
     if args.scores:
         scores = LayerScores.load(args.scores)

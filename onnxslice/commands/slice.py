@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     outs.defer(path, s.save)
     sliced = None
     if sliced_path is not None:
-        sliced_model = s.to_model(model)
+        from onnxslice.rewrite import slice_to_model
+
+        sliced_model = slice_to_model(s, model)
         outs.defer(sliced_path, sliced_model.save)
         sliced = sliced_path
     outs.commit()

@@ -240,7 +240,7 @@ def _assemble(
     labels: Sym | None,
     source: str,
 ) -> onnx.ModelProto:
-    from onnxslice import __version__
+    from onnxslice.version import __version__
 
     m = engine.model
     src = m.proto.graph

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from onnxslice import __version__
 from onnxslice.console import progress_bar, warn_if_long
 from onnxslice.data import Dataset
 from onnxslice.model import Model
+from onnxslice.profile import profile as run_profile
 from onnxslice.report.analyses import (
     ReportOptions,
     agreement_section,
@@ -28,7 +28,11 @@ from onnxslice.report.analyses import (
     sensitivity_section,
     slice_section,
 )
+from onnxslice.report.figures import agreement_figure, pareto_figure, sensitivity_figure, slice_figure, strip_figure
+from onnxslice.report.page import render
+from onnxslice.rewrite.fidelity import run_outputs
 from onnxslice.sensitivity import LayerScores
+from onnxslice.version import __version__
 
 __all__ = ["SECTIONS", "Report", "ReportOptions", "build_report", "estimate_seconds", "json_ready"]
 
@@ -50,8 +54,6 @@ class Report:
 
 
 def _forward_seconds(model: Model, data: Dataset) -> float:
-    from onnxslice.rewrite.fidelity import run_outputs
-
     t0 = time.perf_counter()
     run_outputs(model, data)
     return time.perf_counter() - t0
@@ -123,15 +125,6 @@ def build_report(
     Returns:
         The :class:`Report`.
     """
-    from onnxslice.profile import profile as run_profile
-    from onnxslice.report.figures import (
-        agreement_figure,
-        pareto_figure,
-        sensitivity_figure,
-        slice_figure,
-        strip_figure,
-    )
-    from onnxslice.report.page import render
 
     opts = options or ReportOptions()
     t0 = time.perf_counter()

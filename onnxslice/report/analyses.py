@@ -17,8 +17,17 @@ from typing import Any
 import numpy as np
 
 from onnxslice.data import Dataset
+from onnxslice.describe import describe
+from onnxslice.errors import OnnxSliceError
 from onnxslice.model import Model
-from onnxslice.sensitivity import LayerScores
+from onnxslice.plans import plan_pruning
+from onnxslice.rewrite import plan_bits, prune, quantize
+from onnxslice.rewrite.bits_plan import quantizable_layers, uniform_plan
+from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+from onnxslice.rewrite.formats import convert
+from onnxslice.rewrite.measure import paired_latency_ms
+from onnxslice.sensitivity import LayerScores, agreement, perturbation_importance, sensitivity
+from onnxslice.slicing import slice as slice_model
 
 __all__ = [
     "ReportOptions",
@@ -69,8 +78,6 @@ class ReportOptions:
 
 def overview_section(model: Model) -> dict[str, Any]:
     """Inputs, outputs, size, ops and layers of the model."""
-    from onnxslice.commands.inspect import describe
-
     d = describe(model)
     return {
         "name": model.path.name if model.path else "model",
@@ -90,8 +97,6 @@ def sensitivity_section(
     model: Model, calib: Dataset, opts: ReportOptions, given: Sequence[LayerScores] = (),
 ) -> tuple[dict[str, Any], dict[str, LayerScores]]:
     """Per-layer scores of every criterion (given ones reused), plus the ground truth when asked."""
-    from onnxslice.sensitivity import perturbation_importance, sensitivity
-
     layers = [x.name for x in model.layers]
     computed: dict[str, LayerScores] = {s.criterion: s for s in given}
     timings: dict[str, float] = {}
@@ -138,8 +143,6 @@ def spearman_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, f
 def agreement_section(scores: dict[str, LayerScores]) -> dict[str, Any]:
     """Spearman (with a 95% interval) and Kendall of each criterion with the oracle, and the verdict:
     which criterion to trust on this model."""
-    from onnxslice.sensitivity import agreement
-
     truth = scores.get("oracle")
     if truth is None:
         return {"rows": [], "verdict": "no oracle was measured (--gt-draws 0): no criterion can be checked"}
@@ -178,8 +181,6 @@ def verdict(rows: list[dict[str, Any]], n_layers: int) -> str:
 
 def slice_section(model: Model, data: Dataset, opts: ReportOptions, profile: Any) -> dict[str, Any]:
     """Per class: the share of each layer's neurons and synapses in the class's slice."""
-    from onnxslice.slicing import slice as slice_model
-
     if data.labels is None:
         return {"classes": [], "note": "the data has no labels: class slices need labelled samples"}
     classes = list(opts.classes) if opts.classes is not None else sorted(set(data.labels.tolist()))[:3]
@@ -204,8 +205,6 @@ def _latency_feed(model: Model, data: Dataset) -> dict[str, np.ndarray]:
 
 def _row(label: str, kind: str, budget: float, model: Model, new: Model, ref_out: list[np.ndarray],
          data: Dataset, latency: tuple[float, float]) -> dict[str, Any]:
-    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
-
     fid = compare_outputs(ref_out, run_outputs(new, data), data.labels)
     return {"plan": label, "kind": kind, "budget": budget, "params": new.num_params,
             "bytes": new.proto.ByteSize(), "size_ratio": new.proto.ByteSize() / model.proto.ByteSize(),
@@ -216,10 +215,6 @@ def _row(label: str, kind: str, budget: float, model: Model, new: Model, ref_out
 
 def _sweep(model: Model, data: Dataset, opts: ReportOptions, variants: list[tuple[str, float, Callable[[], Model]]],
            kind: str, tick: Callable[[], None]) -> dict[str, Any]:
-    from onnxslice.errors import OnnxSliceError
-    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
-    from onnxslice.rewrite.measure import paired_latency_ms
-
     ref_out = run_outputs(model, data)
     base = compare_outputs(ref_out, ref_out, data.labels)
     feed = _latency_feed(model, data)
@@ -241,16 +236,11 @@ def _sweep(model: Model, data: Dataset, opts: ReportOptions, variants: list[tupl
 
 
 def _pruned(model: Model, ratio: float, budget: str, **options: Any) -> Model:
-    from onnxslice.rewrite import plan_pruning, prune
-
     return prune(model, plan_pruning(model, ratio, budget, **options))
 
 
 def _quantized(model: Model, data: Dataset, scores: LayerScores | None, avg_bits: float, uniform: str = "",
                per_parameter: bool = True) -> Model:
-    from onnxslice.rewrite import plan_bits, quantize
-    from onnxslice.rewrite.bits_plan import uniform_plan
-
     if uniform:
         return quantize(model, uniform_plan(model, uniform), data)
     assert scores is not None  # a bug, not user input: every non-uniform variant passes scores
@@ -258,8 +248,6 @@ def _quantized(model: Model, data: Dataset, scores: LayerScores | None, avg_bits
 
 
 def _converted(model: Model, data: Dataset, fmt: str) -> Model:
-    from onnxslice.rewrite.formats import convert
-
     return convert(model, fmt, data)
 
 
@@ -280,8 +268,6 @@ def quantize_section(model: Model, data: Dataset, opts: ReportOptions, scores: L
                      tick: Callable[[], None]) -> dict[str, Any]:
     """Static int8 QDQ (onnxruntime's integer kernels), then weight-only mixed precision (int4/int8) at each
     average-bits budget with uniform and random plans."""
-    from onnxslice.rewrite.bits_plan import quantizable_layers
-
     names = [x.name for x in quantizable_layers(model)]
     rnd = np.random.default_rng(opts.seed + 1000).permutation(len(names)).astype(float)
     random_scores = LayerScores(dict(zip(names, rnd.tolist(), strict=True)), "random")

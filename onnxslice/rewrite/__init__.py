@@ -1,16 +1,18 @@
 """Graph rewriting passes (prune, quantize): each collects its edits and applies them in one place.
 
-Passes never modify their input model and return a new checked :class:`onnxslice.Model`.
+Passes never modify their input model and return a new checked :class:`onnxslice.Model`. They import
+only the core (model, plugins, record); the plans that decide what to cut from analyses' scores
+(:func:`onnxslice.plans.plan_pruning`, :func:`onnxslice.plans.quantization_scores`) live in
+:mod:`onnxslice.plans`, above the analyses.
 """
 
 from __future__ import annotations
 
 from onnxslice.rewrite.bits_plan import plan_bits
-from onnxslice.rewrite.bits_scores import quantization_scores
 from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.prune import prune
-from onnxslice.rewrite.prune_plan import PrunePlan, plan_pruning
 from onnxslice.rewrite.quantize import quantize
+from onnxslice.rewrite.slice_mask import slice_to_model
 
-__all__ = ["Plan", "PrunePlan", "finalize", "plan_bits", "plan_pruning", "prune", "quantization_scores", "quantize"]
+__all__ = ["Plan", "finalize", "plan_bits", "prune", "quantize", "slice_to_model"]

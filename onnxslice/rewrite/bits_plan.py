@@ -31,7 +31,7 @@ from onnxslice.errors import PlanError
 from onnxslice.model import Model
 from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.precision import BITS, check_precision, layer_bytes, parse_choices, quantizable_layers
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["PlanCost", "plan_bits", "plan_cost", "uniform_plan"]
 

@@ -14,8 +14,10 @@ from typing import Any
 import onnx
 
 from onnxslice.errors import OnnxSliceError
-from onnxslice.model import Model
+from onnxslice.model import Model, load
+from onnxslice.record import make_session, max_ort_ir_version, runtime_proto
 from onnxslice.rewrite.plan import Plan
+from onnxslice.version import __version__
 
 __all__ = ["finalize"]
 
@@ -57,10 +59,6 @@ def finalize(
     Raises:
         OnnxSliceError: the result fails the full check, changes the I/O signature, or does not run.
     """
-    from onnxslice import __version__
-    from onnxslice.model import load
-    from onnxslice.record import make_session, max_ort_ir_version, runtime_proto
-
     proto.ir_version = min(proto.ir_version, max_ort_ir_version())
     history = [p.value for p in proto.metadata_props if p.key == "onnxslice.passes"]
     passes = (json.loads(history[0]) if history else []) + [pass_name]

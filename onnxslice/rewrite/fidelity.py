@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.data import Dataset
 from onnxslice.model import Model
 from onnxslice.record import Recorder, as_feed
+from onnxslice.targets import batch_axis
 
 __all__ = ["Fidelity", "compare_outputs", "fidelity", "run_outputs"]
 
@@ -81,8 +83,6 @@ def run_outputs(model: Model, data: Any, batch_size: int = 64) -> list[np.ndarra
     Each output's sample axis is moved to axis 0 (a time-first ``[T, N, C]`` output comes back as
     ``[N, T, C]``), so that the comparisons below always find the samples first.
     """
-    from onnxslice.targets import batch_axis
-
     rec = Recorder(model, None, "cpu")
     parts: list[list[np.ndarray]] = []
     for n, _, res in rec.iter_batches(as_feed(model, data), batch_size):
@@ -109,8 +109,6 @@ def fidelity(
         batch_size: onnxruntime batch size.
         ref_outputs: the reference's outputs on ``data`` when already computed.
     """
-    from onnxslice.data import Dataset
-
     if labels is None and isinstance(data, Dataset):
         labels = data.labels
     ref = ref_outputs if ref_outputs is not None else run_outputs(reference, data, batch_size)

@@ -39,8 +39,16 @@ import onnx
 
 from onnxslice.errors import OnnxSliceError, PlanError
 from onnxslice.model import Model
-from onnxslice.record import as_feed, runtime_proto, validate_inputs
+from onnxslice.record import as_feed, cuda_usable, make_session, runtime_proto, validate_inputs
+from onnxslice.rewrite import matmul_nbits
+from onnxslice.rewrite.bits_plan import uniform_plan
+from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.precision import quantizable_layers
+from onnxslice.rewrite.quantize import quantize
+from onnxslice.rewrite.static_quant import FeedReader
+from onnxslice.session import median_ratios, timed_sessions
 
 __all__ = ["FORMATS", "DynamicBuilder", "QdqBuilder", "QdqPlan", "fp16_convert", "plan_float_layers", "qdq_quantize",
            "qdq_sensitivity"]
@@ -81,8 +89,6 @@ class QdqBuilder:
                  calibrate_method: str = "minmax", selection: Any = None) -> None:
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        from onnxslice.rewrite.static_quant import FeedReader
 
         if calibration is None:
             raise OnnxSliceError("qdq quantization needs calibration data (calibration=... / --data)")
@@ -250,8 +256,6 @@ def _toposort(graph: onnx.GraphProto) -> None:
 
 def _outputs(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: Sequence[str],
              batch: int = 64) -> list[np.ndarray]:
-    from onnxslice.record import make_session
-
     sess = make_session(runtime_proto(proto), "cpu", optimize=True)
     n = len(next(iter(feed.values())))
     parts = [sess.run(list(names), {k: v[s : s + batch] for k, v in feed.items()}) for s in range(0, n, batch)]
@@ -260,8 +264,6 @@ def _outputs(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: Sequ
 
 def _score(ref: list[np.ndarray], out: list[np.ndarray]) -> tuple[float, float]:
     """(top-1 agreement or 1 - relative error, KL or squared relative error): higher first, lower second."""
-    from onnxslice.rewrite.fidelity import compare_outputs
-
     f = compare_outputs(ref, out)
     if f.top1_agreement is not None and f.kl is not None:
         return f.top1_agreement, f.kl
@@ -337,8 +339,6 @@ def plan_float_layers(
     Returns:
         The first trial meeting the goal; else the most faithful trial within the latency budget.
     """
-    from onnxslice.latency import median_ratios, timed_sessions
-
     outs = builder.model.output_names
     ref = _outputs(builder.model.proto, builder.feed, outs)
     cap = min(len(order), max(1, len(order) // 4) if max_float is None else max_float)
@@ -367,9 +367,6 @@ def plan_float_layers(
 
 
 def _finish(proto: onnx.ModelProto, model: Model, fmt: str, extra: Mapping[str, Any]) -> Model:
-    from onnxslice.rewrite.emit import finalize
-    from onnxslice.rewrite.plan import Plan
-
     plan = Plan("quantize", {n: ("fp32" if n in extra.get("float_layers", ()) else fmt)
                              for n in extra.get("layers", ())}, f"format-{fmt}", dict(extra.get("meta", {})))
     return finalize(proto, model, pass_name="quantize", plan=plan,
@@ -392,18 +389,12 @@ def convert(model: Model, fmt: str, calibration: Any = None, *, exclude: Sequenc
     Raises:
         PlanError: an unknown format, or ``nbits`` on a model without a MatMul weight it can take.
     """
-    from onnxslice.rewrite import matmul_nbits
-    from onnxslice.rewrite.bits_plan import uniform_plan
-    from onnxslice.rewrite.quantize import quantize
-
     if fmt not in FORMATS:
         raise PlanError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
     layers = [x.name for x in quantizable_layers(model)]
     if fmt == "weight":
         return quantize(model, uniform_plan(model, "int8"), calibration, mode="weight")
     if fmt == "nbits":
-        from onnxslice.rewrite.plan import Plan
-
         ok = [x.name for x in quantizable_layers(model) if matmul_nbits.eligible(model, x, block_size)]
         if not ok:
             raise PlanError("no MatMul weight of this model can be stored as MatMulNBits (a 2-D right-hand float32 "
@@ -432,7 +423,6 @@ def device_of(device: str) -> str:
     """``auto`` -> ``cuda`` where onnxruntime can use it, else ``cpu``."""
     if device != "auto":
         return device
-    from onnxslice.record import cuda_usable
 
     return "cuda" if cuda_usable() else "cpu"
 
@@ -456,9 +446,6 @@ def compare(model: Model, variants: Mapping[str, Model], data: Any, *, device: s
     float (the others are stored quantized), file bytes,
     top-1 agreement, KL, accuracy where ``data`` has labels.
     """
-    from onnxslice.latency import median_ratios, timed_sessions
-    from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
-
     feed = validate_inputs(model, as_feed(model, data))
     x = {k: v[:batch] for k, v in feed.items()}
     names = ["fp32", *variants]

@@ -31,8 +31,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxslice.errors import ModelError, OnnxSliceError
+from onnxslice.errors import DataError, ModelError, OnnxSliceError
+from onnxslice.fault_sites import constant_subgraph, fault_layers
 from onnxslice.model import Model
+from onnxslice.rewrite.emit import finalize
 
 __all__ = ["FAULT_OUTPUT", "full_duplication", "guard", "guard_unit"]
 
@@ -100,8 +102,6 @@ def _flag(parts: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto
 
 
 def _check_tolerance(rtol: float, atol: float) -> None:
-    from onnxslice.errors import DataError
-
     if not (rtol >= 0 and atol >= 0 and np.isfinite(rtol) and np.isfinite(atol)):
         raise DataError(f"tolerances must be finite and >= 0, got rtol={rtol}, atol={atol}")
 
@@ -144,8 +144,6 @@ def guard_unit(model: Model, name: str) -> list[str]:
 def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str]:
     """A copy of the guarded unit of ``name`` reading its own copies of its initializers (and of
     the nodes building a quantized weight). Returns nodes, initializers, the original and the recomputed output."""
-    from onnxslice.apps.faults import constant_subgraph
-
     protos = {n.name: n for n in model.graph.node}
     p = f"{_P}{name}/"
     nodes: list[onnx.NodeProto] = []
@@ -206,8 +204,6 @@ def _recompute(model: Model, name: str) -> tuple[list[onnx.NodeProto], list[onnx
 
 def _emit(model: Model, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], pass_name: str,
           extra: dict[str, object]) -> Model:
-    from onnxslice.rewrite.emit import finalize
-
     if FAULT_OUTPUT in model.output_names or any(FAULT_OUTPUT in n.outputs for n in model.nodes):
         raise ModelError(f"the model already has a value named '{FAULT_OUTPUT}'; it is guarded already")
     proto = onnx.ModelProto()
@@ -236,8 +232,6 @@ def guard(model: Model, layers: Sequence[str], *, rtol: float = 1e-4, atol: floa
         ModelError: no layer to guard, an unknown layer, or a non-float layer output.
         DataError: a negative or non-finite tolerance.
     """
-    from onnxslice.apps.faults import fault_layers
-
     _check_tolerance(rtol, atol)
     known = {x.name: x for x in fault_layers(model)}
     if not layers:

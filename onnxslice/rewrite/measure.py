@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxslice.flops import count_macs
 from onnxslice.model import Model
-from onnxslice.record import make_session, runtime_proto
+from onnxslice.record import Recorder, make_session, runtime_proto
 
 __all__ = ["ModelStats", "latency_ms", "model_stats", "paired_latency_ms"]
 
@@ -82,8 +82,6 @@ def model_stats(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20,
 
 
 def _macs_on(model: Model, feed: Mapping[str, np.ndarray]) -> int:
-    from onnxslice.record import Recorder
-
     counted = [n for n in model.nodes if not n.domain and n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
     want = sorted({v for n in counted for v in (*n.inputs[:2], n.outputs[0])
                    if v and not model.is_initializer(v) and v not in model.input_names})

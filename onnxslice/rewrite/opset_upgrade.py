@@ -15,6 +15,7 @@ from onnx import version_converter
 
 from onnxslice.errors import ModelError
 from onnxslice.model import Model
+from onnxslice.record import Recorder
 
 __all__ = ["default_opset", "probe_feed", "upgrade_opset"]
 
@@ -54,8 +55,6 @@ def upgrade_opset(
     Raises:
         ModelError: the converter fails, or the converted model computes something else.
     """
-    from onnxslice.record import Recorder
-
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     have = default_opset(proto)

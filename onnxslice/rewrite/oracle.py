@@ -20,7 +20,7 @@ from onnxslice.model import Model
 from onnxslice.record import Recorder, as_feed, make_session, runtime_proto, validate_inputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["quantization_oracle", "spearman"]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxslice.artifacts import check_belongs, read_json
 from onnxslice.console import format_table
 from onnxslice.errors import PlanError
 from onnxslice.io import save_json
@@ -41,8 +42,6 @@ class Plan:
 
     def validate(self, model: Model) -> None:
         """Raise :class:`PlanError` when the plan belongs to another model or names layers the model lacks."""
-        from onnxslice.artifacts import check_belongs
-
         check_belongs(None, f"{self.kind or 'rewrite'} plan", self.meta, model, PlanError)
         known = {x.name for x in model.layers}
         unknown = [name for name in self.layers if name not in known]
@@ -80,8 +79,6 @@ class Plan:
         Raises:
             PlanError: missing file or not a plan.
         """
-        from onnxslice.artifacts import read_json
-
         p = Path(path)
         d = read_json(p, "plan", PlanError)
         try:

@@ -18,6 +18,7 @@ import onnx
 
 from onnxslice.errors import PlanError
 from onnxslice.model import Model, load
+from onnxslice.record import as_feed, validate_inputs
 from onnxslice.rewrite import matmul_nbits
 from onnxslice.rewrite.bits_plan import plan_cost
 from onnxslice.rewrite.emit import finalize
@@ -92,8 +93,6 @@ def _weight_only(model: Model, decisions: dict[str, str], block_size: int, use_n
     need = max(_OPSET_NEEDED[p] for p in [*dq.values(), "fp32"])
     feed = None
     if probe is not None:
-        from onnxslice.record import as_feed, validate_inputs
-
         feed = validate_inputs(model, as_feed(model, probe))
     proto = upgrade_opset(model, need, feed) if need else _copy(model.proto)
     if "int4" in dq.values():

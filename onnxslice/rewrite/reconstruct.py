@@ -38,8 +38,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxslice.console import progress
 from onnxslice.errors import PlanError
 from onnxslice.model import Layer, Model, Node
+from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
+from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.prune import resolve_channels
 
 __all__ = ["METHODS", "LayerFit", "ReconstructResult", "conv_patches", "reconstruct"]
 
@@ -147,8 +151,6 @@ def _conv_attrs(node: Node, w: np.ndarray) -> dict[str, Any] | str:
 
 def _removed_out(model: Model, plan: Any) -> dict[str, set[int]]:
     """Weight initializer -> output channels (original indices) the plan removes."""
-    from onnxslice.rewrite.prune import resolve_channels
-
     chosen, _, groups = resolve_channels(model, plan)
     out_axis = {x.weight: x.out_axis for x in model.layers}
     removed: dict[str, set[int]] = {}
@@ -263,8 +265,6 @@ class _Runner:
     """The pruned model in one onnxruntime session, with the repaired initializers fed as inputs."""
 
     def __init__(self, pruned: Model, weights: dict[str, np.ndarray], extra: Sequence[str]) -> None:
-        from onnxslice.record import make_session, runtime_proto
-
         self.weights = weights
         self.sess = make_session(runtime_proto(pruned.proto, list(extra), list(weights)), "cpu", optimize=False)
 
@@ -282,9 +282,6 @@ def _fit(t: _Target, xtx: np.ndarray, xty: np.ndarray, w0: np.ndarray, ridge: fl
 def _lsq(model: Model, pruned: Model, plan: Any, feed: Mapping[str, np.ndarray], n: int, weights: dict[str, np.ndarray],
          skipped: dict[str, str], positions: int, ridge: float, batch_size: int, seed: int,
          show_progress: bool | None, min_rows: float = 2.0) -> list[LayerFit]:
-    from onnxslice.console import progress
-    from onnxslice.record import make_session, runtime_proto
-
     targets = _targets(model, pruned, plan, skipped)
     if not targets:
         return []
@@ -358,8 +355,6 @@ def _lsq(model: Model, pruned: Model, plan: Any, feed: Mapping[str, np.ndarray],
 
 def _bn(pruned: Model, feed: Mapping[str, np.ndarray], n: int, weights: dict[str, np.ndarray], batch_size: int,
         show_progress: bool | None) -> list[str]:
-    from onnxslice.console import progress
-
     bns = [x for x in pruned.nodes if x.op_type == "BatchNormalization" and pruned.is_initializer(x.input(3))
            and pruned.is_initializer(x.input(4)) and len(x.outputs) == 1]
     if not bns:
@@ -423,9 +418,6 @@ def reconstruct(
     Raises:
         PlanError: an unknown method, an unstructured plan, bad ``samples``/``positions``/``ridge``, no data.
     """
-    from onnxslice.record import as_feed, validate_inputs
-    from onnxslice.rewrite.emit import finalize
-
     if method not in METHODS:
         raise PlanError(f"unknown recovery method '{method}'; use one of {', '.join(METHODS)}")
     if plan.meta.get("mode", "structured") != "structured":

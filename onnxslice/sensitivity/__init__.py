@@ -7,12 +7,12 @@ ground truth; ``agreement(scores, truth)`` compares them (exact ranking, Spearma
 
 from __future__ import annotations
 
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.agreement import agreement, exact_ranking, kendall, spearman
 from onnxslice.sensitivity.api import relevance, sensitivity
 from onnxslice.sensitivity.criteria import CRITERIA, Criterion, get_criterion, load_gradient_criteria
 from onnxslice.sensitivity.groundtruth import NOISES, perturbation_importance
 from onnxslice.sensitivity.reductions import REDUCTIONS, UnknownNameError, reduce
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = [
     "CRITERIA",

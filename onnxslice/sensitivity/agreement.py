@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.errors import DataError
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["agreement", "exact_ranking", "kendall", "rankdata", "spearman"]
 

@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.errors import DataError
 from onnxslice.model import Model
 from onnxslice.record import Device
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.common import as_model
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import Criterion, get_criterion
 from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = ["relevance", "sensitivity"]
 
@@ -23,8 +24,6 @@ def _context(
     noise_samples: int, seed: int, batch_size: int | None, layers: list[str] | None, device: Device,
     options: dict[str, Any],
 ) -> Context:
-    from onnxslice.errors import DataError
-
     if steps < 1 or noise_samples < 1:
         raise DataError(f"steps and noise_samples must be at least 1; got {steps} and {noise_samples}")
     m = as_model(model)

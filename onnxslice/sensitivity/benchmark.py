@@ -30,13 +30,18 @@ from typing import Any
 import numpy as np
 
 from onnxslice.console import format_table
+from onnxslice.console import progress as bar
 from onnxslice.errors import UnsupportedOpError
+from onnxslice.io import atomic_write_bytes, save_json
+from onnxslice.model import load
+from onnxslice.parallel import map_units
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.agreement import agreement
+from onnxslice.sensitivity.common import model_layers
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import get_criterion
 from onnxslice.sensitivity.groundtruth import perturbation_importance
 from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = [
     "SAFER_TABLE1",
@@ -81,6 +86,11 @@ SAFER_TABLE1: dict[tuple[str, str], dict[str, int]] = {
 SAFER_TABLE2 = {"mean": 37.086, "percentile": 38.636, "l1": 36.109, "l2": 38.234, "linf": 39.809}
 
 
+def block_layers(names: Sequence[str]) -> list[str]:
+    """The layers of the sampled blocks (``hidden.*``, ``blocks.*``) among moons layer names, in order."""
+    return [n for n in names if "/hidden." in n or "/blocks." in n]
+
+
 def family_of(path: str | Path) -> str:
     """The family from a moons file name (``skipsd-3000.onnx`` -> ``skip+sd``)."""
     stem = Path(path).stem.split("-")[0]
@@ -113,8 +123,6 @@ def evaluate_model(
     embedding or head), the setting that reproduced the paper best (docs/reproduction.md); ``"all"``
     (default) ranks every weight layer.
     """
-    from onnxslice.model import load
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # one onnxruntime thread per worker: on a shared machine the default (all cores, spinning) was measured
     # twice as slow on the moons transformers (docs/reproduction.md)
@@ -124,9 +132,6 @@ def evaluate_model(
     check_name("layer set", layers, ("all", "blocks"))
     chosen = None
     if layers == "blocks":
-        from onnxslice.sensitivity.common import model_layers
-        from onnxslice.sensitivity.variants import block_layers
-
         chosen = block_layers([x.name for x in model_layers(model)])
     ctx = Context.build(model, "builtin:moons?split=train", "pred", samples=samples, steps=steps,
                         noise_samples=noise_samples, seed=seed, batch_size=None, layers=chosen)
@@ -181,8 +186,6 @@ def run_benchmark(
 ) -> list[dict[str, Any]]:
     """Evaluate every model with :func:`onnxslice.parallel.map_units` (local processes or Ray; one model
     per unit; ``workers=1`` runs in this process). Results do not depend on the backend or worker count."""
-    from onnxslice.parallel import map_units
-
     return map_units(_run_one, [str(p) for p in paths], {"criteria": list(criteria), **kw},
                      backend=backend, workers=workers, address=address)  # type: ignore[arg-type]
 
@@ -235,7 +238,6 @@ def _find_or_build(builder: Any, family: str, index: int, committed: Path, built
         for s in range(base, base + 20):
             if (folder / builder.file_name(family, s)).is_file():
                 return folder / builder.file_name(family, s)
-    from onnxslice.io import atomic_write_bytes
 
     spec, data = builder.build_model(family, index)
     built.mkdir(parents=True, exist_ok=True)
@@ -244,8 +246,6 @@ def _find_or_build(builder: Any, family: str, index: int, committed: Path, built
 
 def _run_sampled_one(shared: dict[str, Any], unit: tuple[str, int], unit_seed: int) -> dict[str, Any]:
     import json
-
-    from onnxslice.io import save_json
 
     family, index = unit
     done = Path(shared["cache"]) / f"{family.replace('+', '')}-{index}.json"
@@ -278,9 +278,6 @@ def run_sampled(
     Returns:
         One :func:`evaluate_model` result per model (family order, then index).
     """
-    from onnxslice.console import progress as bar
-    from onnxslice.parallel import map_units
-
     evaluate = {"criteria": list(criteria), "ceiling": ceiling, **kw}
     digest = _sampled_key({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in evaluate.items()})
     root = Path(cache)

@@ -14,10 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress_bar
+from onnxslice.errors import DataError
+from onnxslice.grad import GradientEngine
 from onnxslice.model import Layer, Model
 from onnxslice.record import Device, Recorder
 from onnxslice.sensitivity.common import Calibration, Target, calibration, logits_value, model_layers
 from onnxslice.sensitivity.cut import Suffix
+from onnxslice.sensitivity.stacked import stack_model, stack_problem, stack_subject
 from onnxslice.targets import BoundTarget
 
 __all__ = ["Context"]
@@ -72,8 +76,6 @@ class Context:
 
     def need_data(self, who: str) -> Calibration:
         """The calibration data, or a DataError saying that ``who`` needs some."""
-        from onnxslice.errors import DataError
-
         if self.cal is None:
             raise DataError(f"criterion '{who}' needs calibration data (--data)")
         return self.cal
@@ -169,8 +171,6 @@ class Context:
                 true (otherwise the engine falls back to finite differences for that node, with a warning).
         """
         if self._engine is None:
-            from onnxslice.grad import GradientEngine
-
             names = [x.weight for x in self.layers]
             engine_target = self.target
             self._engine = GradientEngine(
@@ -216,8 +216,6 @@ class Context:
     # -- many weight settings per engine call (stacked.py) -----------------------------------------
     def stack_problem(self) -> str | None:
         """Why points cannot be stacked along the batch here (None when they can)."""
-        from onnxslice.sensitivity.stacked import stack_problem
-
         if not self.option("stack", True):
             return "stacking is turned off (option stack=False)"
         why = stack_problem(self.model, self.layers)
@@ -257,9 +255,6 @@ class Context:
         """``(engine, Stacked)`` for ``groups`` points per call (built once per size and kind)."""
         key = (groups, per_sample)
         if key not in self._stacked:
-            from onnxslice.grad import GradientEngine
-            from onnxslice.sensitivity.stacked import stack_model
-
             batched = not per_sample and bool(self.option("stack_batched", True))
             st = stack_model(self.model, self.layers, groups, batch=batched)
             names = st.names([x.weight for x in self.layers])
@@ -273,9 +268,6 @@ class Context:
         """``(engine, Stacked)`` for ``groups`` settings of ``layer``'s weight alone (None: not possible)."""
         key = (layer.name, groups)
         if key not in self._subject:
-            from onnxslice.grad import GradientEngine
-            from onnxslice.sensitivity.stacked import stack_subject
-
             for other in [k for k in self._subject if k[0] != layer.name]:
                 del self._subject[other]  # one layer at a time: engines of earlier layers are not needed again
             st = stack_subject(self.model, layer, groups, [self.value, *self.bound_outputs()])
@@ -306,8 +298,6 @@ class Context:
         gradient (keys of the yielded gradients: the layers' weight names, or the subject's alone). A
         progress bar with an ETA counts points (``desc`` names the work).
         """
-        from onnxslice.console import progress_bar
-
         cal = self.need_data("gradient")
         size = chunk or self.batch_size or len(cal)
         runs: list[tuple[int, int, Layer | None]] = []

@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from onnxslice.data import load_data
+from onnxslice.rewrite.fidelity import run_outputs
+
 __all__ = ["criterion_passes", "forward_seconds", "groundtruth_passes"]
 
 #: Forward-pass equivalents of one gradient evaluation over the calibration set (forward + backward).
@@ -45,9 +48,6 @@ def groundtruth_passes(n_layers: int, draws: int) -> float:
 
 def forward_seconds(model: Any, data: Any, samples: int) -> float:
     """Seconds of one forward pass of ``model`` over the first ``samples`` samples of ``data``."""
-    from onnxslice.data import load_data
-    from onnxslice.rewrite.fidelity import run_outputs
-
     ds = load_data(data) if isinstance(data, str) else data
     sub = ds.subset(slice(0, samples)) if hasattr(ds, "subset") else ds
     t0 = time.perf_counter()

@@ -36,10 +36,10 @@ import numpy as np
 from onnxslice.errors import DataError
 from onnxslice.model import Layer, Model
 from onnxslice.record import Device, Recorder
+from onnxslice.scores import LayerScores
 from onnxslice.sensitivity.common import activation_axis, as_model, calibration, channel_axis, model_layers
 from onnxslice.sensitivity.cut import Suffix
 from onnxslice.sensitivity.reductions import check_name
-from onnxslice.sensitivity.scores import LayerScores
 
 __all__ = ["BLOCK", "NOISES", "activation_patterns", "perturb", "perturbation_importance"]
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Generator, Mapping
 
 import numpy as np
 
+from onnxslice.console import progress_bar
 from onnxslice.errors import DataError
 from onnxslice.model import Layer
 from onnxslice.sensitivity.context import Context
@@ -156,8 +157,6 @@ class PathCriterion:
         self, ctx: Context, subjects: list[list[Layer]], fraction: float, max_dist: float
     ) -> dict[str, np.ndarray]:
         """Per-layer guided paths one layer at a time: each step runs only the graph below the layer."""
-        from onnxslice.console import progress_bar
-
         out = {}
         with progress_bar(len(subjects) * ctx.steps, f"gig: {len(subjects)} paths x {ctx.steps} steps") as advance:
             for subject in subjects:

@@ -32,8 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.errors import UnsupportedOpError
+from onnxslice.model import load
 from onnxslice.sensitivity.agreement import agreement
-from onnxslice.sensitivity.reductions import REDUCTIONS, check_name
+from onnxslice.sensitivity.benchmark import SAFER_TABLE1, _pct, block_layers, family_of, settings_for, tables, wilson
+from onnxslice.sensitivity.context import Context
+from onnxslice.sensitivity.criteria import get_criterion
+from onnxslice.sensitivity.groundtruth import perturbation_importance
+from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
 
 __all__ = [
     "FULL_MAGNITUDES",
@@ -54,11 +60,6 @@ FULL_MAGNITUDES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 THREE_MAGNITUDES = (0.1, 0.3, 0.5)
 #: per-sample counterparts of the batch-gradient criteria: name -> (base criterion, times weight)
 PER_SAMPLE = {"grad": ("grad|ps", False), "wgrad": ("wgrad|ps", True)}
-
-
-def block_layers(names: Sequence[str]) -> list[str]:
-    """The layers of the sampled blocks (``hidden.*``, ``blocks.*``) among moons layer names, in order."""
-    return [n for n in names if "/hidden." in n or "/blocks." in n]
 
 
 def reduce_signed(relevance: np.ndarray, name: str = "linf", percentile: float = 90.0) -> float:
@@ -98,14 +99,6 @@ def evaluate_variants(
     """Layer scores of one moons model for every variant: ``{"model", "family", "layers", "criteria":
     {criterion: {"abs"|"signed": {reduction: scores}}}, "truth": [{noise, on, magnitude, scores}],
     "seconds", "errors"}``."""
-    from onnxslice.errors import UnsupportedOpError
-    from onnxslice.model import load
-    from onnxslice.sensitivity.benchmark import family_of, settings_for
-    from onnxslice.sensitivity.context import Context
-    from onnxslice.sensitivity.criteria import get_criterion
-    from onnxslice.sensitivity.groundtruth import perturbation_importance
-    from onnxslice.sensitivity.reductions import reduce
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ONNXSLICE_THREADS", "1")
     model = load(path)
@@ -210,8 +203,6 @@ def _key(c: dict[str, Any]) -> tuple[Any, ...]:
 
 def _findings(cases: list[dict[str, Any]], crits: list[str]) -> dict[str, Any]:
     """The paper's qualitative findings measured on ``cases`` (linf unless stated), with 95% intervals."""
-    from onnxslice.sensitivity.benchmark import wilson
-
     def pct(sel: list[dict[str, Any]]) -> dict[str, Any]:
         k, n = int(sum(c["exact"] for c in sel)), len(sel)
         lo, hi = wilson(k, n)
@@ -235,8 +226,6 @@ def _findings(cases: list[dict[str, Any]], crits: list[str]) -> dict[str, Any]:
 def variant_tables(results: list[dict[str, Any]], criteria: Sequence[str]) -> dict[str, Any]:
     """Per variant: exact % (linf) per criterion with 95% intervals, Table 2, the paper's findings, the
     mean absolute distance to the paper's Table 1 cells, and a paired McNemar test against the baseline."""
-    from onnxslice.sensitivity.benchmark import SAFER_TABLE1, _pct, tables, wilson
-
     crits = [c for c in criteria if "|" not in c]
     base_cases = [c for r in results for c in variant_cases(r, VARIANTS["baseline"])]
     base_idx = {_key(c): c["exact"] for c in base_cases}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.data import parse_samples
 from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.model import Model
 from onnxslice.opsets.contrib.base import DEFAULT_CHUNK
@@ -92,8 +93,6 @@ def _check_options(theta: float, granularity: str, theta_denominator: str, theta
 
 
 def _select(feed: dict[str, np.ndarray], samples: str | Sequence[int] | np.ndarray | None) -> np.ndarray:
-    from onnxslice.data import parse_samples
-
     n = len(next(iter(feed.values())))
     if samples is None or isinstance(samples, str):
         return parse_samples(samples, n)

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxslice.artifacts import check_array, check_belongs, check_finite_number, check_keys, check_shapes
 from onnxslice.console import format_table
 from onnxslice.errors import DataError
+from onnxslice.io import load_npz, save_npz
 
 if TYPE_CHECKING:
     from onnxslice.model import Model
@@ -139,50 +141,8 @@ class Slice:
         )
         return format_table(self.per_layer(), title=title)
 
-    def to_model(self, model: Model, min_contrib: int = 1) -> Model:
-        """The model with every synapse outside the slice zeroed (``|CONTRIB| < min_contrib``).
-
-        Only weights the analysis reached are masked (weights no CONTRIB reached are all outside: they
-        are zeroed too when they belong to a layer the slice covers). Biases and normalisation
-        parameters are kept. The result passes :func:`onnxslice.rewrite.finalize` (checked, opens in
-        onnxruntime).
-
-        Raises:
-            DataError: the slice belongs to another model.
-        """
-        from onnx import numpy_helper
-
-        from onnxslice.rewrite import finalize
-
-        if self.fingerprint and self.fingerprint != model.fingerprint:
-            raise DataError(
-                f"this slice was computed on another model (fingerprint {self.fingerprint}, the model's is "
-                f"{model.fingerprint})"
-            )
-        self.check_model(model)
-        masks = {name: np.abs(c) >= min_contrib for name, c in self.synapses.items()}
-        for r in self.layers:
-            masks.setdefault(r["weight"], np.zeros(model.initializer(r["weight"]).shape, bool))
-        proto = type(model.proto)()
-        proto.CopyFrom(model.proto)
-        for t in proto.graph.initializer:
-            if t.name in masks:
-                w = numpy_helper.to_array(t).copy()
-                w[~masks[t.name]] = 0
-                t.CopyFrom(numpy_helper.from_array(w, t.name))
-        kept = int(sum(m.sum() for m in masks.values()))
-        total = int(sum(m.size for m in masks.values()))
-        return finalize(
-            proto,
-            model,
-            pass_name="slice",
-            extra={"targets": self.targets, "theta": self.theta, "samples": self.count, "kept": kept, "of": total},
-        )
-
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save as ``.npz`` (atomic)."""
-        from onnxslice.io import save_npz
-
         arrays = {f"neuron/{k}": v for k, v in self.neurons.items()}
         arrays.update({f"synapse/{k}": v for k, v in self.synapses.items()})
         arrays["samples"] = np.asarray(self.samples, np.int64)
@@ -206,9 +166,6 @@ class Slice:
         Raises:
             DataError: the file is not a complete slice; the message names the file and the problem.
         """
-        from onnxslice.artifacts import check_array, check_finite_number, check_keys
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Slice")
         check_keys(path, "slice", meta, {"targets": list, "theta": (int, float), "options": dict, "layers": list})
         theta = check_finite_number(path, "slice", "theta", meta["theta"])
@@ -246,8 +203,6 @@ class Slice:
 
     def check_model(self, model: Model, path: str | os.PathLike[str] | None = None) -> None:
         """Raise DataError when this slice was computed on another model (structure, weights, weight shapes)."""
-        from onnxslice.artifacts import check_belongs, check_shapes
-
         check_belongs(path, "slice", {"fingerprint": self.fingerprint, "weights": self.weights}, model)
         shapes = {n: list(model.initializer(n).shape) for n in model.initializer_names}
         check_shapes(path, "slice", self.synapses, shapes, "weight")

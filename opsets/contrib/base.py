@@ -17,11 +17,13 @@ Nothing here touches a graph; arrays in, arrays out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from onnxslice.model import Node
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
 
 from ..broadcast import unbroadcast
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxslice.model import Node
-
 from ..geometry import window_pads
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
 
 __all__ = ["gather_windows", "node_windows", "scatter_windows", "window_index"]
 

@@ -10,16 +10,18 @@ sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalizati
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from onnxslice.model import Node
+from typing import TYPE_CHECKING
 
 from ..axes import normalize_axis
 from ..registry import REGISTRY
 from .base import Context, Effect, Port, Ref, blocked
 
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
 __all__ = ["axis_op", "broadcasting", "passthrough", "per_channel_params", "reduction"]
 
-Rule = Callable[[Node, Context, Port, Ref], Effect]
+Rule = Callable[["Node", Context, Port, Ref], Effect]
 
 
 def _rank(ctx: Context, value: str) -> int | None:

@@ -10,18 +10,20 @@ channel axis in another way stops the group with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from onnxslice.model import Node
 
 from ..axes import normalize_axes, normalize_axis
 from ..registry import REGISTRY
 from .base import Context, CountEdit, Effect, Port, Ref, blocked, prod
 
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
 __all__ = ["axis_mover", "concat", "flatten", "reshape", "unless_on_axis"]
 
-Rule = Callable[[Node, Context, Port, Ref], Effect]
+Rule = Callable[["Node", Context, Port, Ref], Effect]
 
 
 def _axes(node: Node, ctx: Context, rank: int) -> list[int] | None:

@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
-from onnxslice.model import Node
+from typing import TYPE_CHECKING
 
 from ..coverage import refuses
 from ..registry import REGISTRY
 from .base import Context, Effect, Port, Ref, blocked
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
 
 _WHY = {
     "GroupNormalization": "it normalises over groups of channels (removing one changes its group's statistics)",

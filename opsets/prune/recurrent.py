@@ -12,11 +12,14 @@ in the plan.
 
 from __future__ import annotations
 
-from onnxslice.model import Node
+from typing import TYPE_CHECKING
 
 from ..coverage import refuses
 from ..registry import REGISTRY
 from .base import Context, Effect, Port, Ref, blocked
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
 
 __all__ = ["RecurrentRule"]
 

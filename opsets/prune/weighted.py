@@ -13,10 +13,13 @@ layer cannot start a group.
 
 from __future__ import annotations
 
-from onnxslice.model import Node
+from typing import TYPE_CHECKING
 
 from ..registry import REGISTRY
 from .base import Context, CountEdit, Effect, Port, Ref, blocked
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
 
 __all__ = ["ConvRule", "ConvTransposeRule", "GemmRule", "MatMulRule"]
 

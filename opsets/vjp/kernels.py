@@ -38,7 +38,7 @@ def _session(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int)
 
 
 def _build(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int) -> Any:
-    from onnxslice.record import make_session
+    from onnxslice.session import make_session
 
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     kwargs: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs}

@@ -13,7 +13,7 @@ from _prune_nets import build
 import onnxslice as osl
 from onnxslice.errors import PlanError
 from onnxslice.latency import LatencyTable, _isotonic, candidate_counts, latency_table, subgraph
-from onnxslice.rewrite.latency_plan import (
+from onnxslice.plans.latency_plan import (
     _knapsack,
     _knapsack2,
     damage_table,

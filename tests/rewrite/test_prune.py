@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 import onnxslice as osl
 from onnxslice.errors import OnnxSliceError, PlanError
-from onnxslice.rewrite import Plan, plan_pruning, prune
+from onnxslice.plans import plan_pruning
+from onnxslice.rewrite import Plan, prune
 from onnxslice.rewrite.groups import discover_groups
 from onnxslice.testing import assert_models_close, run_ort
 

@@ -13,7 +13,8 @@ import onnx
 import pytest
 
 import onnxslice as osl
-from onnxslice.rewrite import plan_pruning, prune
+from onnxslice.plans import plan_pruning
+from onnxslice.rewrite import prune
 from onnxslice.testing import run_ort
 
 ROOT = Path(__file__).resolve().parents[2]

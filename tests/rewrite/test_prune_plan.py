@@ -8,8 +8,9 @@ from _prune_nets import build
 
 import onnxslice as osl
 from onnxslice.errors import PlanError
-from onnxslice.rewrite import plan_pruning, prune
-from onnxslice.rewrite.prune_plan import MAX_LAYER_RATIO, PrunePlan
+from onnxslice.plans import plan_pruning
+from onnxslice.plans.prune_plan import MAX_LAYER_RATIO, PrunePlan
+from onnxslice.rewrite import prune
 from onnxslice.sensitivity import LayerScores
 
 
@@ -56,8 +57,8 @@ def test_plan_sensitivity_unstructured_matches_safer_formula(lenet):
 
 
 def test_class_slice_counts_significant_uses_by_default(lenet):
+    from onnxslice.plans.prune_plan import class_slice
     from onnxslice.profile import profile
-    from onnxslice.rewrite.prune_plan import class_slice
     from onnxslice.slicing import slice as slice_model
 
     model, x = lenet

@@ -10,7 +10,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxslice as osl
-from onnxslice.rewrite import Plan, plan_pruning, prune
+from onnxslice.plans import plan_pruning
+from onnxslice.rewrite import Plan, prune
 from onnxslice.rewrite.groups import discover_groups
 from onnxslice.testing import assert_models_close, make_model
 

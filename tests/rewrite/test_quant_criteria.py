@@ -10,9 +10,9 @@ from onnx import helper
 
 import onnxslice as osl
 from onnxslice.errors import DataError
+from onnxslice.plans.bits_scores import quantization_scores
+from onnxslice.plans.quant_criteria import perturbation_errors
 from onnxslice.rewrite import plan_bits
-from onnxslice.rewrite.bits_scores import quantization_scores
-from onnxslice.rewrite.quant_criteria import perturbation_errors
 from onnxslice.rewrite.weight_quant import fake_quantize
 from onnxslice.testing import make_model
 

@@ -7,8 +7,8 @@ from _quant_models import conv_net, images
 
 from onnxslice.errors import DataError, PlanError
 from onnxslice.model import load
+from onnxslice.plans.bits_scores import DEFAULT_CRITERION, is_oracle, quantization_scores
 from onnxslice.rewrite import plan_bits
-from onnxslice.rewrite.bits_scores import DEFAULT_CRITERION, is_oracle, quantization_scores
 from onnxslice.rewrite.oracle import quantization_oracle
 from onnxslice.rewrite.precision import quantizable_layers
 from onnxslice.sensitivity import UnknownNameError, sensitivity

@@ -11,9 +11,10 @@ from _prune_nets import build
 
 import onnxslice as osl
 from onnxslice.errors import PlanError
+from onnxslice.plans import plan_pruning
+from onnxslice.plans.prune_plan import PrunePlan
 from onnxslice.record import make_session, runtime_proto
-from onnxslice.rewrite import plan_pruning, prune
-from onnxslice.rewrite.prune_plan import PrunePlan
+from onnxslice.rewrite import prune
 from onnxslice.rewrite.reconstruct import conv_patches, reconstruct
 
 

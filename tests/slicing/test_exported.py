@@ -12,6 +12,7 @@ import pytest
 
 from onnxslice.model import load
 from onnxslice.profile import profile
+from onnxslice.rewrite import slice_to_model
 from onnxslice.slicing import slice
 from onnxslice.testing import run_ort
 
@@ -83,7 +84,7 @@ def test_exported_mobile_block_slices_and_sliced_model_runs():
     dw = next(layer for layer in model.layers if model.initializer(layer.weight).shape[1] == 1)
     assert (s.synapses[dw.weight] != 0).any(), "CONTRIB did not reach the depthwise convolution"
     assert (s.neurons["x"] != 0).any(), "CONTRIB did not reach the input"
-    out = run_ort(s.to_model(model), {"x": x[:6]})[0]
+    out = run_ort(slice_to_model(s, model), {"x": x[:6]})[0]
     assert out.shape == (6, 6) and np.isfinite(out).all()
     c = slice(model, prof, x, "pred", 0.3, theta_denominator="delta", samples="0:6", granularity="channel", workers=1)
     assert c.neurons["x"].shape == (3,)

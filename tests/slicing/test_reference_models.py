@@ -12,6 +12,7 @@ from onnxslice.opsets import REGISTRY
 from onnxslice.data import load_data
 from onnxslice.model import load
 from onnxslice.profile import profile
+from onnxslice.rewrite import slice_to_model
 from onnxslice.slicing import slice
 from onnxslice.testing import run_ort
 
@@ -39,5 +40,5 @@ def test_reference_model_slices_end_to_end(name: str, n_profile: int, n_slice: i
     assert (s.synapses[first.weight] != 0).any(), f"CONTRIB did not reach {first.name}"
     assert any((s.neurons[i] != 0).any() for i in model.input_names if i in s.neurons)
     assert all(REGISTRY.has("contributions", n.op_type, n.domain, n.opset) for n in model.nodes if n.domain == "")
-    out = run_ort(s.to_model(model), {k: v[:2] for k, v in data.bind(model).items()})
+    out = run_ort(slice_to_model(s, model), {k: v[:2] for k, v in data.bind(model).items()})
     assert all(np.isfinite(o).all() for o in out if np.issubdtype(o.dtype, np.floating))

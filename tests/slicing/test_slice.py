@@ -11,6 +11,7 @@ from _slice_nets import cnn_data, cnn_model, worked_example_model, zero_profile
 from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.model import Model
 from onnxslice.profile import Profile, profile
+from onnxslice.rewrite import slice_to_model
 from onnxslice.slicing import Slice, slice
 from onnxslice.testing import run_ort
 
@@ -137,7 +138,7 @@ def test_slice_save_load_roundtrip(cnn, tmp_path: Path):
 def test_slice_to_model_zeroes_outside_synapses(cnn):
     model, prof, x = cnn
     s = slice(model, prof, x, "pred", samples="0:6", workers=1)
-    sliced = s.to_model(model)
+    sliced = slice_to_model(s, model)
     for layer in model.layers:
         w, ws = model.initializer(layer.weight), sliced.initializer(layer.weight)
         inside = s.synapses.get(layer.weight, np.zeros(w.shape)) != 0
@@ -191,7 +192,7 @@ def test_slice_to_model_and_summaries_reject_foreign_names(cnn):
     model, prof, x = cnn
     s = slice(model, prof, x, "pred", samples="0:2", workers=1)
     with pytest.raises(DataError, match="another model"):
-        s.to_model(worked_example_model())
+        slice_to_model(s, worked_example_model())
     with pytest.raises(DataError, match="no neuron value 'nope'"):
         s.channel_neurons("nope")
     with pytest.raises(DataError, match="unknown reduction"):

@@ -28,12 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.data import load_data
 from onnxslice.errors import DataError
+from onnxslice.grad.engine import GradientEngine
 from onnxslice.model import Model
 from onnxslice.record import as_feed, validate_inputs
+from onnxslice.rewrite.fidelity import run_outputs
 from onnxslice.rewrite.precision import check_precision, quantizable_layers
 from onnxslice.rewrite.weight_quant import fake_quantize
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
 
 __all__ = ["QUANT_CRITERIA", "is_quant_criterion", "perturbation_errors", "quant_criterion_scores"]
 
@@ -49,8 +52,6 @@ def _feed(model: Model, data: Any, samples: int) -> dict[str, np.ndarray]:
     if data is None:
         raise DataError("quantizer-aware criteria need calibration data; give --data")
     if isinstance(data, str):
-        from onnxslice.data import load_data
-
         data = load_data(data)
     feed = validate_inputs(model, as_feed(model, data))
     return {k: v[:samples] for k, v in feed.items()}
@@ -86,8 +87,6 @@ def perturbation_errors(
     Raises:
         DataError: no data, or an unknown method.
     """
-    from onnxslice.grad.engine import GradientEngine
-
     if method not in QUANT_CRITERIA:
         raise DataError(f"unknown quantizer-aware criterion '{method}'; use one of {', '.join(QUANT_CRITERIA)}")
     precs = [check_precision(p) for p in precisions]
@@ -102,7 +101,6 @@ def perturbation_errors(
     out: dict[str, dict[str, float]] = {x.name: {"fp32": 0.0} for x in layers}
     if method == "fisher":
         eng = GradientEngine(model, "cotangent", weights=weights, inputs=False, device="cpu")
-        from onnxslice.rewrite.fidelity import run_outputs
 
         shape = run_outputs(model, feed, batch_size)[model.output_names.index(eng.output)].shape
         acc = {x.name: dict.fromkeys(dws[x.name], 0.0) for x in layers}

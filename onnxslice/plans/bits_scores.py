@@ -6,7 +6,7 @@ benchmark use, so both ask for a criterion by the same name:
 - a SAfER criterion of :func:`onnxslice.sensitivity` (``wgrad``, ``grad``, ``weight``, ``gradcampp``,
   ``ig``, ``gig``, ``idgi``, ``smoothgrad``, ``vargrad``, ``hsic``, ``fd``), reduced with ``reduction``;
 - ``fisher``, ``taylor`` or ``hutchinson`` (``:<precision>``, int4 by default): the predicted output
-  error of each layer's real quantization error (:mod:`onnxslice.rewrite.quant_criteria`); their
+  error of each layer's real quantization error (:mod:`onnxslice.plans.quant_criteria`); their
   ``meta["errors"]`` let :func:`plan_bits` compare the candidate precisions of each layer;
 - ``oracle`` or ``oracle:<precision>`` (``int4`` when not given): the measured output error of
   quantizing each layer alone (:func:`onnxslice.rewrite.oracle.quantization_oracle`). It is a
@@ -19,9 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxslice.data import load_data
+from onnxslice.errors import DataError
 from onnxslice.model import Model
+from onnxslice.plans.quant_criteria import is_quant_criterion, quant_criterion_scores
+from onnxslice.rewrite.oracle import quantization_oracle
 from onnxslice.rewrite.precision import quantizable_layers
-from onnxslice.sensitivity.scores import LayerScores
+from onnxslice.scores import LayerScores
+from onnxslice.sensitivity import sensitivity
 
 __all__ = ["DEFAULT_CRITERION", "is_oracle", "quantization_scores"]
 
@@ -71,26 +76,20 @@ def quantization_scores(
         UnsupportedOpError: a gradient criterion on a model with an op that has no VJP rule.
     """
     names = [x.name for x in quantizable_layers(model)]
-    from onnxslice.rewrite.quant_criteria import is_quant_criterion, quant_criterion_scores
 
     if is_quant_criterion(criterion):
         return quant_criterion_scores(model, _resolve(data), criterion, samples=samples, block_size=block_size,
                                       use_matmul_nbits=use_matmul_nbits, batch_size=min(batch_size, 32),
                                       **{k: v for k, v in options.items() if k in ("probes", "seed")})
     if is_oracle(criterion):
-        from onnxslice.rewrite.oracle import quantization_oracle
-
         precision = criterion.split(":", 1)[1] if ":" in criterion else "int4"
         if data is None:
-            from onnxslice.errors import DataError
-
             raise DataError("the oracle measures output errors and needs calibration data; give --data")
         data = _resolve(data)
         return quantization_oracle(
             model, data, precision, samples=samples, batch_size=batch_size, block_size=block_size,
             use_matmul_nbits=use_matmul_nbits, show_progress=show_progress,
         )
-    from onnxslice.sensitivity import sensitivity
 
     s = sensitivity(model, data, criterion, reduction, samples=samples, batch_size=batch_size, layers=names, **options)
     return LayerScores({n: s.scores[n] for n in names}, s.criterion, s.reduction, s.meta)
@@ -98,7 +97,5 @@ def quantization_scores(
 
 def _resolve(data: Any) -> Any:
     if isinstance(data, str):
-        from onnxslice.data import load_data
-
         return load_data(data)
     return data

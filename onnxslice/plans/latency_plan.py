@@ -33,12 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.console import progress
 from onnxslice.errors import PlanError
 from onnxslice.latency import LatencyTable, latency_table, median_ratios, random_feed, timed_sessions
 from onnxslice.model import Model
+from onnxslice.plans.prune_plan import MAX_LAYER_RATIO, RATIO_DEFINITION, PrunePlan
+from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
 from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, per_channel, select_channels
+from onnxslice.rewrite.fidelity import compare_outputs
 from onnxslice.rewrite.groups import ChannelGroup, GroupSet, discover_groups
-from onnxslice.rewrite.prune_plan import MAX_LAYER_RATIO, RATIO_DEFINITION, PrunePlan
+from onnxslice.rewrite.prune import _apply_structured, prune
 
 #: An off-block count must save at least this much (whole-model measurement) to be chosen.
 OFF_GRID_MARGIN = 0.02
@@ -115,11 +119,6 @@ def damage_table(
     on the first ``samples`` samples: the mean ``KL(p_ref || p)`` when the first output is a class
     score (2-D), else the squared relative L2 error. The knapsack then minimises the summed damage.
     """
-    from onnxslice.console import progress
-    from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
-    from onnxslice.rewrite.fidelity import compare_outputs
-    from onnxslice.rewrite.prune import _apply_structured
-
     feed = validate_inputs(model, as_feed(model, data))
     feed = {k: v[:samples] for k, v in feed.items()}
     n = len(next(iter(feed.values())))
@@ -174,11 +173,6 @@ def plan_greedy(
     Raises:
         PlanError: a target outside (0, 1], a table of another model, or a target no step sequence reaches.
     """
-    from onnxslice.console import progress
-    from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
-    from onnxslice.rewrite.fidelity import compare_outputs
-    from onnxslice.rewrite.prune import _apply_structured
-
     t = float(target)
     if not (0.0 < t <= 1.0) or math.isnan(t):
         raise PlanError(f"the latency target is {target}; give a fraction of the original latency in (0, 1]")
@@ -611,8 +605,6 @@ def prune_to_latency(
     Returns:
         The best round: the most important plan among those measured within the target, else the fastest.
     """
-    from onnxslice.rewrite.prune import prune
-
     if table is None:
         table = latency_table(model, **table_options)
     x = dict(feed) if feed is not None else random_feed(model, table.batch)

@@ -40,12 +40,17 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.data import Dataset, load_data
 from onnxslice.errors import PlanError
 from onnxslice.io import load_npz, save_npz
 from onnxslice.model import Model
+from onnxslice.profile import profile
 from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, select_channels
 from onnxslice.rewrite.groups import ChannelGroup, GroupSet, discover_groups
 from onnxslice.rewrite.plan import Plan
+from onnxslice.sensitivity import sensitivity
+from onnxslice.slicing import slice as slice_model
+from onnxslice.slicing.targets import parse_targets
 
 __all__ = ["MAX_LAYER_RATIO", "PrunePlan", "class_slice", "plan_pruning", "sensitivity_scores"]
 
@@ -313,8 +318,6 @@ def sensitivity_scores(model: Model, data: Any, criterion: str = "wgrad", reduct
     Raises:
         PlanError: a criterion that needs data was given none.
     """
-    from onnxslice.sensitivity import sensitivity
-
     if data is None and criterion != "weight":
         raise PlanError(f"the sensitivity budget with criterion '{criterion}' needs calibration data (data=... / "
                         "--data), or precomputed LayerScores (scores=... / --scores)")
@@ -360,11 +363,6 @@ def class_slice(
     Raises:
         PlanError: no sample of ``data`` has a target class.
     """
-    from onnxslice.data import Dataset, load_data
-    from onnxslice.profile import profile
-    from onnxslice.slicing import slice as slice_model
-    from onnxslice.slicing.targets import parse_targets
-
     ds = data if isinstance(data, Dataset) else load_data(data) if isinstance(data, str) else None
     prof_data = ds.subset(slice(0, profile_samples)) if ds is not None else data
     prof = profile(model, prof_data, 256, show_progress=False)

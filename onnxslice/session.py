@@ -1,0 +1,200 @@
+"""onnxruntime sessions: the IR version it reads, CUDA detection and the session every run goes through.
+
+It sits below the model and the plugins (:mod:`onnxslice.opsets` builds eager kernels with it); the
+recording of intermediate values on top of it is :mod:`onnxslice.record`, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from onnxslice.errors import DataError, OnnxSliceError
+
+__all__ = [
+    "Device",
+    "cuda_usable",
+    "make_session",
+    "max_ort_ir_version",
+    "median_ratios",
+    "runtime_proto",
+    "timed_sessions",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+log = logging.getLogger("onnxslice")
+
+
+@lru_cache(maxsize=1)
+def max_ort_ir_version() -> int:
+    """The highest IR version the installed onnxruntime accepts (probed once on a tiny model)."""
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        try:
+            ort.InferenceSession(_probe_model(ir), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # onnxruntime raises its own exception types for unsupported IR
+            continue
+    return 7
+
+
+def runtime_proto(
+    proto: onnx.ModelProto, extra_outputs: Sequence[str] = (), weight_inputs: Sequence[str] = ()
+) -> onnx.ModelProto:
+    """A copy of ``proto`` that onnxruntime accepts, with ``extra_outputs`` added as graph outputs.
+
+    The IR version is lowered to what onnxruntime supports (onnx 1.23 writes IR 14 by default).
+    Initializers named in ``weight_inputs`` become graph inputs, so one session can run with many
+    values of those weights (perturbation studies, gradients at shifted weights).
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    out.ir_version = min(out.ir_version, max_ort_ir_version())
+    if weight_inputs:
+        want = set(weight_inputs)
+        moved = [t for t in out.graph.initializer if t.name in want]
+        missing = want - {t.name for t in moved}
+        if missing:
+            raise DataError(f"no initializer named {', '.join(sorted(missing))} in the model")
+        keep = [t for t in out.graph.initializer if t.name not in want]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(keep)
+        declared = {i.name for i in out.graph.input}
+        for t in moved:
+            if t.name not in declared:
+                out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    have = {o.name for o in out.graph.output}
+    known = {vi.name: vi for vi in out.graph.value_info}
+    for name in extra_outputs:
+        if name in have:
+            continue
+        vi = onnx.ValueInfoProto()
+        if name in known:
+            vi.CopyFrom(known[name])
+        else:
+            vi.name = name  # onnxruntime infers the type of an untyped output
+        out.graph.output.append(vi)
+        have.add(name)
+    return out
+
+
+def _cuda_works(providers: Sequence[str]) -> bool:
+    return bool(providers) and providers[0] == "CUDAExecutionProvider"
+
+
+def _probe_model(ir: int) -> bytes:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir).SerializeToString()
+
+
+@lru_cache(maxsize=1)
+def cuda_usable() -> bool:
+    """Whether onnxruntime really runs on CUDA here (probed once, quietly, on a tiny model).
+
+    ``get_available_providers()`` lists CUDA whenever onnxruntime-gpu is installed, even with no GPU
+    or CUDA libraries, so only a session's ``get_providers()`` is trusted.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    ort.set_default_logger_severity(4)
+    try:
+        sess = ort.InferenceSession(_probe_model(7), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return _cuda_works(sess.get_providers())
+    except Exception:
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def make_session(
+    proto: onnx.ModelProto,
+    device: Device = "auto",
+    *,
+    optimize: bool = False,
+    threads: int | None = None,
+    arena: bool = True,
+) -> ort.InferenceSession:
+    """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
+
+    Args:
+        proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
+        device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
+        optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
+        threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
+        arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
+            the resident size down for sessions whose outputs are copied out anyway).
+
+    Raises:
+        OnnxSliceError: CUDA was required but the session fell back to CPU.
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    so.log_severity_level = 3
+    so.enable_cpu_mem_arena = arena and os.environ.get("ONNXSLICE_ARENA", "1") != "0"
+    threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
+    if threads:
+        so.intra_op_num_threads = threads
+    data = proto.SerializeToString()
+    if device in ("auto", "cuda") and cuda_usable():
+        try:
+            sess = ort.InferenceSession(data, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if _cuda_works(sess.get_providers()):
+                return sess
+        except Exception as e:  # a broken CUDA install raises at session creation
+            if device == "cuda":
+                raise OnnxSliceError(f"CUDA was requested but onnxruntime could not use it: {e}") from e
+    if device == "cuda":
+        raise OnnxSliceError(
+            "CUDA was requested but onnxruntime runs on CPU here (no usable GPU or CUDA libraries); "
+            "use device='cpu' or 'auto'"
+        )
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxSliceError(f"onnxruntime cannot run this model: {e}") from e
+
+
+def _session_device(sess: ort.InferenceSession) -> str:
+    return "cuda" if _cuda_works(sess.get_providers()) else "cpu"
+
+
+def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1) -> list[Any]:
+    """Optimized onnxruntime sessions (graph optimizations on, as deployed) with pinned intra-op threads."""
+    if device not in ("cpu", "cuda"):
+        raise OnnxSliceError(f"unknown device '{device}'; use cpu or cuda")
+    dev: Any = device
+    return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
+
+
+def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,
+                  warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Round-robin timing; returns (median ms of each session, median per-repeat ratio to session 0).
+
+    Each repeat runs every session once, starting one later than the repeat before.
+    """
+    feed = dict(feed)
+    for s in sessions:
+        for _ in range(warmup):
+            s.run(None, feed)
+    times = np.zeros((repeats, len(sessions)))
+    for r in range(repeats):
+        for j in range(len(sessions)):
+            i = (r + j) % len(sessions)
+            t0 = time.perf_counter()
+            sessions[i].run(None, feed)
+            times[r, i] = (time.perf_counter() - t0) * 1e3
+    ms = np.median(times, axis=0)
+    ratios = np.median(times / times[:, :1], axis=0)
+    return [float(v) for v in ms], [float(v) for v in ratios]
