@@ -632,6 +632,8 @@ def prune_to_latency(
             break
     ok = [t for t in tried if t[2] <= target + tolerance]
     plan, pruned, measured = ok[0] if ok else min(tried, key=lambda t: t[2])
+    plan.meta["solved_for"] = plan.meta["latency_target"]  # a later round solves for a tightened target
+    plan.meta["latency_target"] = float(target)  # what the user asked for, whichever round was kept
     plan.meta["measured_latency"] = round(measured, 5)
     plan.meta["rounds"] = history
     return LatencyPruneResult(plan, pruned, measured, history, bool(ok))
