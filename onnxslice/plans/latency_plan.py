@@ -27,7 +27,7 @@ miss and solves again (a few rounds), so that the latency reported is measured, 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,21 @@ def channel_importance(model: Model, gset: GroupSet, channel_score: ChannelScore
     return out
 
 
+def _output_runner(model: Model, data: Any, samples: int, batch_size: int) -> Callable[[Any], list[np.ndarray]]:
+    """A function running a variant (proto) of ``model`` on the first ``samples`` of ``data``, in batches."""
+    feed = validate_inputs(model, as_feed(model, data))
+    feed = {k: v[:samples] for k, v in feed.items()}
+    n = len(next(iter(feed.values())))
+
+    def run(proto: Any) -> list[np.ndarray]:
+        sess = make_session(runtime_proto(proto), "cpu", optimize=True)
+        parts = [sess.run(model.output_names, {k: v[s : s + batch_size] for k, v in feed.items()})
+                 for s in range(0, n, batch_size)]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(model.output_names))]
+
+    return run
+
+
 def damage_table(
     model: Model,
     data: Any,
@@ -119,15 +134,7 @@ def damage_table(
     on the first ``samples`` samples: the mean ``KL(p_ref || p)`` when the first output is a class
     score (2-D), else the squared relative L2 error. The knapsack then minimises the summed damage.
     """
-    feed = validate_inputs(model, as_feed(model, data))
-    feed = {k: v[:samples] for k, v in feed.items()}
-    n = len(next(iter(feed.values())))
-
-    def run(proto: Any) -> list[np.ndarray]:
-        sess = make_session(runtime_proto(proto), "cpu", optimize=True)
-        parts = [sess.run(model.output_names, {k: v[s : s + batch_size] for k, v in feed.items()})
-                 for s in range(0, n, batch_size)]
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(model.output_names))]
+    run = _output_runner(model, data, samples, batch_size)
 
     gset = discover_groups(model)
     rng = np.random.default_rng(seed)
@@ -178,15 +185,7 @@ def plan_greedy(
         raise PlanError(f"the latency target is {target}; give a fraction of the original latency in (0, 1]")
     if table.fingerprint != model.fingerprint:
         raise PlanError("the latency table was measured on another model; measure this model")
-    feed = validate_inputs(model, as_feed(model, data))
-    feed = {k: v[:samples] for k, v in feed.items()}
-    n = len(next(iter(feed.values())))
-
-    def run(proto: Any) -> list[np.ndarray]:
-        sess = make_session(runtime_proto(proto), "cpu", optimize=True)
-        parts = [sess.run(model.output_names, {k: v[s : s + batch_size] for k, v in feed.items()})
-                 for s in range(0, n, batch_size)]
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(model.output_names))]
+    run = _output_runner(model, data, samples, batch_size)
 
     gset = discover_groups(model)
     rng = np.random.default_rng(seed)
