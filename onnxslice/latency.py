@@ -54,7 +54,7 @@ from onnxslice.io import save_json
 from onnxslice.model import Model, load
 from onnxslice.rewrite.groups import discover_groups
 from onnxslice.rewrite.prune import _apply_structured
-from onnxslice.session import median_ratios, timed_sessions
+from onnxslice.session import median_ratios, round_robin_times, timed_sessions
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -234,17 +234,8 @@ def quantile_ms(sessions: Sequence[Any], feed: Mapping[str, np.ndarray] | Sequen
     ``feed`` is one feed for all sessions or one per session. A low percentile estimates the
     uncontended cost: on a loaded machine, preemption only adds time.
     """
-    feeds = [dict(f) for f in feed] if isinstance(feed, Sequence) else [dict(feed)] * len(sessions)
-    for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
-            s.run(None, f)
-    times = np.zeros((repeats, len(sessions)))
-    for r in range(repeats):
-        for j in range(len(sessions)):
-            i = (r + j) % len(sessions)
-            t0 = time.perf_counter()
-            sessions[i].run(None, feeds[i])
-            times[r, i] = (time.perf_counter() - t0) * 1e3
+    feeds = list(feed) if isinstance(feed, Sequence) else [feed] * len(sessions)
+    times = round_robin_times(sessions, feeds, repeats, warmup)
     return [float(v) for v in np.percentile(times, q, axis=0)]
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "make_session",
     "max_ort_ir_version",
     "median_ratios",
+    "round_robin_times",
     "runtime_proto",
     "timed_sessions",
 ]
@@ -178,23 +179,29 @@ def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1)
     return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
 
 
-def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,
-                  warmup: int = 2) -> tuple[list[float], list[float]]:
-    """Round-robin timing; returns (median ms of each session, median per-repeat ratio to session 0).
-
-    Each repeat runs every session once, starting one later than the repeat before.
-    """
-    feed = dict(feed)
-    for s in sessions:
+def round_robin_times(sessions: Sequence[Any], feeds: Sequence[Mapping[str, np.ndarray]], repeats: int = 15,
+                      warmup: int = 2) -> np.ndarray:
+    """Times in ms, ``[repeats, sessions]``: each repeat runs every session once (session ``i`` on
+    ``feeds[i]``), starting one later than the repeat before, after ``warmup`` runs of each."""
+    feeds = [dict(f) for f in feeds]
+    for s, f in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
-            s.run(None, feed)
+            s.run(None, f)
     times = np.zeros((repeats, len(sessions)))
     for r in range(repeats):
         for j in range(len(sessions)):
             i = (r + j) % len(sessions)
             t0 = time.perf_counter()
-            sessions[i].run(None, feed)
+            sessions[i].run(None, feeds[i])
             times[r, i] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
+def median_ratios(sessions: Sequence[Any], feed: Mapping[str, np.ndarray], repeats: int = 15,
+                  warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Round-robin timing (:func:`round_robin_times`); returns (median ms of each session, median
+    per-repeat ratio to session 0)."""
+    times = round_robin_times(sessions, [feed] * len(sessions), repeats, warmup)
     ms = np.median(times, axis=0)
     ratios = np.median(times / times[:, :1], axis=0)
     return [float(v) for v in ms], [float(v) for v in ratios]

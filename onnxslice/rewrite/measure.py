@@ -8,7 +8,6 @@ quantizer. Used by the ``prune`` verb and its benchmark; nothing here edits a mo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import numpy as np
 from onnxslice.flops import count_macs
 from onnxslice.model import Model
 from onnxslice.record import Recorder, make_session, runtime_proto
+from onnxslice.session import round_robin_times
 
 __all__ = ["ModelStats", "latency_ms", "model_stats", "paired_latency_ms"]
 
@@ -31,18 +31,8 @@ def paired_latency_ms(models: Sequence[Model], feed: Mapping[str, np.ndarray], r
     when absolute times drift.
     """
     sessions = [make_session(runtime_proto(m.proto), "cpu", optimize=True, threads=threads) for m in models]
-    feed = dict(feed)
-    for sess in sessions:
-        for _ in range(warmup):
-            sess.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(repeats):
-        for k in range(len(sessions)):
-            i = (r + k) % len(sessions)
-            t0 = time.perf_counter()
-            sessions[i].run(None, feed)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
+    times = round_robin_times(sessions, [feed] * len(sessions), repeats, warmup)
+    return [float(v) for v in np.median(times, axis=0)]
 
 
 def latency_ms(model: Model, feed: Mapping[str, np.ndarray], repeats: int = 20, warmup: int = 3,
