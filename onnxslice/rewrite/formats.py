@@ -70,6 +70,29 @@ class _Quiet:
         logging.getLogger().setLevel(self.level)
 
 
+def _preprocessed(model: Model, prefix: str) -> tuple[tempfile.TemporaryDirectory[str], Path, list[str]]:
+    """onnxruntime's quantization pre-processing of ``model`` in a new temporary folder: the folder, the
+    pre-processed file in it, and the quantizable layers that survived pre-processing (by node name).
+
+    Raises:
+        OnnxSliceError: the pre-processing failed.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    src = Path(tmp.name) / "float.onnx"
+    onnx.save_model(runtime_proto(model.proto), str(src))
+    pre = Path(tmp.name) / "pre.onnx"
+    with _Quiet():
+        try:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception as e:
+            tmp.cleanup()
+            raise OnnxSliceError(f"onnxruntime's quantization pre-processing failed on this model: {e}") from e
+    names = {n.name for n in onnx.load(str(pre), load_external_data=False).graph.node}
+    return tmp, pre, [x.name for x in quantizable_layers(model) if x.name in names]
+
+
 class QdqBuilder:
     """Pre-processes and calibrates once; builds QDQ models with any set of float layers.
 
@@ -88,7 +111,6 @@ class QdqBuilder:
     def __init__(self, model: Model, calibration: Any, *, samples: int = 256, batch_size: int = 16,
                  calibrate_method: str = "minmax", selection: Any = None) -> None:
         from onnxruntime.quantization import CalibrationMethod
-        from onnxruntime.quantization.shape_inference import quant_pre_process
 
         if calibration is None:
             raise OnnxSliceError("qdq quantization needs calibration data (calibration=... / --data)")
@@ -104,18 +126,8 @@ class QdqBuilder:
         self.reader = FeedReader(self.feed, 1 if isinstance(fixed, int) and fixed > 0 else batch_size)
         if selection is not None:
             self.feed = {k: v[:samples] for k, v in validate_inputs(model, as_feed(model, selection)).items()}
-        self._tmp = tempfile.TemporaryDirectory(prefix="onnxslice-qdq-")
+        self._tmp, self.pre, self.layers = _preprocessed(model, "onnxslice-qdq-")
         self.dir = Path(self._tmp.name)
-        src = self.dir / "float.onnx"
-        onnx.save_model(runtime_proto(model.proto), str(src))
-        self.pre = self.dir / "pre.onnx"
-        with _Quiet():
-            try:
-                quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
-            except Exception as e:
-                raise OnnxSliceError(f"onnxruntime's quantization pre-processing failed on this model: {e}") from e
-        names = {n.name for n in onnx.load(str(self.pre), load_external_data=False).graph.node}
-        self.layers = [x.name for x in quantizable_layers(model) if x.name in names]
         self.cache = self.dir / "calibration.json"
         self._n = 0
 
@@ -162,24 +174,13 @@ class DynamicBuilder:
     fmt = "dynamic"
 
     def __init__(self, model: Model, data: Any = None, *, samples: int = 256, per_channel: bool = True) -> None:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.model = model
         self.per_channel = per_channel
         feed = validate_inputs(model, as_feed(model, data)) if data is not None else {}
         self.feed = {k: v[:samples] for k, v in feed.items()}
-        self._tmp = tempfile.TemporaryDirectory(prefix="onnxslice-dyn-")
+        self._tmp, self.pre, self.layers = _preprocessed(model, "onnxslice-dyn-")
         self.dir = Path(self._tmp.name)
-        src = self.dir / "float.onnx"
-        onnx.save_model(runtime_proto(model.proto), str(src))
-        self.pre = self.dir / "pre.onnx"
-        with _Quiet():
-            try:
-                quant_pre_process(str(src), str(self.pre), skip_symbolic_shape=True)
-            except Exception as e:
-                raise OnnxSliceError(f"onnxruntime's quantization pre-processing failed on this model: {e}") from e
-        names = {n.name for n in onnx.load(str(self.pre), load_external_data=False).graph.node}
-        self.layers = [x.name for x in quantizable_layers(model) if x.name in names]
         self._n = 0
 
     def build(self, exclude: Iterable[str] = ()) -> onnx.ModelProto:
