@@ -18,27 +18,8 @@ from .conv import crop, pad_to, window, window_pads
 from .prims import ConvGeometry, Prims, prim_vjp
 
 
-def _geometry(
-    ctx: VjpContext, x: np.ndarray, y: np.ndarray
-) -> tuple[list[int], list[int], list[int], list[int], list[int], list[int]]:
-    r = x.ndim - 2
-    kernel = int_list(ctx.attr("kernel_shape"))
-    strides = int_list(ctx.attr("strides", [1] * r))
-    dil = int_list(ctx.attr("dilations", [1] * r))
-    in_sp, out_sp = list(x.shape[2:]), list(y.shape[2:])
-    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
-    length = [
-        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
-        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
-    ]
-    return kernel, strides, dil, begin, end, length
-
-
-@prim_vjp("MaxPool")
-def max_pool(P: Prims, ctx: VjpContext) -> Grads:
-    """MaxPool: the cotangent goes to the first arg-max of each window (the ``max_pool_grad`` primitive)."""
-    x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
-    xs, ys = P.shape(x), P.shape(y)
+def _geometry(ctx: VjpContext, xs: Sequence[int], ys: Sequence[int]) -> ConvGeometry:
+    """The window geometry of a pooling node with input shape ``xs`` and output shape ``ys``."""
     r = len(xs) - 2
     kernel = int_list(ctx.attr("kernel_shape"))
     strides = int_list(ctx.attr("strides", [1] * r))
@@ -49,7 +30,14 @@ def max_pool(P: Prims, ctx: VjpContext) -> Grads:
         max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
         for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
     ]
-    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
+    return ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
+
+
+@prim_vjp("MaxPool")
+def max_pool(P: Prims, ctx: VjpContext) -> Grads:
+    """MaxPool: the cotangent goes to the first arg-max of each window (the ``max_pool_grad`` primitive)."""
+    x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+    geom = _geometry(ctx, P.shape(x), P.shape(y))
     return [P.max_pool_grad(x, y, g, geom)] + [None] * (len(ctx.ins) - 1)
 
 
@@ -78,25 +66,17 @@ def average_pool(P: Prims, ctx: VjpContext) -> Grads:
     """
     x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
     xs, ys = P.shape(x), P.shape(y)
-    r = len(xs) - 2
-    kernel = int_list(ctx.attr("kernel_shape"))
-    strides = int_list(ctx.attr("strides", [1] * r))
-    dil = int_list(ctx.attr("dilations", [1] * r))
-    in_sp, out_sp = list(xs[2:]), list(ys[2:])
-    begin, end = window_pads(ctx, in_sp, out_sp, kernel)
-    length = [
-        max(b + i + e, (o - 1) * s + (k - 1) * d + 1)
-        for b, i, e, o, s, k, d in zip(begin, in_sp, end, out_sp, strides, kernel, dil, strict=True)
-    ]
+    geom = _geometry(ctx, xs, ys)
+    begin, end, length, in_sp = list(geom.begin), list(geom.end), list(geom.length), list(xs[2:])
     include = bool(ctx.attr("count_include_pad", 0))
     counted = np.zeros(length, dtype=P.dtype(x))
     if include:
         counted[tuple(slice(0, b + i + e) for b, i, e in zip(begin, in_sp, end, strict=True))] = 1
     else:
         counted[tuple(slice(b, b + i) for b, i in zip(begin, in_sp, strict=True))] = 1
-    wins = [window(k, dil, strides, out_sp) for k in itertools.product(*(range(kk) for kk in kernel))]
+    offsets = itertools.product(*(range(kk) for kk in geom.kernel))
+    wins = [window(k, geom.dilations, geom.strides, list(ys[2:])) for k in offsets]
     count = sum(counted[w] for w in wins)
-    geom = ConvGeometry(tuple(kernel), tuple(strides), tuple(dil), tuple(begin), tuple(end), tuple(length))
     gc = P.div(g, np.maximum(count, 1))
     return [P.window_sum_grad(gc, xs, geom)] + [None] * (len(ctx.ins) - 1)
 
