@@ -31,24 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 CRITERIA = "weight,grad,wgrad,gradcampp,ig,gig,idgi,smoothgrad,vargrad,hsic"
 
 
-def _unit(shared: dict[str, Any], unit: tuple[str, int], unit_seed: int) -> dict[str, Any]:
-    from onnxslice.io import save_json
-    from onnxslice.sensitivity.benchmark import _find_or_build, _load_builder
-    from onnxslice.sensitivity.variants import evaluate_variants
-
-    family, index = unit
-    done = Path(shared["cache"]) / f"{family.replace('+', '')}-{index}.json"
-    if done.is_file():
-        return dict(json.loads(done.read_text()))
-    builder = _load_builder(shared["builder"])
-    t0 = time.perf_counter()
-    path = _find_or_build(builder, family, index, Path(shared["committed"]), Path(shared["built"]))
-    res = evaluate_variants(str(path), **shared["evaluate"])
-    res["index"], res["seconds"]["train"] = index, time.perf_counter() - t0 - sum(res["seconds"].values())
-    save_json(done, res)
-    return res
-
-
 def plot(tabs: dict[str, Any], crits: list[str], path: Path) -> None:
     """Exact-ranking % (linf) per criterion for every variant, 95% intervals, the paper's averages."""
     import matplotlib
@@ -97,20 +79,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from onnxslice.io import save_json
     from onnxslice.parallel import map_units
-    from onnxslice.sensitivity.variants import FULL_MAGNITUDES, variant_tables
+    from onnxslice.sensitivity.benchmark import _run_sampled_one
+    from onnxslice.sensitivity.variants import FULL_MAGNITUDES, evaluate_variants, variant_tables
 
     crits = args.criteria.split(",")
     evaluate = {"criteria": crits, "draws": args.draws, "magnitudes": list(FULL_MAGNITUDES)}
     digest = hashlib.sha1(json.dumps(evaluate, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(args.cache)
     shared = {"cache": str(root / f"variants-{digest}"), "builder": str(REPO / "models" / "moons.py"),
-              "committed": str(REPO / "models" / "moons"), "built": str(root / "models"), "evaluate": evaluate}
+              "committed": str(REPO / "models" / "moons"), "built": str(root / "models"), "evaluate": evaluate,
+              "evaluator": evaluate_variants}
     Path(shared["cache"]).mkdir(parents=True, exist_ok=True)
     units = [(f, k) for f in args.families.split(",") for k in range(args.per_family)]
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     for start in range(0, len(units), args.workers):
-        results += map_units(_unit, units[start : start + args.workers], shared, workers=args.workers)
+        results += map_units(_run_sampled_one, units[start : start + args.workers], shared, workers=args.workers)
         sys.stderr.write(f"{len(results)}/{len(units)} models, {time.perf_counter() - t0:.0f} s\n")
     wall = time.perf_counter() - t0
     tabs = variant_tables(results, crits)

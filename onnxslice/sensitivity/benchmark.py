@@ -255,7 +255,8 @@ def _run_sampled_one(shared: dict[str, Any], unit: tuple[str, int], unit_seed: i
     t0 = time.perf_counter()
     path = _find_or_build(builder, family, index, Path(shared["committed"]), Path(shared["built"]))
     train_s = time.perf_counter() - t0
-    res = evaluate_model(str(path), **shared["evaluate"])
+    evaluate = shared.get("evaluator", evaluate_model)  # a module-level function (it crosses to workers)
+    res = evaluate(str(path), **shared["evaluate"])
     res["index"], res["seconds"]["train"] = index, train_s
     save_json(done, res)
     return res
