@@ -107,6 +107,14 @@ def _dq_const(v: _View, n: onnx.NodeProto) -> bool:
     return True
 
 
+def _float_bias(v: _View, bias: str, x_scale: str, w_scale: str) -> np.ndarray | None:
+    """The float32 bias of a QLinear/QGemm node's int32 bias: ``bias * x_scale * w_scale`` (None: not constant)."""
+    ba, xsa, wsa = v.const(bias), v.const(x_scale), v.const(w_scale)
+    if ba is None or xsa is None or wsa is None:
+        return None
+    return (ba.astype(np.float64) * float(xsa) * wsa.astype(np.float64)).astype(np.float32)
+
+
 def _qlinear_conv(v: _View, n: onnx.NodeProto) -> bool:
     x, xs, xz, w, ws, wz, ys, yz = (list(n.input) + [""] * 9)[:8]
     b = n.input[8] if len(n.input) > 8 else ""
@@ -118,11 +126,10 @@ def _qlinear_conv(v: _View, n: onnx.NodeProto) -> bool:
     v.node("DequantizeLinear", [x, xs, xz], [xf], f"{base}/dequantize_x")
     ins = [xf, v.add_init(f"{base}/W", wf)]
     if b:
-        ba, xsa, wsa = v.const(b), v.const(xs), v.const(ws)
-        if ba is None or xsa is None or wsa is None:
+        bias = _float_bias(v, b, xs, ws)
+        if bias is None:
             return False
-        bias = ba.astype(np.float64) * float(xsa) * wsa.astype(np.float64)
-        ins.append(v.add_init(f"{base}/B", bias.astype(np.float32)))
+        ins.append(v.add_init(f"{base}/B", bias))
     yf = f"{base}/y_float"
     v.node("Conv", ins, [yf], f"{base}/Conv", **_attrs(n))
     v.node("QuantizeLinear", [yf, ys, yz], [n.output[0]], f"{base}/quantize_y")
@@ -156,11 +163,10 @@ def _qgemm(v: _View, n: onnx.NodeProto) -> bool:
     v.node("DequantizeLinear", [a, as_, az], [af], f"{base}/dequantize_a")
     gins = [af, v.add_init(f"{base}/B", bf)]
     if c:
-        ca, asa, bsa = v.const(c), v.const(as_), v.const(bs)
-        if ca is None or asa is None or bsa is None:
+        bias = _float_bias(v, c, as_, bs)
+        if bias is None:
             return False
-        bias = ca.astype(np.float64) * float(asa) * bsa.astype(np.float64)
-        gins.append(v.add_init(f"{base}/C", bias.astype(np.float32)))
+        gins.append(v.add_init(f"{base}/C", bias))
     keep = {k: at[k] for k in ("alpha", "transA", "transB") if k in at}
     if ys:
         yf = f"{base}/y_float"
