@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from onnxslice.apps.protect_key import KeyFileError, ProtectKey
 from onnxslice.data import Dataset
@@ -37,7 +35,7 @@ from onnxslice.model import Model
 from onnxslice.profile import Profile
 from onnxslice.profile import profile as make_profile
 from onnxslice.record import Device, make_session, runtime_proto, validate_inputs
-from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.passes import PassManager, ReplaceInitializers
 from onnxslice.slicing import slice as slice_model
 from onnxslice.targets import default_output
 
@@ -234,13 +232,9 @@ def choose(
 
 
 # -- lock / unlock ---------------------------------------------------------------------------------
-def _replaced(model: Model, new: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for t in proto.graph.initializer:
-        if t.name in new:
-            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new[t.name]), t.name))
-    return proto
+def _replaced(model: Model, new: Mapping[str, np.ndarray], name: str, extra: dict[str, Any] | None = None) -> Model:
+    """``model`` with the initializers in ``new`` swapped, through the pass manager (checked, provenance)."""
+    return PassManager(name, [ReplaceInitializers(new)]).run(model, extra=extra).model
 
 
 def lock(
@@ -285,7 +279,7 @@ def lock(
             flat[p] = 0
         new[name] = flat.reshape(ref.shape)
     note = {"note": "some weights are replaced; `onnxslice unlock` with the owner's key restores them"}
-    locked = finalize(_replaced(model, new), model, pass_name="protect", extra=note)
+    locked = _replaced(model, new, "protect", note)
     key_meta = {
         "kind": "protect-key",
         "fingerprint": model.fingerprint,
@@ -325,7 +319,7 @@ def unlock(locked: Model, key: ProtectKey) -> Model:
             raise KeyFileError(f"the key's entries for '{name}' do not fit the model; use the original key")
         flat[pos] = vals
         new[name] = flat.reshape(ref.shape)
-    restored = finalize(_replaced(locked, new), locked, pass_name="unlock")
+    restored = _replaced(locked, new, "unlock")
     if weights_hash(restored) != meta.get("original_hash"):
         raise KeyFileError("the restored weights do not match the original's hash; the key is damaged")
     return restored

@@ -42,8 +42,8 @@ from onnxslice.model import Model
 from onnxslice.record import as_feed, cuda_usable, make_session, runtime_proto, validate_inputs
 from onnxslice.rewrite import matmul_nbits
 from onnxslice.rewrite.bits_plan import uniform_plan
-from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.fidelity import compare_outputs, run_outputs
+from onnxslice.rewrite.passes import FromProto, PassManager
 from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.precision import quantizable_layers
 from onnxslice.rewrite.quantize import quantize
@@ -370,8 +370,9 @@ def plan_float_layers(
 def _finish(proto: onnx.ModelProto, model: Model, fmt: str, extra: Mapping[str, Any]) -> Model:
     plan = Plan("quantize", {n: ("fp32" if n in extra.get("float_layers", ()) else fmt)
                              for n in extra.get("layers", ())}, f"format-{fmt}", dict(extra.get("meta", {})))
-    return finalize(proto, model, pass_name="quantize", plan=plan,
-                    extra={"format": fmt, **{k: v for k, v in extra.items() if k not in ("layers", "meta")}})
+    built = FromProto(f"format-{fmt}", lambda _: proto)  # the format's builder ran already (onnxruntime's tools)
+    info = {"format": fmt, **{k: v for k, v in extra.items() if k not in ("layers", "meta")}}
+    return PassManager("quantize", [built]).run(model, plan=plan, extra=info).model
 
 
 def convert(model: Model, fmt: str, calibration: Any = None, *, exclude: Sequence[str] = (), block_size: int = 32,

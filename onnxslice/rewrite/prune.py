@@ -7,9 +7,10 @@ and channel counts stored in nodes shrink (a depthwise Conv's ``group``, a Resha
 the file really gets smaller and faster. **Unstructured**: chosen weights are zeroed (masks); the file
 keeps its size.
 
-Built on onnx-graphsurgeon: the pass collects every edit first, applies them in one place, and ends
-with :func:`onnxslice.rewrite.finalize` (full ONNX check, I/O kept, plan in ``metadata_props``). The
-input model is never modified.
+The edits are passes on the graph IR (:class:`~onnxslice.rewrite.passes.prune.ChannelCut`, or
+:class:`~onnxslice.rewrite.passes.initializers.ReplaceInitializers` for masks) run by the
+:class:`~onnxslice.rewrite.passes.manager.PassManager` (full ONNX check, I/O kept, plan in
+``metadata_props``). The input model is never modified.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import onnx
 from onnxslice.errors import PlanError
 from onnxslice.model import Model
 from onnxslice.rewrite.channel_scores import ChannelScore, group_scores, select_channels
-from onnxslice.rewrite.emit import finalize
 from onnxslice.rewrite.groups import GroupSet, discover_groups
+from onnxslice.rewrite.passes.base import to_ir, to_proto
+from onnxslice.rewrite.passes.initializers import ReplaceInitializers
+from onnxslice.rewrite.passes.manager import PassManager
+from onnxslice.rewrite.passes.prune import ChannelCut, reinfer_shapes
 from onnxslice.rewrite.plan import Plan
 
 __all__ = ["prune", "resolve_channels", "unstructured_masks"]
@@ -118,51 +122,13 @@ def json_key(ratio: float | None, remove: list[int] | None) -> str:
     return f"{ratio}|{sorted(remove) if remove is not None else None}"
 
 
-def _delete(arr: np.ndarray, axes: Mapping[int, set[int]]) -> np.ndarray:
-    for axis, idx in axes.items():
-        arr = np.delete(arr, sorted(idx), axis=axis)
-    return arr
-
-
 def _apply_structured(model: Model, chosen: Mapping[str, np.ndarray], groups: GroupSet) -> onnx.ModelProto:
-    import onnx_graphsurgeon as gs
-
-    removed: dict[str, dict[int, set[int]]] = {}
-    counts: dict[tuple[str, str, str, int, int], int] = {}
-    for g in groups.prunable:
-        chans = chosen.get(g.leader)
-        if chans is None or chans.size == 0:
-            continue
-        for name, ref in g.cuts:
-            removed.setdefault(name, {}).setdefault(ref.axis, set()).update(ref.indices(chans).tolist())
-        for node_name, edit in g.counts:
-            key = (node_name, edit.kind, edit.name, edit.index, edit.position)
-            counts[key] = counts.get(key, 0) + int(chans.size) * edit.per_channel
-    graph = gs.import_onnx(model.proto)
-    tensors = graph.tensors()
-    for name, axes in removed.items():
-        t = tensors[name]
-        t.values = np.ascontiguousarray(_delete(np.asarray(t.values), axes))
-    nodes = {n.name: n for n in graph.nodes}
-    for (node_name, kind, attr, index, position), amount in counts.items():
-        node = nodes[node_name]
-        if kind == "attr":
-            node.attrs[attr] = int(node.attrs[attr]) - amount
-        else:
-            values = np.array(node.inputs[index].values, copy=True)
-            values[position] -= amount
-            node.inputs[index] = gs.Constant(f"onnxslice/{node_name}/input{index}", values)
-    keep = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name not in keep:
-            t.shape = None  # stale: shape inference recomputes every intermediate shape
-    graph.cleanup()
-    proto = gs.export_onnx(graph, do_type_check=False)
-    proto.ir_version = model.proto.ir_version
-    del proto.opset_import[:]
-    proto.opset_import.extend(model.proto.opset_import)
-    del proto.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    """The :class:`ChannelCut` of ``chosen`` as an unchecked proto, for measuring many candidate cuts (latency
+    tables); with nothing to cut, the source through the same export (fresh shapes), so timings compare."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    result = ChannelCut(chosen, groups)(to_ir(proto))
+    return to_proto(result.model) if result.changed else reinfer_shapes(to_proto(result.model))
 
 
 def unstructured_masks(model: Model, plan: Plan) -> dict[str, np.ndarray]:
@@ -200,28 +166,24 @@ def unstructured_masks(model: Model, plan: Plan) -> dict[str, np.ndarray]:
     return out
 
 
-def _apply_unstructured(model: Model, plan: Plan) -> tuple[onnx.ModelProto, int]:
-    import onnx_graphsurgeon as gs
-
+def _unstructured_arrays(model: Model, plan: Plan) -> tuple[dict[str, np.ndarray], int]:
+    """The masked weights (and biases of neurons whose synapses all went) of an unstructured plan."""
     masks = unstructured_masks(model, plan)
-    graph = gs.import_onnx(model.proto)
-    tensors = graph.tensors()
+    arrays: dict[str, np.ndarray] = {}
     zeroed = 0
     for layer_name in plan.layers:
         layer = model.layer(layer_name)
         mask = masks[layer.weight]
-        w = np.asarray(tensors[layer.weight].values)
-        tensors[layer.weight].values = np.where(mask, w, np.zeros_like(w))
+        w = np.asarray(arrays.get(layer.weight, model.initializer(layer.weight)))
+        arrays[layer.weight] = np.where(mask, w, np.zeros_like(w))
         zeroed += int((~mask).sum())
         if layer.bias is not None:  # a neuron whose synapses all went goes too
-            axis = model.layer(layer_name).out_axis
+            axis = layer.out_axis
             dead = ~np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).any(1)
-            b = np.asarray(tensors[layer.bias].values)
+            b = np.asarray(arrays.get(layer.bias, model.initializer(layer.bias)))
             if dead.any() and b.shape[-1] == dead.size:
-                tensors[layer.bias].values = np.where(dead, np.zeros_like(b), b)
-    proto = gs.export_onnx(graph, do_type_check=False)
-    proto.ir_version = model.proto.ir_version
-    return proto, zeroed
+                arrays[layer.bias] = np.where(dead, np.zeros_like(b), b)
+    return arrays, zeroed
 
 
 def prune(model: Model, plan: Plan, *, channel_score: ChannelScore = "l1", seed: int = 0) -> Model:
@@ -246,16 +208,15 @@ def prune(model: Model, plan: Plan, *, channel_score: ChannelScore = "l1", seed:
     mode = plan.meta.get("mode", "structured")
     before = model.num_params
     if mode == "unstructured":
-        proto, zeroed = _apply_unstructured(model, plan)
-        return finalize(proto, model, pass_name="prune", plan=plan,
-                        extra={"mode": mode, "zeroed_weights": zeroed, "params": before})
+        arrays, zeroed = _unstructured_arrays(model, plan)
+        extra = {"mode": mode, "zeroed_weights": zeroed, "params": before}
+        return PassManager("prune", [ReplaceInitializers(arrays, extra)]).run(model, plan=plan, extra=extra).model
     if mode != "structured":
         raise PlanError(f"unknown pruning mode '{mode}'; use 'structured' or 'unstructured'")
     chosen, skipped, groups = resolve_channels(model, plan, channel_score=channel_score, seed=seed)
     sizes = {g.leader: g.size for g in groups.prunable}
     decisions = {k: {"ratio": round(v.size / sizes[k], 6), "remove": v.tolist()} for k, v in chosen.items()}
     record = Plan(plan.kind, decisions, plan.budget, dict(plan.meta))
-    proto = _apply_structured(model, chosen, groups)
     removed = groups.removed_params({k: int(v.size) for k, v in chosen.items()})
     info = {
         "mode": mode,
@@ -264,4 +225,4 @@ def prune(model: Model, plan: Plan, *, channel_score: ChannelScore = "l1", seed:
         "prunable_params": groups.prunable_params(),
         "left_alone": skipped,
     }
-    return finalize(proto, model, pass_name="prune", plan=record, extra=info)
+    return PassManager("prune", [ChannelCut(chosen, groups, info)]).run(model, plan=record, extra=info).model

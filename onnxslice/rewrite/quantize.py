@@ -6,27 +6,24 @@ raising the opset with :mod:`~onnxslice.rewrite.opset_upgrade` where needed), ``
 eligible MatMul weights (:mod:`~onnxslice.rewrite.matmul_nbits`) and float16 + ``Cast``.
 ``mode="static"`` quantizes weights and activations with onnxruntime's ``quantize_static``
 (:mod:`~onnxslice.rewrite.static_quant`). The plan is validated first, so a bad plan raises
-:class:`PlanError` before anything is built; every result goes through
-:func:`onnxslice.rewrite.finalize`. The input model is never modified.
+:class:`PlanError` before anything is built; the edits are passes (:mod:`onnxslice.rewrite.passes.quantize`)
+run by the pass manager, which checks the result once. The input model is never modified.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import onnx
-
 from onnxslice.errors import PlanError
 from onnxslice.model import Model, load
 from onnxslice.record import as_feed, validate_inputs
 from onnxslice.rewrite import matmul_nbits
 from onnxslice.rewrite.bits_plan import plan_cost
-from onnxslice.rewrite.emit import finalize
-from onnxslice.rewrite.opset_upgrade import upgrade_opset
+from onnxslice.rewrite.passes.base import Pass
+from onnxslice.rewrite.passes.manager import PassManager
+from onnxslice.rewrite.passes.quantize import MatMulNBits, OpsetUpgrade, StaticQuant, WeightQuant
 from onnxslice.rewrite.plan import Plan
 from onnxslice.rewrite.precision import QUANTIZABLE_OPS, check_precision, quantizable_layers
-from onnxslice.rewrite.static_quant import static_quantize
-from onnxslice.rewrite.weight_quant import apply_edits, weight_edits
 
 __all__ = ["check_plan", "quantize"]
 
@@ -83,7 +80,10 @@ def _dedupe(model: Model, decisions: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _weight_only(model: Model, decisions: dict[str, str], block_size: int, use_nbits: bool, probe: Any) -> Any:
+def _weight_passes(model: Model, decisions: dict[str, str], block_size: int, use_nbits: bool,
+                   probe: Any) -> tuple[list[Pass], list[str]]:
+    """The weight-only pipeline: opset upgrade (where the forms need it), DequantizeLinear/CastLike
+    weights, then MatMulNBits."""
     decisions = _dedupe(model, {n: p for n, p in decisions.items() if p != "fp32"})
     nbits = {
         n for n, p in decisions.items()
@@ -94,19 +94,12 @@ def _weight_only(model: Model, decisions: dict[str, str], block_size: int, use_n
     feed = None
     if probe is not None:
         feed = validate_inputs(model, as_feed(model, probe))
-    proto = upgrade_opset(model, need, feed) if need else _copy(model.proto)
-    if "int4" in dq.values():
-        proto.ir_version = max(proto.ir_version, 10)  # INT4 tensors need IR 10
-    apply_edits(proto, weight_edits(model, dq, block_size))
-    if nbits:
-        proto = matmul_nbits.apply(proto, [model.layer(n).weight for n in nbits], block_size)
-    return proto, sorted(nbits)
-
-
-def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    return out
+    passes: list[Pass] = [
+        OpsetUpgrade(need, feed, min_ir_version=10 if "int4" in dq.values() else 0),  # INT4 tensors need IR 10
+        WeightQuant(dq, block_size),
+        MatMulNBits([model.layer(n).weight for n in sorted(nbits)], block_size),
+    ]
+    return passes, sorted(nbits)
 
 
 def quantize(
@@ -147,10 +140,12 @@ def quantize(
         raise PlanError(f"block_size must be at least 2, got {block_size}")
     decisions = check_plan(src, plan)
     nbits: list[str] = []
+    passes: list[Pass]
     if mode == "weight":
-        proto, nbits = _weight_only(src, decisions, block_size, use_matmul_nbits, calibration)
+        passes, nbits = _weight_passes(src, decisions, block_size, use_matmul_nbits, calibration)
     else:
-        proto = static_quantize(src, decisions, calibration, **static_options)
+        fp16 = _dedupe(src, {n: p for n, p in decisions.items() if p == "fp16"})
+        passes = [StaticQuant(decisions, calibration, **static_options), WeightQuant(fp16, 32)]
     cost = plan_cost(src, decisions, block_size)
     extra = {"mode": mode, "block_size": block_size, "matmul_nbits": nbits, "avg_bits": round(cost.avg_bits, 4)}
-    return finalize(proto, src, pass_name="quantize", plan=plan, extra=extra)
+    return PassManager("quantize", passes).run(src, plan=plan, extra=extra).model

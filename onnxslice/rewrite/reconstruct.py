@@ -35,14 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from onnxslice.console import progress
 from onnxslice.errors import PlanError
 from onnxslice.model import Layer, Model, Node
 from onnxslice.record import as_feed, make_session, runtime_proto, validate_inputs
-from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.passes import PassManager, ReplaceInitializers
 from onnxslice.rewrite.prune import resolve_channels
 
 __all__ = ["METHODS", "LayerFit", "ReconstructResult", "conv_patches", "reconstruct"]
@@ -439,14 +437,9 @@ def reconstruct(
         fits = _lsq(model, pruned, plan, feed, n, weights, skipped, positions, ridge, batch_size, seed, show_progress)
     if "bn" in method:
         bns = _bn(pruned, feed, n, weights, batch_size, show_progress)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(pruned.proto)
-    for t in proto.graph.initializer:
-        if t.name in weights:
-            t.CopyFrom(numpy_helper.from_array(weights[t.name], t.name))
     result = ReconstructResult(pruned, method, fits, bns, skipped, n, 0.0)
     info = {**result.to_dict(), "source": model.fingerprint}
     info.pop("seconds")
-    result.model = finalize(proto, pruned, pass_name="reconstruct", extra=info)
+    result.model = PassManager("reconstruct", [ReplaceInitializers(weights)]).run(pruned, extra=info).model
     result.seconds = time.perf_counter() - t0
     return result

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from onnx import numpy_helper
 
 from onnxslice.errors import DataError
 from onnxslice.model import Model
-from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.passes.initializers import ReplaceInitializers
+from onnxslice.rewrite.passes.manager import PassManager
 
 if TYPE_CHECKING:
     from onnxslice.slicing.result import Slice
 
-__all__ = ["slice_to_model"]
+__all__ = ["SliceMask", "slice_to_model"]
 
 
 def slice_to_model(s: Slice, model: Model, min_contrib: int = 1) -> Model:
@@ -22,7 +22,7 @@ def slice_to_model(s: Slice, model: Model, min_contrib: int = 1) -> Model:
 
     Only weights the analysis reached are masked (weights no CONTRIB reached are all outside: they
     are zeroed too when they belong to a layer the slice covers). Biases and normalisation
-    parameters are kept. The result passes :func:`onnxslice.rewrite.finalize` (checked, opens in
+    parameters are kept. The :class:`SliceMask` pass runs through the pass manager (checked, opens in
     onnxruntime). A pass: it reads the slice's fields only, so this module does not import the analysis.
 
     Raises:
@@ -37,18 +37,19 @@ def slice_to_model(s: Slice, model: Model, min_contrib: int = 1) -> Model:
     masks = {name: np.abs(c) >= min_contrib for name, c in s.synapses.items()}
     for r in s.layers:
         masks.setdefault(r["weight"], np.zeros(model.initializer(r["weight"]).shape, bool))
-    proto = type(model.proto)()
-    proto.CopyFrom(model.proto)
-    for t in proto.graph.initializer:
-        if t.name in masks:
-            w = numpy_helper.to_array(t).copy()
-            w[~masks[t.name]] = 0
-            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    arrays = {}
+    for name, mask in masks.items():
+        w = np.array(model.initializer(name), copy=True)
+        w[~mask] = 0
+        arrays[name] = w
     kept = int(sum(m.sum() for m in masks.values()))
     total = int(sum(m.size for m in masks.values()))
-    return finalize(
-        proto,
-        model,
-        pass_name="slice",
-        extra={"targets": s.targets, "theta": s.theta, "samples": s.count, "kept": kept, "of": total},
-    )
+    extra = {"targets": s.targets, "theta": s.theta, "samples": s.count, "kept": kept, "of": total}
+    return PassManager("slice", [SliceMask(arrays, extra)]).run(model, extra=extra).model
+
+
+class SliceMask(ReplaceInitializers):
+    """The slice pass: the weights with every synapse outside the slice zeroed (computed by
+    :func:`slice_to_model` from the slice's CONTRIB)."""
+
+    name = "slice-mask"

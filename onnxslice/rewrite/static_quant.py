@@ -4,7 +4,7 @@ The work is onnxruntime's ``quantize_static``: it calibrates activation ranges o
 (through a ``CalibrationDataReader``) and inserts QuantizeLinear/DequantizeLinear pairs. This module
 only translates a precision plan into its options: ``fp32`` layers go to ``nodes_to_exclude``, every
 int8/int4 weight gets a per-tensor override (``TensorQuantOverrides``: type, per-channel axis,
-symmetric), and ``fp16`` layers are excluded and then stored as float16 by the weight-only edit.
+symmetric), and ``fp16`` layers are excluded here and stored as float16 by the weight-only pass after it.
 onnxruntime wants a file path, so the model round-trips through a private temporary folder.
 """
 
@@ -25,7 +25,6 @@ from onnxslice.model import Model
 from onnxslice.record import as_feed, runtime_proto, validate_inputs
 from onnxslice.rewrite.opset_upgrade import upgrade_opset
 from onnxslice.rewrite.precision import layout
-from onnxslice.rewrite.weight_quant import apply_edits, weight_edits
 
 __all__ = ["FeedReader", "static_quantize"]
 
@@ -87,7 +86,8 @@ def static_quantize(
         samples: use at most this many calibration samples.
 
     Returns:
-        The QDQ model proto (not yet finalized).
+        The QDQ model proto (not yet finalized); ``fp16`` layers are left float32 here, for the
+        :class:`~onnxslice.rewrite.passes.quantize.WeightQuant` pass that follows.
 
     Raises:
         DataError: no or bad calibration data.
@@ -140,12 +140,4 @@ def static_quantize(
         finally:
             logging.getLogger().setLevel(level)
         proto = onnx.load(str(dst))
-    fp16 = {n: p for n, p in decisions.items() if p == "fp16"}
-    if fp16:
-        have = {t.name for t in proto.graph.initializer}
-        edits = weight_edits(model, fp16, block_size=32)
-        lost = [e.weight for e in edits if e.weight not in have]
-        if lost:
-            raise OnnxSliceError(f"quantize_static renamed the fp32 weight(s) {', '.join(lost)} (a bug; please report)")
-        apply_edits(proto, edits)
     return proto

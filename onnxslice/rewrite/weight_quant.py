@@ -27,7 +27,6 @@ from onnxslice.rewrite.precision import WeightLayout, layout
 
 __all__ = [
     "WeightEdit",
-    "apply_edits",
     "dequantize_int4_blocks",
     "dequantize_int8",
     "fake_quantize",
@@ -193,22 +192,3 @@ def weight_edits(model: Model, decisions: Mapping[str, str], block_size: int) ->
         elif precision == "int4":
             edits.append(_int4_edit(layer.weight, w, layout(model, layer), block_size))
     return edits
-
-
-def apply_edits(proto: onnx.ModelProto, edits: list[WeightEdit]) -> None:
-    """Replace each edited weight initializer by its quantized form, in place on ``proto``."""
-    if not edits:
-        return
-    g = proto.graph
-    gone = {e.weight for e in edits}
-    keep = [t for t in g.initializer if t.name not in gone]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    for e in edits:
-        g.initializer.extend(e.initializers)
-    ins = [i for i in g.input if i.name not in gone]  # IR < 4 lists initializers as graph inputs
-    del g.input[:]
-    g.input.extend(ins)
-    nodes = [n for e in edits for n in e.nodes] + list(g.node)  # weight producers first: stays topological
-    del g.node[:]
-    g.node.extend(nodes)
