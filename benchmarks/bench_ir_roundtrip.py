@@ -217,9 +217,11 @@ def main() -> None:
                 row[name] = {"identical": False, "lost": [f"error: {type(e).__name__}: {e}"[:200]]}
         row["ms"] = time_roundtrips(proto, rounds)
         rows.append(row)
-        print(f"{path.stem:20s} {row['kB']:8.1f} kB  " + "  ".join(
-            f"{k.split()[0]}: {'same bytes' if row[k]['identical'] else ','.join(row[k]['lost'])[:50] or 'same fields'} "
-            f"{row['ms'][k]:.2f} ms" for k in SIDES), flush=True)
+        def cell(k: str, row: dict[str, Any] = row) -> str:
+            what = "same bytes" if row[k]["identical"] else ",".join(row[k]["lost"])[:50] or "same fields"
+            return f"{k.split()[0]}: {what} {row['ms'][k]:.2f} ms"
+
+        print(f"{path.stem:20s} {row['kB']:8.1f} kB  " + "  ".join(cell(k) for k in SIDES), flush=True)
     sub = subgraph_model()
     special: dict[str, Any] = {"subgraph_function_metadata": {}}
     for name, fn in SIDES.items():
