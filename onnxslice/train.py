@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from onnxslice.console import progress as _progress
 from onnxslice.data import Dataset, load_data
@@ -37,7 +35,7 @@ from onnxslice.errors import DataError
 from onnxslice.grad.engine import GradientEngine, logits_value
 from onnxslice.model import Model, load
 from onnxslice.record import Device, Recorder, validate_inputs
-from onnxslice.rewrite.emit import finalize
+from onnxslice.rewrite.passes import PassManager, ReplaceInitializers
 from onnxslice.targets import BoundTarget
 
 __all__ = ["LOSSES", "OPTIMIZERS", "FinetuneResult", "finetune"]
@@ -309,9 +307,6 @@ def finetune(
 
 def _with_weights(m: Model, params: Mapping[str, np.ndarray], config: Mapping[str, Any], steps: int) -> Model:
     """A copy of ``m`` with the trained initializers replaced and the run in ``metadata_props``."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(m.proto)
-    for t in proto.graph.initializer:
-        if t.name in params:
-            t.CopyFrom(numpy_helper.from_array(params[t.name], t.name))
-    return finalize(proto, m, pass_name="finetune", extra={**config, "steps": steps, "source": m.fingerprint})
+    new = {name: np.asarray(v) for name, v in params.items() if m.is_initializer(name)}
+    extra = {**config, "steps": steps, "source": m.fingerprint}
+    return PassManager("finetune", [ReplaceInitializers(new)]).run(m, extra=extra).model

@@ -1,4 +1,5 @@
-"""Checks and provenance shared by every rewrite pass: what makes an emitted model acceptable.
+"""Checks and provenance of every emitted model, run once per rewrite by the pass manager
+(:class:`onnxslice.rewrite.passes.PassManager`): what makes an emitted model acceptable.
 
 An emitted model passes ``onnx.checker.check_model(full_check=True)``, carries an IR version that
 onnxruntime accepts, keeps the source's input and output names and ranks, records its provenance

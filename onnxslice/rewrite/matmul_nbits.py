@@ -3,8 +3,9 @@
 The packing is onnxruntime's own (``MatMulNBitsQuantizer`` for the graph, the same
 ``DefaultWeightOnlyQuantizer`` block routine for :func:`fake_quantize`), symmetric 4-bit with one
 float32 scale per block of ``block_size`` values along K. It needs the ``onnx-ir`` package that
-onnxruntime's quantizer imports (``pip install onnxslice[quant]``); without it :func:`available` is False
-and int4 MatMul weights are emitted as block-wise ``DequantizeLinear`` instead.
+onnxruntime's quantizer imports (a core dependency now: the rewrite passes edit onnx-ir graphs);
+:func:`available` stays as a guard: without it int4 MatMul weights would be emitted as block-wise
+``DequantizeLinear`` instead.
 """
 
 from __future__ import annotations
