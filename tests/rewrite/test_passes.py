@@ -213,3 +213,18 @@ def test_quantize_an_ir3_model_drops_the_weight_inputs(tmp_path):
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
     assert json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.info"])["pipeline"] == \
         ["weight-quant"]
+
+
+def test_only_the_pass_manager_runs_the_emitted_model_checks():
+    """Every verb that writes a rewritten model goes through PassManager: nothing else calls finalize."""
+    import ast
+
+    callers = []
+    for path in sorted((ROOT / "onnxslice").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                if name == "finalize":
+                    callers.append(str(path.relative_to(ROOT)))
+    assert sorted(set(callers)) == ["onnxslice/rewrite/passes/manager.py"]
