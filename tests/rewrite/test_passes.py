@@ -228,3 +228,22 @@ def test_only_the_pass_manager_runs_the_emitted_model_checks():
                 if name == "finalize":
                     callers.append(str(path.relative_to(ROOT)))
     assert sorted(set(callers)) == ["onnxslice/rewrite/passes/manager.py"]
+
+
+def test_view_is_the_source_until_a_pass_changes_the_model():
+    from onnxslice.rewrite.passes.base import view
+
+    seen: list[tuple[bool, float]] = []
+
+    class Probe(Pass):
+        name = "probe"
+
+        def call(self, model: ir.Model) -> PassResult:
+            v = view(model)
+            seen.append((v is src, float(_w(v)[0, 1])))
+            return PassResult(model, False, {})
+
+    src = _tiny()
+    PassManager("t", [Probe(), Affine(2, 0), Probe()]).run(src)
+    w01 = float(_w(src)[0, 1])
+    assert seen == [(True, w01), (False, 2 * w01)]

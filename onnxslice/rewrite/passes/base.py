@@ -28,6 +28,7 @@ from onnxslice.errors import ModelError
 from onnxslice.model import Model, load
 
 __all__ = [
+    "VIEW",
     "FromProto",
     "Pass",
     "PassResult",
@@ -164,11 +165,20 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
+#: ``graph.meta`` key of the analysis view the pass manager sets while the model is the unchanged source
+VIEW = "onnxslice.view"
+
+
 def view(model: ir.Model) -> Model:
     """A read-only :class:`onnxslice.Model` of the IR model, for passes that need layers, groups or consumers.
 
-    It is a snapshot: edits to ``model`` after the call do not show in it.
+    It is a snapshot: edits to ``model`` after the call do not show in it. While the model is still the
+    pass manager's unchanged source, the source itself is returned (the manager drops it from
+    ``graph.meta`` as soon as a pass reports a change).
     """
+    cached = model.graph.meta.get(VIEW)
+    if isinstance(cached, Model):
+        return cached
     return load(to_proto(model), check=False)
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 
 from onnxslice.errors import OnnxSliceError
 from onnxslice.model import Model
 from onnxslice.rewrite.emit import finalize
-from onnxslice.rewrite.passes.base import Pass, to_ir, to_proto
+from onnxslice.rewrite.passes.base import VIEW, Pass, PassResult, to_ir, to_proto
 from onnxslice.rewrite.plan import Plan
 
 __all__ = ["PassManager", "PipelineResult", "provenance"]
@@ -57,16 +58,29 @@ class PassManager:
     def __repr__(self) -> str:
         return f"PassManager({self.name!r}, [{', '.join(p.name for p in self.passes)}])"
 
-    def _apply(self, source: Model) -> tuple[onnx.ModelProto, list[tuple[str, bool, dict[str, Any]]]]:
+    @staticmethod
+    def _start(source: Model) -> tuple[onnx.ModelProto, ir.Model]:
         proto = onnx.ModelProto()
         proto.CopyFrom(source.proto)  # the IR wraps the proto's tensors: never let a pass reach the source's
         model = to_ir(proto)
+        model.graph.meta[VIEW] = source  # passes' view() of the unchanged source is the source
+        return proto, model
+
+    @staticmethod
+    def _step(p: Pass, model: ir.Model) -> tuple[ir.Model, PassResult]:
+        result = p(model)
+        if result.changed:
+            model.graph.meta.pop(VIEW, None)  # edited in place: the source is no longer its view
+            result.model.graph.meta.pop(VIEW, None)
+            return result.model, result
+        return model, result
+
+    def _apply(self, source: Model) -> tuple[onnx.ModelProto, list[tuple[str, bool, dict[str, Any]]]]:
+        proto, model = self._start(source)
         reports = []
         for p in self.passes:
-            result = p(model)
+            model, result = self._step(p, model)
             reports.append((p.name, result.changed, result.report))
-            if result.changed:
-                model = result.model
         return (to_proto(model) if any(c for _, c, _ in reports) else proto), reports
 
     def run(self, source: Model, *, plan: Plan | None = None, extra: dict[str, Any] | None = None,
@@ -105,14 +119,11 @@ class PassManager:
     def _culprit(self, source: Model, added_outputs: tuple[str, ...]) -> str:
         """Replay the passes from ``source``, checking after each one that changed the model: the first
         whose output fails is named."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(source.proto)
-        model = to_ir(proto)
+        _, model = self._start(source)
         for p in self.passes:
-            result = p(model)
+            model, result = self._step(p, model)
             if not result.changed:
                 continue
-            model = result.model
             try:
                 finalize(to_proto(model), source, pass_name=self.name, added_outputs=added_outputs)
             except OnnxSliceError:
