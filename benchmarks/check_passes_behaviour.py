@@ -15,7 +15,11 @@ Step 2::
 
 For every pair: same bytes? same nodes (op, inputs, outputs, attributes, in order)? same initializer
 values? same non-onnxslice metadata? and the largest difference of every output under onnxruntime (CPU,
-1 thread) on 16 seeded random inputs. Not a benchmark: nothing is timed.
+1 thread) on 16 seeded random inputs.
+
+``python benchmarks/check_passes_behaviour.py time MODEL [--repeats N]`` prints the median seconds of
+prune, quantize (int8) and guard on ``models/MODEL.onnx`` with the code on ``PYTHONPATH``; alternate old and
+new runs to compare the pass manager's overhead.
 """
 
 from __future__ import annotations
@@ -163,6 +167,35 @@ def compare(old: Path, new: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def time_verbs(model_name: str, repeats: int) -> dict[str, float]:
+    """Median seconds of prune (structured 30%), quantize (weight int8) and guard (two layers) on one model,
+    in this process (run once per code version, alternating, to compare the pass manager's overhead)."""
+    import importlib
+    import statistics
+    import time
+
+    import onnxslice as osl
+    from onnxslice.rewrite.bits_plan import uniform_plan
+    from onnxslice.rewrite.plan import Plan
+
+    guard, prune, quantize = (importlib.import_module(f"onnxslice.rewrite.{m}") for m in ("guard", "prune", "quantize"))
+    model = osl.load(str(ROOT / "models" / f"{model_name}.onnx"))
+    layers = [x.name for x in model.layers]
+    struct = Plan("prune", {n: 0.3 for n in layers[:-1]}, "uniform", {"mode": "structured"})
+    int8 = uniform_plan(model, "int8")
+    verbs = {"prune": lambda: prune.prune(model, struct), "quantize-int8": lambda: quantize.quantize(model, int8),
+             "guard": lambda: guard.guard(model, layers[:2])}
+    for fn in verbs.values():
+        fn()  # warm-up (imports, caches)
+    times: dict[str, list[float]] = {k: [] for k in verbs}
+    for _ in range(repeats):
+        for k, fn in verbs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -172,7 +205,13 @@ def main() -> None:
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
     c.add_argument("--json", type=Path, help="also save the rows (default: print only)")
+    t = sub.add_parser("time", help="median seconds of prune/quantize/guard on one model (this code version)")
+    t.add_argument("model", help="a model of models/, e.g. resnet8_mnist")
+    t.add_argument("--repeats", type=int, default=3, help="runs per verb (default 3)")
     args = ap.parse_args()
+    if args.cmd == "time":
+        print(json.dumps(time_verbs(args.model, args.repeats)))
+        return
     if args.cmd == "emit":
         emit(args.out)
         return
