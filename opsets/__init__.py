@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .info import OpInfo, default_info
+from .capabilities.info import OpInfo, default_info
 from .registry import CAPABILITIES, REGISTRY, Registry, RegistryError, normalize_domain
 
 __all__ = [

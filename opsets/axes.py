@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize_axes", "normalize_axis", "reduce_axes"]
-
 
 def normalize_axis(axis: int, rank: int) -> int:
     """``axis`` made non-negative for a tensor of ``rank`` dimensions."""
@@ -39,3 +37,4 @@ def reduce_axes(attr_axes: Any, input_axes: Any, noop_with_empty_axes: Any, rank
     if not flat:
         return None if int(noop_with_empty_axes or 0) else list(range(rank))
     return sorted(normalize_axes(flat, rank))
+

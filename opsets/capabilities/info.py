@@ -1,0 +1,58 @@
+"""Static per-op metadata (the ``info`` capability): which inputs are weights, which op family.
+
+Analyses read this to find SAfER layers (nodes that own a weight initializer), to know which inputs
+carry no gradient (shapes, indices, axes) and which ops only move data. Nothing here reads tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import REGISTRY
+
+__all__ = [
+    "OpInfo",
+    "default_info",
+    "register_info",
+]
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """Static facts about an op type.
+
+    Attributes:
+        family: op family ("weighted", "elementwise", "binary", "layout", "pool", "norm", "reduce",
+            "shape", "control", "other"); used for summaries and templates.
+        layer_weights: candidate input indices of the main weight, in order of preference; the node
+            is a *layer* when the first candidate fed by an initializer exists.
+        bias_input: index of the bias input, if the op has one.
+        param_inputs: further inputs that are parameters when they are initializers (BN scale, ...).
+        non_differentiable: input indices that carry no gradient (shapes, indices, axes, sizes).
+        layout_only: the op only moves, copies or selects elements (routing in NNSlicer terms).
+        straight_through: gradients pass through its integer values by the straight-through estimator
+            (quantize/dequantize ops; see ``vjp/quantize.py``).
+    """
+
+    family: str
+    layer_weights: tuple[int, ...] = ()
+    bias_input: int | None = None
+    param_inputs: tuple[int, ...] = ()
+    non_differentiable: tuple[int, ...] = ()
+    layout_only: bool = False
+    straight_through: bool = False
+
+    @property
+    def may_be_layer(self) -> bool:
+        """Whether nodes of this op can own a layer weight."""
+        return bool(self.layer_weights)
+
+
+def default_info() -> OpInfo:
+    """Info for an op with no registered metadata: no weights, nothing known."""
+    return OpInfo(family="other")
+
+
+def register_info(ops: str, info: OpInfo, since: int = 1) -> None:
+    for op in ops.split():
+        REGISTRY.add("info", op, info, since=since, origin=__name__)

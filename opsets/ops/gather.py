@@ -1,0 +1,132 @@
+"""Indexing ops: Gather, GatherElements, GatherND, ScatterND.
+
+Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
+element it came from.
+
+One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
+Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
+DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
+reference
+evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
+and pads keep their recorded values), so its output says, per output element, which input element it
+copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
+several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
+indices and is refused with an :class:`UnsupportedOpError`.
+
+At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
+(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
+
+Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
+engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
+
+Gradient (``vjp``) (was ``vjp/gather_nd.py``). VJPs of GatherElements and GatherND: the cotangent is added back
+where each element was read from.
+
+Gradient (``vjp``) (was ``vjp/layout.py``). VJPs of layout ops: the cotangent goes back where each element came from
+(the routing template).
+
+Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form
+their axes or shape take in any opset. Slice, Pad and Reduce-style ops read their parameters from
+attributes in early opsets and from inputs later; those rules are registered per opset range.
+
+Gradient (``vjp``) (was ``vjp/topk.py``). VJPs of TopK (the values' cotangent goes back to the selected elements)
+and ScatterND (the data keeps the
+cotangent where it was not overwritten; the updates take it from where they were written).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..capabilities.info import OpInfo, register_info
+from ..capabilities.vjp import Grads, VjpContext, register, vjp
+from ..registry import REGISTRY
+from ..templates.routing import routing, routing_contributions
+
+# -- info: static metadata ---------------------------------------------------------------------------
+
+
+register_info("ScatterND", OpInfo("layout", non_differentiable=(1,)), since=11)
+register_info("Gather GatherElements GatherND", OpInfo("layout", non_differentiable=(1,), layout_only=True))
+
+# -- vjp: gradients ----------------------------------------------------------------------------------
+
+
+def _gather_elements_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    x = ctx.x(0)
+    idx = np.asarray(ctx.x(1)).astype(np.int64)
+    axis = int(ctx.attr("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    dx = np.zeros_like(x)
+    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    np.add.at(dx, tuple(grid), g)
+    return [dx]
+
+
+def _gather_nd_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    x = ctx.x(0)
+    idx = np.asarray(ctx.x(1)).astype(np.int64)
+    b = int(ctx.attr("batch_dims", 0))
+    k = idx.shape[-1]
+    dx = np.zeros_like(x)
+    lead = int(np.prod(x.shape[:b], dtype=np.int64))
+    xb = dx.reshape(lead, *x.shape[b:])
+    ib = idx.reshape(lead, -1, k)
+    gb = g.reshape(lead, ib.shape[1], *x.shape[b + k :])
+    for j in range(lead):
+        cols = tuple(np.where(ib[j, :, t] < 0, ib[j, :, t] + x.shape[b + t], ib[j, :, t]) for t in range(k))
+        np.add.at(xb[j], cols, gb[j])
+    return [dx]
+
+
+register(["GatherElements"], routing(_gather_elements_back, "gather_elements_back"), since=11)
+
+
+register(["GatherND"], routing(_gather_nd_back, "gather_nd_back"), since=11)
+
+
+def _gather_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | None]:
+    x, idx = ctx.x(0), np.asarray(ctx.x(1)).astype(np.int64)
+    axis = int(ctx.attr("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    dx = np.zeros_like(x)
+    dxm = np.moveaxis(dx, axis, 0)
+    gm = np.moveaxis(g, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
+    np.add.at(dxm, idx, gm)
+    return [dx]
+
+
+register(["Gather"], routing(_gather_back, "gather_back"))
+
+
+@vjp("ScatterND", since=11)
+def scatter_nd(ctx: VjpContext) -> Grads:
+    """ScatterND with ``reduction='none'`` (later writes win, as onnxruntime applies them in order)."""
+    if str(ctx.attr("reduction", "none")) not in ("none", "add"):
+        raise ctx.unsupported(f"ScatterND with reduction='{ctx.attr('reduction')}'")
+    data = ctx.x(0)
+    idx = np.asarray(ctx.x(1)).astype(np.int64)
+    g = ctx.g(0)
+    k = idx.shape[-1]
+    flat = idx.reshape(-1, k)
+    cols = tuple(np.where(flat[:, t] < 0, flat[:, t] + data.shape[t], flat[:, t]) for t in range(k))
+    out: Grads = [None] * len(ctx.ins)
+    add = str(ctx.attr("reduction", "none")) == "add"
+    if ctx.need(0):
+        d = g.copy()
+        if not add:
+            d[cols] = 0
+        out[0] = d
+    if ctx.has(2) and ctx.need(2):
+        upd = ctx.x(2)
+        out[2] = g[cols].reshape(upd.shape).astype(upd.dtype, copy=False)
+    return out
+
+
+# -- contributions: NNSlicer -------------------------------------------------------------------------
+
+
+REGISTRY.register("contributions", ["Gather", "GatherElements", "GatherND"])(routing_contributions)

@@ -1,0 +1,253 @@
+"""Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ... and ArgMax/ArgMin.
+
+Contributions (``contributions``) (was ``contrib/pools.py``). Pools and reductions: AveragePool, MaxPool,
+GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min.
+
+ALGORITHMS.md: average pooling, GlobalAveragePool and ReduceMean give every input of the window
+``CONTRIB_n * dy_n * dx_i``; max pooling (and ReduceMax/Min, GlobalMaxPool) only to the inputs equal
+to the output. No theta (no weights). ReduceSum is a sum with weights 1 and is treated like a mean
+(no theta either: a reduction has no weights to select among).
+
+At channel granularity a pooled channel comes from the same input channel: ``CONTRIB_c * dy_c *
+dx_c`` on channel means (max pooling too). Reductions over the channel axis have no channel form.
+
+Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
+element it came from.
+
+One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
+Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
+DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
+reference
+evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
+and pads keep their recorded values), so its output says, per output element, which input element it
+copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
+several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
+indices and is refused with an :class:`UnsupportedOpError`.
+
+At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
+(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
+
+Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
+engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
+
+Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
+are: unary elementwise ops, pools,
+normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
+
+Four templates cover the families: :func:`passthrough` (the channels go straight through),
+:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
+sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
+:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
+
+Gradient (``vjp``) (was ``vjp/reduce.py``). VJPs of Reduce* ops, from one template: ``dx = dy (broadcast back) * d
+reduce / dx``.
+
+The reduced axes are an attribute up to one opset and an input from the next (ReduceSum: input from
+13; the others: input from 18), so each op has two registered rules. ``noop_with_empty_axes`` with
+no axes makes the op the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxslice.errors import UnsupportedOpError
+
+from ..axes import reduce_axes
+from ..capabilities.contrib import ContribContext, ContribResult
+from ..capabilities.info import OpInfo, register_info
+from ..capabilities.vjp import Grads, VjpContext, VjpRule, register
+from ..ops.pool import MAX_OPS, channel_identity
+from ..registry import REGISTRY
+from ..templates.axis import reduction
+from ..templates.routing import no_neurons
+from ..vjp.eager import register_prim
+from ..vjp.prims import Prims
+
+if TYPE_CHECKING:
+    pass
+
+
+# -- info: static metadata ---------------------------------------------------------------------------
+
+
+register_info(
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSumExp",
+    OpInfo("reduce", non_differentiable=(1,)),
+)
+register_info("ArgMax ArgMin", OpInfo("reduce", non_differentiable=(1,)))
+
+# -- vjp: gradients ----------------------------------------------------------------------------------
+
+
+# (x, y with kept dims, number of reduced elements) -> local derivative dy/dx (broadcastable to x)
+Local = Callable[[np.ndarray, np.ndarray, int], np.ndarray | float]
+
+
+def _vjp_axes(ctx: VjpContext, from_input: bool) -> list[int] | None:
+    """Reduced axes; None means the identity (noop with empty axes)."""
+    attr = None if from_input else ctx.attr("axes")
+    given = ctx.x(1) if from_input and ctx.has(1) else None
+    return reduce_axes(attr, given, ctx.attr("noop_with_empty_axes", 0) if from_input else 0, ctx.x(0).ndim)
+
+
+def vjp_reduction(local: Local, name: str, from_input: bool) -> VjpRule:
+    """Template for ``y = reduce(x, axes)``."""
+
+    def fn(ctx: VjpContext) -> Grads:
+        x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+        axes = _vjp_axes(ctx, from_input)
+        rest: Grads = [None] * (len(ctx.ins) - 1)
+        if axes is None:
+            return [g, *rest]
+        kept = [1 if i in axes else d for i, d in enumerate(x.shape)]
+        gk, yk = g.reshape(kept), y.reshape(kept)
+        count = int(np.prod([x.shape[a] for a in axes]))
+        return [np.asarray(gk * local(x, yk, count), dtype=x.dtype) * np.ones_like(x), *rest]
+
+    fn.__name__ = fn.__qualname__ = name
+    return VjpRule(fn, False, name)
+
+
+def _sum(x: np.ndarray, y: np.ndarray, n: int) -> float:
+    return 1.0
+
+
+def _mean(x: np.ndarray, y: np.ndarray, n: int) -> float:
+    return 1.0 / n
+
+
+def _extreme(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    hit = (x == y).astype(x.dtype)
+    axes = tuple(i for i, d in enumerate(y.shape) if d == 1 and x.shape[i] != 1)
+    return hit / hit.sum(axis=axes, keepdims=True)  # ties share the cotangent, as in PyTorch's amax
+
+
+def _sum_square(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return 2 * x
+
+
+def _l1(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.sign(x)
+
+
+def _l2(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.where(y > 0, x / np.where(y > 0, y, 1), 0)
+
+
+def _log_sum_exp(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    return np.exp(x - y)
+
+
+#: ops whose rule is written against the primitives (op -> first opset with axes as an input)
+_PRIM = {"ReduceSum": 13, "ReduceMean": 18}
+
+
+_OPS: dict[str, tuple[Local, int]] = {
+    # op -> (local derivative, first opset with axes as an input)
+    "ReduceSum": (_sum, 13),
+    "ReduceMean": (_mean, 18),
+    "ReduceMax": (_extreme, 18),
+    "ReduceMin": (_extreme, 18),
+    "ReduceSumSquare": (_sum_square, 18),
+    "ReduceL1": (_l1, 18),
+    "ReduceL2": (_l2, 18),
+    "ReduceLogSumExp": (_log_sum_exp, 18),
+}
+
+
+for _op, (_local, _switch) in _OPS.items():
+    if _op in _PRIM:
+        continue
+    register([_op], vjp_reduction(_local, f"{_op}_attr_axes", False), until=_switch - 1)
+    register([_op], vjp_reduction(_local, f"{_op}_input_axes", True), since=_switch)
+
+
+def prim_reduction(mean: bool, name: str, from_input: bool) -> Callable[[Prims, VjpContext], Grads]:
+    """ReduceSum / ReduceMean: ``dx = broadcast(dy with kept dims) (/ count)``."""
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
+        x, g = ctx.x(0), ctx.g(0)
+        xs = P.shape(x)
+        attr = None if from_input else ctx.attr("axes")
+        given = P.value(ctx.x(1)) if from_input and ctx.has(1) else None
+        axes = reduce_axes(attr, given, ctx.attr("noop_with_empty_axes", 0) if from_input else 0, len(xs))
+        rest: Grads = [None] * (len(ctx.ins) - 1)
+        if axes is None:
+            return [g, *rest]
+        kept = [1 if i in axes else d for i, d in enumerate(xs)]
+        count = int(np.prod([xs[a] for a in axes]))
+        gk = P.mul(P.reshape(g, kept), 1.0 / count if mean else 1.0)
+        return [P.broadcast_to(P.cast(gk, P.dtype(x)), xs), *rest]
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
+
+
+for _op, _switch in _PRIM.items():
+    _mean_op = _op == "ReduceMean"
+    register_prim([_op], prim_reduction(_mean_op, f"{_op}_attr_axes", False), f"{_op}_attr_axes", until=_switch - 1)
+    register_prim([_op], prim_reduction(_mean_op, f"{_op}_input_axes", True), f"{_op}_input_axes", since=_switch)
+
+# -- contributions: NNSlicer -------------------------------------------------------------------------
+
+
+def _axes(ctx: ContribContext, rank: int) -> tuple[int, ...]:
+    node = ctx.node
+    input_axes = ctx.x[1] if len(ctx.x) > 1 else None
+    axes = reduce_axes(node.attr("axes"), input_axes, node.attr("noop_with_empty_axes", 0), rank)
+    return () if axes is None else tuple(axes)
+
+
+def reduce_contributions(ctx: ContribContext) -> ContribResult:
+    """ReduceMean, ReduceSum, ReduceMax, ReduceMin over any axes but the batch axis.
+
+    Raises:
+        UnsupportedOpError: the reduction spans the batch axis (or the channel axis at channel level).
+    """
+    x, dx, y = ctx.x[0], ctx.dx[0], ctx.y[0]
+    if x is None or dx is None:
+        return ContribResult()
+    node = ctx.node
+    axes = _axes(ctx, x.ndim)
+    if 0 in axes or (ctx.channel and 1 in axes):
+        raise UnsupportedOpError.for_node(
+            node,
+            "contributions",
+            f"a reduction over axes {list(axes)} mixes samples or channels; it has no contributions rule",
+        )
+    if ctx.channel:
+        return channel_identity(ctx)
+    keep_shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    osign = ctx.out_sign().reshape(keep_shape)
+    s = osign * np.sign(dx).astype(np.int8)
+    if node.op_type in MAX_OPS:
+        s = s * (x == y.reshape(keep_shape))
+    return ContribResult(inputs={0: s.astype(np.int32)})
+
+
+REGISTRY.register("contributions", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"])(reduce_contributions)
+
+
+REGISTRY.register("contributions", ["ArgMax", "ArgMin"])(no_neurons)
+
+# -- prune: channel groups ---------------------------------------------------------------------------
+
+
+REGISTRY.register(
+    "prune",
+    [
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceSumSquare",
+        "ReduceProd",
+        "ReduceLogSumExp",
+    ],
+)(reduction)

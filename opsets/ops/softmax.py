@@ -1,0 +1,101 @@
+"""Softmax, LogSoftmax and Hardmax.
+
+Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
+are: unary elementwise ops, pools,
+normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
+
+Four templates cover the families: :func:`passthrough` (the channels go straight through),
+:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
+sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
+:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
+
+Gradient (``vjp``) (was ``vjp/softmax.py``). VJPs of Softmax and LogSoftmax, in both of their ONNX forms.
+
+Before opset 13 the input is coerced to 2-D ``[prod(shape[:axis]), prod(shape[axis:])]`` (default
+axis 1) and normalized over the second dimension; from opset 13 one axis is normalized (default -1).
+One template serves the four rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..capabilities.info import OpInfo, register_info
+from ..capabilities.vjp import Grads, VjpContext
+from ..registry import REGISTRY
+from ..templates.axis import axis_op
+from ..templates.gates import elementwise, one
+from ..vjp.eager import register_prim
+from ..vjp.prims import Prims
+
+if TYPE_CHECKING:
+    pass
+
+
+# -- info: static metadata ---------------------------------------------------------------------------
+
+
+register_info("Softmax LogSoftmax Hardmax", OpInfo("elementwise"))
+
+# -- vjp: gradients ----------------------------------------------------------------------------------
+
+
+def _p_softmax_back(P: Prims, y: Any, g: Any, axis: int) -> Any:
+    return P.mul(y, P.sub(g, P.reduce_sum(P.mul(g, y), (axis,), keepdims=True)))
+
+
+def _p_log_softmax_back(P: Prims, y: Any, g: Any, axis: int) -> Any:
+    return P.sub(g, P.mul(P.func("exp", y), P.reduce_sum(g, (axis,), keepdims=True)))
+
+
+def prim_softmax(coerce_2d: bool, log: bool = False) -> Callable[[Prims, VjpContext], Grads]:
+    """Softmax's VJP ``y * (dy - sum(dy * y))`` (LogSoftmax's ``dy - exp(y) sum(dy)``) over its axis,
+    after the pre-13 2-D coercion when asked."""
+    back = _p_log_softmax_back if log else _p_softmax_back
+
+    def rule(P: Prims, ctx: VjpContext) -> Grads:
+        y, g = ctx.y(0), ctx.g(0)
+        ys = P.shape(y)
+        nd = len(ys)
+        if coerce_2d:
+            axis = int(ctx.attr("axis", 1))
+            axis = axis + nd if axis < 0 else axis
+            rows = int(np.prod(ys[:axis]))
+            y2, g2 = P.reshape(y, (rows, -1)), P.reshape(g, (rows, -1))
+            dx = P.reshape(back(P, y2, g2, 1), ys)
+        else:
+            axis = int(ctx.attr("axis", -1))
+            axis = axis + nd if axis < 0 else axis
+            dx = back(P, y, g, axis)
+        return [P.cast(dx, P.dtype(ctx.x(0)))]
+
+    rule.__name__ = rule.__qualname__ = ("log_softmax" if log else "softmax") + ("_2d" if coerce_2d else "")
+    return rule
+
+
+register_prim(["Softmax"], prim_softmax(True), "softmax_2d", until=12)
+
+
+register_prim(["Softmax"], prim_softmax(False), "softmax", since=13)
+
+
+register_prim(["LogSoftmax"], prim_softmax(True, log=True), "log_softmax_2d", until=12)
+
+
+register_prim(["LogSoftmax"], prim_softmax(False, log=True), "log_softmax", since=13)
+
+# -- contributions: NNSlicer -------------------------------------------------------------------------
+
+
+REGISTRY.register("contributions", ["Softmax", "LogSoftmax"])(elementwise(one))
+
+# -- prune: channel groups ---------------------------------------------------------------------------
+
+
+REGISTRY.register("prune", ["Softmax", "LogSoftmax", "Hardmax"], until=12)(axis_op(1, coerce_2d_until=12))
+
+
+REGISTRY.register("prune", ["Softmax", "LogSoftmax", "Hardmax"], since=13)(axis_op(-1))

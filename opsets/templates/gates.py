@@ -1,0 +1,197 @@
+"""The one-to-one (gate) template in every capability: ``y = f(x)`` elementwise.
+
+Contributions (``contributions``) (was ``contrib/unary.py``). One-to-one ops: ReLU-family gates, smooth activations,
+Softmax and per-channel affine ops (BN).
+
+One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
+*local weight* ``g(x_n)``, and ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``; no theta (one input).
+
+- Gates (ALGORITHMS.md: "on their active region"): ``g = 1`` where the op passes its input, else 0:
+  Relu and LeakyRelu and PRelu ``x > 0``; Clip ``min < x < max``; HardSwish ``x > -3``; HardSigmoid
+  ``0 < alpha x + beta < 1`` (``g = alpha``); ThresholdedRelu ``x > alpha``.
+- Smooth ops: ``g = f'(x)``, whose sign is what counts. For the increasing ones (Sigmoid, Tanh,
+  Softplus, Softsign, Elu, Selu, Celu, Exp, Log, Sqrt, Erf) that is ``CONTRIB_n * dy_n * dx_n`` as
+  in the paper; Gelu, Swish/SiLU and Mish use their derivative (negative on part of the negative
+  axis); Neg and Reciprocal are decreasing; Abs uses ``sign(x)``; Sin/Cos their derivative.
+- Softmax, LogSoftmax: the diagonal of the Jacobian (``g = 1``): each output increases with its own
+  logit; the cross terms, shared by every output of the row, are left out (documented choice).
+- BatchNormalization: ``g = gamma / sqrt(var + eps)`` per channel; the paper's "scale"
+  ``(x - mu) / sigma`` has ``g > 0`` and gives its formula ``CONTRIB_n * dy_n * dx_n``; a negative
+  learned ``gamma`` flips the sign as it flips the dependence. InstanceNormalization and
+  LayerNormalization use the sign of their scale (their statistics are per sample).
+
+At channel granularity the term of a channel is the channel mean of the element-level term
+``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
+
+Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
+are: unary elementwise ops, pools,
+normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
+
+Four templates cover the families: :func:`passthrough` (the channels go straight through),
+:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
+sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
+:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
+
+Gradient (``vjp``) (was ``vjp/base.py``). The VJP rule protocol and the templates op families are built from.
+
+A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
+returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
+touch the graph, the registry or any shared state. The reverse walk (``onnxslice.grad``) owns order
+and accumulation.
+
+Per-sample mode: when ``ctx.per_sample[i]`` is set, input ``i`` is batch-independent (a weight, or a
+value computed from weights only) and the caller wants its cotangent for every sample separately,
+shape ``[N, *shape]``. Rules registered with ``per_sample=True`` handle that natively (batched
+einsums); for other rules the engine slices the batch and calls the rule sample by sample.
+
+Templates (so families are not copies):
+
+- :func:`unary` -- elementwise ops ``y = f(x)`` with a local derivative ``f'(x, y)`` (gates such as
+  Relu/LeakyRelu/Clip and smooth functions such as Sigmoid/Tanh/Erf);
+- :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
+- :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
+
+Gradient (``vjp``) (was ``vjp/prims.py``). The primitives VJP rules are written against: one rule definition, two
+executions.
+
+A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that
+computes only through the :class:`Prims` ``P`` it is given: elementwise arithmetic and comparisons,
+casts, reductions, layout changes, matrix products, convolution input and weight gradients and
+pooling window gradients. Two backends implement them:
+
+- :class:`onnxslice.opsets.vjp.eager.EagerPrims` runs them at once on numpy arrays, with the fast
+  CPU kernels of the eager engine (onnxruntime one-node sessions, BLAS, vectorized numpy); it is what
+  the engine calls, so eager numbers are those of the kernels themselves;
+- :class:`onnxslice.grad.lowering.OnnxPrims` emits them as standard ONNX nodes over symbolic values
+  with static shapes, so the same rule becomes part of a gradient graph (``onnxslice grad --emit``).
+
+Values are opaque to a rule (``Any``): a numpy array in one backend, a symbolic value in the other.
+Rules read static shapes and dtypes through ``P.shape`` / ``P.dtype`` and concrete values of
+constant inputs (clip bounds) through ``P.value``. Shapes are those of the recorded sample, so the
+emitted graph is specialised to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..capabilities.contrib import ContribContext, ContribResult
+from ..capabilities.prune import Context, Effect, Port, Ref, Rule, blocked
+from ..capabilities.vjp import Grads, VjpRule
+from ..vjp.prims import PrimFn, Prims
+
+if TYPE_CHECKING:
+    from onnxslice.model import Node
+
+    from ..capabilities.vjp import VjpContext
+
+
+# -- Contributions (``contributions``) (from contrib/unary.py) --------------------
+
+
+LocalWeight = Callable[[ContribContext, np.ndarray], np.ndarray | float]
+
+
+def elementwise(weight: LocalWeight) -> Callable[[ContribContext], ContribResult]:
+    """A rule for a one-to-one op whose local weight at input value ``x`` is ``weight(ctx, x)``."""
+
+    def rule(ctx: ContribContext) -> ContribResult:
+        x, dx = ctx.x[0], ctx.dx[0]
+        if dx is None or x is None:
+            return ContribResult()
+        g = np.asarray(weight(ctx, x), dtype=np.float64)
+        s = ctx.out_sign() * np.sign(ctx.view(g * dx)).astype(np.int8)
+        return ContribResult(inputs={0: s.astype(np.int32)})
+
+    rule.__doc__ = f"Elementwise contributions with local weight {weight.__name__}."
+    rule.__name__ = rule.__qualname__ = f"elementwise_{weight.__name__.lstrip('_')}"
+    return rule
+
+
+# -- Channel pruning (``prune``) (from prune/elementwise.py) --------------------
+
+
+def one(ctx: ContribContext, x: np.ndarray) -> float:
+    """The local weight 1: the output moves with its own input (the diagonal of a Jacobian)."""
+    return 1.0
+
+
+def passthrough(*, channel_axis_only: bool = False, data_outputs: int = 1) -> Rule:
+    """The channels of input 0 are those of the first ``data_outputs`` outputs, on the same axis.
+
+    Args:
+        channel_axis_only: the op acts on the spatial axes (pools), so the channels must be on axis 1.
+        data_outputs: how many outputs carry the data; any further output in use (MaxPool indices,
+            Dropout mask excepted) stops the group.
+    """
+
+    def rule(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
+        side, i = port
+        if (side == "in" and i != 0) or (side == "out" and i >= data_outputs):
+            return blocked(f"channels arrive on {side}put {i}, which is not the data tensor")
+        if channel_axis_only and ref.axis != 1:
+            return blocked(f"acts across axis {ref.axis} of its input, where the channels are")
+        extra = [o for o in node.outputs[data_outputs:] if o]
+        if extra and node.op_type != "Dropout":
+            return blocked(f"its extra output '{extra[0]}' depends on the channel layout")
+        data = [node.inputs[0], *[o for o in node.outputs[:data_outputs] if o]]
+        if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1]:
+            data.append(node.outputs[1])
+        arriving = node.inputs[i] if side == "in" else node.outputs[i]
+        return Effect(refs=tuple((v, ref) for v in data if v != arriving))
+
+    return rule
+
+
+# -- Gradient (``vjp``) (from vjp/base.py) --------------------
+
+
+def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | float], name: str) -> VjpRule:
+    """Template for elementwise ``y = f(x)`` (input 0): ``dx = dy * f'(x, y)``.
+
+    ``deriv(ctx, x, y)`` returns the local derivative (an array of x's shape or a scalar); gates
+    (Relu, LeakyRelu, Clip, HardSigmoid) return masks or slopes, smooth functions their derivative.
+    A boolean mask selects the cotangent in one pass (no float mask, no multiply).
+    """
+
+    def fn(ctx: VjpContext) -> Grads:
+        if not ctx.need(0):
+            return [None] * len(ctx.ins)
+        x, y = ctx.x(0), ctx.y(0)
+        d = deriv(ctx, x, y)
+        g = ctx.g(0)
+        if isinstance(d, np.ndarray) and d.dtype == np.bool_:
+            dx = np.where(d, g, np.zeros((), dtype=x.dtype)).astype(x.dtype, copy=False)
+        else:
+            dx = np.asarray(g * d, dtype=x.dtype)
+        return [dx] + [None] * (len(ctx.ins) - 1)
+
+    fn.__name__ = fn.__qualname__ = name
+    return VjpRule(fn, False, name)
+
+
+# -- Gradient (``vjp``) (from vjp/prims.py) --------------------
+
+
+#: ``deriv(P, ctx, x, y)`` -> the local derivative: a mask (``gate=True``), a value or a number
+PrimDeriv = Callable[["Prims", "VjpContext", Any, Any], Any]
+
+
+def prim_unary(deriv: PrimDeriv, name: str, *, gate: bool = False) -> PrimFn:
+    """Primitive form of :func:`.base.unary`: ``dx = where(mask, dy, 0)`` for gates, else ``dy * f'(x, y)``."""
+
+    def rule(P: Prims, ctx: VjpContext) -> list[Any]:
+        rest: list[Any] = [None] * (len(ctx.ins) - 1)
+        if not ctx.need(0):
+            return [None, *rest]
+        x, y = ctx.x(0), ctx.y(0)
+        d = deriv(P, ctx, x, y)
+        g = ctx.g(0)
+        dx = P.where(d, g, 0.0) if gate else P.mul(g, d)
+        return [P.cast(dx, P.dtype(x)), *rest]
+
+    rule.__name__ = rule.__qualname__ = name
+    return rule
