@@ -6,15 +6,23 @@ carry no gradient (shapes, indices, axes) and which ops only move data. Nothing 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..registry import REGISTRY
 
 __all__ = [
     "OpInfo",
+    "OutAxis",
     "default_info",
     "register_info",
 ]
+
+#: ``out_axis(attr, weight_rank, weight_input)``: the axis of a layer's weight that indexes its output
+#: channels (neurons), from the node's attribute getter ``attr(name, default)``, the weight's rank and
+#: which node input the weight is. Each weighted family defines its own (:mod:`onnxslice.opsets.ops`).
+OutAxis = Callable[[Callable[[str, Any], Any], int, int], int]
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,8 @@ class OpInfo:
         non_differentiable: input indices that carry no gradient (shapes, indices, axes, sizes).
         layout_only: the op only moves, copies or selects elements (routing in NNSlicer terms).
         straight_through: gradients pass through its integer values by the straight-through estimator
-            (quantize/dequantize ops; see ``vjp/quantize.py``).
+            (quantize/dequantize ops; see ``ops/quantize.py``).
+        out_axis: for layers, the family's :data:`OutAxis` function (None: axis 0, as for Conv).
     """
 
     family: str
@@ -41,6 +50,11 @@ class OpInfo:
     non_differentiable: tuple[int, ...] = ()
     layout_only: bool = False
     straight_through: bool = False
+    out_axis: OutAxis | None = None
+
+    def weight_out_axis(self, attr: Callable[[str, Any], Any], rank: int, weight_input: int) -> int:
+        """The axis of the layer weight (input ``weight_input``, of rank ``rank``) that indexes output channels."""
+        return 0 if self.out_axis is None else self.out_axis(attr, rank, weight_input)
 
     @property
     def may_be_layer(self) -> bool:
@@ -54,5 +68,6 @@ def default_info() -> OpInfo:
 
 
 def register_info(ops: str, info: OpInfo, since: int = 1) -> None:
+    """Register ``info`` as the metadata of every op type in ``ops`` (space-separated) from opset ``since``."""
     for op in ops.split():
         REGISTRY.add("info", op, info, since=since, origin=__name__)

@@ -72,7 +72,7 @@ from ..capabilities.info import OpInfo, register_info
 from ..capabilities.prune import Context, CountEdit, Effect, Port, Ref, bias_cut, blocked
 from ..capabilities.vjp import Grads, VjpContext, int_list
 from ..coverage import computed, refuses
-from ..geometry import gather_windows, node_windows, same_pads, scatter_windows, window_pads
+from ..geometry import Attr, gather_windows, node_windows, same_pads, scatter_windows, window_pads
 from ..registry import REGISTRY
 from ..vjp.eager import prim_vjp
 from ..vjp.prims import ConvGeometry, Prims
@@ -84,7 +84,20 @@ if TYPE_CHECKING:
 # -- info: static metadata ---------------------------------------------------------------------------
 
 
-register_info("Conv ConvTranspose", OpInfo("weighted", layer_weights=(1,), bias_input=2))
+def conv_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
+    """Conv weights are ``[C_out, C_in / group, k...]``: output channels on axis 0."""
+    return 0
+
+
+def conv_transpose_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
+    """ConvTranspose weights are ``[C_in, C_out / group, k...]``: output channels on axis 1."""
+    return 1
+
+
+register_info("Conv", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_out_axis))
+register_info(
+    "ConvTranspose", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_transpose_out_axis)
+)
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
 
@@ -492,7 +505,8 @@ class ConvRule:
         bias = bias_cut(node, ctx, 2, ref)
         if isinstance(bias, str):
             return blocked(bias)
-        return Effect(cuts=((w, ref.moved(0, ref.offset, 1)), *bias), source=True, segments=g)
+        out_axis = conv_out_axis(node.attr, 2, 1)
+        return Effect(cuts=((w, ref.moved(out_axis, ref.offset, 1)), *bias), source=True, segments=g)
 
 
 class ConvTransposeRule:
@@ -505,7 +519,7 @@ class ConvTransposeRule:
             return f"its weight '{w}' is computed at run time"
         if int(node.attr("group", 1)) != 1:
             return "a grouped ConvTranspose is left alone"
-        return Ref(1, 0, 1, int(ctx.const(w).shape[1]))
+        return Ref(1, 0, 1, int(ctx.const(w).shape[conv_transpose_out_axis(node.attr, 2, 1)]))
 
     def __call__(self, node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         why = self.source_ref(node, ctx)
@@ -515,12 +529,13 @@ class ConvTransposeRule:
         if (side, i) not in (("in", 0), ("out", 0)) or ref.axis != 1:
             return blocked(f"channels arrive on {side}put {i} axis {ref.axis}")
         w = node.input(1)
+        out_axis = conv_transpose_out_axis(node.attr, 2, 1)
         if side == "in":
-            return Effect(cuts=((w, ref.moved(0, ref.offset, 1)),))
+            return Effect(cuts=((w, ref.moved(1 - out_axis, ref.offset, 1)),))
         bias = bias_cut(node, ctx, 2, ref)
         if isinstance(bias, str):
             return blocked(bias)
-        return Effect(cuts=((w, ref.moved(1, ref.offset, 1)), *bias), source=True)
+        return Effect(cuts=((w, ref.moved(out_axis, ref.offset, 1)), *bias), source=True)
 
 
 REGISTRY.register("prune", "Conv")(ConvRule())

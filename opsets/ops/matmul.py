@@ -64,6 +64,7 @@ from ..capabilities.info import OpInfo, register_info
 from ..capabilities.prune import Context, Effect, Port, Ref, bias_cut, blocked
 from ..capabilities.vjp import Grads, PerSampleUnsupported, VjpContext
 from ..coverage import computed, refuses
+from ..geometry import Attr
 from ..ops.einsum import matmul_equation, product_contributions
 from ..registry import REGISTRY
 from ..vjp.eager import prim_vjp
@@ -76,8 +77,20 @@ if TYPE_CHECKING:
 # -- info: static metadata ---------------------------------------------------------------------------
 
 
-register_info("Gemm", OpInfo("weighted", layer_weights=(1, 0), bias_input=2))
-register_info("MatMul", OpInfo("weighted", layer_weights=(1, 0)))
+def gemm_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
+    """Gemm ``A' B'``: the neurons are the columns of ``B'`` (a weight B) or the rows of ``A'`` (a weight A)."""
+    if weight_input == 1:
+        return 0 if attr("transB", 0) else 1
+    return 1 if attr("transA", 0) else 0
+
+
+def matmul_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
+    """MatMul ``x @ W``: the neurons are W's last axis; ``W @ x``: W's second-to-last axis."""
+    return rank - 1 if weight_input == 1 else rank - 2
+
+
+register_info("Gemm", OpInfo("weighted", layer_weights=(1, 0), bias_input=2, out_axis=gemm_out_axis))
+register_info("MatMul", OpInfo("weighted", layer_weights=(1, 0), out_axis=matmul_out_axis))
 REGISTRY.add("info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", since=1, origin=__name__)
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
@@ -198,7 +211,7 @@ def dense_contributions(ctx: ContribContext) -> ContribResult:
     if node.op_type == "Gemm":
         if node.attr("transA", 0):
             raise unsupported(ctx, "Gemm with transA=1 on a batched data operand is not supported")
-        wt = w.T if node.attr("transB", 0) else w
+        wt = w if gemm_out_axis(node.attr, 2, 1) == 1 else w.T  # (K, N)
         alpha = float(node.attr("alpha", 1.0))
     else:
         if w.ndim != 2:
@@ -223,7 +236,8 @@ def dense_contributions(ctx: ContribContext) -> ContribResult:
         full, _ = rows_sign(terms, osg, denom[rb], ctx)
         syn_t += ctx.synapse_signs(full).sum(axis=0, dtype=np.int64)
         in_inc[rb] += full.sum(axis=1, dtype=np.int32)
-    syn = syn_t if node.op_type == "Gemm" and node.attr("transB", 0) else syn_t.T
+    out_axis = gemm_out_axis(node.attr, 2, 1) if node.op_type == "Gemm" else matmul_out_axis(node.attr, 2, 1)
+    syn = syn_t if out_axis == 0 else syn_t.T  # the weight's own layout
     return ContribResult(inputs={0: in_inc.reshape(*lead, k)}, synapses={1: np.ascontiguousarray(syn)})
 
 
@@ -240,21 +254,20 @@ class GemmRule:
         b = node.input(1)
         if not ctx.is_const(b):
             return f"its operand B '{b}' is not a constant weight"
-        shape = ctx.const(b).shape
-        return Ref(1, 0, 1, int(shape[0] if node.attr("transB", 0) else shape[1]))
+        return Ref(1, 0, 1, int(ctx.const(b).shape[gemm_out_axis(node.attr, 2, 1)]))
 
     def __call__(self, node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         why = self.source_ref(node, ctx)
         if isinstance(why, str):
             return blocked(why)
         b = node.input(1)
-        trans_b = int(node.attr("transB", 0))
+        out_axis = gemm_out_axis(node.attr, 2, 1)
         side, i = port
         if (side, i) == ("in", 0):
             k_axis = 0 if node.attr("transA", 0) else 1
             if ref.axis != k_axis:
                 return blocked(f"the group is on the rows of A (axis {ref.axis}), not its features")
-            return Effect(cuts=((b, ref.moved(1 if trans_b else 0, ref.offset, 1)),))
+            return Effect(cuts=((b, ref.moved(1 - out_axis, ref.offset, 1)),))
         if (side, i) != ("out", 0):
             return blocked(f"channels arrive on {side}put {i} (a weight or bias computed at run time)")
         if ref.axis != 1:
@@ -262,7 +275,7 @@ class GemmRule:
         bias = bias_cut(node, ctx, 2, ref)
         if isinstance(bias, str):
             return blocked(bias)
-        return Effect(cuts=((b, ref.moved(0 if trans_b else 1, ref.offset, 1)), *bias), source=True)
+        return Effect(cuts=((b, ref.moved(out_axis, ref.offset, 1)), *bias), source=True)
 
 
 class MatMulRule:
@@ -282,7 +295,7 @@ class MatMulRule:
         s = ctx.shape(out)
         if s is None:
             return f"the rank of '{out}' is unknown"
-        return Ref(len(s) - 1, 0, 1, int(ctx.const(w).shape[1]))
+        return Ref(len(s) - 1, 0, 1, int(ctx.const(w).shape[matmul_out_axis(node.attr, 2, 1)]))
 
     def __call__(self, node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
         got = self.source_ref(node, ctx)
@@ -294,10 +307,10 @@ class MatMulRule:
             s = ctx.shape(node.inputs[0])
             if s is None or ref.axis != len(s) - 1:
                 return blocked("the group is not on the feature (last) axis of the first operand")
-            return Effect(cuts=((w, ref.moved(0, ref.offset, 1)),))
+            return Effect(cuts=((w, ref.moved(1 - matmul_out_axis(node.attr, 2, 1), ref.offset, 1)),))
         if (side, i) != ("out", 0) or ref.axis != got.axis:
             return blocked(f"channels arrive on {side}put {i} axis {ref.axis}")
-        return Effect(cuts=((w, ref.moved(1, ref.offset, 1)),), source=True)
+        return Effect(cuts=((w, ref.moved(matmul_out_axis(node.attr, 2, 1), ref.offset, 1)),), source=True)
 
 
 REGISTRY.register("prune", "Gemm")(GemmRule())

@@ -68,6 +68,7 @@ from ..capabilities.info import OpInfo, register_info
 from ..capabilities.prune import Context, Effect, Port, Ref, blocked
 from ..capabilities.vjp import Grads, VjpContext, vjp
 from ..coverage import computed, refuses
+from ..geometry import Attr
 from ..ops.rnn_cell import Cell, Spec, Step, check_replay, decode, from_layout, replay, to_layout
 from ..registry import REGISTRY
 
@@ -78,9 +79,21 @@ if TYPE_CHECKING:
 # -- info: static metadata ---------------------------------------------------------------------------
 
 
+def recurrent_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
+    """``W [directions, gates * hidden, input]``: the gates' neurons are its rows, axis 1."""
+    return 1
+
+
 register_info(
     "LSTM GRU RNN",
-    OpInfo("recurrent", layer_weights=(1,), bias_input=3, param_inputs=(2, 7), non_differentiable=(4,)),
+    OpInfo(
+        "recurrent",
+        layer_weights=(1,),
+        bias_input=3,
+        param_inputs=(2, 7),
+        non_differentiable=(4,),
+        out_axis=recurrent_out_axis,
+    ),
     since=7,
 )
 
