@@ -59,6 +59,20 @@ def gather_windows(arr: np.ndarray, idx: np.ndarray, fill: float = 0.0) -> np.nd
     return padded[:, :, idx]
 
 
+def first_max(cols: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The max-pooling tie rule, one decision for every capability: the *first* input holding the maximum.
+
+    ``cols`` holds each window's values on its last axis in row-major kernel order (padding ``-inf``), ``y``
+    the window maxima (``cols.shape[:-1]``). Returns a boolean mask of ``cols``' shape, True at the first
+    entry equal to the maximum: the input that PyTorch's and onnxruntime's MaxPool gradients credit (the
+    index output of ``MaxPool``), so the VJP and the contributions of MaxPool and GlobalMaxPool route ties
+    the same way (``docs/maxpool_ties.md``).
+    """
+    hit = cols == np.asarray(y)[..., None]
+    first: np.ndarray = hit & (np.cumsum(hit, axis=-1, dtype=np.int32) == 1)
+    return first
+
+
 def scatter_windows(cols: np.ndarray, idx: np.ndarray, spatial: Sequence[int]) -> np.ndarray:
     """Transpose of :func:`gather_windows` for integer tables: ``(B, C, P, K)`` summed into ``(B, C, *S)``."""
     b, c = cols.shape[:2]

@@ -1,31 +1,22 @@
-"""Pooling: MaxPool, AveragePool, LpPool and their global forms.
+"""Pooling: MaxPool, AveragePool, LpPool and their global forms, every capability in one place.
 
-Contributions (``contributions``) (was ``contrib/pools.py``). Pools and reductions: AveragePool, MaxPool,
-GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min.
+Geometry: a pooling window reads the padded input through the Conv window geometry of
+:mod:`onnxslice.opsets.geometry` (``pads`` or ``auto_pad``, strides, dilations, ``ceil_mode`` windows that
+run past the end pad).
 
-ALGORITHMS.md: average pooling, GlobalAveragePool and ReduceMean give every input of the window
-``CONTRIB_n * dy_n * dx_i``; max pooling (and ReduceMax/Min, GlobalMaxPool) only to the inputs equal
-to the output. No theta (no weights). ReduceSum is a sum with weights 1 and is treated like a mean
-(no theta either: a reduction has no weights to select among).
+Ties (one decision, ``docs/maxpool_ties.md``): a max-pooling window whose maximum is held by several inputs
+(every all-zero window after a Relu) credits only the *first* of them in row-major window order
+(:func:`onnxslice.opsets.geometry.first_max`), in the VJP as in the contributions, as PyTorch's and
+onnxruntime's MaxPool gradients do.
 
-At channel granularity a pooled channel comes from the same input channel: ``CONTRIB_c * dy_c *
-dx_c`` on channel means (max pooling too). Reductions over the channel axis have no channel form.
-
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/pool.py``). VJPs of pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
-
-Windows are walked offset by offset over a padded copy, as in ``conv``. MaxPool sends each output's
-cotangent to the first position (in window order) that holds the maximum, as PyTorch does.
-AveragePool divides by the number of elements each window counts (``count_include_pad``, with
-``ceil_mode`` windows that run past the end pad counting only what lies inside it).
+- ``vjp``: MaxPool sends each window's cotangent to its first arg-max; AveragePool divides by the number of
+  elements each window counts (``count_include_pad``, with ``ceil_mode`` windows that run past the end pad
+  counting only what lies inside it); the global forms likewise over the whole spatial extent.
+- ``contributions`` (ALGORITHMS.md): average pooling gives every input of the window
+  ``CONTRIB_n * dy_n * dx_i``; max pooling only to the first input holding the maximum. No theta (no
+  weights). At channel granularity a pooled channel comes from the same input channel:
+  ``CONTRIB_c * dy_c * dx_c`` on channel means.
+- ``prune``: pools act on the spatial axes, so a channel group passes through when it is on axis 1.
 """
 
 from __future__ import annotations
@@ -39,7 +30,7 @@ import numpy as np
 from ..capabilities.contrib import ContribContext, ContribResult
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, int_list, vjp
-from ..geometry import gather_windows, node_windows, scatter_windows, window, window_pads
+from ..geometry import first_max, gather_windows, node_windows, scatter_windows, window, window_pads
 from ..registry import REGISTRY
 from ..templates.gates import passthrough
 from ..vjp.eager import prim_vjp
@@ -118,9 +109,8 @@ def global_max_pool(ctx: VjpContext) -> Grads:
     """GlobalMaxPool: the cotangent goes to the first arg-max of each channel."""
     x, g = ctx.x(0), ctx.g(0)
     flat = x.reshape(*x.shape[:2], -1)
-    idx = flat.argmax(axis=-1)
-    dx = np.zeros_like(flat)
-    np.put_along_axis(dx, idx[..., None], g.reshape(*x.shape[:2], 1), axis=-1)
+    first = first_max(flat, flat.max(axis=-1))
+    dx = np.where(first, g.reshape(*x.shape[:2], 1), np.zeros((), flat.dtype)).astype(x.dtype, copy=False)
     return [dx.reshape(x.shape)]
 
 
@@ -150,14 +140,14 @@ def pool_contributions(ctx: ContribContext) -> ContribResult:
     if node.op_type.startswith("Global"):
         s = osign * np.sign(dx).astype(np.int8)
         if is_max:
-            s = s * (x == y)
+            b, c = x.shape[:2]
+            s = s * first_max(x.reshape(b, c, -1), y.reshape(b, c)).reshape(x.shape)
         return ContribResult(inputs={0: s.astype(np.int32)})
     idx = node_windows(node, x.shape[2:], y.shape[2:], tuple(node.attr("kernel_shape")))
     b, c = x.shape[:2]
     cols = np.sign(gather_windows(dx, idx)).astype(np.int8)  # (B, C, P, K); padding -> 0
     if is_max:
-        win = gather_windows(x, idx, fill=-np.inf) == y.reshape(b, c, -1, 1)
-        cols = cols * win
+        cols = cols * first_max(gather_windows(x, idx, fill=-np.inf), y.reshape(b, c, -1))
     cols = cols * osign.reshape(b, c, -1, 1)
     return ContribResult(inputs={0: scatter_windows(cols, idx, x.shape[2:])})
 

@@ -27,7 +27,7 @@ from types import EllipsisType
 
 import numpy as np
 
-from ..geometry import crop, pad_to, window
+from ..geometry import crop, first_max, pad_to, window
 from ..vjp.kernels import enabled, matmul, run_kernel
 from ..vjp.prims import ConvGeometry
 
@@ -332,18 +332,20 @@ def conv_forward(x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: C
 
 
 def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-    """Eager kernel of the ``max_pool_grad`` primitive: a loop over kernel offsets on a padded copy."""
+    """Eager kernel of the ``max_pool_grad`` primitive: each window's cotangent to its first arg-max.
+
+    The arg-max is :func:`onnxslice.opsets.geometry.first_max`, the tie rule MaxPool's contributions use too.
+    """
     kernel, strides, dil = geom.kernel, list(geom.strides), list(geom.dilations)
     begin, length = list(geom.begin), list(geom.length)
     out_sp = list(y.shape[2:])
     xp = pad_to(x, begin, length, fill=-np.inf)
     dxp = np.zeros_like(xp)
-    taken = np.zeros(y.shape, dtype=bool)
-    for k in itertools.product(*(range(kk) for kk in kernel)):
-        win = (slice(None), slice(None), *window(k, dil, strides, out_sp))
-        hit = (xp[win] == y) & ~taken
-        taken |= hit
-        dxp[win] += np.where(hit, g, 0)
+    offsets = itertools.product(*map(range, kernel))
+    wins = [(slice(None), slice(None), *window(k, dil, strides, out_sp)) for k in offsets]
+    first = first_max(np.stack([xp[w] for w in wins], axis=-1), y)  # the tie rule shared with contributions
+    for j, win in enumerate(wins):
+        dxp[win] += np.where(first[..., j], g, 0)
     return crop(dxp, begin, list(x.shape[2:]))
 
 
