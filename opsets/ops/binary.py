@@ -1,6 +1,6 @@
 """Broadcasting n-ary ops: Add, Sub, Mul, Div, Pow, Max, Min, Mean, Sum, Mod, Where and comparisons.
 
-Contributions (``contributions``) (was ``contrib/binary.py``). Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
+``contributions``: Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
 (weighted sums with theta), Max, Min, Pow.
 
 One template: each operand that holds neurons gives output element ``n`` one term ``t_i`` (its local
@@ -19,51 +19,20 @@ sum, then each operand's increments are summed back over the axes broadcasting s
 A constant operand is a bias (it is part of ``y_n``, hence of theta's denominator, but has no term).
 At channel granularity each term is the channel mean of its element-level term.
 
-Contributions (``contributions``) (was ``contrib/mod.py``). Mod contributions: ``y = x - q * d`` with a
+``contributions``: Mod contributions: ``y = x - q * d`` with a
 piecewise-constant ``q``, a weighted sum with weights 1 and ``-q``.
 
 Integer Mod (shape arithmetic in exports) holds no neurons and is never dispatched; float Mod follows the
 broadcasting weighted-sum template of :mod:`.binary`.
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Channel pruning (``prune``) (was ``prune/mod.py``). ``prune`` rule of Mod: a broadcasting elementwise op, like Add
-or Sub (:func:`.elementwise.broadcasting`).
-
-Gradient (``vjp``) (was ``vjp/binary.py``). VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
+``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
 Sum, Mean, Where).
 
 One template, :func:`broadcasting`: a per-op function gives each operand's cotangent at the
 broadcast shape, and :func:`~.base.unbroadcast` reduces it to the operand's shape (keeping the sample
 axis for per-sample weight gradients, e.g. a bias added after a MatMul).
 
-Gradient (``vjp``) (was ``vjp/mod.py``). VJP of Mod on floats: ``y = x - q * d`` with ``q = trunc(x / d)``
+``vjp``: VJP of Mod on floats: ``y = x - q * d`` with ``q = trunc(x / d)``
 (``fmod=1``) or ``floor(x / d)`` (``fmod=0``).
 
 ``q`` is piecewise constant, so ``dx = dy`` and ``dd = -dy * q`` (summed back over broadcast axes). Exports

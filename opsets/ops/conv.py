@@ -1,6 +1,6 @@
 """Conv and ConvTranspose: one home for the convolution family (geometry, layer facts, every capability).
 
-Contributions (``contributions``) (was ``contrib/convtranspose.py``). ConvTranspose contributions: the weighted-sum
+``contributions``: ConvTranspose contributions: the weighted-sum
 rule on the adjoint of a convolution.
 
 ``Yfull[o, p * s + k * d] += X[c, p] * W[c, o, k]`` (per group), and ``Y`` is ``Yfull`` cropped by the pads
@@ -16,7 +16,7 @@ part; every kernel weight of a kept (c, o) pair gets the pair's sign.
 
 Work is vectorised over output positions in chunks of at most ``ctx.chunk`` temporary elements.
 
-Contributions (``contributions``) (was ``contrib/weighted.py``). Weighted sums: Conv (grouped and depthwise
+``contributions``: Weighted sums: Conv (grouped and depthwise
 included), Gemm and MatMul with a constant operand.
 
 Element level: output neuron ``n`` has terms ``t_i = w_i * dx_i`` over its fan-in; theta selects the
@@ -32,7 +32,7 @@ Gemm/MatMul on ``(B, features)`` are the same at both levels.
 Work is vectorised over every target neuron of a chunk (no Python loop over neurons); temporaries
 hold at most ``ctx.chunk`` elements; output neurons with CONTRIB 0 are skipped.
 
-Channel pruning (``prune``) (was ``prune/weighted.py``). ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
+``prune``: ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
 MatMul): where groups start and end.
 
 Asked on its output, a layer with a constant weight is a *source*: its output channels (Conv filters,
@@ -45,7 +45,7 @@ leaves each group) but not a sink.
 Each rule also answers :meth:`source_ref`: the reference of its own output channels, or why the
 layer cannot start a group.
 
-Gradient (``vjp``) (was ``vjp/conv.py``). VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
+``vjp``: VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
 dilations, groups).
 
 Both ops pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of the padded

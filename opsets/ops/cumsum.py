@@ -1,6 +1,6 @@
 """CumSum.
 
-Contributions (``contributions``) (was ``contrib/more.py``). Contributions of GroupNormalization, LpNormalization,
+``contributions``: Contributions of GroupNormalization, LpNormalization,
 CumSum and Trilu.
 
 - GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
@@ -11,7 +11,7 @@ CumSum and Trilu.
   ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
 - Trilu: routing (an element is kept or zeroed).
 
-Gradient (``vjp``) (was ``vjp/cumsum.py``). VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
+``vjp``: VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
 ``exclusive``/``reverse``) and Trilu
 (the same triangle of the cotangent).
 """

@@ -1,6 +1,6 @@
 """Einsum: equation parsing and its capabilities (products of activations).
 
-Contributions (``contributions``) (was ``contrib/einsum.py``). Products of activations: MatMul of two activations
+``contributions``: Products of activations: MatMul of two activations
 (attention) and Einsum, split between the operands.
 
 Output neuron ``y_n = sum_c prod_i x_i[n, c]`` (``c`` runs over the contracted letters). Its first-order
@@ -17,13 +17,13 @@ signs of the other operands' terms (``x @ W`` reduces to the weighted-sum rule o
 granularity (the contracted axes mix channels), repeated letters inside one operand (diagonals).
 Temporaries hold at most ``ctx.chunk`` elements (chunks along the first output letter, the samples).
 
-Facts (was ``einsum.py``). Einsum equations made explicit: ellipses spelled out as letters, implicit outputs
+Einsum equations made explicit: ellipses spelled out as letters, implicit outputs
 resolved.
 
 Shared by the ``vjp`` and ``contributions`` rules of Einsum and of MatMul (``...ik,...kj->...ij``). Pure
 functions of the equation and the operand ranks.
 
-Gradient (``vjp``) (was ``vjp/einsum.py``). VJP of Einsum: each operand's cotangent is an einsum of the output
+``vjp``: VJP of Einsum: each operand's cotangent is an einsum of the output
 cotangent with the other operands.
 
 ``dX_i = einsum(out, others -> subs_i)(dY, X_j...)``. Ellipses and implicit outputs are made explicit

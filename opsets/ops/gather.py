@@ -1,35 +1,16 @@
 """Indexing ops: Gather, GatherElements, GatherND, ScatterND.
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-Gradient (``vjp``) (was ``vjp/gather_nd.py``). VJPs of GatherElements and GatherND: the cotangent is added back
+``vjp``: VJPs of GatherElements and GatherND: the cotangent is added back
 where each element was read from.
 
-Gradient (``vjp``) (was ``vjp/layout.py``). VJPs of layout ops: the cotangent goes back where each element came from
+``vjp``: VJPs of layout ops: the cotangent goes back where each element came from
 (the routing template).
 
 Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form
 their axes or shape take in any opset. Slice, Pad and Reduce-style ops read their parameters from
 attributes in early opsets and from inputs later; those rules are registered per opset range.
 
-Gradient (``vjp``) (was ``vjp/topk.py``). VJPs of TopK (the values' cotangent goes back to the selected elements)
+``vjp``: VJPs of TopK (the values' cotangent goes back to the selected elements)
 and ScatterND (the data keeps the
 cotangent where it was not overwritten; the updates take it from where they were written).
 """

@@ -1,7 +1,7 @@
 """Layout ops that move, copy or select elements: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split,
 Slice, Pad, Expand, Tile, DepthToSpace, SpaceToDepth, Trilu.
 
-Contributions (``contributions``) (was ``contrib/more.py``). Contributions of GroupNormalization, LpNormalization,
+``contributions``: Contributions of GroupNormalization, LpNormalization,
 CumSum and Trilu.
 
 - GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
@@ -12,7 +12,7 @@ CumSum and Trilu.
   ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
 - Trilu: routing (an element is kept or zeroed).
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
+``contributions``: Routing ops: the output's CONTRIB moves to the input
 element it came from.
 
 One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
@@ -31,7 +31,7 @@ At channel granularity a unit is a channel of a rank >= 3 value or a feature of 
 Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
 engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
 
-Channel pruning (``prune``) (was ``prune/layout.py``). ``prune`` rules for ops that move channels: Transpose,
+``prune``: ``prune`` rules for ops that move channels: Transpose,
 Squeeze/Unsqueeze, Flatten, Reshape, Concat,
 and ops that are safe only away from the channel axis (Split, Slice, Pad, Resize).
 
@@ -40,22 +40,14 @@ features ``c*H*W ... (c+1)*H*W - 1`` (the C*H*W feature mapping of Flatten -> Ge
 channel axis shifts the offset by the sizes of the inputs before it. Anything that splits or mixes the
 channel axis in another way stops the group with the reason.
 
-Channel pruning (``prune``) (was ``prune/left_alone.py``). ``prune`` rules that stop a channel group with the reason
-(instead of "no prune rule").
-
-- GroupNormalization normalises over groups of channels: removing a channel changes the statistics of its
-  whole group (and ``num_groups`` must keep dividing the channels).
-- DepthToSpace/SpaceToDepth move channels into space and back: a channel of one side is ``blocksize^2``
-  channels or positions of the other.
-
-Gradient (``vjp``) (was ``vjp/cumsum.py``). VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
+``vjp``: VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
 ``exclusive``/``reverse``) and Trilu
 (the same triangle of the cotangent).
 
-Gradient (``vjp``) (was ``vjp/depth_space.py``). VJPs of DepthToSpace and SpaceToDepth (DCR and CRD modes): the
+``vjp``: VJPs of DepthToSpace and SpaceToDepth (DCR and CRD modes): the
 inverse rearrangement of the cotangent.
 
-Gradient (``vjp``) (was ``vjp/layout.py``). VJPs of layout ops: the cotangent goes back where each element came from
+``vjp``: VJPs of layout ops: the cotangent goes back where each element came from
 (the routing template).
 
 Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form

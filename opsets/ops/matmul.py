@@ -1,6 +1,6 @@
 """Gemm and MatMul (and MatMulNBits' metadata): dense layers, one home for every capability.
 
-Contributions (``contributions``) (was ``contrib/einsum.py``). Products of activations: MatMul of two activations
+``contributions``: Products of activations: MatMul of two activations
 (attention) and Einsum, split between the operands.
 
 Output neuron ``y_n = sum_c prod_i x_i[n, c]`` (``c`` runs over the contracted letters). Its first-order
@@ -17,7 +17,7 @@ signs of the other operands' terms (``x @ W`` reduces to the weighted-sum rule o
 granularity (the contracted axes mix channels), repeated letters inside one operand (diagonals).
 Temporaries hold at most ``ctx.chunk`` elements (chunks along the first output letter, the samples).
 
-Contributions (``contributions``) (was ``contrib/weighted.py``). Weighted sums: Conv (grouped and depthwise
+``contributions``: Weighted sums: Conv (grouped and depthwise
 included), Gemm and MatMul with a constant operand.
 
 Element level: output neuron ``n`` has terms ``t_i = w_i * dx_i`` over its fan-in; theta selects the
@@ -33,7 +33,7 @@ Gemm/MatMul on ``(B, features)`` are the same at both levels.
 Work is vectorised over every target neuron of a chunk (no Python loop over neurons); temporaries
 hold at most ``ctx.chunk`` elements; output neurons with CONTRIB 0 are skipped.
 
-Channel pruning (``prune``) (was ``prune/weighted.py``). ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
+``prune``: ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
 MatMul): where groups start and end.
 
 Asked on its output, a layer with a constant weight is a *source*: its output channels (Conv filters,
@@ -46,7 +46,7 @@ leaves each group) but not a sink.
 Each rule also answers :meth:`source_ref`: the reference of its own output channels, or why the
 layer cannot start a group.
 
-Gradient (``vjp``) (was ``vjp/matmul.py``). VJPs of Gemm and MatMul (batched, broadcasting, 1-D operands), with
+``vjp``: VJPs of Gemm and MatMul (batched, broadcasting, 1-D operands), with
 per-sample weight gradients.
 
 Per-sample cotangents of a batch-independent operand keep the sample axis of the other operand's

@@ -1,7 +1,7 @@
 """Normalisations: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization, LpNormalization,
 LRN.
 
-Contributions (``contributions``) (was ``contrib/more.py``). Contributions of GroupNormalization, LpNormalization,
+``contributions``: Contributions of GroupNormalization, LpNormalization,
 CumSum and Trilu.
 
 - GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
@@ -12,7 +12,7 @@ CumSum and Trilu.
   ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
 - Trilu: routing (an element is kept or zeroed).
 
-Contributions (``contributions``) (was ``contrib/unary.py``). One-to-one ops: ReLU-family gates, smooth activations,
+``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
 Softmax and per-channel affine ops (BN).
 
 One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
@@ -35,16 +35,7 @@ One template serves them all: output neuron ``n`` depends on input neuron ``n`` 
 At channel granularity the term of a channel is the channel mean of the element-level term
 ``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
 
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/groupnorm.py``). VJPs of InstanceNormalization and GroupNormalization (opsets 18 and
+``vjp``: VJPs of InstanceNormalization and GroupNormalization (opsets 18 and
 21).
 
 Both normalise ``x [N, C, *spatial]`` over groups of elements per sample: one channel (instance) or
@@ -53,11 +44,11 @@ Both normalise ``x [N, C, *spatial]`` over groups of elements per sample: one ch
 elements, ``dx = inv * (gs - mean(gs) - xhat * mean(gs * xhat))`` with ``gs = dy * scale``; the scale gets
 ``sum dy * xhat`` and the bias ``sum dy`` over the elements they multiply (per sample in per-sample mode).
 
-Gradient (``vjp``) (was ``vjp/lpnorm.py``). VJP of LpNormalization (p = 1 or 2): ``y = x / ||x||_p`` along ``axis``.
+``vjp``: VJP of LpNormalization (p = 1 or 2): ``y = x / ||x||_p`` along ``axis``.
 
 ``p = 2``: ``dx = (dy - y * sum(dy * y)) / ||x||``; ``p = 1``: ``dx = (dy - sign(x) * sum(dy * y)) / ||x||_1``.
 
-Gradient (``vjp``) (was ``vjp/norm.py``). VJPs of normalization layers: BatchNormalization (inference) and
+``vjp``: VJPs of normalization layers: BatchNormalization (inference) and
 LayerNormalization.
 
 BatchNormalization in inference mode is an affine map per channel (axis 1) whose statistics are

@@ -1,6 +1,6 @@
 """QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
 
-Contributions (``contributions``) (was ``contrib/quantize.py``). Quantize and dequantize ops pass CONTRIB straight
+``contributions``: Quantize and dequantize ops pass CONTRIB straight
 through (the counterpart of the STE in ``vjp/quantize.py``).
 
 ``QuantizeLinear``, ``DequantizeLinear`` and ``DynamicQuantizeLinear`` change the precision of a value, not
@@ -9,7 +9,7 @@ CONTRIB moves to it unchanged, like ``Identity`` or ``Cast``. The integer value 
 neurons (it is not profiled) and is not reported; the backward walk lets CONTRIB cross it because the ops'
 ``info`` says ``straight_through``.
 
-Gradient (``vjp``) (was ``vjp/quantize.py``). VJPs of QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear:
+``vjp``: VJPs of QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear:
 the straight-through estimator.
 
 Rounding has a zero derivative almost everywhere, so quantize-dequantize of activations is differentiated

@@ -1,6 +1,6 @@
 """Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ... and ArgMax/ArgMin.
 
-Contributions (``contributions``) (was ``contrib/pools.py``). Pools and reductions: AveragePool, MaxPool,
+``contributions``: Pools and reductions: AveragePool, MaxPool,
 GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min.
 
 ALGORITHMS.md: average pooling, GlobalAveragePool and ReduceMean give every input of the window
@@ -11,35 +11,7 @@ to the output. No theta (no weights). ReduceSum is a sum with weights 1 and is t
 At channel granularity a pooled channel comes from the same input channel: ``CONTRIB_c * dy_c *
 dx_c`` on channel means (max pooling too). Reductions over the channel axis have no channel form.
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/reduce.py``). VJPs of Reduce* ops, from one template: ``dx = dy (broadcast back) * d
+``vjp``: VJPs of Reduce* ops, from one template: ``dx = dy (broadcast back) * d
 reduce / dx``.
 
 The reduced axes are an attribute up to one opset and an input from the next (ReduceSum: input from

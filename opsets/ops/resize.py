@@ -1,6 +1,6 @@
 """Resize and Upsample: interpolation matrices and every capability.
 
-Contributions (``contributions``) (was ``contrib/resize.py``). Resize and Upsample: nearest routes CONTRIB like any
+``contributions``: Resize and Upsample: nearest routes CONTRIB like any
 layout op; linear and cubic are weighted averages.
 
 Nearest (every ``nearest_mode`` and coordinate mode) copies one input element per output element: the
@@ -11,16 +11,7 @@ weight gets ``sign(CONTRIB_n * dy_n * w_ni * dx_i)``. Vectorised through the sep
 ``sign(w_ni) = prod_a sign(M_a[o_a, i_a])``, so the increments are ``sign(dx) * (osign ×_a sign(M_a)^T)``.
 At channel granularity the term of a channel is the channel mean of the interpolated deltas.
 
-Channel pruning (``prune``) (was ``prune/layout.py``). ``prune`` rules for ops that move channels: Transpose,
-Squeeze/Unsqueeze, Flatten, Reshape, Concat,
-and ops that are safe only away from the channel axis (Split, Slice, Pad, Resize).
-
-Flatten and Reshape map a channel axis onto a flattened axis: channel ``c`` becomes the block of H*W
-features ``c*H*W ... (c+1)*H*W - 1`` (the C*H*W feature mapping of Flatten -> Gemm). Concat along the
-channel axis shifts the offset by the sizes of the inputs before it. Anything that splits or mixes the
-channel axis in another way stops the group with the reason.
-
-Facts (was ``resize.py``). Resize and Upsample as separable linear maps: one interpolation matrix per resized axis.
+Resize and Upsample as separable linear maps: one interpolation matrix per resized axis.
 
 For fixed scales (or sizes) every mode of Resize is linear in ``X``: output coordinate ``o`` of an axis reads
 input elements with weights that depend only on ``o``. This module builds, per axis, the matrix
@@ -38,7 +29,7 @@ input elements with weights that depend only on ``o``. This module builds, per a
 Coordinates are computed in float32, as onnxruntime does (a nearest index at an exact tie depends on
 it). ``antialias=1`` is refused. ``Y = X ×_a M_a`` over the resized axes; its VJP is ``dY ×_a M_a^T``.
 
-Gradient (``vjp``) (was ``vjp/resize.py``). VJPs of Resize and Upsample: the transpose of the separable
+``vjp``: VJPs of Resize and Upsample: the transpose of the separable
 interpolation (``dX = dY ×_a M_a^T``).
 
 For fixed scales or sizes the op is linear in ``X``, so its VJP is exact for every mode (nearest with each

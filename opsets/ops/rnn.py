@@ -1,6 +1,6 @@
 """LSTM, GRU and RNN: every capability of the recurrent family (the cell itself is :mod:`.rnn_cell`).
 
-Contributions (``contributions``) (was ``contrib/rnn.py``). NNSlicer contributions through LSTM, GRU and RNN: the
+``contributions``: NNSlicer contributions through LSTM, GRU and RNN: the
 cell unrolled into weighted sums and local links.
 
 Neurons. A neuron of the node is a hidden unit at one time step, ``h_t[d, b, j]`` (an element of ``Y``;
@@ -24,7 +24,7 @@ delta 0). Elements ``h_t`` past ``sequence_lens`` hold no neuron: their state ca
 
 Refused: ``granularity="channel"`` (a recurrent state has no channel axis), LSTM ``input_forget=1``.
 
-Channel pruning (``prune``) (was ``prune/recurrent.py``). ``prune`` rule of LSTM, GRU and RNN: a sink for the
+``prune``: ``prune`` rule of LSTM, GRU and RNN: a sink for the
 features of ``X``; its own hidden units are left alone.
 
 Channels that arrive on the feature axis of ``X`` (the last axis, in either ``layout``) are input columns of
@@ -36,7 +36,7 @@ the ``hidden_size`` attribute and every consumer of ``Y``, ``Y_h`` and ``Y_c`` t
 ``Y [T, D, B, H]`` interleaves directions with the batch). onnxslice leaves these layers whole and says so
 in the plan.
 
-Gradient (``vjp``) (was ``vjp/rnn.py``). VJPs of LSTM, GRU and RNN: backpropagation through time over a float64
+``vjp``: VJPs of LSTM, GRU and RNN: backpropagation through time over a float64
 replay of the recurrence.
 
 The node is replayed in numpy (:mod:`onnxslice.opsets.recurrent`) on its recorded inputs, the replay is

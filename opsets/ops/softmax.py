@@ -1,15 +1,6 @@
 """Softmax, LogSoftmax and Hardmax.
 
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/softmax.py``). VJPs of Softmax and LogSoftmax, in both of their ONNX forms.
+``vjp``: VJPs of Softmax and LogSoftmax, in both of their ONNX forms.
 
 Before opset 13 the input is coerced to 2-D ``[prod(shape[:axis]), prod(shape[axis:])]`` (default
 axis 1) and normalized over the second dimension; from opset 13 one axis is normalized (default -1).

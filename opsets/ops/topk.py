@@ -1,10 +1,10 @@
 """TopK.
 
-Contributions (``contributions``) (was ``contrib/topk.py``). TopK contributions: each selected value is a copy of
+``contributions``: TopK contributions: each selected value is a copy of
 one input element (the recorded ``indices`` say which),
 so its CONTRIB is routed there, like a max pool's winner. The indices output holds no neurons.
 
-Gradient (``vjp``) (was ``vjp/topk.py``). VJPs of TopK (the values' cotangent goes back to the selected elements)
+``vjp``: VJPs of TopK (the values' cotangent goes back to the selected elements)
 and ScatterND (the data keeps the
 cotangent where it was not overwritten; the updates take it from where they were written).
 """

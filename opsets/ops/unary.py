@@ -1,25 +1,6 @@
 """One-to-one elementwise ops: ReLU-family gates, smooth activations, casts, Identity, Dropout, PRelu.
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-Contributions (``contributions``) (was ``contrib/unary.py``). One-to-one ops: ReLU-family gates, smooth activations,
+``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
 Softmax and per-channel affine ops (BN).
 
 One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
@@ -42,19 +23,10 @@ One template serves them all: output neuron ``n`` depends on input neuron ``n`` 
 At channel granularity the term of a channel is the channel mean of the element-level term
 ``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
 
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/activations.py``). VJPs of the remaining elementwise activations (Mish, Celu,
+``vjp``: VJPs of the remaining elementwise activations (Mish, Celu,
 ThresholdedRelu), from the unary template.
 
-Gradient (``vjp``) (was ``vjp/clip.py``). VJP of Clip from opset 11 (bounds as inputs): cotangents of the input and
+``vjp``: VJP of Clip from opset 11 (bounds as inputs): cotangents of the input and
 of both bounds.
 
 ``y = min(max(x, lo), hi)``: the input gets the cotangent where it passes (``lo <= x`` and ``max(x, lo) <= hi``,
@@ -62,13 +34,13 @@ PyTorch's convention at the boundaries), ``lo`` the sum of it where ``x < lo`` (
 ``max(x, lo) > hi``. Per-sample mode keeps the sample axis 0 of ``x`` for batch-independent bounds.
 Opsets 6-10 (bounds as attributes) keep the elementwise template of :mod:`.unary`.
 
-Gradient (``vjp``) (was ``vjp/prelu.py``). VJP of PRelu: ``y = x`` where ``x > 0``, else ``slope * x`` (slope
+``vjp``: VJP of PRelu: ``y = x`` where ``x > 0``, else ``slope * x`` (slope
 broadcast to ``x``).
 
 ``dx = dy`` where ``x > 0`` else ``dy * slope`` (PyTorch's convention at 0); ``dslope = dy * x`` where
 ``x <= 0``, summed back to the slope's shape (per sample in per-sample mode).
 
-Gradient (``vjp``) (was ``vjp/unary.py``). VJPs of elementwise unary ops, all from the :func:`~.base.unary`
+``vjp``: VJPs of elementwise unary ops, all from the :func:`~.base.unary`
 template.
 
 Gates (Relu, LeakyRelu, Clip, HardSigmoid, HardSwish) give masks or slopes; smooth functions give

@@ -1,23 +1,5 @@
 """``prune`` templates for ops that act along some axes only (softmax-like, reductions, per-channel parameters,
 Split/Slice/Pad).
-
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Channel pruning (``prune``) (was ``prune/layout.py``). ``prune`` rules for ops that move channels: Transpose,
-Squeeze/Unsqueeze, Flatten, Reshape, Concat,
-and ops that are safe only away from the channel axis (Split, Slice, Pad, Resize).
-
-Flatten and Reshape map a channel axis onto a flattened axis: channel ``c`` becomes the block of H*W
-features ``c*H*W ... (c+1)*H*W - 1`` (the C*H*W feature mapping of Flatten -> Gemm). Concat along the
-channel axis shifts the offset by the sizes of the inputs before it. Anything that splits or mixes the
-channel axis in another way stops the group with the reason.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The broadcasting n-ary template in every capability: operands aligned from the right.
 
-Contributions (``contributions``) (was ``contrib/binary.py``). Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
+``contributions``: Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
 (weighted sums with theta), Max, Min, Pow.
 
 One template: each operand that holds neurons gives output element ``n`` one term ``t_i`` (its local
@@ -19,16 +19,7 @@ sum, then each operand's increments are summed back over the axes broadcasting s
 A constant operand is a bias (it is part of ``y_n``, hence of theta's denominator, but has no term).
 At channel granularity each term is the channel mean of its element-level term.
 
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/binary.py``). VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
+``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
 Sum, Mean, Where).
 
 One template, :func:`broadcasting`: a per-op function gives each operand's cotangent at the

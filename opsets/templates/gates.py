@@ -1,6 +1,6 @@
 """The one-to-one (gate) template in every capability: ``y = f(x)`` elementwise.
 
-Contributions (``contributions``) (was ``contrib/unary.py``). One-to-one ops: ReLU-family gates, smooth activations,
+``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
 Softmax and per-channel affine ops (BN).
 
 One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
@@ -23,16 +23,7 @@ One template serves them all: output neuron ``n`` depends on input neuron ``n`` 
 At channel granularity the term of a channel is the channel mean of the element-level term
 ``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
 
-Channel pruning (``prune``) (was ``prune/elementwise.py``). ``prune`` rules for ops that keep channels where they
-are: unary elementwise ops, pools,
-normalisations with per-channel parameters, broadcasting binary ops, reductions, softmax-like ops.
-
-Four templates cover the families: :func:`passthrough` (the channels go straight through),
-:func:`broadcasting` (operands are aligned from the right; a constant operand with a channel dim is
-sliced, a variable one is coupled), :func:`per_channel_params` (BatchNormalization-like), and
-:func:`axis_op` / :func:`reduction` (safe only when they do not mix the channels).
-
-Gradient (``vjp``) (was ``vjp/base.py``). The VJP rule protocol and the templates op families are built from.
+``vjp``: The VJP rule protocol and the templates op families are built from.
 
 A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
 returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
@@ -51,7 +42,7 @@ Templates (so families are not copies):
 - :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
 - :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
 
-Gradient (``vjp``) (was ``vjp/prims.py``). The primitives VJP rules are written against: one rule definition, two
+``vjp``: The primitives VJP rules are written against: one rule definition, two
 executions.
 
 A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that

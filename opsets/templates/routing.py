@@ -1,25 +1,6 @@
 """The routing template in every capability: ops whose output elements are copies of input elements.
 
-Contributions (``contributions``) (was ``contrib/routing.py``). Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-Gradient (``vjp``) (was ``vjp/base.py``). The VJP rule protocol and the templates op families are built from.
+``vjp``: The VJP rule protocol and the templates op families are built from.
 
 A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
 returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
@@ -38,7 +19,7 @@ Templates (so families are not copies):
 - :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
 - :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
 
-Gradient (``vjp``) (was ``vjp/prims.py``). The primitives VJP rules are written against: one rule definition, two
+``vjp``: The primitives VJP rules are written against: one rule definition, two
 executions.
 
 A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that

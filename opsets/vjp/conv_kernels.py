@@ -1,6 +1,6 @@
 """The eager kernels of the window primitives: convolution input and weight gradients, window sums, max-pool routing.
 
-Gradient (``vjp``) (was ``vjp/conv.py``). VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
+``vjp``: VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
 dilations, groups).
 
 Both ops pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of the padded
@@ -10,7 +10,7 @@ one batched matmul per offset over the groups, so no im2col matrix is ever built
 convolution becomes elementwise products. Per-sample weight gradients keep the sample axis in the
 same matmuls.
 
-Gradient (``vjp``) (was ``vjp/pool.py``). VJPs of pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+``vjp``: VJPs of pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 
 Windows are walked offset by offset over a padded copy, as in ``conv``. MaxPool sends each output's
 cotangent to the first position (in window order) that holds the maximum, as PyTorch does.
