@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Context",
     "CountEdit",
+    "Dim",
     "Effect",
     "Port",
     "Ref",

@@ -1,72 +1,42 @@
-"""Conv and ConvTranspose: one home for the convolution family (geometry, layer facts, every capability).
+"""Conv and ConvTranspose: the convolution family, every capability in one place.
 
-``contributions``: ConvTranspose contributions: the weighted-sum
-rule on the adjoint of a convolution.
+Facts: a Conv weight is ``[C_out, C_in / group, k...]`` (output channels on axis 0, :func:`conv_out_axis`), a
+ConvTranspose weight ``[C_in, C_out / group, k...]`` (axis 1, :func:`conv_transpose_out_axis`); both read
+their padding through :func:`onnxslice.opsets.geometry.window_pads` and pair an element ``p`` of the small
+side with ``p * stride + k * dilation`` of the padded large side (the output for Conv, the input for
+ConvTranspose): :func:`conv_geometry`.
 
-``Yfull[o, p * s + k * d] += X[c, p] * W[c, o, k]`` (per group), and ``Y`` is ``Yfull`` cropped by the pads
-(``pads``, ``auto_pad``, ``output_padding`` and ``output_shape`` resolved as the VJP rule does). Output
-neuron ``(o, q)`` is a weighted sum whose terms are ``W[c, o, k] * dx[c, p]`` over every input channel
-``c`` of its group and every ``(p, k)`` with ``p * s + k * d - begin = q``; theta selects the significant
-ones exactly as for Conv, and a kept term adds its sign to the input neuron ``(c, p)`` and to the synapse
-``W[c, o, k]``.
-
-Channel level (a filter is a neuron, its activation the spatial mean): the terms of output channel ``o`` are
-its input channels, ``t_c = sum_k W[c, o, k] * mean_q (dx[c, p(q, k)])``, the channel mean of the linear
-part; every kernel weight of a kept (c, o) pair gets the pair's sign.
-
-Work is vectorised over output positions in chunks of at most ``ctx.chunk`` temporary elements.
-
-``contributions``: Weighted sums: Conv (grouped and depthwise
-included), Gemm and MatMul with a constant operand.
-
-Element level: output neuron ``n`` has terms ``t_i = w_i * dx_i`` over its fan-in; theta selects the
-significant ones; ``CONTRIB_{x_i} += sign(contrib_i)`` and ``CONTRIB_{w_i} += sign(contrib_i)`` where
-``contrib_i = CONTRIB_n * dy_n * t_i``. A conv weight is shared across positions, so its CONTRIB sums
-over every position (and sample) where it was used.
-
-Channel level (a filter is a neuron, its activation the spatial mean): the terms of output channel
-``c`` are its input channels, ``t_cin = sum_k W[c, cin, k] * mean_p dx[cin, window_p(k)]`` (exactly the
-channel mean of the linear part); every kernel weight of a kept (c, cin) pair gets the pair's sign.
-Gemm/MatMul on ``(B, features)`` are the same at both levels.
-
-Work is vectorised over every target neuron of a chunk (no Python loop over neurons); temporaries
-hold at most ``ctx.chunk`` elements; output neurons with CONTRIB 0 are skipped.
-
-``prune``: ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
-MatMul): where groups start and end.
-
-Asked on its output, a layer with a constant weight is a *source*: its output channels (Conv filters,
-Gemm/MatMul neurons) are the group's, and its weight rows and bias entries go with them. Asked on its
-data input, it is a *sink*: the matching input columns of its weight go (the next Conv's
-in-channels, a Gemm's columns). A depthwise Conv passes the channels through (its filters and the
-``group`` attribute shrink with them); a grouped Conv can be a source (the same number of filters
-leaves each group) but not a sink.
-
-Each rule also answers :meth:`source_ref`: the reference of its own output channels, or why the
-layer cannot start a group.
-
-``vjp``: VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
-dilations, groups).
-
-Both ops pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of the padded
-*large* side through the kernel offset ``k``: for Conv the small side is the output, for
-ConvTranspose the input. The backward loops over kernel offsets only (9 for a 3x3 kernel) and does
-one batched matmul per offset over the groups, so no im2col matrix is ever built; a depthwise
-convolution becomes elementwise products. Per-sample weight gradients keep the sample axis in the
-same matmuls.
+- ``vjp`` (any spatial rank; strides, pads, auto_pad, dilations, groups): the rules are written against the
+  primitives; their eager kernels (:mod:`onnxslice.opsets.vjp.conv_kernels`) loop over kernel offsets only
+  and do one batched matmul per offset over the groups, so no im2col matrix is built; a depthwise
+  convolution becomes elementwise products. Per-sample weight gradients keep the sample axis in the same
+  matmuls.
+- ``contributions``: a weighted sum. Output neuron ``n`` has terms ``t_i = w_i * dx_i`` over its fan-in;
+  theta selects the significant ones; ``CONTRIB_{x_i} += sign(contrib_i)`` and ``CONTRIB_{w_i} +=
+  sign(contrib_i)`` with ``contrib_i = CONTRIB_n * dy_n * t_i``. A weight is shared across positions, so
+  its CONTRIB sums over every position (and sample) where it was used. ConvTranspose is the same rule on
+  the adjoint: ``Yfull[o, p * s + k * d] += X[c, p] * W[c, o, k]`` (per group), cropped by the pads. At
+  channel level a filter is a neuron (its activation the spatial mean): the terms of output channel ``c``
+  are its input channels, ``t_cin = sum_k W[c, cin, k] * mean_p dx[cin, window_p(k)]``, and every kernel
+  weight of a kept pair gets the pair's sign. Work is vectorised over chunks of at most ``ctx.chunk``
+  temporary elements; output neurons with CONTRIB 0 are skipped.
+- ``prune``: asked on its output, a Conv with a constant weight is a *source* (its filters and bias
+  entries are the group's); asked on its input, a *sink* (the matching in-channels of its weight go). A
+  depthwise Conv passes the channels through (its filters and ``group`` shrink with them); a grouped Conv
+  can be a source (the same number of filters leaves each group) but not a sink. ConvTranspose (group 1)
+  likewise on its axis-1 output channels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 
-from .. import geometry
 from ..capabilities.contrib import ContribContext, ContribResult, blocks, rows_sign, sign_terms, unsupported
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.prune import Context, CountEdit, Effect, Port, Ref, bias_cut, blocked
@@ -94,12 +64,41 @@ def conv_transpose_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
     return 1
 
 
+def conv_transpose_begin(attr: Attr, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
+    """Begin crop of a ConvTranspose output inside its uncropped full result, per spatial axis.
+
+    From ``pads`` (begins), or from ``auto_pad`` / ``output_shape`` and the output size (``output_padding``
+    counted), as onnxruntime resolves them; the VJP and the contributions rule both crop by it.
+    """
+    r = len(in_sp)
+    strides = [int(v) for v in attr("strides", [1] * r)]
+    dil = [int(v) for v in attr("dilations", [1] * r)]
+    opad = [int(v) for v in attr("output_padding", [0] * r)]
+    mode = attr("auto_pad", "NOTSET")
+    if mode == "NOTSET" and attr("output_shape", None) is None:
+        return [int(v) for v in attr("pads", [0] * (2 * r))][:r]
+    if mode == "VALID":
+        return [0] * r
+    begins = []
+    for i, o, k, s, d, op in zip(in_sp, out_sp, kernel, strides, dil, opad, strict=True):
+        total = s * (i - 1) + op + (k - 1) * d + 1 - o
+        begins.append(same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
+    return begins
+
+
 register_info("Conv", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_out_axis))
 register_info(
     "ConvTranspose", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_transpose_out_axis)
 )
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
+
+
+def _bias_grad(P: Prims, ctx: VjpContext, g: Any) -> Any:
+    """The bias cotangent of a convolution: ``g`` summed over the samples (kept with ``keep``) and positions."""
+    nd = len(P.shape(g))
+    axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
+    return P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
 
 
 def conv_geometry(
@@ -139,29 +138,8 @@ def conv(P: Prims, ctx: VjpContext) -> Grads:
     if ctx.need(1):
         out[1] = P.conv_weight_grad(x, g, ws, geom, ctx.keep(1))
     if ctx.has(2) and ctx.need(2):
-        nd = len(P.shape(g))
-        axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
-        out[2] = P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
+        out[2] = _bias_grad(P, ctx, g)
     return out
-
-
-def _convt_geometry(ctx: VjpContext, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
-    """Begin crop of the ConvTranspose output inside its uncropped full-size result."""
-    r = len(in_sp)
-    strides = int_list(ctx.attr("strides", [1] * r))
-    dil = int_list(ctx.attr("dilations", [1] * r))
-    opad = int_list(ctx.attr("output_padding", [0] * r))
-    mode = ctx.attr("auto_pad", "NOTSET")
-    explicit = ctx.attr("output_shape") is not None
-    if mode == "NOTSET" and not explicit:
-        return int_list(ctx.attr("pads", [0] * (2 * r)))[:r]
-    if mode == "VALID":
-        return [0] * r
-    begins = []
-    for i, o, k, s, d, op in zip(in_sp, out_sp, kernel, strides, dil, opad, strict=True):
-        total = s * (i - 1) + op + (k - 1) * d + 1 - o
-        begins.append(geometry.same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
-    return begins
 
 
 @prim_vjp("ConvTranspose", per_sample=True)
@@ -182,7 +160,7 @@ def conv_transpose(P: Prims, ctx: VjpContext) -> Grads:
     strides = int_list(ctx.attr("strides", [1] * r))
     dil = int_list(ctx.attr("dilations", [1] * r))
     in_sp, out_sp = list(xs[2:]), list(gs[2:])
-    begin = _convt_geometry(ctx, in_sp, out_sp, kernel)
+    begin = conv_transpose_begin(ctx.attr, in_sp, out_sp, kernel)
     full = [
         max((i - 1) * s + (k - 1) * d + 1, b + o)
         for i, s, k, d, b, o in zip(in_sp, strides, kernel, dil, begin, out_sp, strict=True)
@@ -195,32 +173,11 @@ def conv_transpose(P: Prims, ctx: VjpContext) -> Grads:
     if ctx.need(1):
         out[1] = P.conv_weight_grad(gp, x, ws, geom, ctx.keep(1))
     if ctx.has(2) and ctx.need(2):
-        nd = len(gs)
-        axes = tuple(range(2, nd)) if ctx.keep(2) else (0, *range(2, nd))
-        out[2] = P.cast(P.reduce_sum(g, axes), P.dtype(ctx.x(2)))
+        out[2] = _bias_grad(P, ctx, g)
     return out
 
 
 # -- contributions: NNSlicer -------------------------------------------------------------------------
-
-
-def _begin(node: object, in_sp: Sequence[int], out_sp: Sequence[int], kernel: Sequence[int]) -> list[int]:
-    """Begin crop of the output inside the uncropped full result (the VJP rule's geometry)."""
-    attr = node.attr  # type: ignore[attr-defined]
-    r = len(in_sp)
-    strides = [int(v) for v in attr("strides", [1] * r)]
-    dil = [int(v) for v in attr("dilations", [1] * r)]
-    opad = [int(v) for v in attr("output_padding", [0] * r)]
-    mode = attr("auto_pad", "NOTSET")
-    if mode == "NOTSET" and attr("output_shape") is None:
-        return [int(v) for v in attr("pads", [0] * (2 * r))][:r]
-    if mode == "VALID":
-        return [0] * r
-    begins = []
-    for i, o, k, s, d, op in zip(in_sp, out_sp, kernel, strides, dil, opad, strict=True):
-        total = s * (i - 1) + op + (k - 1) * d + 1 - o
-        begins.append(same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")[0])
-    return begins
 
 
 @lru_cache(maxsize=128)
@@ -285,7 +242,7 @@ def conv_transpose_contributions(ctx: ContribContext) -> ContribResult:
     r = len(in_sp)
     strides = tuple(int(v) for v in node.attr("strides", [1] * r))
     dil = tuple(int(v) for v in node.attr("dilations", [1] * r))
-    begin = tuple(_begin(node, in_sp, out_sp, kernel))
+    begin = tuple(conv_transpose_begin(node.attr, in_sp, out_sp, kernel))
     p_idx, k_idx = transpose_index(in_sp, out_sp, kernel, strides, dil, begin)
     npos, fan = p_idx.shape
     kp = int(np.prod(kernel))

@@ -1,19 +1,8 @@
 """CumSum.
 
-``contributions``: Contributions of GroupNormalization, LpNormalization,
-CumSum and Trilu.
-
-- GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
-  at opset 18), like InstanceNormalization and LayerNormalization (:mod:`.unary`): the statistics are per
-  sample, and the cross terms through them are left out.
-- LpNormalization: the diagonal of its Jacobian (local weight 1), as for Softmax.
-- CumSum: ``y_t = sum_{s <= t} x_s`` is a sum like ReduceSum: every summed element gets
-  ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
-- Trilu: routing (an element is kept or zeroed).
-
-``vjp``: VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
-``exclusive``/``reverse``) and Trilu
-(the same triangle of the cotangent).
+- ``vjp``: the reverse cumulative sum of the cotangent (honouring ``exclusive`` and ``reverse``).
+- ``contributions``: ``y_t = sum_{s <= t} x_s`` is a sum like ReduceSum: every summed element gets
+  ``sign(CONTRIB_t * dy_t * dx_s)``, no theta.
 """
 
 from __future__ import annotations

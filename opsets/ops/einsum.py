@@ -1,35 +1,18 @@
-"""Einsum: equation parsing and its capabilities (products of activations).
+"""Einsum, and the product rule MatMul of two activations shares with it.
 
-``contributions``: Products of activations: MatMul of two activations
-(attention) and Einsum, split between the operands.
+Facts: equations are parsed and made explicit (ellipses, implicit outputs) once, here.
 
-Output neuron ``y_n = sum_c prod_i x_i[n, c]`` (``c`` runs over the contracted letters). Its first-order
-expansion around the sample, ``dy_n ≈ sum_c sum_i (prod_{j != i} x_j) dx_i``, gives each contracted
-combination one term per operand that holds neurons: for ``A @ B``, ``t_A = b_kj * da_ik`` and
-``t_B = a_ik * db_kj`` (the ``dA B + A dB`` decomposition; the second-order ``dA dB`` is dropped, as the
-``Mul`` rule does for two activations). All ``2K`` terms of a neuron go through theta together (denominator
-``|y_n|``, or ``|dy_n|``), so the operand whose change explains the output keeps the CONTRIB: a query, a
-key and a value position are each credited with what they contribute to that attention output. A kept
-term adds its sign to its input neuron; an operand that is an initializer is a synapse holder and gets the
-signs of the other operands' terms (``x @ W`` reduces to the weighted-sum rule of ``Gemm``).
-
-``MatMul`` with a constant right operand keeps the dense rule (:mod:`.weighted`). Refused: channel
-granularity (the contracted axes mix channels), repeated letters inside one operand (diagonals).
-Temporaries hold at most ``ctx.chunk`` elements (chunks along the first output letter, the samples).
-
-Einsum equations made explicit: ellipses spelled out as letters, implicit outputs
-resolved.
-
-Shared by the ``vjp`` and ``contributions`` rules of Einsum and of MatMul (``...ik,...kj->...ij``). Pure
-functions of the equation and the operand ranks.
-
-``vjp``: VJP of Einsum: each operand's cotangent is an einsum of the output
-cotangent with the other operands.
-
-``dX_i = einsum(out, others -> subs_i)(dY, X_j...)``. Ellipses and implicit outputs are made explicit
-first (:mod:`onnxslice.opsets.einsum`); operands broadcast inside an ellipsis get their cotangent summed
-back; letters of ``X_i`` that appear nowhere else (summed out by the forward) get the cotangent broadcast
-along them. Repeated letters inside one operand (diagonals such as ``ii->i``) are refused.
+- ``vjp``: each operand's cotangent is an einsum of the output cotangent with the other operands,
+  ``dX_i = einsum(out, others -> subs_i)(dY, X_j...)``; repeated letters inside one operand (diagonals)
+  are refused.
+- ``contributions``: products of activations, split between the operands. Output neuron ``y_n = sum_c
+  prod_i x_i[n, c]`` (``c`` runs over the contracted letters); its first-order expansion around the
+  sample gives each contracted combination one term per operand that holds neurons: for ``A @ B``,
+  ``t_A = b_kj * da_ik`` and ``t_B = a_ik * db_kj`` (the second-order ``dA dB`` is dropped, as the ``Mul``
+  rule does for two activations). All terms of a neuron go through theta together, so the operand whose
+  change explains the output keeps the CONTRIB (a query, a key and a value position are each credited); an
+  operand that is an initializer is a synapse holder. Refused: channel granularity (the contracted axes mix
+  channels), diagonals. Temporaries hold at most ``ctx.chunk`` elements.
 """
 
 from __future__ import annotations

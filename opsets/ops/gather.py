@@ -1,18 +1,9 @@
 """Indexing ops: Gather, GatherElements, GatherND, ScatterND.
 
-``vjp``: VJPs of GatherElements and GatherND: the cotangent is added back
-where each element was read from.
-
-``vjp``: VJPs of layout ops: the cotangent goes back where each element came from
-(the routing template).
-
-Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form
-their axes or shape take in any opset. Slice, Pad and Reduce-style ops read their parameters from
-attributes in early opsets and from inputs later; those rules are registered per opset range.
-
-``vjp``: VJPs of TopK (the values' cotangent goes back to the selected elements)
-and ScatterND (the data keeps the
-cotangent where it was not overwritten; the updates take it from where they were written).
+- ``vjp``: the cotangent is added back where each element was read from (Gather, GatherElements,
+  GatherND); ScatterND's data keeps the cotangent where it was not overwritten and its updates take it from
+  where they were written (``reduction`` ``none`` or ``add``).
+- ``contributions``: routing (:mod:`onnxslice.opsets.templates.routing`), like the layout ops.
 """
 
 from __future__ import annotations

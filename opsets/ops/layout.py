@@ -1,58 +1,19 @@
-"""Layout ops that move, copy or select elements: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat, Split,
-Slice, Pad, Expand, Tile, DepthToSpace, SpaceToDepth, Trilu.
+"""Layout ops that move, copy or select elements: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Concat,
+Split, Slice, Pad, Expand, Tile, DepthToSpace, SpaceToDepth, Trilu.
 
-``contributions``: Contributions of GroupNormalization, LpNormalization,
-CumSum and Trilu.
-
-- GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
-  at opset 18), like InstanceNormalization and LayerNormalization (:mod:`.unary`): the statistics are per
-  sample, and the cross terms through them are left out.
-- LpNormalization: the diagonal of its Jacobian (local weight 1), as for Softmax.
-- CumSum: ``y_t = sum_{s <= t} x_s`` is a sum like ReduceSum: every summed element gets
-  ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
-- Trilu: routing (an element is kept or zeroed).
-
-``contributions``: Routing ops: the output's CONTRIB moves to the input
-element it came from.
-
-One template for every op that only moves, copies or selects elements (Identity, Dropout, Cast,
-Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Concat, Split, Slice, Pad, Gather*, Expand, Tile,
-DepthToSpace, SpaceToDepth, Where, and nearest Resize through ``resize.py``): the op itself is run by the ONNX
-reference
-evaluator on *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes
-and pads keep their recorded values), so its output says, per output element, which input element it
-copies (0 where it reads padding). CONTRIB then moves along that map (summed where an input feeds
-several outputs, as Expand does). An op that mixes elements (a linear Resize) gives fractional
-indices and is refused with an :class:`UnsupportedOpError`.
-
-At channel granularity a unit is a channel of a rank >= 3 value or a feature of a rank-2 value; each
-(output unit, input unit) pair that the map links passes the output unit's CONTRIB once.
-
-Exporters' shape subgraphs (Shape -> Gather -> Unsqueeze -> Concat on int64) hold no neurons, so the
-engine never calls a rule for them; ``Shape`` and friends still have a rule that returns nothing.
-
-``prune``: ``prune`` rules for ops that move channels: Transpose,
-Squeeze/Unsqueeze, Flatten, Reshape, Concat,
-and ops that are safe only away from the channel axis (Split, Slice, Pad, Resize).
-
-Flatten and Reshape map a channel axis onto a flattened axis: channel ``c`` becomes the block of H*W
-features ``c*H*W ... (c+1)*H*W - 1`` (the C*H*W feature mapping of Flatten -> Gemm). Concat along the
-channel axis shifts the offset by the sizes of the inputs before it. Anything that splits or mixes the
-channel axis in another way stops the group with the reason.
-
-``vjp``: VJPs of CumSum (the reverse cumulative sum of the cotangent, honouring
-``exclusive``/``reverse``) and Trilu
-(the same triangle of the cotangent).
-
-``vjp``: VJPs of DepthToSpace and SpaceToDepth (DCR and CRD modes): the
-inverse rearrangement of the cotangent.
-
-``vjp``: VJPs of layout ops: the cotangent goes back where each element came from
-(the routing template).
-
-Reshape, Flatten, Squeeze and Unsqueeze only reshape, so their VJP reshapes back whatever form
-their axes or shape take in any opset. Slice, Pad and Reduce-style ops read their parameters from
-attributes in early opsets and from inputs later; those rules are registered per opset range.
+- ``vjp`` (the routing template): the cotangent goes back where each element came from. Reshape, Flatten,
+  Squeeze and Unsqueeze reshape back whatever form their axes or shape take in any opset; Slice and Pad read
+  their parameters from attributes in early opsets and from inputs later (one rule per opset range);
+  DepthToSpace and SpaceToDepth (DCR and CRD) apply the inverse rearrangement; Trilu keeps the same
+  triangle of the cotangent.
+- ``contributions``: routing (:mod:`onnxslice.opsets.templates.routing`): CONTRIB moves to the input element
+  each output element copies, found by running the op on index tensors.
+- ``prune``: Flatten and Reshape map a channel axis onto a flattened axis (channel ``c`` becomes the block
+  of H*W features ``c*H*W ... (c+1)*H*W - 1``); Concat along the channel axis shifts the offset by the sizes
+  of the inputs before it; Transpose, Squeeze and Unsqueeze move the axis; Split, Slice and Pad are safe
+  only away from the channel axis; DepthToSpace and SpaceToDepth are left alone (they move blocks of
+  channels into space). Anything that splits or mixes the channel axis otherwise stops the group with the
+  reason.
 """
 
 from __future__ import annotations

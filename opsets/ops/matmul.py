@@ -1,56 +1,18 @@
-"""Gemm and MatMul (and MatMulNBits' metadata): dense layers, one home for every capability.
+"""Gemm and MatMul (and MatMulNBits' metadata): dense layers, every capability in one place.
 
-``contributions``: Products of activations: MatMul of two activations
-(attention) and Einsum, split between the operands.
+Facts: which weight axis holds the neurons, :func:`gemm_out_axis` (``Y = alpha * A' B' + beta * C``: the
+columns of ``B'`` for a weight B, the rows of ``A'`` for a weight A) and :func:`matmul_out_axis` (the last
+axis of W in ``x @ W``, the second-to-last in ``W @ x``); ``Model.layers``, the slice records and the
+rules below all read them.
 
-Output neuron ``y_n = sum_c prod_i x_i[n, c]`` (``c`` runs over the contracted letters). Its first-order
-expansion around the sample, ``dy_n ≈ sum_c sum_i (prod_{j != i} x_j) dx_i``, gives each contracted
-combination one term per operand that holds neurons: for ``A @ B``, ``t_A = b_kj * da_ik`` and
-``t_B = a_ik * db_kj`` (the ``dA B + A dB`` decomposition; the second-order ``dA dB`` is dropped, as the
-``Mul`` rule does for two activations). All ``2K`` terms of a neuron go through theta together (denominator
-``|y_n|``, or ``|dy_n|``), so the operand whose change explains the output keeps the CONTRIB: a query, a
-key and a value position are each credited with what they contribute to that attention output. A kept
-term adds its sign to its input neuron; an operand that is an initializer is a synapse holder and gets the
-signs of the other operands' terms (``x @ W`` reduces to the weighted-sum rule of ``Gemm``).
-
-``MatMul`` with a constant right operand keeps the dense rule (:mod:`.weighted`). Refused: channel
-granularity (the contracted axes mix channels), repeated letters inside one operand (diagonals).
-Temporaries hold at most ``ctx.chunk`` elements (chunks along the first output letter, the samples).
-
-``contributions``: Weighted sums: Conv (grouped and depthwise
-included), Gemm and MatMul with a constant operand.
-
-Element level: output neuron ``n`` has terms ``t_i = w_i * dx_i`` over its fan-in; theta selects the
-significant ones; ``CONTRIB_{x_i} += sign(contrib_i)`` and ``CONTRIB_{w_i} += sign(contrib_i)`` where
-``contrib_i = CONTRIB_n * dy_n * t_i``. A conv weight is shared across positions, so its CONTRIB sums
-over every position (and sample) where it was used.
-
-Channel level (a filter is a neuron, its activation the spatial mean): the terms of output channel
-``c`` are its input channels, ``t_cin = sum_k W[c, cin, k] * mean_p dx[cin, window_p(k)]`` (exactly the
-channel mean of the linear part); every kernel weight of a kept (c, cin) pair gets the pair's sign.
-Gemm/MatMul on ``(B, features)`` are the same at both levels.
-
-Work is vectorised over every target neuron of a chunk (no Python loop over neurons); temporaries
-hold at most ``ctx.chunk`` elements; output neurons with CONTRIB 0 are skipped.
-
-``prune``: ``prune`` rules for layers (Conv, ConvTranspose, Gemm,
-MatMul): where groups start and end.
-
-Asked on its output, a layer with a constant weight is a *source*: its output channels (Conv filters,
-Gemm/MatMul neurons) are the group's, and its weight rows and bias entries go with them. Asked on its
-data input, it is a *sink*: the matching input columns of its weight go (the next Conv's
-in-channels, a Gemm's columns). A depthwise Conv passes the channels through (its filters and the
-``group`` attribute shrink with them); a grouped Conv can be a source (the same number of filters
-leaves each group) but not a sink.
-
-Each rule also answers :meth:`source_ref`: the reference of its own output channels, or why the
-layer cannot start a group.
-
-``vjp``: VJPs of Gemm and MatMul (batched, broadcasting, 1-D operands), with
-per-sample weight gradients.
-
-Per-sample cotangents of a batch-independent operand keep the sample axis of the other operand's
-product: ``dB[n] = A[n]^T dY[n]`` as one batched matmul (no Python loop over samples).
+- ``vjp``: batched, broadcasting and 1-D operands; per-sample cotangents of a batch-independent operand keep
+  the sample axis of the other operand's product: ``dB[n] = A[n]^T dY[n]`` as one batched matmul.
+- ``contributions``: with a constant operand, a weighted sum (terms ``alpha * W[k, n] * dx[k]`` through
+  theta, as for Conv; the same at element and channel level on ``(B, features)``). MatMul of two
+  activations (attention) is the product rule of :mod:`.einsum`.
+- ``prune``: a Gemm or MatMul with a constant weight is a *source* on its output neurons (weight columns
+  and bias go with them) and a *sink* on its input features (the matching weight rows go). A transformer
+  MLP (MatMul -> activation -> MatMul) is one group.
 """
 
 from __future__ import annotations

@@ -1,59 +1,20 @@
-"""Normalisations: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization, LpNormalization,
-LRN.
+"""Normalisations: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
+LpNormalization and LRN (metadata only).
 
-``contributions``: Contributions of GroupNormalization, LpNormalization,
-CumSum and Trilu.
-
-- GroupNormalization: one-to-one with the local weight ``sign(scale)`` of the element's channel (per group
-  at opset 18), like InstanceNormalization and LayerNormalization (:mod:`.unary`): the statistics are per
-  sample, and the cross terms through them are left out.
-- LpNormalization: the diagonal of its Jacobian (local weight 1), as for Softmax.
-- CumSum: ``y_t = sum_{s <= t} x_s`` is a sum like ReduceSum: every summed element gets
-  ``sign(CONTRIB_t * dy_t * dx_s)``, no theta (``exclusive`` and ``reverse`` honoured).
-- Trilu: routing (an element is kept or zeroed).
-
-``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
-Softmax and per-channel affine ops (BN).
-
-One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
-*local weight* ``g(x_n)``, and ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``; no theta (one input).
-
-- Gates (ALGORITHMS.md: "on their active region"): ``g = 1`` where the op passes its input, else 0:
-  Relu and LeakyRelu and PRelu ``x > 0``; Clip ``min < x < max``; HardSwish ``x > -3``; HardSigmoid
-  ``0 < alpha x + beta < 1`` (``g = alpha``); ThresholdedRelu ``x > alpha``.
-- Smooth ops: ``g = f'(x)``, whose sign is what counts. For the increasing ones (Sigmoid, Tanh,
-  Softplus, Softsign, Elu, Selu, Celu, Exp, Log, Sqrt, Erf) that is ``CONTRIB_n * dy_n * dx_n`` as
-  in the paper; Gelu, Swish/SiLU and Mish use their derivative (negative on part of the negative
-  axis); Neg and Reciprocal are decreasing; Abs uses ``sign(x)``; Sin/Cos their derivative.
-- Softmax, LogSoftmax: the diagonal of the Jacobian (``g = 1``): each output increases with its own
-  logit; the cross terms, shared by every output of the row, are left out (documented choice).
-- BatchNormalization: ``g = gamma / sqrt(var + eps)`` per channel; the paper's "scale"
-  ``(x - mu) / sigma`` has ``g > 0`` and gives its formula ``CONTRIB_n * dy_n * dx_n``; a negative
-  learned ``gamma`` flips the sign as it flips the dependence. InstanceNormalization and
-  LayerNormalization use the sign of their scale (their statistics are per sample).
-
-At channel granularity the term of a channel is the channel mean of the element-level term
-``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
-
-``vjp``: VJPs of InstanceNormalization and GroupNormalization (opsets 18 and
-21).
-
-Both normalise ``x [N, C, *spatial]`` over groups of elements per sample: one channel (instance) or
-``C / num_groups`` channels (group) with their spatial extent, then scale and shift per channel
-(GroupNormalization-18 has one scale and bias per *group*, opset 21 per channel). Within a group of ``m``
-elements, ``dx = inv * (gs - mean(gs) - xhat * mean(gs * xhat))`` with ``gs = dy * scale``; the scale gets
-``sum dy * xhat`` and the bias ``sum dy`` over the elements they multiply (per sample in per-sample mode).
-
-``vjp``: VJP of LpNormalization (p = 1 or 2): ``y = x / ||x||_p`` along ``axis``.
-
-``p = 2``: ``dx = (dy - y * sum(dy * y)) / ||x||``; ``p = 1``: ``dx = (dy - sign(x) * sum(dy * y)) / ||x||_1``.
-
-``vjp``: VJPs of normalization layers: BatchNormalization (inference) and
-LayerNormalization.
-
-BatchNormalization in inference mode is an affine map per channel (axis 1) whose statistics are
-parameters, so every one of its five inputs gets a cotangent. Training mode (batch statistics,
-``training_mode=1`` from opset 14) is refused: its statistics depend on the batch.
+- ``vjp``: BatchNormalization in inference mode (``training_mode=1`` and ``spatial=0`` are refused: their
+  statistics depend on the batch), LayerNormalization; InstanceNormalization and GroupNormalization (opsets
+  18 and 21) normalise ``C / num_groups`` channels with their spatial extent, then scale and shift per
+  channel: the input gets the normalisation's VJP, scale and bias ``sum dy * xhat`` and ``sum dy`` (per
+  sample in per-sample mode); LpNormalization (p = 1 or 2): ``dx = (dy - y * sum(dy * y)) / ||x||`` or
+  ``(dy - sign(x) * sum(dy * y)) / ||x||_1``.
+- ``contributions``: one-to-one ops (:mod:`onnxslice.opsets.templates.gates`) with a per-channel local
+  weight: BatchNormalization ``g = gamma / sqrt(var + eps)`` (the paper's "scale" has ``g > 0``; a negative
+  learned ``gamma`` flips the sign as it flips the dependence); InstanceNormalization, LayerNormalization
+  and GroupNormalization the sign of their scale (per group at opset 18): their statistics are per sample
+  and the cross terms through them are left out. LpNormalization: the diagonal of its Jacobian (weight 1).
+- ``prune``: BatchNormalization and InstanceNormalization slice their per-channel parameters with the
+  channels; LayerNormalization is safe only away from its normalised axes; GroupNormalization is left
+  alone (removing a channel changes its group's statistics).
 """
 
 from __future__ import annotations

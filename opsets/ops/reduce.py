@@ -1,22 +1,15 @@
-"""Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ... and ArgMax/ArgMin.
+"""Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ReduceL1, ReduceL2, ReduceSumSquare,
+ReduceLogSumExp, and ArgMax/ArgMin (no gradient, no neurons).
 
-``contributions``: Pools and reductions: AveragePool, MaxPool,
-GlobalAverage/MaxPool, ReduceMean/Sum/Max/Min.
+Facts: ONNX moved ``axes`` from an attribute to input 1 (ReduceSum at 13, the others at 18); every rule
+decodes them through :func:`onnxslice.opsets.axes.reduce_axes`, so each op has one rule per opset range.
 
-ALGORITHMS.md: average pooling, GlobalAveragePool and ReduceMean give every input of the window
-``CONTRIB_n * dy_n * dx_i``; max pooling (and ReduceMax/Min, GlobalMaxPool) only to the inputs equal
-to the output. No theta (no weights). ReduceSum is a sum with weights 1 and is treated like a mean
-(no theta either: a reduction has no weights to select among).
-
-At channel granularity a pooled channel comes from the same input channel: ``CONTRIB_c * dy_c *
-dx_c`` on channel means (max pooling too). Reductions over the channel axis have no channel form.
-
-``vjp``: VJPs of Reduce* ops, from one template: ``dx = dy (broadcast back) * d
-reduce / dx``.
-
-The reduced axes are an attribute up to one opset and an input from the next (ReduceSum: input from
-13; the others: input from 18), so each op has two registered rules. ``noop_with_empty_axes`` with
-no axes makes the op the identity.
+- ``vjp``: one template, ``dx = dy (broadcast back) * d reduce / dx``; ReduceMax and ReduceMin share the
+  cotangent evenly among tied maxima, as PyTorch's ``amax`` does (not MaxPool's first-maximum rule).
+- ``contributions``: ReduceMean and ReduceSum give every reduced input ``CONTRIB_n * dy_n * dx_i`` (no
+  weights, no theta); ReduceMax and ReduceMin only the inputs equal to the output. A reduction over the
+  sample axis (or the channel axis at channel level) is refused.
+- ``prune``: safe only when the reduced axes are not the channel axis.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """TopK.
 
-``contributions``: TopK contributions: each selected value is a copy of
-one input element (the recorded ``indices`` say which),
-so its CONTRIB is routed there, like a max pool's winner. The indices output holds no neurons.
-
-``vjp``: VJPs of TopK (the values' cotangent goes back to the selected elements)
-and ScatterND (the data keeps the
-cotangent where it was not overwritten; the updates take it from where they were written).
+- ``vjp``: ``dx[indices] += dvalues`` along ``axis`` (the indices output carries no gradient).
+- ``contributions``: each selected value is a copy of one input element (the recorded ``indices`` say
+  which), so its CONTRIB is routed there, like a max pool's winner; the indices output holds no neurons.
 """
 
 from __future__ import annotations

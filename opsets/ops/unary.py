@@ -1,51 +1,20 @@
 """One-to-one elementwise ops: ReLU-family gates, smooth activations, casts, Identity, Dropout, PRelu.
 
-``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
-Softmax and per-channel affine ops (BN).
+All follow the gate template (:mod:`onnxslice.opsets.templates.gates`): output element ``n`` depends on input
+element ``n`` alone through a local derivative (``vjp``) or its sign (``contributions``).
 
-One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
-*local weight* ``g(x_n)``, and ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``; no theta (one input).
-
-- Gates (ALGORITHMS.md: "on their active region"): ``g = 1`` where the op passes its input, else 0:
-  Relu and LeakyRelu and PRelu ``x > 0``; Clip ``min < x < max``; HardSwish ``x > -3``; HardSigmoid
-  ``0 < alpha x + beta < 1`` (``g = alpha``); ThresholdedRelu ``x > alpha``.
-- Smooth ops: ``g = f'(x)``, whose sign is what counts. For the increasing ones (Sigmoid, Tanh,
-  Softplus, Softsign, Elu, Selu, Celu, Exp, Log, Sqrt, Erf) that is ``CONTRIB_n * dy_n * dx_n`` as
-  in the paper; Gelu, Swish/SiLU and Mish use their derivative (negative on part of the negative
-  axis); Neg and Reciprocal are decreasing; Abs uses ``sign(x)``; Sin/Cos their derivative.
-- Softmax, LogSoftmax: the diagonal of the Jacobian (``g = 1``): each output increases with its own
-  logit; the cross terms, shared by every output of the row, are left out (documented choice).
-- BatchNormalization: ``g = gamma / sqrt(var + eps)`` per channel; the paper's "scale"
-  ``(x - mu) / sigma`` has ``g > 0`` and gives its formula ``CONTRIB_n * dy_n * dx_n``; a negative
-  learned ``gamma`` flips the sign as it flips the dependence. InstanceNormalization and
-  LayerNormalization use the sign of their scale (their statistics are per sample).
-
-At channel granularity the term of a channel is the channel mean of the element-level term
-``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
-
-``vjp``: VJPs of the remaining elementwise activations (Mish, Celu,
-ThresholdedRelu), from the unary template.
-
-``vjp``: VJP of Clip from opset 11 (bounds as inputs): cotangents of the input and
-of both bounds.
-
-``y = min(max(x, lo), hi)``: the input gets the cotangent where it passes (``lo <= x`` and ``max(x, lo) <= hi``,
-PyTorch's convention at the boundaries), ``lo`` the sum of it where ``x < lo`` (and ``lo <= hi``), ``hi`` where
-``max(x, lo) > hi``. Per-sample mode keeps the sample axis 0 of ``x`` for batch-independent bounds.
-Opsets 6-10 (bounds as attributes) keep the elementwise template of :mod:`.unary`.
-
-``vjp``: VJP of PRelu: ``y = x`` where ``x > 0``, else ``slope * x`` (slope
-broadcast to ``x``).
-
-``dx = dy`` where ``x > 0`` else ``dy * slope`` (PyTorch's convention at 0); ``dslope = dy * x`` where
-``x <= 0``, summed back to the slope's shape (per sample in per-sample mode).
-
-``vjp``: VJPs of elementwise unary ops, all from the :func:`~.base.unary`
-template.
-
-Gates (Relu, LeakyRelu, Clip, HardSigmoid, HardSwish) give masks or slopes; smooth functions give
-their derivative, read from the recorded input or output. Boundary conventions follow PyTorch
-(Relu passes the gradient where ``y > 0``; Clip where ``min <= x <= max``).
+- ``vjp``: ``dx = dy * f'(x, y)``; gates (Relu, Clip before opset 11) select the cotangent with a mask.
+  Clip from opset 11 also gives its bounds a cotangent (where the input is clipped); PRelu gives its slope
+  ``dy * x`` where ``x <= 0``, summed back to the slope's shape (PyTorch's convention at 0).
+- ``contributions``: ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``, no theta (one input). Gates
+  (ALGORITHMS.md: "on their active region"): ``g = 1`` where the op passes its input, else 0 (Relu,
+  LeakyRelu and PRelu ``x > 0``; Clip ``min < x < max``; HardSwish ``x > -3``; HardSigmoid ``0 < alpha x +
+  beta < 1``; ThresholdedRelu ``x > alpha``). Smooth ops: ``g = f'(x)``, whose sign is what counts (1 for
+  the increasing ones as in the paper; Gelu, Swish and Mish are negative on part of the negative axis;
+  Neg and Reciprocal decreasing; Abs ``sign(x)``; Sin and Cos their derivative). Identity, Dropout and
+  float casts move CONTRIB unchanged; Floor, Sign, comparisons of one operand hold no neurons. At channel
+  granularity a channel's term is the channel mean of ``g(x) * dx``.
+- ``prune``: the channels pass straight through (PRelu: as a broadcasting op, its slope sliced with them).
 """
 
 from __future__ import annotations

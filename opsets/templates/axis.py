@@ -1,5 +1,9 @@
-"""``prune`` templates for ops that act along some axes only (softmax-like, reductions, per-channel parameters,
-Split/Slice/Pad).
+"""``prune`` templates for ops whose channel safety depends on an axis.
+
+:func:`per_channel_params` (BatchNormalization-like: per-channel parameters are sliced with the channels),
+:func:`axis_op` (Softmax-like and LayerNormalization: safe only when the channels are on another axis),
+:func:`reduction` (safe only when the reduced axes are not the channel axis) and :func:`unless_on_axis`
+(Split, Slice, Pad, Resize: a pass-through away from the axes they act on).
 """
 
 from __future__ import annotations
@@ -8,13 +12,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..axes import normalize_axis
-from ..capabilities.prune import Context, Effect, Port, Ref, Rule, blocked
+from ..capabilities.prune import Context, Dim, Effect, Port, Ref, Rule, blocked
 
 if TYPE_CHECKING:
     from onnxslice.model import Node
 
 
-# -- Channel pruning (``prune``) (from prune/elementwise.py) --------------------
+
+
+def _data_shape(node: Node, ctx: Context, port: Port) -> tuple[Dim, ...] | Effect:
+    """The static shape of input 0 when the channels arrive on the data tensor, else why the group stops."""
+    side, i = port
+    if (side, i) not in (("in", 0), ("out", 0)):
+        return blocked(f"channels arrive on {side}put {i}")
+    shape = ctx.shape(node.inputs[0])
+    if shape is None:
+        return blocked("the rank of its input is unknown")
+    return shape
 
 
 def per_channel_params(params: tuple[int, ...], data_outputs: int = 1) -> Rule:
@@ -50,12 +64,10 @@ def axis_op(default_axis: int, *, coerce_2d_until: int | None = None) -> Rule:
     """
 
     def rule(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
-        side, i = port
-        if (side, i) not in (("in", 0), ("out", 0)):
-            return blocked(f"channels arrive on {side}put {i}")
-        shape = ctx.shape(node.inputs[0])
-        if shape is None:
-            return blocked("the rank of its input is unknown")
+        side, _ = port
+        shape = _data_shape(node, ctx, port)
+        if isinstance(shape, Effect):
+            return shape
         axis = normalize_axis(int(node.attr("axis", default_axis)), len(shape))
         mixes = ref.axis >= axis if (coerce_2d_until and node.opset <= coerce_2d_until) else ref.axis == axis
         if node.op_type == "LayerNormalization":
@@ -72,12 +84,10 @@ def axis_op(default_axis: int, *, coerce_2d_until: int | None = None) -> Rule:
 
 def reduction(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     """Reduce* ops: safe when the reduced axes do not include the channel axis (the axis may shift)."""
-    side, i = port
-    if (side, i) not in (("in", 0), ("out", 0)):
-        return blocked(f"channels arrive on {side}put {i}")
-    shape = ctx.shape(node.inputs[0])
-    if shape is None:
-        return blocked("the rank of its input is unknown")
+    side, _ = port
+    shape = _data_shape(node, ctx, port)
+    if isinstance(shape, Effect):
+        return shape
     rank = len(shape)
     axes_attr = node.attr("axes")
     if axes_attr is None and node.input(1):
@@ -103,7 +113,6 @@ def reduction(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     return Effect(refs=((node.inputs[0], ref.moved(a_in, ref.offset, 1)),))
 
 
-# -- Channel pruning (``prune``) (from prune/layout.py) --------------------
 
 
 def unless_on_axis(axis_of: Callable[[Node, Context], list[int] | str]) -> Rule:

@@ -1,30 +1,16 @@
 """The broadcasting n-ary template in every capability: operands aligned from the right.
 
-``contributions``: Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
-(weighted sums with theta), Max, Min, Pow.
-
-One template: each operand that holds neurons gives output element ``n`` one term ``t_i`` (its local
-weight times its delta, broadcast to the output); the terms of ``n`` go through theta like any weighted
-sum, then each operand's increments are summed back over the axes broadcasting stretched.
-
-- Add, Sum: weight 1 (the residual Add of ALGORITHMS.md); Sub: +1 and -1; Mean: ``1/k``.
-- Mul by a constant ``c``: weight ``c``, and ``c`` is a synapse when it is an initializer (its CONTRIB
-  summed over the positions it scaled). Mul of two activations: the product rule, weights ``b`` for
-  ``a`` and ``a`` for ``b`` (the first-order expansion of ``a * b`` around the sample).
-- Div: ``1/b`` for ``a`` and ``-a/b^2`` for ``b``.
-- Max, Min: no weights: the output copies its winner, which alone gets ``CONTRIB_n * dy_n * dx_i``
-  (like max pooling); no theta.
-- Pow with a constant exponent ``p``: one-to-one with local weight ``p * x^(p-1)``; no theta.
-
-A constant operand is a bias (it is part of ``y_n``, hence of theta's denominator, but has no term).
-At channel granularity each term is the channel mean of its element-level term.
-
-``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
-Sum, Mean, Where).
-
-One template, :func:`broadcasting`: a per-op function gives each operand's cotangent at the
-broadcast shape, and :func:`~.base.unbroadcast` reduces it to the operand's shape (keeping the sample
-axis for per-sample weight gradients, e.g. a bias added after a MatMul).
+- ``vjp``: :func:`prim_broadcasting`, a per-op function gives each operand's cotangent at the broadcast
+  shape and :func:`onnxslice.opsets.broadcast.unbroadcast` reduces it to the operand's shape (keeping the
+  sample axis for per-sample weight gradients, e.g. a bias added after a MatMul).
+- ``contributions``: :func:`binary_rule`, each operand that holds neurons gives output element ``n`` one
+  term (its local weight times its delta, broadcast to the output); the terms of ``n`` go through theta
+  like any weighted sum, then each operand's increments are summed back over the axes broadcasting
+  stretched. A constant operand is a bias (part of ``y_n``, hence of theta's denominator, but no term);
+  with ``synapse_ops`` a constant initializer operand is a synapse (Mul). At channel granularity each term
+  is the channel mean of its element-level term.
+- ``prune``: :func:`broadcasting`, a constant operand with a channel dim is sliced with the channels, a
+  variable one is coupled to the group.
 """
 
 from __future__ import annotations

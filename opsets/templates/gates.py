@@ -1,65 +1,12 @@
 """The one-to-one (gate) template in every capability: ``y = f(x)`` elementwise.
 
-``contributions``: One-to-one ops: ReLU-family gates, smooth activations,
-Softmax and per-channel affine ops (BN).
-
-One template serves them all: output neuron ``n`` depends on input neuron ``n`` alone through a
-*local weight* ``g(x_n)``, and ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``; no theta (one input).
-
-- Gates (ALGORITHMS.md: "on their active region"): ``g = 1`` where the op passes its input, else 0:
-  Relu and LeakyRelu and PRelu ``x > 0``; Clip ``min < x < max``; HardSwish ``x > -3``; HardSigmoid
-  ``0 < alpha x + beta < 1`` (``g = alpha``); ThresholdedRelu ``x > alpha``.
-- Smooth ops: ``g = f'(x)``, whose sign is what counts. For the increasing ones (Sigmoid, Tanh,
-  Softplus, Softsign, Elu, Selu, Celu, Exp, Log, Sqrt, Erf) that is ``CONTRIB_n * dy_n * dx_n`` as
-  in the paper; Gelu, Swish/SiLU and Mish use their derivative (negative on part of the negative
-  axis); Neg and Reciprocal are decreasing; Abs uses ``sign(x)``; Sin/Cos their derivative.
-- Softmax, LogSoftmax: the diagonal of the Jacobian (``g = 1``): each output increases with its own
-  logit; the cross terms, shared by every output of the row, are left out (documented choice).
-- BatchNormalization: ``g = gamma / sqrt(var + eps)`` per channel; the paper's "scale"
-  ``(x - mu) / sigma`` has ``g > 0`` and gives its formula ``CONTRIB_n * dy_n * dx_n``; a negative
-  learned ``gamma`` flips the sign as it flips the dependence. InstanceNormalization and
-  LayerNormalization use the sign of their scale (their statistics are per sample).
-
-At channel granularity the term of a channel is the channel mean of the element-level term
-``g(x) * dx`` (for a ReLU: the mean delta over the channel's active elements, scaled by their share).
-
-``vjp``: The VJP rule protocol and the templates op families are built from.
-
-A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
-returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
-touch the graph, the registry or any shared state. The reverse walk (``onnxslice.grad``) owns order
-and accumulation.
-
-Per-sample mode: when ``ctx.per_sample[i]`` is set, input ``i`` is batch-independent (a weight, or a
-value computed from weights only) and the caller wants its cotangent for every sample separately,
-shape ``[N, *shape]``. Rules registered with ``per_sample=True`` handle that natively (batched
-einsums); for other rules the engine slices the batch and calls the rule sample by sample.
-
-Templates (so families are not copies):
-
-- :func:`unary` -- elementwise ops ``y = f(x)`` with a local derivative ``f'(x, y)`` (gates such as
-  Relu/LeakyRelu/Clip and smooth functions such as Sigmoid/Tanh/Erf);
-- :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
-- :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
-
-``vjp``: The primitives VJP rules are written against: one rule definition, two
-executions.
-
-A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that
-computes only through the :class:`Prims` ``P`` it is given: elementwise arithmetic and comparisons,
-casts, reductions, layout changes, matrix products, convolution input and weight gradients and
-pooling window gradients. Two backends implement them:
-
-- :class:`onnxslice.opsets.vjp.eager.EagerPrims` runs them at once on numpy arrays, with the fast
-  CPU kernels of the eager engine (onnxruntime one-node sessions, BLAS, vectorized numpy); it is what
-  the engine calls, so eager numbers are those of the kernels themselves;
-- :class:`onnxslice.grad.lowering.OnnxPrims` emits them as standard ONNX nodes over symbolic values
-  with static shapes, so the same rule becomes part of a gradient graph (``onnxslice grad --emit``).
-
-Values are opaque to a rule (``Any``): a numpy array in one backend, a symbolic value in the other.
-Rules read static shapes and dtypes through ``P.shape`` / ``P.dtype`` and concrete values of
-constant inputs (clip bounds) through ``P.value``. Shapes are those of the recorded sample, so the
-emitted graph is specialised to them.
+- ``vjp``: :func:`unary` (eager) and :func:`prim_unary` (on the primitives): ``dx = dy * f'(x, y)``, where
+  the family gives the local derivative; gates return a mask that selects the cotangent in one pass.
+- ``contributions``: :func:`elementwise`, output neuron ``n`` depends on input neuron ``n`` alone through a
+  local weight ``g(x_n)``, and ``contrib = CONTRIB_n * dy_n * g(x_n) * dx_n``; no theta (one input). At
+  channel granularity the term of a channel is the channel mean of ``g(x) * dx``. :func:`one` is the local
+  weight 1 (the diagonal of a Jacobian: Softmax, LpNormalization).
+- ``prune``: :func:`passthrough`, the channels of input 0 are those of the data outputs, on the same axis.
 """
 
 from __future__ import annotations

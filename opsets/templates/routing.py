@@ -1,42 +1,16 @@
 """The routing template in every capability: ops whose output elements are copies of input elements.
 
-``vjp``: The VJP rule protocol and the templates op families are built from.
-
-A VJP rule reads a node, its recorded input and output arrays and the cotangents of its outputs, and
-returns one cotangent per node input (``None`` where no gradient flows). Rules are pure: they never
-touch the graph, the registry or any shared state. The reverse walk (``onnxslice.grad``) owns order
-and accumulation.
-
-Per-sample mode: when ``ctx.per_sample[i]`` is set, input ``i`` is batch-independent (a weight, or a
-value computed from weights only) and the caller wants its cotangent for every sample separately,
-shape ``[N, *shape]``. Rules registered with ``per_sample=True`` handle that natively (batched
-einsums); for other rules the engine slices the batch and calls the rule sample by sample.
-
-Templates (so families are not copies):
-
-- :func:`unary` -- elementwise ops ``y = f(x)`` with a local derivative ``f'(x, y)`` (gates such as
-  Relu/LeakyRelu/Clip and smooth functions such as Sigmoid/Tanh/Erf);
-- :func:`unbroadcast` -- the reduction every broadcasting op applies to its cotangents;
-- :func:`routing` -- layout ops whose VJP puts the cotangent back where the element came from.
-
-``vjp``: The primitives VJP rules are written against: one rule definition, two
-executions.
-
-A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that
-computes only through the :class:`Prims` ``P`` it is given: elementwise arithmetic and comparisons,
-casts, reductions, layout changes, matrix products, convolution input and weight gradients and
-pooling window gradients. Two backends implement them:
-
-- :class:`onnxslice.opsets.vjp.eager.EagerPrims` runs them at once on numpy arrays, with the fast
-  CPU kernels of the eager engine (onnxruntime one-node sessions, BLAS, vectorized numpy); it is what
-  the engine calls, so eager numbers are those of the kernels themselves;
-- :class:`onnxslice.grad.lowering.OnnxPrims` emits them as standard ONNX nodes over symbolic values
-  with static shapes, so the same rule becomes part of a gradient graph (``onnxslice grad --emit``).
-
-Values are opaque to a rule (``Any``): a numpy array in one backend, a symbolic value in the other.
-Rules read static shapes and dtypes through ``P.shape`` / ``P.dtype`` and concrete values of
-constant inputs (clip bounds) through ``P.value``. Shapes are those of the recorded sample, so the
-emitted graph is specialised to them.
+- ``vjp``: :func:`routing` (eager) and :func:`prim_routing` (on the primitives): ``back(ctx, dy)`` puts the
+  cotangent back where each element came from, one cotangent per differentiable input.
+- ``contributions``: :func:`routing_contributions`, the op itself is run by the ONNX reference evaluator on
+  *index tensors* (element ``k`` of the data inputs holds ``k + 1``; shapes, indices, axes and pads keep
+  their recorded values), so its output says, per output element, which input element it copies (0 where
+  it reads padding). CONTRIB then moves along that map (summed where an input feeds several outputs, as
+  Expand does). An op that mixes elements (a linear Resize) gives fractional indices and is refused with an
+  :class:`UnsupportedOpError`. At channel granularity each (output unit, input unit) pair that the map
+  links passes the output unit's CONTRIB once. :func:`identity_contributions` (Identity, Dropout, casts)
+  and :func:`no_neurons` (integer and boolean outputs: shapes, comparisons, ArgMax) are its two
+  degenerate forms.
 """
 
 from __future__ import annotations

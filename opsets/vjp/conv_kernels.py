@@ -1,21 +1,12 @@
-"""The eager kernels of the window primitives: convolution input and weight gradients, window sums, max-pool routing.
+"""The eager kernels of the window primitives: convolution input and weight gradients, window sums, and
+max-pool routing.
 
-``vjp``: VJPs of Conv and ConvTranspose (any spatial rank; strides, pads, auto_pad,
-dilations, groups).
-
-Both ops pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of the padded
-*large* side through the kernel offset ``k``: for Conv the small side is the output, for
-ConvTranspose the input. The backward loops over kernel offsets only (9 for a 3x3 kernel) and does
-one batched matmul per offset over the groups, so no im2col matrix is ever built; a depthwise
-convolution becomes elementwise products. Per-sample weight gradients keep the sample axis in the
-same matmuls.
-
-``vjp``: VJPs of pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
-
-Windows are walked offset by offset over a padded copy, as in ``conv``. MaxPool sends each output's
-cotangent to the first position (in window order) that holds the maximum, as PyTorch does.
-AveragePool divides by the number of elements each window counts (``count_include_pad``, with
-``ceil_mode`` windows that run past the end pad counting only what lies inside it).
+Both convolution directions pair an element ``p`` of the *small* side with ``p * stride + k * dilation`` of
+the padded *large* side through the kernel offset ``k``. The kernels loop over kernel offsets only (9 for a
+3x3 kernel) and do one batched matmul per offset over the groups, so no im2col matrix is ever built (large
+products go to onnxruntime's kernels, :mod:`.kernels`); a depthwise convolution becomes elementwise
+products and a pointwise one a matmul. Pooling windows are walked offset by offset over a padded copy;
+MaxPool's cotangent goes to each window's first maximum (:func:`onnxslice.opsets.geometry.first_max`).
 """
 
 from __future__ import annotations
