@@ -51,6 +51,7 @@ from ..broadcast import unbroadcast
 from ..capabilities.contrib import ContribContext, ContribResult
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, vjp
+from ..coverage import computed, refuses
 from ..registry import REGISTRY
 from ..templates.binary import binary_rule, broadcasting, prim_broadcasting
 from ..templates.routing import no_neurons, routing_contributions
@@ -259,6 +260,9 @@ REGISTRY.register("contributions", "Where")(routing_contributions)
 REGISTRY.register("contributions", ["Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor"])(
     no_neurons
 )
+
+refuses("contributions", "Pow", "a data-dependent exponent", computed(1))
+
 
 # -- prune: channel groups ---------------------------------------------------------------------------
 

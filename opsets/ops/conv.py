@@ -400,6 +400,9 @@ def _conv_channel(
 
 REGISTRY.register("contributions", "Conv")(conv_contributions)
 
+refuses("contributions", "Conv", "a weight computed from the input", computed(1))
+
+
 # -- prune: channel groups ---------------------------------------------------------------------------
 
 

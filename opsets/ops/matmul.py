@@ -25,7 +25,7 @@ from ..capabilities.contrib import ContribContext, ContribResult, blocks, rows_s
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.prune import Context, Effect, Port, Ref, bias_cut, blocked
 from ..capabilities.vjp import Grads, PerSampleUnsupported, VjpContext
-from ..coverage import computed, refuses
+from ..coverage import computed, rank_over, refuses
 from ..geometry import Attr
 from ..ops.einsum import matmul_equation, product_contributions
 from ..registry import REGISTRY
@@ -147,6 +147,21 @@ def matmul_contributions(ctx: ContribContext) -> ContribResult:
 REGISTRY.register("contributions", "MatMul")(matmul_contributions)
 
 
+refuses(
+    "contributions",
+    "Gemm",
+    "transA=1, or a second operand computed from the input",
+    lambda n, m: True if int(n.attr("transA", 0)) else computed(1)(n, m),
+)
+refuses(
+    "contributions",
+    "MatMul",
+    "a constant right operand of rank > 2",
+    lambda n, m: m.is_initializer(n.input(1)) and m.initializer(n.input(1)).ndim > 2,
+)
+refuses(
+    "contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: rank_over(m, n.input(0), 2)
+)
 refuses("contributions", "MatMul", "granularity='channel' for a product of two activations", computed(1))
 
 

@@ -220,6 +220,15 @@ def layer_norm(P: Prims, ctx: VjpContext) -> Grads:
     return out
 
 
+refuses(
+    "vjp",
+    "BatchNormalization",
+    "training_mode=1 (batch statistics)",
+    lambda n, m: n.opset >= 14 and bool(int(n.attr("training_mode", 0))),
+)
+refuses("vjp", "BatchNormalization", "spatial=0", lambda n, m: n.opset < 9 and not int(n.attr("spatial", 1)))
+
+
 # -- contributions: NNSlicer -------------------------------------------------------------------------
 
 

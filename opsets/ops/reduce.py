@@ -25,6 +25,7 @@ from ..axes import reduce_axes
 from ..capabilities.contrib import ContribContext, ContribResult
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, VjpRule, register
+from ..coverage import refuses
 from ..ops.pool import MAX_OPS, channel_identity
 from ..registry import REGISTRY
 from ..templates.axis import reduction
@@ -198,6 +199,14 @@ REGISTRY.register("contributions", ["ReduceMean", "ReduceSum", "ReduceMax", "Red
 
 
 REGISTRY.register("contributions", ["ArgMax", "ArgMin"])(no_neurons)
+
+refuses(
+    "contributions",
+    "ReduceMean ReduceSum ReduceMax ReduceMin",
+    "a reduction over the sample axis 0 (or the channel axis at channel level)",
+    lambda n, m: True if 0 in (n.attr("axes") or [1]) else None if n.attr("axes") is None else False,
+)
+
 
 # -- prune: channel groups ---------------------------------------------------------------------------
 

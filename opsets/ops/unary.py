@@ -27,6 +27,7 @@ import numpy as np
 from ..capabilities.contrib import ContribContext
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, register, unbroadcast, vjp
+from ..coverage import refuses
 from ..registry import REGISTRY
 from ..templates.binary import broadcasting
 from ..templates.gates import LocalWeight, elementwise, one, passthrough, prim_unary, unary
@@ -309,6 +310,9 @@ def _p_gelu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
 
 
 register_prim(["Gelu"], prim_unary(_p_gelu, "gelu"), "gelu", since=20)
+
+refuses("vjp", "Dropout", "training mode (random)", lambda n, m: None if n.opset >= 12 and n.input(2) else False)
+
 
 # -- contributions: NNSlicer -------------------------------------------------------------------------
 
