@@ -38,3 +38,13 @@ def reduce_axes(attr_axes: Any, input_axes: Any, noop_with_empty_axes: Any, rank
         return None if int(noop_with_empty_axes or 0) else list(range(rank))
     return sorted(normalize_axes(flat, rank))
 
+
+def add_along_axis(out: np.ndarray, idx: np.ndarray, axis: int, values: Any) -> None:
+    """``out[..., idx, ...] += values`` along ``axis``, in place, repeated indices accumulating.
+
+    The transpose of ``np.take_along_axis``: where TopK, GatherElements and their CONTRIB routing send
+    what an output element read back to the input element it read.
+    """
+    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    np.add.at(out, tuple(grid), values)

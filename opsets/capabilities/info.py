@@ -6,6 +6,7 @@ carry no gradient (shapes, indices, axes) and which ops only move data. Nothing 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,5 +70,6 @@ def default_info() -> OpInfo:
 
 def register_info(ops: str, info: OpInfo, since: int = 1) -> None:
     """Register ``info`` as the metadata of every op type in ``ops`` (space-separated) from opset ``since``."""
+    origin = sys._getframe(1).f_globals.get("__name__", __name__)  # the family module, for overlap errors
     for op in ops.split():
-        REGISTRY.add("info", op, info, since=since, origin=__name__)
+        REGISTRY.add("info", op, info, since=since, origin=origin)

@@ -23,14 +23,14 @@ At channel granularity each term is the channel mean of its element-level term.
 piecewise-constant ``q``, a weighted sum with weights 1 and ``-q``.
 
 Integer Mod (shape arithmetic in exports) holds no neurons and is never dispatched; float Mod follows the
-broadcasting weighted-sum template of :mod:`.binary`.
+broadcasting weighted-sum template of :mod:`onnxslice.opsets.templates.binary`.
 
 ``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
 Sum, Mean, Where).
 
-One template, :func:`broadcasting`: a per-op function gives each operand's cotangent at the
-broadcast shape, and :func:`~.base.unbroadcast` reduces it to the operand's shape (keeping the sample
-axis for per-sample weight gradients, e.g. a bias added after a MatMul).
+One template, :func:`onnxslice.opsets.templates.binary.prim_broadcasting`: a per-op function gives each
+operand's cotangent at the broadcast shape, and the one ``unbroadcast`` reduces it to the operand's shape
+(keeping the sample axis for per-sample weight gradients, e.g. a bias added after a MatMul).
 
 ``vjp``: VJP of Mod on floats: ``y = x - q * d`` with ``q = trunc(x / d)``
 (``fmod=1``) or ``floor(x / d)`` (``fmod=0``).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..axes import add_along_axis
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, register, vjp
 from ..registry import REGISTRY
@@ -31,9 +32,7 @@ def _gather_elements_back(ctx: VjpContext, g: np.ndarray) -> list[np.ndarray | N
     axis = axis + x.ndim if axis < 0 else axis
     idx = np.where(idx < 0, idx + x.shape[axis], idx)
     dx = np.zeros_like(x)
-    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
-    grid[axis] = idx
-    np.add.at(dx, tuple(grid), g)
+    add_along_axis(dx, idx, axis, g)
     return [dx]
 
 

@@ -1,7 +1,7 @@
 """QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
 
 ``contributions``: Quantize and dequantize ops pass CONTRIB straight
-through (the counterpart of the STE in ``vjp/quantize.py``).
+through (the counterpart of the STE below).
 
 ``QuantizeLinear``, ``DequantizeLinear`` and ``DynamicQuantizeLinear`` change the precision of a value, not
 which input element an output element comes from: output element ``n`` is input element ``n``, so its

@@ -5,6 +5,11 @@
 Before opset 13 the input is coerced to 2-D ``[prod(shape[:axis]), prod(shape[axis:])]`` (default
 axis 1) and normalized over the second dimension; from opset 13 one axis is normalized (default -1).
 One template serves the four rules.
+
+``contributions``: the diagonal of the Jacobian (local weight 1, :func:`onnxslice.opsets.templates.gates.one`):
+each output increases with its own logit; the cross terms, shared by every output of the row, are left
+out (a documented choice). ``prune``: safe only when the channels are not on the normalised axis (before
+opset 13, every axis from ``axis`` on).
 """
 
 from __future__ import annotations

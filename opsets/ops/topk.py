@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..axes import add_along_axis, normalize_axis
 from ..capabilities.contrib import ContribContext, ContribResult
 from ..capabilities.info import OpInfo, register_info
 from ..capabilities.vjp import Grads, VjpContext, vjp
@@ -30,12 +31,9 @@ def topk(ctx: VjpContext) -> Grads:
         return out
     x = ctx.x(0)
     idx = np.asarray(ctx.y(1)).astype(np.int64)
-    axis = int(ctx.attr("axis", -1))
-    axis = axis + x.ndim if axis < 0 else axis
+    axis = normalize_axis(int(ctx.attr("axis", -1)), x.ndim)
     dx = np.zeros_like(x)
-    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
-    grid[axis] = idx
-    np.add.at(dx, tuple(grid), ctx.g(0))
+    add_along_axis(dx, idx, axis, ctx.g(0))
     out[0] = dx
     return out
 
@@ -49,16 +47,13 @@ def topk_contributions(ctx: ContribContext) -> ContribResult:
     if x is None or dx is None or c is None:
         return ContribResult()
     idx = np.asarray(ctx.y[1]).astype(np.int64)
-    axis = int(ctx.node.attr("axis", -1))
-    axis = axis + x.ndim if axis < 0 else axis
+    axis = normalize_axis(int(ctx.node.attr("axis", -1)), x.ndim)
     if ctx.channel and x.ndim > 2 and axis != 1:
         return ContribResult(inputs={0: np.asarray(c).astype(np.int32, copy=True)})
     if ctx.channel and x.ndim > 2:
         return ContribResult(inputs={0: np.zeros(ctx.view(x).shape, np.int32)})  # channels are compared, not kept
     inc = np.zeros(x.shape, np.int64)
-    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
-    grid[axis] = idx
-    np.add.at(inc, tuple(grid), np.asarray(c, np.int64))
+    add_along_axis(inc, idx, axis, np.asarray(c, np.int64))
     return ContribResult(inputs={0: inc.astype(np.int32)})
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from onnxslice.model import Node
 
 
-# -- Contributions (``contributions``) (from contrib/binary.py) --------------------
+# -- contributions -------------------------------------------------------------------------------------
 
 
 Weights = Callable[[ContribContext, int], np.ndarray | float]
@@ -76,7 +76,7 @@ def binary_rule(weight: Weights, synapse_ops: bool = False) -> Callable[[Contrib
     return rule
 
 
-# -- Channel pruning (``prune``) (from prune/elementwise.py) --------------------
+# -- prune ---------------------------------------------------------------------------------------------
 
 
 def broadcasting(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
@@ -121,7 +121,7 @@ def broadcasting(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     return Effect(refs=tuple(refs), cuts=tuple(cuts))
 
 
-# -- Gradient (``vjp``) (from vjp/binary.py) --------------------
+# -- vjp (on the primitives) -----------------------------------------------------------------------------
 
 
 PrimPartial = Callable[[Prims, int, list[Any], Any, Any], Any]

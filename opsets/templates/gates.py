@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..capabilities.vjp import VjpContext
 
 
-# -- Contributions (``contributions``) (from contrib/unary.py) --------------------
+# -- contributions -------------------------------------------------------------------------------------
 
 
 LocalWeight = Callable[[ContribContext, np.ndarray], np.ndarray | float]
@@ -49,7 +49,7 @@ def elementwise(weight: LocalWeight) -> Callable[[ContribContext], ContribResult
     return rule
 
 
-# -- Channel pruning (``prune``) (from prune/elementwise.py) --------------------
+# -- prune ---------------------------------------------------------------------------------------------
 
 
 def one(ctx: ContribContext, x: np.ndarray) -> float:
@@ -84,7 +84,7 @@ def passthrough(*, channel_axis_only: bool = False, data_outputs: int = 1) -> Ru
     return rule
 
 
-# -- Gradient (``vjp``) (from vjp/base.py) --------------------
+# -- vjp (eager) ---------------------------------------------------------------------------------------
 
 
 def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | float], name: str) -> VjpRule:
@@ -111,7 +111,7 @@ def unary(deriv: Callable[[VjpContext, np.ndarray, np.ndarray], np.ndarray | flo
     return VjpRule(fn, False, name)
 
 
-# -- Gradient (``vjp``) (from vjp/prims.py) --------------------
+# -- vjp (on the primitives) -----------------------------------------------------------------------------
 
 
 #: ``deriv(P, ctx, x, y)`` -> the local derivative: a mask (``gate=True``), a value or a number
@@ -119,7 +119,7 @@ PrimDeriv = Callable[["Prims", "VjpContext", Any, Any], Any]
 
 
 def prim_unary(deriv: PrimDeriv, name: str, *, gate: bool = False) -> PrimFn:
-    """Primitive form of :func:`.base.unary`: ``dx = where(mask, dy, 0)`` for gates, else ``dy * f'(x, y)``."""
+    """Primitive form of :func:`unary`: ``dx = where(mask, dy, 0)`` for gates, else ``dy * f'(x, y)``."""
 
     def rule(P: Prims, ctx: VjpContext) -> list[Any]:
         rest: list[Any] = [None] * (len(ctx.ins) - 1)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..capabilities.vjp import VjpContext
 
 
-# -- Contributions (``contributions``) (from contrib/routing.py) --------------------
+# -- contributions -------------------------------------------------------------------------------------
 
 
 _Maps = tuple[list[np.ndarray], list[int], list[tuple[int, ...]], int]
@@ -254,7 +254,7 @@ def _route_channels(
         acc += np.bincount(pairs[:, 1] + g * total, weights=w, minlength=acc.size).astype(np.int64)
 
 
-# -- Gradient (``vjp``) (from vjp/base.py) --------------------
+# -- vjp (eager) ---------------------------------------------------------------------------------------
 
 
 def routing(back: Callable[[VjpContext, np.ndarray], list[np.ndarray | None]], name: str) -> VjpRule:
@@ -273,11 +273,11 @@ def routing(back: Callable[[VjpContext, np.ndarray], list[np.ndarray | None]], n
     return VjpRule(fn, False, name)
 
 
-# -- Gradient (``vjp``) (from vjp/prims.py) --------------------
+# -- vjp (on the primitives) -----------------------------------------------------------------------------
 
 
 def prim_routing(back: Callable[[Prims, VjpContext, Any], list[Any]], name: str) -> PrimFn:
-    """Primitive form of :func:`.base.routing` (layout ops)."""
+    """Primitive form of :func:`routing` (layout ops)."""
 
     def rule(P: Prims, ctx: VjpContext) -> list[Any]:
         if not any(ctx.needs):

@@ -22,7 +22,7 @@ from ..geometry import crop, first_max, pad_to, window
 from ..vjp.kernels import enabled, matmul, run_kernel
 from ..vjp.prims import ConvGeometry
 
-# -- Gradient (``vjp``) (from vjp/conv.py) --------------------
+# -- convolutions -------------------------------------------------------------------------------------
 
 
 def _chan_first(x: np.ndarray, groups: int) -> np.ndarray:
@@ -319,7 +319,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: C
     return crop(y, [0] * r, list(out_shape[2:]))
 
 
-# -- Gradient (``vjp``) (from vjp/pool.py) --------------------
+# -- pooling windows -----------------------------------------------------------------------------------
 
 
 def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:

@@ -230,7 +230,7 @@ class Prims(ABC):
 
 @dataclass(frozen=True)
 class PrimRule(VjpRule):
-    """A :class:`~.base.VjpRule` whose definition is written against :class:`Prims`.
+    """A :class:`~onnxslice.opsets.capabilities.vjp.VjpRule` whose definition is written against :class:`Prims`.
 
     Attributes:
         prim: the rule ``prim(P, ctx)``; ``fn`` runs it on the eager backend.
