@@ -41,7 +41,7 @@ mostly use Mod on integer shapes, where no gradient flows and the engine never c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -57,10 +57,6 @@ from ..templates.binary import binary_rule, broadcasting, prim_broadcasting
 from ..templates.routing import no_neurons, routing_contributions
 from ..vjp.eager import register_prim
 from ..vjp.prims import Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 

@@ -159,9 +159,7 @@ refuses(
     "a constant right operand of rank > 2",
     lambda n, m: m.is_initializer(n.input(1)) and m.initializer(n.input(1)).ndim > 2,
 )
-refuses(
-    "contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: rank_over(m, n.input(0), 2)
-)
+refuses("contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: rank_over(m, n.input(0), 2))
 refuses("contributions", "MatMul", "granularity='channel' for a product of two activations", computed(1))
 
 

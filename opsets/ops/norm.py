@@ -19,7 +19,7 @@ LpNormalization and LRN (metadata only).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +32,6 @@ from ..templates.axis import axis_op, per_channel_params
 from ..templates.gates import elementwise, one
 from ..vjp.eager import prim_vjp
 from ..vjp.prims import Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 

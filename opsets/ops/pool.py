@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,10 +34,6 @@ from ..registry import REGISTRY
 from ..templates.gates import passthrough
 from ..vjp.eager import prim_vjp
 from ..vjp.prims import ConvGeometry, Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ decodes them through :func:`onnxslice.opsets.axes.reduce_axes`, so each op has o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,10 +31,6 @@ from ..templates.axis import reduction
 from ..templates.routing import no_neurons
 from ..vjp.eager import register_prim
 from ..vjp.prims import Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 

@@ -1,5 +1,4 @@
-"""Ops that hold no neurons: shape arithmetic, constants, control flow and the ai.onnx.ml ops skl2onnx emits.
-"""
+"""Ops that hold no neurons: shape arithmetic, constants, control flow and the ai.onnx.ml ops skl2onnx emits."""
 
 from __future__ import annotations
 

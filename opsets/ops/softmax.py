@@ -15,7 +15,7 @@ opset 13, every axis from ``axis`` on).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +26,6 @@ from ..templates.axis import axis_op
 from ..templates.gates import elementwise, one
 from ..vjp.eager import register_prim
 from ..vjp.prims import Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ element ``n`` alone through a local derivative (``vjp``) or its sign (``contribu
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +34,6 @@ from ..templates.gates import LocalWeight, elementwise, one, passthrough, prim_u
 from ..templates.routing import identity_contributions, no_neurons
 from ..vjp.eager import prim_vjp, register_prim
 from ..vjp.prims import Prims
-
-if TYPE_CHECKING:
-    pass
-
 
 # -- info: static metadata ---------------------------------------------------------------------------
 
@@ -166,7 +162,7 @@ register_prim(["Relu"], prim_unary(_p_relu, "relu", gate=True), "relu")
 register_prim(["LeakyRelu"], prim_unary(_p_leaky, "leaky_relu"), "leaky_relu")
 
 
-register_prim(["Clip"], prim_unary(_p_clip, "clip", gate=True), "clip", until=10)  # opset 11+: clip.py
+register_prim(["Clip"], prim_unary(_p_clip, "clip", gate=True), "clip", until=10)  # opset 11+: the Clip rule above
 
 
 register_prim(["Sigmoid"], prim_unary(_p_sigmoid, "sigmoid"), "sigmoid")

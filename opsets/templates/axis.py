@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from onnxslice.model import Node
 
 
-
-
 def _data_shape(node: Node, ctx: Context, port: Port) -> tuple[Dim, ...] | Effect:
     """The static shape of input 0 when the channels arrive on the data tensor, else why the group stops."""
     side, i = port
@@ -111,8 +109,6 @@ def reduction(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
     if a_in in axes:
         return blocked("the channels are a reduced axis")
     return Effect(refs=((node.inputs[0], ref.moved(a_in, ref.offset, 1)),))
-
-
 
 
 def unless_on_axis(axis_of: Callable[[Node, Context], list[int] | str]) -> Rule:
