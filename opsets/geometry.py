@@ -121,6 +121,7 @@ def window_pads(
 
 
 def window(k: Sequence[int], dil: Sequence[int], stride: Sequence[int], n: Sequence[int]) -> tuple[slice, ...]:
+    """The slices of a padded input that kernel offset ``k`` reads for ``n`` output positions per axis."""
     return tuple(
         slice(ki * di, ki * di + si * (ni - 1) + 1, si) for ki, di, si, ni in zip(k, dil, stride, n, strict=True)
     )

@@ -261,6 +261,7 @@ def sign_terms(terms: np.ndarray, out_sign: np.ndarray, denom: np.ndarray | None
 
 
 def blocks(total: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` (at least 1) covering ``range(total)``."""
     size = max(1, size)
     for s in range(0, total, size):
         yield slice(s, min(total, s + size))
@@ -284,5 +285,6 @@ def rows_sign(
 
 
 def unsupported(ctx: ContribContext, why: str) -> UnsupportedOpError:
+    """The one-line error of a configuration the ``contributions`` rule of this node refuses."""
     n = ctx.node
     return UnsupportedOpError.for_node(n, "contributions", why)

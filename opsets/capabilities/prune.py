@@ -136,6 +136,7 @@ Rule = Callable[["Node", Context, Port, Ref], Effect]
 
 
 def bias_cut(node: Node, ctx: Context, k: int, ref: Ref) -> tuple[tuple[str, Ref], ...] | str:
+    """The cut of bias input ``k`` with the output channels ``ref``: () when absent or scalar, why not when computed."""
     b = node.input(k)
     if not b:
         return ()
@@ -148,11 +149,13 @@ def bias_cut(node: Node, ctx: Context, k: int, ref: Ref) -> tuple[tuple[str, Ref
 
 
 def rank_of(ctx: Context, value: str) -> int | None:
+    """The rank of ``value`` when its shape is known, else None."""
     s = ctx.shape(value)
     return None if s is None else len(s)
 
 
 def const_input(node: Node, ctx: Context, k: int) -> np.ndarray | str | None:
+    """The constant node input ``k``, None when omitted, or why it is not a constant."""
     v = node.input(k)
     if not v:
         return None

@@ -116,6 +116,7 @@ MAX_OPS = {"MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin"}
 
 
 def channel_identity(ctx: ContribContext) -> ContribResult:
+    """Channel level: a pooled (or reduced) channel comes from the same input channel, ``CONTRIB_c * dy_c * dx_c``."""
     dx = ctx.dx[0]
     assert dx is not None
     s = ctx.out_sign().reshape(dx.shape[:2]) * np.sign(ctx.view(dx)).astype(np.int8)
