@@ -1,7 +1,6 @@
 """Broadcasting n-ary ops: Add, Sub, Mul, Div, Pow, Max, Min, Mean, Sum, Mod, Where and comparisons.
 
-``contributions``: Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div
-(weighted sums with theta), Max, Min, Pow.
+``contributions``: Broadcasting n-ary ops: Add, Sub, Sum, Mean, Mul, Div (weighted sums with theta), Max, Min, Pow.
 
 One template: each operand that holds neurons gives output element ``n`` one term ``t_i`` (its local
 weight times its delta, broadcast to the output); the terms of ``n`` go through theta like any weighted
@@ -19,21 +18,20 @@ sum, then each operand's increments are summed back over the axes broadcasting s
 A constant operand is a bias (it is part of ``y_n``, hence of theta's denominator, but has no term).
 At channel granularity each term is the channel mean of its element-level term.
 
-``contributions``: Mod contributions: ``y = x - q * d`` with a
-piecewise-constant ``q``, a weighted sum with weights 1 and ``-q``.
+``contributions``: Mod contributions: ``y = x - q * d`` with a piecewise-constant ``q``, a weighted sum with weights
+1 and ``-q``.
 
 Integer Mod (shape arithmetic in exports) holds no neurons and is never dispatched; float Mod follows the
 broadcasting weighted-sum template of :mod:`onnxslice.opsets.templates.binary`.
 
-``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min,
-Sum, Mean, Where).
+``vjp``: VJPs of broadcasting elementwise ops (Add, Sub, Mul, Div, Pow, Max, Min, Sum, Mean, Where).
 
 One template, :func:`onnxslice.opsets.templates.binary.prim_broadcasting`: a per-op function gives each
 operand's cotangent at the broadcast shape, and the one ``unbroadcast`` reduces it to the operand's shape
 (keeping the sample axis for per-sample weight gradients, e.g. a bias added after a MatMul).
 
-``vjp``: VJP of Mod on floats: ``y = x - q * d`` with ``q = trunc(x / d)``
-(``fmod=1``) or ``floor(x / d)`` (``fmod=0``).
+``vjp``: VJP of Mod on floats: ``y = x - q * d`` with ``q = trunc(x / d)`` (``fmod=1``) or ``floor(x / d)``
+(``fmod=0``).
 
 ``q`` is piecewise constant, so ``dx = dy`` and ``dd = -dy * q`` (summed back over broadcast axes). Exports
 mostly use Mod on integer shapes, where no gradient flows and the engine never calls this rule.

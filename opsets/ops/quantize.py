@@ -1,7 +1,6 @@
 """QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear.
 
-``contributions``: Quantize and dequantize ops pass CONTRIB straight
-through (the counterpart of the STE below).
+``contributions``: Quantize and dequantize ops pass CONTRIB straight through (the counterpart of the STE below).
 
 ``QuantizeLinear``, ``DequantizeLinear`` and ``DynamicQuantizeLinear`` change the precision of a value, not
 which input element an output element comes from: output element ``n`` is input element ``n``, so its
@@ -9,8 +8,7 @@ CONTRIB moves to it unchanged, like ``Identity`` or ``Cast``. The integer value 
 neurons (it is not profiled) and is not reported; the backward walk lets CONTRIB cross it because the ops'
 ``info`` says ``straight_through``.
 
-``vjp``: VJPs of QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear:
-the straight-through estimator.
+``vjp``: VJPs of QuantizeLinear, DequantizeLinear and DynamicQuantizeLinear: the straight-through estimator.
 
 Rounding has a zero derivative almost everywhere, so quantize-dequantize of activations is differentiated
 with the **straight-through estimator** (STE), as quantization-aware training does: rounding counts as the

@@ -1,12 +1,12 @@
 """Resize and Upsample: interpolation matrices and every capability.
 
-``contributions``: Resize and Upsample: nearest routes CONTRIB like any
-layout op; linear and cubic are weighted averages.
+``contributions``: Resize and Upsample: nearest routes CONTRIB like any layout op; linear and cubic are weighted
+averages.
 
 Nearest (every ``nearest_mode`` and coordinate mode) copies one input element per output element: the
 routing rule moves the output's CONTRIB to it. Linear and cubic output element ``n`` is a fixed weighted
 average ``y_n = sum_i w_ni x_i`` of its neighbours (the separable interpolation weights of
-:mod:`onnxslice.opsets.resize`); like an average pool it applies no theta: every neighbour with a non-zero
+:func:`axis_matrices` below); like an average pool it applies no theta: every neighbour with a non-zero
 weight gets ``sign(CONTRIB_n * dy_n * w_ni * dx_i)``. Vectorised through the separability:
 ``sign(w_ni) = prod_a sign(M_a[o_a, i_a])``, so the increments are ``sign(dx) * (osign ×_a sign(M_a)^T)``.
 At channel granularity the term of a channel is the channel mean of the interpolated deltas.
@@ -29,12 +29,11 @@ input elements with weights that depend only on ``o``. This module builds, per a
 Coordinates are computed in float32, as onnxruntime does (a nearest index at an exact tie depends on
 it). ``antialias=1`` is refused. ``Y = X ×_a M_a`` over the resized axes; its VJP is ``dY ×_a M_a^T``.
 
-``vjp``: VJPs of Resize and Upsample: the transpose of the separable
-interpolation (``dX = dY ×_a M_a^T``).
+``vjp``: VJPs of Resize and Upsample: the transpose of the separable interpolation (``dX = dY ×_a M_a^T``).
 
 For fixed scales or sizes the op is linear in ``X``, so its VJP is exact for every mode (nearest with each
 ``nearest_mode``, linear, cubic) and coordinate transformation mode; ``roi``, ``scales`` and ``sizes`` carry
-no gradient. The matrices (:mod:`onnxslice.opsets.resize`) are checked against the recorded output first:
+no gradient. The matrices (:func:`axis_matrices` below) are checked against the recorded output first:
 a configuration they do not reproduce is refused, never differentiated wrongly. ``antialias=1`` is refused.
 """
 

@@ -1,7 +1,7 @@
 """LSTM, GRU and RNN: every capability of the recurrent family (the cell itself is :mod:`.rnn_cell`).
 
-``contributions``: NNSlicer contributions through LSTM, GRU and RNN: the
-cell unrolled into weighted sums and local links.
+``contributions``: NNSlicer contributions through LSTM, GRU and RNN: the cell unrolled into weighted sums and local
+links.
 
 Neurons. A neuron of the node is a hidden unit at one time step, ``h_t[d, b, j]`` (an element of ``Y``;
 ``Y_h``/``Y_c`` are the last step's ``h``/``c``). Inside a step the rule also keeps CONTRIB for the cell's
@@ -24,8 +24,8 @@ delta 0). Elements ``h_t`` past ``sequence_lens`` hold no neuron: their state ca
 
 Refused: ``granularity="channel"`` (a recurrent state has no channel axis), LSTM ``input_forget=1``.
 
-``prune``: ``prune`` rule of LSTM, GRU and RNN: a sink for the
-features of ``X``; its own hidden units are left alone.
+``prune``: ``prune`` rule of LSTM, GRU and RNN: a sink for the features of ``X``; its own hidden units are left
+alone.
 
 Channels that arrive on the feature axis of ``X`` (the last axis, in either ``layout``) are input columns of
 ``W [D, G*H, I]``: they are cut from its axis 2, and the layer before the recurrent one can be pruned.
@@ -36,10 +36,9 @@ the ``hidden_size`` attribute and every consumer of ``Y``, ``Y_h`` and ``Y_c`` t
 ``Y [T, D, B, H]`` interleaves directions with the batch). onnxslice leaves these layers whole and says so
 in the plan.
 
-``vjp``: VJPs of LSTM, GRU and RNN: backpropagation through time over a float64
-replay of the recurrence.
+``vjp``: VJPs of LSTM, GRU and RNN: backpropagation through time over a float64 replay of the recurrence.
 
-The node is replayed in numpy (:mod:`onnxslice.opsets.recurrent`) on its recorded inputs, the replay is
+The node is replayed in numpy (:mod:`.rnn_cell`) on its recorded inputs, the replay is
 checked against the recorded outputs (a mismatch refuses rather than returning a wrong gradient), and
 the cotangents of ``Y``, ``Y_h`` and ``Y_c`` run backwards through every step of every direction. Every
 differentiable input gets its cotangent: ``X``, ``W``, ``R``, ``B``, ``initial_h``, ``initial_c`` and the
