@@ -9,7 +9,7 @@ Nothing here reads a graph: the caller passes the node's attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -59,18 +59,33 @@ def gather_windows(arr: np.ndarray, idx: np.ndarray, fill: float = 0.0) -> np.nd
     return padded[:, :, idx]
 
 
-def first_max(cols: np.ndarray, y: np.ndarray) -> np.ndarray:
+def first_max_steps(windows: Iterable[np.ndarray], y: np.ndarray) -> Iterator[np.ndarray]:
     """The max-pooling tie rule, one decision for every capability: the *first* input holding the maximum.
 
-    ``cols`` holds each window's values on its last axis in row-major kernel order (padding ``-inf``), ``y``
-    the window maxima (``cols.shape[:-1]``). Returns a boolean mask of ``cols``' shape, True at the first
-    entry equal to the maximum: the input that PyTorch's and onnxruntime's MaxPool gradients credit (the
-    index output of ``MaxPool``), so the VJP and the contributions of MaxPool and GlobalMaxPool route ties
-    the same way (``docs/maxpool_ties.md``).
+    ``windows`` yields, per kernel offset in row-major window order, the values every window reads there
+    (padding ``-inf``), each shaped like the window maxima ``y``. Yields, per offset, the mask of the windows
+    whose first maximum is at that offset: the input that PyTorch's and onnxruntime's MaxPool gradients
+    credit (the index output of ``MaxPool``), so the VJP and the contributions of MaxPool and GlobalMaxPool
+    route ties the same way (``docs/maxpool_ties.md``). Each step is one pass over every window.
     """
-    hit = cols == np.asarray(y)[..., None]
-    first: np.ndarray = hit & (np.cumsum(hit, axis=-1, dtype=np.int32) == 1)
-    return first
+    taken: np.ndarray | None = None
+    for vals in windows:
+        hit = vals == y
+        if taken is None:
+            taken = hit.copy()
+        else:
+            hit &= ~taken
+            taken |= hit
+        yield hit
+
+
+def first_max(cols: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`first_max_steps` on windows laid out on the last axis of ``cols`` (``y``: ``cols.shape[:-1]``).
+
+    Returns a boolean mask of ``cols``' shape, True at each window's first maximum.
+    """
+    y = np.asarray(y)
+    return np.stack(list(first_max_steps(np.moveaxis(cols, -1, 0), y)), axis=-1)
 
 
 def scatter_windows(cols: np.ndarray, idx: np.ndarray, spatial: Sequence[int]) -> np.ndarray:

@@ -6,7 +6,7 @@ the padded *large* side through the kernel offset ``k``. The kernels loop over k
 3x3 kernel) and do one batched matmul per offset over the groups, so no im2col matrix is ever built (large
 products go to onnxruntime's kernels, :mod:`.kernels`); a depthwise convolution becomes elementwise
 products and a pointwise one a matmul. Pooling windows are walked offset by offset over a padded copy;
-MaxPool's cotangent goes to each window's first maximum (:func:`onnxslice.opsets.geometry.first_max`).
+MaxPool's cotangent goes to each window's first maximum (:func:`onnxslice.opsets.geometry.first_max_steps`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from types import EllipsisType
 
 import numpy as np
 
-from ..geometry import crop, first_max, pad_to, window
+from ..geometry import crop, first_max_steps, pad_to, window
 from ..vjp.kernels import enabled, matmul, run_kernel
 from ..vjp.prims import ConvGeometry
 
@@ -325,7 +325,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: C
 def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """Eager kernel of the ``max_pool_grad`` primitive: each window's cotangent to its first arg-max.
 
-    The arg-max is :func:`onnxslice.opsets.geometry.first_max`, the tie rule MaxPool's contributions use too.
+    The arg-max is :func:`onnxslice.opsets.geometry.first_max_steps`, the tie rule MaxPool's contributions use too.
     """
     kernel, strides, dil = geom.kernel, list(geom.strides), list(geom.dilations)
     begin, length = list(geom.begin), list(geom.length)
@@ -334,9 +334,8 @@ def max_pool_grad(x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometr
     dxp = np.zeros_like(xp)
     offsets = itertools.product(*map(range, kernel))
     wins = [(slice(None), slice(None), *window(k, dil, strides, out_sp)) for k in offsets]
-    first = first_max(np.stack([xp[w] for w in wins], axis=-1), y)  # the tie rule shared with contributions
-    for j, win in enumerate(wins):
-        dxp[win] += np.where(first[..., j], g, 0)
+    for win, first in zip(wins, first_max_steps((xp[w] for w in wins), y), strict=True):  # the shared tie rule
+        dxp[win] += np.where(first, g, 0)
     return crop(dxp, begin, list(x.shape[2:]))
 
 
