@@ -42,6 +42,8 @@ class OpInfo:
         straight_through: gradients pass through its integer values by the straight-through estimator
             (quantize/dequantize ops; see ``ops/quantize.py``).
         out_axis: for layers, the family's :data:`OutAxis` function (None: axis 0, as for Conv).
+        fault_inputs: inputs, in order of preference, whose weight may be computed from a stored integer
+            initializer (a ``DequantizeLinear`` subgraph) and so be a fault site (:mod:`onnxslice.fault_sites`).
     """
 
     family: str
@@ -52,6 +54,7 @@ class OpInfo:
     layout_only: bool = False
     straight_through: bool = False
     out_axis: OutAxis | None = None
+    fault_inputs: tuple[int, ...] = ()
 
     def weight_out_axis(self, attr: Callable[[str, Any], Any], rank: int, weight_input: int) -> int:
         """The axis of the layer weight (input ``weight_input``, of rank ``rank``) that indexes output channels."""

@@ -86,7 +86,7 @@ def conv_transpose_begin(attr: Attr, in_sp: Sequence[int], out_sp: Sequence[int]
     return begins
 
 
-register_info("Conv", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_out_axis))
+register_info("Conv", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_out_axis, fault_inputs=(1,)))
 register_info("ConvTranspose", OpInfo("weighted", layer_weights=(1,), bias_input=2, out_axis=conv_transpose_out_axis))
 
 # -- vjp: gradients ----------------------------------------------------------------------------------

@@ -51,8 +51,9 @@ def matmul_out_axis(attr: Attr, rank: int, weight_input: int) -> int:
     return rank - 1 if weight_input == 1 else rank - 2
 
 
-register_info("Gemm", OpInfo("weighted", layer_weights=(1, 0), bias_input=2, out_axis=gemm_out_axis))
-register_info("MatMul", OpInfo("weighted", layer_weights=(1, 0), out_axis=matmul_out_axis))
+register_info("Gemm", OpInfo("weighted", layer_weights=(1, 0), bias_input=2, out_axis=gemm_out_axis, fault_inputs=(1,)))
+# a MatMul's dequantized weight may be either operand (``W @ x`` or ``x @ W``)
+register_info("MatMul", OpInfo("weighted", layer_weights=(1, 0), out_axis=matmul_out_axis, fault_inputs=(0, 1)))
 REGISTRY.add("info", "MatMulNBits", OpInfo("weighted"), domain="com.microsoft", since=1, origin=__name__)
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
