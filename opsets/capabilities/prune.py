@@ -22,6 +22,7 @@ __all__ = [
     "bias_cut",
     "blocked",
     "const_input",
+    "left_alone",
     "prod",
     "rank_of",
 ]
@@ -104,6 +105,16 @@ class Effect:
 def blocked(reason: str) -> Effect:
     """An effect that stops the group: its channels stay."""
     return Effect(blocked=reason)
+
+
+def left_alone(reason: str) -> Rule:
+    """A rule for an op whose channels are never removed: it stops every group with ``reason``."""
+
+    def rule(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
+        return blocked(reason)
+
+    rule.__name__ = rule.__qualname__ = "left_alone"
+    return rule
 
 
 def prod(dims: tuple[Dim, ...] | list[Dim]) -> int | None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..axes import normalize_axes, normalize_axis
 from ..capabilities.info import OpInfo, register_info
-from ..capabilities.prune import Context, CountEdit, Effect, Port, Ref, blocked, const_input, prod
+from ..capabilities.prune import Context, CountEdit, Effect, Port, Ref, blocked, const_input, left_alone, prod
 from ..capabilities.vjp import VjpContext, int_list, register
 from ..coverage import refuses
 from ..registry import REGISTRY
@@ -493,18 +493,10 @@ REGISTRY.register("prune", "Slice")(unless_on_axis(_slice_axes))
 REGISTRY.register("prune", "Pad")(unless_on_axis(_pad_axes))
 
 
-_WHY = {
-    "GroupNormalization": "it normalises over groups of channels (removing one changes its group's statistics)",
+_MOVES_CHANNELS = {
     "DepthToSpace": "it moves blocks of blocksize^2 channels into space",
     "SpaceToDepth": "it moves space into blocks of blocksize^2 channels",
 }
-
-
-def left_alone(node: Node, ctx: Context, port: Port, ref: Ref) -> Effect:
-    """Stop the group at this node with the op's reason."""
-    return blocked(_WHY[node.op_type])
-
-
-for _op, _why in _WHY.items():
-    REGISTRY.register("prune", _op)(left_alone)
+for _op, _why in _MOVES_CHANNELS.items():
+    REGISTRY.register("prune", _op)(left_alone(_why))
     refuses("prune", _op, _why, lambda n, m: True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..capabilities.contrib import ContribContext
 from ..capabilities.info import OpInfo, register_info
+from ..capabilities.prune import left_alone
 from ..capabilities.vjp import Grads, VjpContext, vjp
 from ..coverage import refuses
 from ..registry import REGISTRY
@@ -283,3 +284,8 @@ REGISTRY.register("prune", "InstanceNormalization")(per_channel_params((1, 2)))
 
 
 REGISTRY.register("prune", "LayerNormalization")(axis_op(-1))
+
+
+_GROUPS = "it normalises over groups of channels (removing one changes its group's statistics)"
+REGISTRY.register("prune", "GroupNormalization")(left_alone(_GROUPS))
+refuses("prune", "GroupNormalization", _GROUPS, lambda n, m: True)
