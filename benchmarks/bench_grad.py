@@ -349,7 +349,7 @@ def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int 
     _pin(threads)
     import dataclasses
 
-    from onnxslice.opsets.vjp.base import VjpRule
+    from onnxslice.opsets.capabilities.vjp import VjpRule
 
     _, onnx_bytes, x = build(name, batch)
     engine = GradientEngine(load(onnx_bytes), "pred", device="cpu")

@@ -18,7 +18,6 @@ from onnxslice.walk import ancestors
 
 __all__ = ["FaultLayer", "constant_subgraph", "fault_layers"]
 
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _QUANT = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT4: "int4",
           onnx.TensorProto.UINT4: "uint4"}
 
@@ -64,9 +63,7 @@ def fault_layers(model: Model) -> list[FaultLayer]:
             if t.data_type == onnx.TensorProto.UINT8:  # packed 4-bit weights: two per stored byte
                 out.append(FaultLayer(n.name, len(out), n.input(1), "uint8", n.outputs[0]))
             continue
-        if n.op_type not in _LAYER_OPS or n.domain:
-            continue
-        for v in n.inputs[1:2] if n.op_type != "MatMul" else n.inputs[:2]:
+        for v in (n.input(i) for i in model.info(n).fault_inputs):  # the op family says which inputs
             sub = constant_subgraph(model, v)
             dq = next((d for d in sub or [] if d.op_type == "DequantizeLinear" and model.is_initializer(d.input(0))),
                       None)

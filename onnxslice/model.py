@@ -549,7 +549,7 @@ class Model:
             b = n.input(info.bias_input) if info.bias_input is not None else ""
             bias = b if b and self.is_initializer(b) else None
             params = int(w.size) + (int(self.initializer(bias).size) if bias else 0)
-            axis = _out_axis(n, w, widx)
+            axis = info.weight_out_axis(n.attr, w.ndim, widx)
             groups = int(n.attr("group", 1)) if n.op_type == "ConvTranspose" else 1
             channels = int(w.shape[axis]) * groups
             out.append(Layer(n.name, n.op_type, n.input(widx), widx, bias, params, channels, n.outputs[0], axis))
@@ -623,21 +623,6 @@ class Model:
         return (
             f"Model({len(self.nodes)} nodes, {len(self.layers)} layers, {self.num_params:,} params, opsets {ops}{src})"
         )
-
-
-def _out_axis(node: Node, w: np.ndarray, widx: int) -> int:
-    """The weight axis that indexes the layer's output channels (neurons)."""
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type in ("LSTM", "GRU", "RNN"):  # W [directions, gates * hidden, input]: the gate rows
-        return 1
-    if node.op_type == "Gemm":
-        if widx == 1:
-            return 0 if node.attr("transB", 0) else 1
-        return 1 if node.attr("transA", 0) else 0
-    if node.op_type == "MatMul":
-        return w.ndim - 1 if widx == 1 else w.ndim - 2
-    return 0
 
 
 def load(

@@ -1,9 +1,10 @@
 """Per-op-type plugins for onnxslice, installed as ``onnxslice.opsets``.
 
-Each capability keeps its rules in its own modules (``info`` here; ``vjp``, ``contributions`` and
-``prune`` in their folders), registered in :data:`REGISTRY` under ``(domain, op_type, opset range)``.
-Every module below this package is imported once, in sorted order, so a new rule file registers itself
-by existing.
+One module per op family (:mod:`.ops`) holds the family's facts and registers every capability of its
+ops (``info``, ``vjp``, ``contributions``, ``prune``) in :data:`REGISTRY` under ``(domain, op_type, opset
+range)``; each capability's protocol is one module of :mod:`.capabilities`, the templates families share are
+in :mod:`.templates`, and the gradient primitives in :mod:`.vjp`. Every module below this package is
+imported once, in sorted order, so a new rule file registers itself by existing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .info import OpInfo, default_info
+from .capabilities.info import OpInfo, default_info
 from .registry import CAPABILITIES, REGISTRY, Registry, RegistryError, normalize_domain
 
 __all__ = [

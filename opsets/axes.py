@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["normalize_axes", "normalize_axis", "reduce_axes"]
-
 
 def normalize_axis(axis: int, rank: int) -> int:
     """``axis`` made non-negative for a tensor of ``rank`` dimensions."""
@@ -39,3 +37,14 @@ def reduce_axes(attr_axes: Any, input_axes: Any, noop_with_empty_axes: Any, rank
     if not flat:
         return None if int(noop_with_empty_axes or 0) else list(range(rank))
     return sorted(normalize_axes(flat, rank))
+
+
+def add_along_axis(out: np.ndarray, idx: np.ndarray, axis: int, values: Any) -> None:
+    """``out[..., idx, ...] += values`` along ``axis``, in place, repeated indices accumulating.
+
+    The transpose of ``np.take_along_axis``: where TopK, GatherElements and their CONTRIB routing send
+    what an output element read back to the input element it read.
+    """
+    grid: list[np.ndarray] = list(np.indices(idx.shape, sparse=True))
+    grid[axis] = idx
+    np.add.at(out, tuple(grid), values)

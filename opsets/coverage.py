@@ -23,7 +23,7 @@ from onnxslice.opsets.registry import REGISTRY
 
 from .registry import normalize_domain
 
-__all__ = ["Refusal", "refusals", "refuses"]
+__all__ = ["Refusal", "computed", "declared", "rank_over", "refusals", "refuses"]
 
 Applies = Callable[[Any, Any], "bool | None"]
 
@@ -72,7 +72,7 @@ def refusals(capability: str, node: Any, model: Any) -> list[tuple[str, bool]]:
     return out
 
 
-def _rank_over(model: Any, value: str, rank: int) -> bool | None:
+def rank_over(model: Any, value: str, rank: int) -> bool | None:
     """Whether ``value`` has rank above ``rank`` (None when its rank is unknown)."""
     vi = model.value_info.get(value) if hasattr(model, "value_info") else None
     shape = getattr(vi, "shape", None)
@@ -84,41 +84,6 @@ def _rank_over(model: Any, value: str, rank: int) -> bool | None:
 def computed(i: int) -> Applies:
     """``applies`` for "input ``i`` is not an initializer" (then it may depend on the input: decided at run time)."""
     return lambda n, m: None if n.input(i) and not m.is_initializer(n.input(i)) else False
-
-
-# Refusals of rules that predate this table (vjp/norm.py, vjp/unary.py, contrib/weighted.py,
-# contrib/binary.py): declared here so those files stay as they are.
-refuses(
-    "vjp",
-    "BatchNormalization",
-    "training_mode=1 (batch statistics)",
-    lambda n, m: n.opset >= 14 and bool(int(n.attr("training_mode", 0))),
-)
-refuses("vjp", "BatchNormalization", "spatial=0", lambda n, m: n.opset < 9 and not int(n.attr("spatial", 1)))
-refuses("vjp", "Dropout", "training mode (random)", lambda n, m: None if n.opset >= 12 and n.input(2) else False)
-refuses("contributions", "Conv", "a weight computed from the input", computed(1))
-refuses(
-    "contributions",
-    "Gemm",
-    "transA=1, or a second operand computed from the input",
-    lambda n, m: True if int(n.attr("transA", 0)) else computed(1)(n, m),
-)
-refuses(
-    "contributions",
-    "MatMul",
-    "a constant right operand of rank > 2",
-    lambda n, m: m.is_initializer(n.input(1)) and m.initializer(n.input(1)).ndim > 2,
-)
-refuses(
-    "contributions", "MatMul", "granularity='channel' on rank > 2 values", lambda n, m: _rank_over(m, n.input(0), 2)
-)
-refuses("contributions", "Pow", "a data-dependent exponent", computed(1))
-refuses(
-    "contributions",
-    "ReduceMean ReduceSum ReduceMax ReduceMin",
-    "a reduction over the sample axis 0 (or the channel axis at channel level)",
-    lambda n, m: True if 0 in (n.attr("axes") or [1]) else None if n.attr("axes") is None else False,
-)
 
 
 def declared(capability: str, op_type: str, domain: str = "") -> list[str]:

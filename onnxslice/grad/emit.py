@@ -27,7 +27,7 @@ import onnx
 from onnx import helper
 
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
-from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext
+from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
 from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
 
 from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type

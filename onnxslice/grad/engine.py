@@ -23,7 +23,7 @@ import onnx
 
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
-from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
+from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext, VjpRule
 from onnxslice.record import Device, Recorder, as_feed, fixed_batch_of, validate_inputs
 from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker

@@ -15,7 +15,7 @@ import onnx
 from onnx import helper
 
 from onnxslice.errors import UnsupportedOpError
-from onnxslice.opsets.vjp.base import Grads, VjpContext, VjpRule
+from onnxslice.opsets.capabilities.vjp import Grads, VjpContext, VjpRule
 
 if TYPE_CHECKING:
     import onnxruntime as ort

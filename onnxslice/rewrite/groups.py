@@ -22,7 +22,7 @@ import numpy as np
 from onnxslice.console import format_table
 from onnxslice.model import Model, Node
 from onnxslice.opsets import REGISTRY
-from onnxslice.opsets.prune import CountEdit, Effect, Port, Ref
+from onnxslice.opsets.capabilities.prune import CountEdit, Effect, Port, Ref
 
 __all__ = ["ChannelGroup", "GroupSet", "discover_groups"]
 
@@ -135,7 +135,7 @@ class GroupSet:
 
 
 class _ModelContext:
-    """The read-only facts rules may ask (see :class:`onnxslice.opsets.prune.Context`)."""
+    """The read-only facts rules may ask (see :class:`onnxslice.opsets.capabilities.prune.Context`)."""
 
     def __init__(self, model: Model) -> None:
         self.model = model

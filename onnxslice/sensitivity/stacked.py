@@ -174,9 +174,9 @@ def stack_model(model: Model, layers: Sequence[Layer], groups: int, batch: bool 
             p = f"{n.name}__stack"
             wst = weight_copy(x.weight, -1)
             inits.append(onnx.numpy_helper.from_array(np.stack([np.asarray(w)] * groups), wst))
-            trans_b = n.op_type == "Gemm" and int(model.node(n.name).attr("transB", 0))
-            m_out = int(w.shape[0] if trans_b else w.shape[1])
-            inits += [_const(f"{p}_gshape", [groups, -1, int(w.shape[1] if trans_b else w.shape[0])]),
+            trans_b = x.out_axis == 0  # a 2-D weight on input 1 (_batchable): [N, K] is Gemm's transB
+            m_out = int(w.shape[x.out_axis])
+            inits += [_const(f"{p}_gshape", [groups, -1, int(w.shape[1 - x.out_axis])]),
                       _const(f"{p}_m", [m_out]), _const(f"{p}_s0", [0]), _const(f"{p}_s1", [-1])]
             nodes.append(helper.make_node("Reshape", [src, f"{p}_gshape"], [f"{p}_x"], name=f"{p}_x"))
             wt = wst

@@ -2,7 +2,7 @@
 
 - :func:`slice` runs, after profiling (:mod:`onnxslice.profile`), the forward analysis (:mod:`.forward`)
   and the backward analysis (:mod:`.backward`, dispatching to the ``contributions`` rules in
-  ``onnxslice.opsets.contrib``) over the samples of a criterion, in parallel (:mod:`onnxslice.parallel`);
+  ``onnxslice.opsets.ops``) over the samples of a criterion, in parallel (:mod:`onnxslice.parallel`);
 - :class:`Slice` holds the CONTRIB tables, summaries and ``save``/``load`` (the sliced model is the
   pass :func:`onnxslice.rewrite.slice_to_model`);
 - :mod:`.targets` parses criteria (``pred``, ``class:K``, ``value:NAME[idx]``).

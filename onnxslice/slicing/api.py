@@ -20,7 +20,7 @@ import numpy as np
 from onnxslice.data import parse_samples
 from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.model import Model
-from onnxslice.opsets.contrib.base import DEFAULT_CHUNK
+from onnxslice.opsets.capabilities.contrib import DEFAULT_CHUNK
 from onnxslice.parallel import Backend, map_units
 from onnxslice.profile import Profile
 from onnxslice.record import Device, Recorder, as_feed, validate_inputs

@@ -19,7 +19,7 @@ import numpy as np
 
 from onnxslice.errors import UnsupportedOpError
 from onnxslice.model import Model, Node
-from onnxslice.opsets.contrib.base import DEFAULT_CHUNK, ContribContext, ContribResult
+from onnxslice.opsets.capabilities.contrib import DEFAULT_CHUNK, ContribContext, ContribResult
 from onnxslice.walk import Walker
 
 __all__ = ["BackwardOptions", "backward"]

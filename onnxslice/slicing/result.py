@@ -26,21 +26,10 @@ __all__ = ["Slice", "layer_records"]
 
 def layer_records(model: Model) -> list[dict[str, Any]]:
     """Per layer: name, op, weight, output value and the weight axis of its output channels."""
-    rows = []
-    for layer in model.layers:
-        node = model.node(layer.name)
-        if layer.op_type == "Gemm":
-            axis = 0 if node.attr("transB", 0) else 1
-        elif layer.op_type == "MatMul":
-            axis = model.initializer(layer.weight).ndim - 1
-        elif layer.op_type == "ConvTranspose":
-            axis = 1
-        else:
-            axis = 0
-        rows.append(
-            {"layer": layer.name, "op": layer.op_type, "weight": layer.weight, "output": layer.output, "axis": axis}
-        )
-    return rows
+    return [
+        {"layer": x.name, "op": x.op_type, "weight": x.weight, "output": x.output, "axis": x.out_axis}
+        for x in model.layers
+    ]
 
 
 @dataclass

@@ -1,11 +1,10 @@
-"""VJP rules (the ``vjp`` capability), one module per op family, built from the templates in ``base``.
+"""The primitives VJP rules are written against, and their eager backend.
 
-Every module here registers its rules in ``onnxslice.opsets.REGISTRY`` at import; ``onnxslice.grad``
-walks the graph backwards and calls them.
+:mod:`.prims` declares the primitives (:class:`~.prims.Prims`) and the rule type of rules written
+against them; :mod:`.eager` runs them on numpy with the kernels of :mod:`.kernels` (onnxruntime one-node
+sessions) and :mod:`.conv_kernels` (convolution and window gradients), and registers primitive rules.
+The rules themselves live with their op family in :mod:`onnxslice.opsets.ops`; the rule protocol
+(:class:`~onnxslice.opsets.capabilities.vjp.VjpContext`) in :mod:`onnxslice.opsets.capabilities.vjp`.
 """
 
 from __future__ import annotations
-
-from .base import PerSampleUnsupported, VjpContext, VjpRule, unbroadcast
-
-__all__ = ["PerSampleUnsupported", "VjpContext", "VjpRule", "unbroadcast"]

@@ -2,21 +2,33 @@
 
 Every primitive runs at once. Elementwise work is plain numpy (Python numbers keep the array's
 type), matrix products go through :func:`.kernels.matmul` (onnxruntime's MLAS GEMM for large float32
-products), convolution gradients through the kernels of :mod:`.conv` (onnxruntime's ConvTranspose,
-im2col GEMMs, the vectorized depthwise and pointwise paths) and pooling through the window loop of
-:mod:`.pool`. Rules run on :data:`EAGER` produce exactly the numbers those kernels produce.
+products), convolution gradients through the kernels of :mod:`.conv_kernels` (onnxruntime's
+ConvTranspose, im2col GEMMs, the vectorized depthwise and pointwise paths) and pooling through its window
+loops. Rules run on :data:`EAGER` produce exactly the numbers those kernels produce.
+
+:func:`prim_vjp` / :func:`register_prim` register a primitive rule as the VJP of op types; the engine calls
+it on :data:`EAGER` (the ONNX lowering of :mod:`onnxslice.grad.lowering` calls the same rule on its own
+backend).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .prims import ConvGeometry, Prims
+from ..capabilities.vjp import register
+from ..geometry import pad_to
+from .conv_kernels import conv_forward, conv_input_grad, conv_weight_grad, max_pool_grad, window_sum_grad
+from .kernels import matmul
+from .prims import ConvGeometry, PrimFn, PrimRule, Prims
 
-__all__ = ["EAGER", "EagerPrims"]
+if TYPE_CHECKING:
+    from ..capabilities.vjp import VjpContext
+
+__all__ = ["EAGER", "EagerPrims", "erf_values", "prim_vjp", "register_prim"]
 
 _FUNCS = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh, "abs": np.abs, "sign": np.sign}
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal}
@@ -27,6 +39,16 @@ def _typed(v: np.ndarray | float, like: np.ndarray | float) -> np.ndarray | floa
     if isinstance(v, np.ndarray) or not isinstance(like, np.ndarray):
         return v
     return np.asarray(v, dtype=like.dtype)
+
+
+def erf_values(x: np.ndarray) -> np.ndarray:
+    """The error function, elementwise, in ``x``'s type (scipy's when installed)."""
+    try:
+        from scipy.special import erf  # optional: fast vectorized erf
+
+        return np.asarray(erf(x), dtype=x.dtype)
+    except ImportError:
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)
 
 
 class EagerPrims(Prims):
@@ -69,8 +91,6 @@ class EagerPrims(Prims):
 
     def func(self, name: str, a: np.ndarray) -> np.ndarray:
         if name == "erf":
-            from .unary import erf_values
-
             return erf_values(a)
         return _FUNCS[name](a)
 
@@ -118,42 +138,64 @@ class EagerPrims(Prims):
         return x[(slice(None),) * axis + (slice(start, end),)]
 
     def matmul(self, a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
-        from .kernels import matmul
-
         return matmul(a, b, trans_a=trans_a, trans_b=trans_b)
 
     def place(self, x: np.ndarray, begin: Sequence[int], length: Sequence[int]) -> np.ndarray:
-        from .conv import pad_to
-
         return pad_to(x, begin, length)
 
     def conv(self, x: np.ndarray, w: np.ndarray, out_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
-        from .conv import conv_forward
-
         return conv_forward(x, w, out_shape, geom)
 
     def conv_input_grad(self, g: np.ndarray, w: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
-        from .conv import conv_input_grad
-
         return conv_input_grad(g, w, x_shape, geom)
 
     def conv_weight_grad(
         self, x: np.ndarray, g: np.ndarray, w_shape: Sequence[int], geom: ConvGeometry, keep: bool = False
     ) -> np.ndarray:
-        from .conv import conv_weight_grad
-
         return conv_weight_grad(x, g, w_shape, geom, keep)
 
     def window_sum_grad(self, g: np.ndarray, x_shape: Sequence[int], geom: ConvGeometry) -> np.ndarray:
-        from .pool import window_sum_grad
-
         return window_sum_grad(g, x_shape, geom)
 
     def max_pool_grad(self, x: np.ndarray, y: np.ndarray, g: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-        from .pool import max_pool_grad
-
         return max_pool_grad(x, y, g, geom)
 
 
 #: The eager backend the engine runs primitive rules on.
 EAGER = EagerPrims()
+
+
+# -- registering a primitive rule: the engine runs it on EAGER -----------------------------------------
+
+
+def _eager_fn(rule: PrimFn, name: str) -> Callable[[VjpContext], list[Any]]:
+    def fn(ctx: VjpContext) -> list[Any]:
+        return rule(EAGER, ctx)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = rule.__module__
+    return fn
+
+
+def register_prim(
+    op_types: Iterable[str], rule: PrimFn, name: str, *, per_sample: bool = False, since: int = 1,
+    until: int | None = None, domain: str = "",
+) -> PrimRule:
+    """Register the primitive rule ``rule`` as the VJP of ``op_types`` (eager execution by :class:`EagerPrims`)."""
+    prule = PrimRule(_eager_fn(rule, name), per_sample, name, rule)
+    register(list(op_types), prule, since=since, until=until, domain=domain)
+    return prule
+
+
+def prim_vjp(
+    op_types: str | Iterable[str], *, since: int = 1, until: int | None = None, domain: str = "",
+    per_sample: bool = False,
+) -> Callable[[PrimFn], PrimFn]:
+    """Decorator form of :func:`register_prim` (``op_types`` space-separated or a list)."""
+    names = op_types.split() if isinstance(op_types, str) else list(op_types)
+
+    def deco(rule: PrimFn) -> PrimFn:
+        register_prim(names, rule, rule.__name__, per_sample=per_sample, since=since, until=until, domain=domain)
+        return rule
+
+    return deco

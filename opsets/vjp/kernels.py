@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from onnx import helper
 
+from onnxslice.session import make_session
+
 __all__ = ["enabled", "matmul", "run_kernel"]
 
 
@@ -38,8 +40,6 @@ def _session(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int)
 
 
 def _build(op: str, attrs: tuple[tuple[str, Any], ...], dtype: str, rank: int) -> Any:
-    from onnxslice.session import make_session
-
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     kwargs: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs}
     node = helper.make_node(op, ["a", "b"], ["c"], **kwargs)

@@ -1,6 +1,7 @@
 """The primitives VJP rules are written against: one rule definition, two executions.
 
-A ported rule (registered with :func:`prim_vjp`) is a function ``rule(P, ctx) -> cotangents`` that
+A ported rule (registered with :func:`onnxslice.opsets.vjp.eager.prim_vjp`) is a function ``rule(P, ctx) ->
+cotangents`` that
 computes only through the :class:`Prims` ``P`` it is given: elementwise arithmetic and comparisons,
 casts, reductions, layout changes, matrix products, convolution input and weight gradients and
 pooling window gradients. Two backends implement them:
@@ -20,18 +21,19 @@ emitted graph is specialised to them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base import VjpRule, register
+from ..broadcast import unbroadcast_axes
+from ..capabilities.vjp import VjpRule
 
 if TYPE_CHECKING:
-    from .base import VjpContext
+    from ..capabilities.vjp import VjpContext
 
-__all__ = ["ConvGeometry", "NotEmittable", "PoolGeometry", "PrimRule", "Prims", "prim_vjp", "register_prim"]
+__all__ = ["ConvGeometry", "NotEmittable", "PoolGeometry", "PrimFn", "PrimRule", "Prims"]
 
 V = Any  # a value of the backend: np.ndarray (eager) or a symbolic value (ONNX lowering)
 PrimFn = Callable[["Prims", "VjpContext"], list[Any]]
@@ -218,104 +220,20 @@ class Prims(ABC):
         return self.mul(x, 0.0)
 
     def unbroadcast(self, g: V, shape: Sequence[int], keep_batch: bool = False) -> V:
-        """Sum ``g`` over the axes broadcasting added or stretched (:func:`.base.unbroadcast`)."""
-        from .base import PerSampleUnsupported
-
-        shape = tuple(int(s) for s in shape)
-        gs = self.shape(g)
-        if not keep_batch:
-            if gs == shape:
-                return g
-            lead = len(gs) - len(shape)
-            axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and gs[i + lead] != 1)
-            r = self.reduce_sum(g, axes, keepdims=True) if axes else g
-            return self.reshape(r, shape)
-        n = gs[0]
-        tshape = (1,) * (len(gs) - len(shape)) + shape
-        if len(gs) == 0 or tshape[0] != 1:
-            raise PerSampleUnsupported("the operand spans the sample axis")
-        axes = tuple(i for i in range(1, len(gs)) if tshape[i] == 1 and gs[i] != 1)
+        """Sum ``g`` over the axes broadcasting added or stretched (:func:`onnxslice.opsets.broadcast.unbroadcast`)."""
+        axes, out = unbroadcast_axes(self.shape(g), shape, keep_batch)
+        if not keep_batch and self.shape(g) == out:
+            return g
         r = self.reduce_sum(g, axes, keepdims=True) if axes else g
-        return self.reshape(r, (n, *shape))
+        return self.reshape(r, out)
 
 
 @dataclass(frozen=True)
 class PrimRule(VjpRule):
-    """A :class:`~.base.VjpRule` whose definition is written against :class:`Prims`.
+    """A :class:`~onnxslice.opsets.capabilities.vjp.VjpRule` whose definition is written against :class:`Prims`.
 
     Attributes:
         prim: the rule ``prim(P, ctx)``; ``fn`` runs it on the eager backend.
     """
 
     prim: PrimFn | None = None
-
-
-def _eager_fn(rule: PrimFn, name: str) -> Callable[[VjpContext], list[Any]]:
-    def fn(ctx: VjpContext) -> list[Any]:
-        from .eager import EAGER
-
-        return rule(EAGER, ctx)
-
-    fn.__name__ = fn.__qualname__ = name
-    fn.__module__ = rule.__module__
-    return fn
-
-
-def register_prim(
-    op_types: Iterable[str], rule: PrimFn, name: str, *, per_sample: bool = False, since: int = 1,
-    until: int | None = None, domain: str = "",
-) -> PrimRule:
-    """Register the primitive rule ``rule`` as the VJP of ``op_types`` (eager execution by :class:`EagerPrims`)."""
-    prule = PrimRule(_eager_fn(rule, name), per_sample, name, rule)
-    register(list(op_types), prule, since=since, until=until, domain=domain)
-    return prule
-
-
-def prim_vjp(
-    op_types: str | Iterable[str], *, since: int = 1, until: int | None = None, domain: str = "",
-    per_sample: bool = False,
-) -> Callable[[PrimFn], PrimFn]:
-    """Decorator form of :func:`register_prim` (``op_types`` space-separated or a list)."""
-    names = op_types.split() if isinstance(op_types, str) else list(op_types)
-
-    def deco(rule: PrimFn) -> PrimFn:
-        register_prim(names, rule, rule.__name__, per_sample=per_sample, since=since, until=until, domain=domain)
-        return rule
-
-    return deco
-
-
-# -- templates -------------------------------------------------------------------------------------
-
-#: ``deriv(P, ctx, x, y)`` -> the local derivative: a mask (``gate=True``), a value or a number
-PrimDeriv = Callable[["Prims", "VjpContext", Any, Any], Any]
-
-
-def prim_unary(deriv: PrimDeriv, name: str, *, gate: bool = False) -> PrimFn:
-    """Primitive form of :func:`.base.unary`: ``dx = where(mask, dy, 0)`` for gates, else ``dy * f'(x, y)``."""
-
-    def rule(P: Prims, ctx: VjpContext) -> list[Any]:
-        rest: list[Any] = [None] * (len(ctx.ins) - 1)
-        if not ctx.need(0):
-            return [None, *rest]
-        x, y = ctx.x(0), ctx.y(0)
-        d = deriv(P, ctx, x, y)
-        g = ctx.g(0)
-        dx = P.where(d, g, 0.0) if gate else P.mul(g, d)
-        return [P.cast(dx, P.dtype(x)), *rest]
-
-    rule.__name__ = rule.__qualname__ = name
-    return rule
-
-
-def prim_routing(back: Callable[[Prims, VjpContext, Any], list[Any]], name: str) -> PrimFn:
-    """Primitive form of :func:`.base.routing` (layout ops)."""
-
-    def rule(P: Prims, ctx: VjpContext) -> list[Any]:
-        if not any(ctx.needs):
-            return [None] * len(ctx.ins)
-        out = back(P, ctx, ctx.g(0))
-        return out + [None] * (len(ctx.ins) - len(out))
-
-    rule.__name__ = rule.__qualname__ = name
-    return rule

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _grad_nets import cnn, mlp, with_shape_subgraph
 from onnx import helper
-from onnxslice.opsets.vjp.base import VjpRule
+from onnxslice.opsets.capabilities.vjp import VjpRule
 
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.grad import GradientEngine, Gradients, check_vjp, gradients

@@ -22,7 +22,29 @@ def test_unbroadcast_matches_torch_sum_to_size(big: tuple[int, ...], small: tupl
 
 
 def test_unbroadcast_is_shared_by_the_capabilities() -> None:
-    from onnxslice.opsets.contrib import base as contrib_base
-    from onnxslice.opsets.vjp import base as vjp_base
+    from onnxslice.opsets.capabilities import vjp
+    from onnxslice.opsets.ops import binary
+    from onnxslice.opsets.templates import binary as binary_templates
 
-    assert contrib_base.unbroadcast is unbroadcast and vjp_base.sum_broadcast is unbroadcast
+    assert vjp.unbroadcast is unbroadcast
+    assert binary.unbroadcast is unbroadcast and binary_templates.unbroadcast is unbroadcast
+
+
+@pytest.mark.parametrize(("big", "small"), [((2, 3, 4), (3, 4)), ((2, 3, 4), (1, 4)), ((2, 1, 4), (1, 1, 4))])
+@pytest.mark.parametrize("keep", [False, True])
+def test_primitive_unbroadcast_takes_the_same_axes(big: tuple[int, ...], small: tuple[int, ...], keep: bool) -> None:
+    from onnxslice.opsets.vjp.eager import EAGER
+
+    arr = np.random.default_rng(1).normal(size=big)
+    got = EAGER.unbroadcast(arr, small, keep)
+    ref = unbroadcast(arr, small, keep)
+    np.testing.assert_array_equal(got, ref)
+    if keep:  # the per-sample form keeps axis 0: each sample's own sum
+        np.testing.assert_allclose(ref[1], unbroadcast(arr[1:2], small), rtol=1e-12)
+
+
+def test_per_sample_unbroadcast_refuses_an_operand_that_spans_the_samples() -> None:
+    from onnxslice.opsets.broadcast import PerSampleUnsupported
+
+    with pytest.raises(PerSampleUnsupported):
+        unbroadcast(np.ones((2, 3)), (2, 3), keep_batch=True)

@@ -94,10 +94,14 @@ def _pool_edges(kernel, strides, is_max: bool, pads=(0, 0)):
             for i in range(oh):
                 for j in range(ow):
                     o = (ch * oh + i) * ow + j
+                    taken = False  # max pooling credits the first input holding the maximum (row-major)
                     for a in range(kernel[0]):
                         for b in range(kernel[1]):
                             ih, iw = i * strides[0] - pads[0] + a, j * strides[1] - pads[1] + b
-                            if 0 <= ih < h and 0 <= iw < wd and (not is_max or x[ch, ih, iw] == y[ch, i, j]):
+                            if not (0 <= ih < h and 0 <= iw < wd) or (is_max and taken):
+                                continue
+                            if not is_max or x[ch, ih, iw] == y[ch, i, j]:
+                                taken = True
                                 out.append((o, (ch * h + ih) * wd + iw, 1.0, -1))
         return out
 

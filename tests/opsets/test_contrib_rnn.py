@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from onnx import helper
-from onnxslice.opsets.recurrent import Cell, decode, replay
+from onnxslice.opsets.ops.rnn_cell import Cell, decode, replay
 
 from onnxslice.errors import UnsupportedOpError
 from onnxslice.model import load

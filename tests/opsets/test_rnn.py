@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from onnxslice.opsets import REGISTRY  # noqa: E402
-from onnxslice.opsets.vjp.base import VjpContext  # noqa: E402
+from onnxslice.opsets.capabilities.vjp import VjpContext  # noqa: E402
 
 from onnxslice.errors import UnsupportedOpError  # noqa: E402
 from onnxslice.model import Node, load  # noqa: E402

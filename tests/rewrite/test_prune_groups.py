@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _prune_nets import build
 from onnx import helper
-from onnxslice.opsets.prune import Ref
+from onnxslice.opsets.capabilities.prune import Ref
 
 import onnxslice as osl
 from onnxslice.rewrite.groups import discover_groups
