@@ -187,6 +187,10 @@ class GradientEngine:
             self._recorder = Recorder(m, self.record_values, self.device, weight_inputs=[*self.swappable, *fed])
         return self._recorder
 
+    def release_recorder(self) -> None:
+        """Drop the recording session and its memory pool (rebuilt on next use): for calls the graph serves."""
+        self._recorder = None
+
     def _check_weights(self, weights: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         w_over = {k: np.asarray(v) for k, v in (weights or {}).items()}
         extra = set(w_over) - set(self.swappable)
@@ -444,6 +448,8 @@ class GradientEngine:
             self._auto[key] = bool(
                 res is not None and t_graph < t_eager and graph_disagreement(res, g) <= GRAPH_TOL
             )
+            if self._auto[key] and all(v is True for v in self._auto.values()):
+                self.release_recorder()  # every shape seen runs as a graph now
             return g
         return None
 
