@@ -28,6 +28,7 @@ from onnxslice.record import Device, Recorder, as_feed, fixed_batch_of, validate
 from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker
 
+from .diskcache import load_cached
 from .fallback import finite_difference_rule
 from .result import Gradients
 
@@ -751,7 +752,9 @@ def gradients(
     One-shot form of :class:`GradientEngine`. The engine built for a model *file* is cached (the last
     four, keyed by resolved path, size and modification time, target, weights, ``exact`` and
     ``device``), so calling this again on the same file skips the load, the plan and the sessions;
-    :func:`clear_cache` frees them. Build a :class:`GradientEngine` yourself for in-memory models.
+    :func:`clear_cache` frees them. In a fresh process, a file's loaded model comes from the on-disk
+    cache (:mod:`.diskcache`: checker and shape inference skipped; ``ONNXSLICE_CACHE=off`` turns it
+    off). Build a :class:`GradientEngine` yourself for in-memory models.
 
     Args:
         model: a :class:`Model`, a path or a ``ModelProto``.
@@ -775,7 +778,8 @@ def gradients(
     key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
     if engine is None:
-        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device, executor=executor)
+        src = load_cached(model) if key is not None and isinstance(model, (str, os.PathLike)) else model  # file: disk cache
+        engine = GradientEngine(src, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _CACHE_SIZE:
