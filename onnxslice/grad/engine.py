@@ -778,8 +778,9 @@ def gradients(
     key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
     if engine is None:
-        disk = key is not None and isinstance(model, (str, os.PathLike))
-        src = load_cached(model) if disk else model  # a file: through the on-disk cache (.diskcache)
+        src = model
+        if key is not None and isinstance(model, (str, os.PathLike)):
+            src = load_cached(model)  # a file: through the on-disk cache (.diskcache)
         engine = GradientEngine(src, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
