@@ -29,6 +29,8 @@ from onnx import helper
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext
 from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
+from onnxslice.record import Recorder
+from onnxslice.version import __version__
 
 from .fuse import EMIT_VARIANTS
 from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type
@@ -143,8 +145,6 @@ def emit_gradient_model(
     if trace_device is None or trace_device == engine.device:
         rec = engine.recorder
     else:
-        from onnxslice.record import Recorder
-
         rec = Recorder(m, engine.record_values, trace_device)  # type: ignore[arg-type]
     vals = rec.run(dict(sample), validated=True)
     n = len(next(iter(sample.values())))
@@ -260,8 +260,6 @@ def _assemble(
     source: str,
     fed_min: int | None = None,
 ) -> onnx.ModelProto:
-    from onnxslice.version import __version__
-
     m = engine.model
     src = m.proto.graph
     taken = {v for n in src.node for v in (*n.input, *n.output)} | {t.name for t in src.initializer}

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxslice.data import Dataset
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.vjp.base import PerSampleUnsupported, VjpContext, VjpRule
@@ -29,6 +30,8 @@ from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_outpu
 from onnxslice.walk import Walker
 
 from .diskcache import load_cached
+from .emit import EmissionError
+from .emitted import GRAPH_TOL, EmittedRunner, graph_disagreement
 from .fallback import finite_difference_rule
 from .result import Gradients
 
@@ -309,8 +312,6 @@ class GradientEngine:
         Raises:
             DataError: bad inputs, labels, cotangent or weights.
         """
-        from onnxslice.data import Dataset
-
         if labels is None and isinstance(inputs, Dataset) and inputs.labels is not None:
             labels = inputs.labels
         feed = validate_inputs(self.model, as_feed(self.model, inputs))
@@ -396,9 +397,6 @@ class GradientEngine:
         None (with a warning, once) when the graph cannot be emitted for this model or target: the
         engine then records on CUDA and runs the backward in numpy, as on any device.
         """
-        from .emit import EmissionError
-        from .emitted import EmittedRunner
-
         if self._runner is None:
             self._runner = EmittedRunner(self)
         try:
@@ -427,8 +425,6 @@ class GradientEngine:
         graph is kept for that shape when it is faster and agrees with the eager result within
         :data:`~onnxslice.grad.emitted.GRAPH_TOL`. That call returns the eager result.
         """
-        from .emitted import GRAPH_TOL, graph_disagreement
-
         key = (tuple(sorted((k, np.shape(v)) for k, v in feed.items())), batch_size)
         state = self._auto.get(key)
         if state is True:
