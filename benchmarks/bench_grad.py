@@ -185,7 +185,16 @@ def _pin(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _onnxslice_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _weights(name: str, model: Any, which: str) -> str | list[str]:
+    """``all`` (every float initializer: BatchNorm statistics and Clip bounds too) or ``torch`` (the
+    initializers that are torch parameters: what torch's side differentiates)."""
+    if which == "all":
+        return "all"
+    params = {k for k, _ in MODELS[name][0]().named_parameters()}
+    return [w for w in model.initializer_names if w in params]
+
+
+def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
     path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
@@ -202,25 +211,25 @@ def _onnxslice_side(name: str, batch: int, threads: int, conn: Any) -> None:
 
     model = load(onnx_bytes)
     base = _rss_mib()  # every side: after the weights are in memory
-    engine = GradientEngine(model, "pred", device="cpu", executor="eager")
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     engine(x)  # warm-up
     _serve(conn, lambda: engine(x).inputs["x"], base, oneshot)
 
 
-def _graph_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _graph_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     """The engine's graph executor: the emitted gradient graph in one onnxruntime session (CPU)."""
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
     model = load(onnx_bytes)
     base = _rss_mib()
-    engine = GradientEngine(model, "pred", device="cpu", executor="graph")
+    engine = GradientEngine(model, "pred", device="cpu", executor="graph", weights=_weights(name, model, which))
     t = time.perf_counter()
     engine(x)  # emission, session build and the first run
     first = time.perf_counter() - t
     _serve(conn, lambda: engine(x).inputs["x"], base, lambda: {"graph_first_call_s": first})
 
 
-def _torch_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _torch_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     _pin(threads)
     mod, _, x = build(name, batch)
     xt = torch.from_numpy(x)
@@ -296,13 +305,13 @@ def _serve(conn: Any, step: Any, base: float, after: Any) -> None:
     conn.send({"peak_mib": peak, "input_grad": out, **after()})
 
 
-def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
+def bench(name: str, batch: int, threads: int, repeats: int, which: str = "all") -> dict[str, Any]:
     """Both sides on one model, calls interleaved round-robin; medians, ratios and memory."""
     ctx = mp.get_context("spawn")
     sides = {}
     for side, fn in (("onnxslice", _onnxslice_side), ("graph", _graph_side), ("torch", _torch_side)):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=fn, args=(name, batch, threads, child))
+        proc = ctx.Process(target=fn, args=(name, batch, threads, child, which))
         proc.start()
         sides[side] = (proc, parent)
     for _proc, conn in sides.values():
@@ -544,6 +553,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="calls per side (default: 5 quick, 15 full)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to pin (default: 1 2)")
     ap.add_argument("--cases", nargs="*", default=None, help="MODEL:BATCH pairs (default: the issue's cases)")
+    ap.add_argument("--weights", choices=["all", "torch"], default="all",
+                    help="onnxslice's weights: every float initializer, or torch's parameters only (default: all)")
     ap.add_argument("--oneshot-only", action="store_true",
                     help="only the one-shot build cost in two fresh processes (cold, then warm cache) (default: off)")
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
@@ -587,7 +598,8 @@ def main() -> None:
           f"{'rel err e,g':>16}")  # fmt: skip
     for threads in args.threads:
         for name, batch in cases:
-            r = bench(name, batch, threads, repeats)
+            r = bench(name, batch, threads, repeats, args.weights)
+            r["weights"] = args.weights
             r["goal"] = goals.get((name, batch))
             rows.append(r)
             print(f"{name:<20}{batch:>6}{threads:>4}{r['onnxslice_ms']:>10.1f}{r['graph_ms']:>10.1f}{r['torch_ms']:>10.1f}"
