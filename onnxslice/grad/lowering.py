@@ -3,9 +3,10 @@
 :class:`OnnxPrims` implements :class:`onnxslice.opsets.vjp.prims.Prims` over :class:`Sym` values
 (a value name with the static shape and dtype it has on the recorded sample) and appends nodes and
 constants to a :class:`GraphBuilder`. Only default-domain ops are emitted, so the graph runs on any
-onnxruntime provider. Convolution gradients lower to ConvTranspose (input) and to a Conv with the
-sample and channel axes swapped (weight); MaxPool's to a second MaxPool with its ``Indices`` output
-and a ScatterElements with ``reduction="add"``.
+onnxruntime provider. Convolution gradients lower to ConvTranspose (input; a 1x1 Conv by the swapped
+weight for pointwise layers) and to per-offset GEMMs (2-D, one group) or a Conv with the sample and
+channel axes swapped (weight); MaxPool's to a second MaxPool with its ``Indices`` output and a
+ScatterElements with ``reduction="add"``.
 """
 
 from __future__ import annotations
