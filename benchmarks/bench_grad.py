@@ -185,7 +185,16 @@ def _pin(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _onnxslice_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _weights(name: str, model: Any, which: str) -> str | list[str]:
+    """``all`` (every float initializer: BatchNorm statistics and Clip bounds too) or ``torch`` (the
+    initializers that are torch parameters: what torch's side differentiates)."""
+    if which == "all":
+        return "all"
+    params = {k for k, _ in MODELS[name][0]().named_parameters()}
+    return [w for w in model.initializer_names if w in params]
+
+
+def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
     path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
@@ -202,25 +211,25 @@ def _onnxslice_side(name: str, batch: int, threads: int, conn: Any) -> None:
 
     model = load(onnx_bytes)
     base = _rss_mib()  # every side: after the weights are in memory
-    engine = GradientEngine(model, "pred", device="cpu", executor="eager")
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     engine(x)  # warm-up
     _serve(conn, lambda: engine(x).inputs["x"], base, oneshot)
 
 
-def _graph_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _graph_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     """The engine's graph executor: the emitted gradient graph in one onnxruntime session (CPU)."""
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
     model = load(onnx_bytes)
     base = _rss_mib()
-    engine = GradientEngine(model, "pred", device="cpu", executor="graph")
+    engine = GradientEngine(model, "pred", device="cpu", executor="graph", weights=_weights(name, model, which))
     t = time.perf_counter()
     engine(x)  # emission, session build and the first run
     first = time.perf_counter() - t
     _serve(conn, lambda: engine(x).inputs["x"], base, lambda: {"graph_first_call_s": first})
 
 
-def _torch_side(name: str, batch: int, threads: int, conn: Any) -> None:
+def _torch_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     _pin(threads)
     mod, _, x = build(name, batch)
     xt = torch.from_numpy(x)
@@ -237,6 +246,52 @@ def _torch_side(name: str, batch: int, threads: int, conn: Any) -> None:
     _serve(conn, step, base, dict)
 
 
+def _oneshot_child(path: str, name: str, batch: int, threads: int, conn: Any) -> None:
+    """A fresh process: ``osl.gradients(path, x)`` twice; the first call pays the build, the second the engine cache."""
+    _pin(threads)
+    x = np.random.default_rng(0).random((batch, *MODELS[name][1]), dtype=np.float32)
+    import onnxslice as osl
+
+    t = time.perf_counter()
+    osl.gradients(path, x)
+    first = time.perf_counter() - t
+    steady = []
+    for _ in range(3):
+        t = time.perf_counter()
+        osl.gradients(path, x)
+        steady.append(time.perf_counter() - t)
+    conn.send({"first_s": first, "steady_s": statistics.median(steady)})
+
+
+def oneshot_fresh(name: str, batch: int, threads: int) -> dict[str, float]:
+    """One-shot build cost in two fresh processes sharing an empty on-disk cache (``$ONNXSLICE_CACHE``):
+    the first process loads the file and writes the cache entry, the second reads it."""
+    _, onnx_bytes, _ = build(name, batch)
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / f"{name}.onnx"
+    path.write_bytes(onnx_bytes)
+    ctx = mp.get_context("spawn")
+    old = os.environ.get("ONNXSLICE_CACHE")
+    os.environ["ONNXSLICE_CACHE"] = str(tmp / "cache")
+    res: dict[str, float] = {}
+    try:
+        for run in ("cold", "warm"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_oneshot_child, args=(str(path), name, batch, threads, child))
+            proc.start()
+            r = parent.recv()
+            proc.join()
+            res[f"oneshot_{run}_first_s"] = r["first_s"]
+            res[f"oneshot_{run}_steady_s"] = r["steady_s"]
+            res[f"oneshot_{run}_build_s"] = r["first_s"] - r["steady_s"]
+    finally:
+        if old is None:
+            os.environ.pop("ONNXSLICE_CACHE", None)
+        else:
+            os.environ["ONNXSLICE_CACHE"] = old
+    return res
+
+
 def _serve(conn: Any, step: Any, base: float, after: Any) -> None:
     """Answer 'run' with the seconds of one call; 'done' with the peak RSS, the last result and ``after()``
     (run once the peak is read, so that it does not count)."""
@@ -250,13 +305,13 @@ def _serve(conn: Any, step: Any, base: float, after: Any) -> None:
     conn.send({"peak_mib": peak, "input_grad": out, **after()})
 
 
-def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
+def bench(name: str, batch: int, threads: int, repeats: int, which: str = "all") -> dict[str, Any]:
     """Both sides on one model, calls interleaved round-robin; medians, ratios and memory."""
     ctx = mp.get_context("spawn")
     sides = {}
     for side, fn in (("onnxslice", _onnxslice_side), ("graph", _graph_side), ("torch", _torch_side)):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=fn, args=(name, batch, threads, child))
+        proc = ctx.Process(target=fn, args=(name, batch, threads, child, which))
         proc.start()
         sides[side] = (proc, parent)
     for _proc, conn in sides.values():
@@ -297,6 +352,7 @@ def bench(name: str, batch: int, threads: int, repeats: int) -> dict[str, Any]:
         "graph_rss_ratio": res["graph"]["peak_mib"] / max(res["torch"]["peak_mib"], 1e-9),
         "graph_first_call_s": res["graph"]["graph_first_call_s"],
         "graph_input_grad_rel_error": float(np.linalg.norm(c - b) / np.linalg.norm(b)),
+        **oneshot_fresh(name, batch, threads),
         "repeats": repeats,
         "times_ms": {k: [round(1e3 * v, 2) for v in ts] for k, ts in times.items()},
     }
@@ -497,6 +553,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="calls per side (default: 5 quick, 15 full)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to pin (default: 1 2)")
     ap.add_argument("--cases", nargs="*", default=None, help="MODEL:BATCH pairs (default: the issue's cases)")
+    ap.add_argument("--weights", choices=["all", "torch"], default="all",
+                    help="onnxslice's weights: every float initializer, or torch's parameters only (default: all)")
+    ap.add_argument("--oneshot-only", action="store_true",
+                    help="only the one-shot build cost in two fresh processes (cold, then warm cache) (default: off)")
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
     ap.add_argument("--profile-graph", choices=list(MODELS),
                     help="onnxruntime's profile of the graph executor on one model, then exit (default: off)")
@@ -526,19 +586,25 @@ def main() -> None:
     if args.cases:
         cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases]
     goals = {(m, b): g for m, b, g in CASES}
+    if args.oneshot_only:
+        for name, batch in cases:
+            print(name, batch, {k: round(v, 3) for k, v in oneshot_fresh(name, batch, args.threads[0]).items()})
+        return
     repeats = args.repeats or (15 if args.full else 5)
     load_before = os.getloadavg()
     rows = []
     print(f"{'model':<20}{'batch':>6}{'thr':>4}{'eager ms':>10}{'graph ms':>10}{'torch ms':>10}{'eager/t':>8}"
-          f"{'graph/t':>8}{'goal':>6}{'RSS e/t':>8}{'RSS g/t':>8}{'1-shot s':>9}{'rel err e,g':>16}")  # fmt: skip
+          f"{'graph/t':>8}{'goal':>6}{'RSS e/t':>8}{'RSS g/t':>8}{'1-shot s':>9}{'warm s':>7}"
+          f"{'rel err e,g':>16}")  # fmt: skip
     for threads in args.threads:
         for name, batch in cases:
-            r = bench(name, batch, threads, repeats)
+            r = bench(name, batch, threads, repeats, args.weights)
+            r["weights"] = args.weights
             r["goal"] = goals.get((name, batch))
             rows.append(r)
             print(f"{name:<20}{batch:>6}{threads:>4}{r['onnxslice_ms']:>10.1f}{r['graph_ms']:>10.1f}{r['torch_ms']:>10.1f}"
                   f"{r['ratio']:>8.2f}{r['graph_ratio']:>8.2f}{r['goal'] or float('nan'):>6.1f}{r['rss_ratio']:>8.2f}"
-                  f"{r['graph_rss_ratio']:>8.2f}{r['oneshot_build_s']:>9.2f}"
+                  f"{r['graph_rss_ratio']:>8.2f}{r['oneshot_build_s']:>9.2f}{r['oneshot_warm_build_s']:>7.2f}"
                   f"{r['input_grad_rel_error']:>8.1e}{r['graph_input_grad_rel_error']:>8.1e}", flush=True)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

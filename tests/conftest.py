@@ -11,6 +11,7 @@ import pytest
 from _common import small_cnn
 
 os.environ.setdefault("ONNXSLICE_PROGRESS", "0")
+os.environ.setdefault("ONNXSLICE_CACHE", "off")  # tests never write the user's cache (test_grad_diskcache sets one)
 
 
 @pytest.fixture

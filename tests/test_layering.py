@@ -42,13 +42,9 @@ LAZY_ALLOWED: dict[str, str] = {
     "cli": "CLI start-up time: the command table is imported after argument parsing starts",
 }
 
-# Files whose function-level imports are left for now, with the reason (the layering itself holds: these
-# imports point down and form no cycle, which the tests above check).
-LAZY_PENDING: dict[str, str] = {
-    path: "rewritten in parallel by the gradients work (issue 13); hoist its lazy imports once that merges"
-    for path in ("onnxslice/grad/emit.py", "onnxslice/grad/engine.py", "onnxslice/grad/fallback.py",
-                 "onnxslice/grad/result.py")
-}
+# Files whose function-level imports are left for now, with the reason (none left: the gradient
+# modules and the VJP primitives import at module level since issue 19's op-family move).
+LAZY_PENDING: dict[str, str] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,8 +1,8 @@
 """Reverse-mode gradients from the ONNX graph: the engine, the result, targets and checks.
 
 ``gradients(model, inputs, target)`` and :class:`GradientEngine` differentiate a scalar target with
-respect to weights and inputs (targets: :mod:`onnxslice.targets`) using the VJP rules in
-``onnxslice.opsets.vjp``; :func:`check_vjp` compares them with central finite differences through onnxruntime.
+respect to weights and inputs (targets: :mod:`onnxslice.targets`) using the VJP rules of the op families
+(``onnxslice.opsets.ops``, written against the primitives in ``onnxslice.opsets.vjp``); :func:`check_vjp` compares them with central finite differences through onnxruntime.
 """
 
 from __future__ import annotations

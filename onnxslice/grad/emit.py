@@ -29,13 +29,25 @@ from onnx import helper
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
 from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
+from onnxslice.record import Recorder
+from onnxslice.version import __version__
 
+from .fuse import EMIT_VARIANTS
 from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type
 
 if TYPE_CHECKING:
     from .engine import GradientEngine
 
-__all__ = ["EMIT_TARGETS", "EmissionError", "emission_error", "emit_gradient_model", "grad_output_name", "run_emitted"]
+__all__ = [
+    "EMIT_TARGETS",
+    "FED_LOCATION",
+    "EmissionError",
+    "emission_error",
+    "emit_gradient_model",
+    "fed_weights",
+    "grad_output_name",
+    "run_emitted",
+]
 
 #: Targets the emitted graph computes itself.
 EMIT_TARGETS = ("pred", "class", "loss", "output-norm", "cotangent")
@@ -100,6 +112,7 @@ def emit_gradient_model(
     *,
     source: str = "",
     trace_device: str | None = None,
+    fed_min: int | None = None,
 ) -> onnx.ModelProto:
     """The standalone gradient model of ``engine``'s target, traced on ``sample`` (its shapes are kept).
 
@@ -109,9 +122,13 @@ def emit_gradient_model(
         source: the model's file name, recorded in ``metadata_props``.
         trace_device: record the sample's forward values on this device with a fresh recorder (default:
             the engine's own recorder).
+        fed_min: for an in-process session only: float weights of the model with at least this many
+            elements are left out of the proto (external-data stubs, see :data:`FED_LOCATION`) and are
+            handed to onnxruntime from the model's own arrays (:func:`fed_weights`), so neither the proto
+            nor its serialized bytes copy them. Such a model is not checked or written.
 
     Returns:
-        A model that passes ``onnx.checker.check_model(full_check=True)``.
+        A model that passes ``onnx.checker.check_model(full_check=True)`` (without ``fed_min``).
 
     Raises:
         EmissionError: a target or model the emission does not handle.
@@ -128,8 +145,6 @@ def emit_gradient_model(
     if trace_device is None or trace_device == engine.device:
         rec = engine.recorder
     else:
-        from onnxslice.record import Recorder
-
         rec = Recorder(m, engine.record_values, trace_device)  # type: ignore[arg-type]
     vals = rec.run(dict(sample), validated=True)
     n = len(next(iter(sample.values())))
@@ -187,8 +202,12 @@ def emit_gradient_model(
             nd and ins[i] is not None and (ste or ins[i].dtype.kind == "f")  # type: ignore[union-attr]
             for i, nd in enumerate(step.needs)
         )
+        vctx = VjpContext(node, ins, outs, out_grads, needs)
+        variant = EMIT_VARIANTS.get(node.op_type) if not node.domain else None
         try:
-            res = rule.prim(P, VjpContext(node, ins, outs, out_grads, needs))
+            res = variant(P, vctx) if variant is not None else None
+            if res is None:
+                res = rule.prim(P, vctx)
         except (NotEmittable, PerSampleUnsupported) as e:
             raise UnsupportedOpError.for_node(node, "vjp emission", _hint(str(e))) from e
         for i, r in enumerate(res):
@@ -211,7 +230,7 @@ def emit_gradient_model(
         out = grad_output_name(src)
         b.nodes.append(helper.make_node("Identity", [g.name], [out], name=f"grad/out/{src}"))
         outputs.append(helper.make_tensor_value_info(out, tensor_type(dtype), list(shape)))
-    return _assemble(engine, sample, b, outputs, labels, source)
+    return _assemble(engine, sample, b, outputs, labels, source, fed_min)
 
 
 def _live(nodes: list[Any], inits: list[Any], outputs: list[str]) -> tuple[list[Any], list[Any]]:
@@ -239,9 +258,8 @@ def _assemble(
     outputs: list[Any],
     labels: Sym | None,
     source: str,
+    fed_min: int | None = None,
 ) -> onnx.ModelProto:
-    from onnxslice.version import __version__
-
     m = engine.model
     src = m.proto.graph
     taken = {v for n in src.node for v in (*n.input, *n.output)} | {t.name for t in src.initializer}
@@ -260,6 +278,8 @@ def _assemble(
     if labels is not None:
         inputs.append(helper.make_tensor_value_info(labels.name, tensor_type(labels.dtype), list(labels.shape)))
     nodes, inits = _live([*src.node, *b.nodes], [*src.initializer, *b.initializers], [o.name for o in outputs])
+    if fed_min is not None:
+        inits = [_fed_stub(t) if _is_fed(m, t, fed_min) else t for t in inits]
     graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
     opsets = [o for o in m.proto.opset_import]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),
@@ -281,8 +301,40 @@ def _assemble(
     for k, v in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    onnx.checker.check_model(model, full_check=True)
+    if fed_min is None:
+        onnx.checker.check_model(model, full_check=True)
     return model
+
+
+#: The external-data location of weights that :func:`emit_gradient_model` (``fed_min``) leaves out.
+FED_LOCATION = "onnxslice:fed-from-memory"
+
+
+def _is_fed(m: Any, t: onnx.TensorProto, fed_min: int) -> bool:
+    if not m.is_initializer(t.name) or t.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        return False
+    return int(np.prod(t.dims)) >= fed_min
+
+
+def _fed_stub(t: onnx.TensorProto) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", FED_LOCATION
+    return stub
+
+
+def fed_weights(proto: onnx.ModelProto, model: Any) -> dict[str, np.ndarray]:
+    """The model's arrays of the weights ``proto`` leaves out (:data:`FED_LOCATION`), by name."""
+    fed = {}
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL and any(
+            e.key == "location" and e.value == FED_LOCATION for e in t.external_data
+        ):
+            fed[t.name] = np.ascontiguousarray(model.initializer(t.name))
+    return fed
 
 
 def run_emitted(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxslice.data import Dataset
 from onnxslice.errors import DataError, UnsupportedOpError
 from onnxslice.model import Model, Node, load
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext, VjpRule
@@ -28,6 +29,9 @@ from onnxslice.record import Device, Recorder, as_feed, fixed_batch_of, validate
 from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker
 
+from .diskcache import load_cached
+from .emit import EmissionError
+from .emitted import GRAPH_TOL, EmittedRunner, graph_disagreement
 from .fallback import finite_difference_rule
 from .result import Gradients
 
@@ -187,6 +191,10 @@ class GradientEngine:
             self._recorder = Recorder(m, self.record_values, self.device, weight_inputs=[*self.swappable, *fed])
         return self._recorder
 
+    def release_recorder(self) -> None:
+        """Drop the recording session and its memory pool (rebuilt on next use): for calls the graph serves."""
+        self._recorder = None
+
     def _check_weights(self, weights: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         w_over = {k: np.asarray(v) for k, v in (weights or {}).items()}
         extra = set(w_over) - set(self.swappable)
@@ -304,8 +312,6 @@ class GradientEngine:
         Raises:
             DataError: bad inputs, labels, cotangent or weights.
         """
-        from onnxslice.data import Dataset
-
         if labels is None and isinstance(inputs, Dataset) and inputs.labels is not None:
             labels = inputs.labels
         feed = validate_inputs(self.model, as_feed(self.model, inputs))
@@ -391,9 +397,6 @@ class GradientEngine:
         None (with a warning, once) when the graph cannot be emitted for this model or target: the
         engine then records on CUDA and runs the backward in numpy, as on any device.
         """
-        from .emit import EmissionError
-        from .emitted import EmittedRunner
-
         if self._runner is None:
             self._runner = EmittedRunner(self)
         try:
@@ -422,8 +425,6 @@ class GradientEngine:
         graph is kept for that shape when it is faster and agrees with the eager result within
         :data:`~onnxslice.grad.emitted.GRAPH_TOL`. That call returns the eager result.
         """
-        from .emitted import GRAPH_TOL, graph_disagreement
-
         key = (tuple(sorted((k, np.shape(v)) for k, v in feed.items())), batch_size)
         state = self._auto.get(key)
         if state is True:
@@ -444,6 +445,8 @@ class GradientEngine:
             self._auto[key] = bool(
                 res is not None and t_graph < t_eager and graph_disagreement(res, g) <= GRAPH_TOL
             )
+            if self._auto[key] and all(v is True for v in self._auto.values()):
+                self.release_recorder()  # every shape seen runs as a graph now
             return g
         return None
 
@@ -745,7 +748,9 @@ def gradients(
     One-shot form of :class:`GradientEngine`. The engine built for a model *file* is cached (the last
     four, keyed by resolved path, size and modification time, target, weights, ``exact`` and
     ``device``), so calling this again on the same file skips the load, the plan and the sessions;
-    :func:`clear_cache` frees them. Build a :class:`GradientEngine` yourself for in-memory models.
+    :func:`clear_cache` frees them. In a fresh process, a file's loaded model comes from the on-disk
+    cache (:mod:`.diskcache`: checker and shape inference skipped; ``ONNXSLICE_CACHE=off`` turns it
+    off). Build a :class:`GradientEngine` yourself for in-memory models.
 
     Args:
         model: a :class:`Model`, a path or a ``ModelProto``.
@@ -769,7 +774,10 @@ def gradients(
     key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
     if engine is None:
-        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device, executor=executor)
+        src = model
+        if key is not None and isinstance(model, (str, os.PathLike)):
+            src = load_cached(model)  # a file: through the on-disk cache (.diskcache)
+        engine = GradientEngine(src, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _CACHE_SIZE:

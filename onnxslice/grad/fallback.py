@@ -16,6 +16,7 @@ from onnx import helper
 
 from onnxslice.errors import UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import Grads, VjpContext, VjpRule
+from onnxslice.record import make_session
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -71,8 +72,6 @@ class _FiniteDifference:
         self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
 
     def _session(self, ctx: VjpContext) -> ort.InferenceSession:
-        from onnxslice.record import make_session
-
         in_types = [v.dtype if v is not None else None for v in ctx.ins]
         out_types = [v.dtype if v is not None else None for v in ctx.outs]
         key = tuple(str(t) for t in [*in_types, *out_types])

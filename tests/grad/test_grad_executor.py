@@ -114,9 +114,9 @@ def test_auto_tries_the_graph_on_the_second_call_and_keeps_the_choice() -> None:
 
 
 def test_auto_refuses_a_graph_that_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnxslice.grad.emitted as emitted
+    import onnxslice.grad.engine as engine_module
 
-    monkeypatch.setattr(emitted, "graph_disagreement", lambda a, b: 1.0)
+    monkeypatch.setattr(engine_module, "graph_disagreement", lambda a, b: 1.0)
     m, feed = _feed("lenet5", 4)
     engine = GradientEngine(m, "pred", device="cpu")
     for _ in range(3):

@@ -1,0 +1,115 @@
+"""The on-disk cache of loaded models behind one-shot ``gradients(path, x)`` (:mod:`onnxslice.grad.diskcache`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _grad_nets import cnn
+
+from onnxslice import model as model_module
+from onnxslice.grad import GradientEngine, clear_cache, gradients
+from onnxslice.grad.diskcache import cache_dir, load_cached, model_key
+
+X = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ONNXSLICE_CACHE", str(folder))
+    clear_cache()
+    yield folder
+    clear_cache()
+
+
+def _model(tmp_path: Path, seed: int = 0) -> Path:
+    path = tmp_path / "models" / "m.onnx"
+    path.parent.mkdir(exist_ok=True)
+    onnx.save(cnn(seed=seed), path)
+    return path
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "models").glob("*")) if (folder / "models").exists() else []
+
+
+def test_second_load_skips_checker_and_shape_inference(cache: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _model(tmp_path)
+    g1 = gradients(str(path), X)
+    key = model_key(path)
+    assert _entries(cache) == [f"{key}.json", f"{key}.onnx"]
+    assert not any(p.name.startswith(".onnxslice") for p in path.parent.iterdir())  # nothing beside the model
+    clear_cache()  # as in a fresh process: the in-process engine cache is empty
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("shape inference ran on a cache hit")
+
+    monkeypatch.setattr(model_module, "_infer", boom)
+    monkeypatch.setattr(model_module, "_check", boom)
+    m = load_cached(path)
+    assert m.path == path.resolve()
+    g2 = gradients(str(path), X)
+    for k, v in g1.weights.items():
+        np.testing.assert_array_equal(g2.weights[k], v)
+    np.testing.assert_array_equal(g2.inputs["x"], g1.inputs["x"])
+
+
+def test_a_changed_file_gets_a_new_entry(cache: Path, tmp_path: Path) -> None:
+    path = _model(tmp_path)
+    gradients(str(path), X)
+    before = model_key(path)
+    onnx.save(cnn(seed=1), path)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old modification time
+    assert model_key(path) != before  # the change time moved
+    clear_cache()
+    g = gradients(str(path), X)
+    want = GradientEngine(str(path))(X)
+    np.testing.assert_allclose(g.inputs["x"], want.inputs["x"], rtol=1e-6)
+    assert len(_entries(cache)) == 4
+
+
+def test_a_corrupt_entry_is_rebuilt_with_a_warning(cache: Path, tmp_path: Path) -> None:
+    path = _model(tmp_path)
+    g1 = gradients(str(path), X)
+    entry = cache / "models" / f"{model_key(path)}.onnx"
+    entry.write_bytes(b"not a model")
+    clear_cache()
+    with pytest.warns(UserWarning, match="unreadable.*rebuilding"):
+        g2 = gradients(str(path), X)
+    np.testing.assert_array_equal(g2.inputs["x"], g1.inputs["x"])
+    assert onnx.load(str(entry)).graph.node  # rewritten whole
+    clear_cache()
+    load_cached(path)  # and read back without a warning
+
+
+def test_cache_off_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONNXSLICE_CACHE", "off")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() is None
+    clear_cache()
+    gradients(str(_model(tmp_path)), X)
+    clear_cache()
+    assert not (tmp_path / "home").exists()
+
+
+def test_default_folder_is_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONNXSLICE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "onnxslice"
+
+
+def test_an_unwritable_cache_warns_and_still_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("ONNXSLICE_CACHE", str(blocker / "sub"))  # a folder under a file: cannot be made
+    clear_cache()
+    with pytest.warns(UserWarning, match="cannot write the onnxslice cache"):
+        g = gradients(str(_model(tmp_path)), X)
+    clear_cache()
+    assert np.isfinite(g.inputs["x"]).all()
