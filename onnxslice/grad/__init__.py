@@ -2,7 +2,8 @@
 
 ``gradients(model, inputs, target)`` and :class:`GradientEngine` differentiate a scalar target with
 respect to weights and inputs (targets: :mod:`onnxslice.targets`) using the VJP rules of the op families
-(``onnxslice.opsets.ops``, written against the primitives in ``onnxslice.opsets.vjp``); :func:`check_vjp` compares them with central finite differences through onnxruntime.
+(``onnxslice.opsets.ops``, written against the primitives in ``onnxslice.opsets.vjp``); :func:`check_vjp`
+compares them with central finite differences through onnxruntime.
 """
 
 from __future__ import annotations
