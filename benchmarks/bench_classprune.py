@@ -61,6 +61,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -410,26 +412,31 @@ def settings_rows(name: str, ratios: list[float], seeds: list[int]) -> list[dict
             o += w[n].size
         return out
 
+    has_bn = any(n.op_type == "BatchNormalization" for n in model.nodes)
+    wf = weight_scores(model, "magnitude-bnfold", {}, 0) if has_bn else w
+
+    def variants(r: float) -> dict[str, Callable[[], osl.Model]]:
+        out: dict[str, Callable[[], osl.Model]] = {
+            "weights, per layer, all layers (scope layer)": partial(masked, per_layer(r, names)),
+            "weights, per layer, first and last layer kept": partial(masked, per_layer(r, names[1:-1])),
+            "weights, per layer, last layer kept": partial(masked, per_layer(r, names[:-1])),
+            "weights, one global ranking, all layers": partial(masked, global_(r, names)),
+            "weights, one global ranking, first and last kept": partial(masked, global_(r, names[1:-1])),
+            "channels (L1), fraction of parameters, uniform (library structured)":
+                partial(prune, model, plan_pruning(model, r, "uniform", mode="structured")),
+            "channels (L1), fraction of each layer's channels, last kept (scope channel)":
+                partial(pruned_model, model, "magnitude", w, r, "channel"),
+        }
+        if has_bn:
+            out["weights of the BN-folded model, per layer, all layers"] = partial(
+                pruned_model, model, "magnitude-bnfold", wf, r, "layer")
+            out["channels (L1 of the BN-folded filters), fraction of each layer's channels, last kept"] = partial(
+                pruned_model, model, "magnitude-bnfold", wf, r, "channel")
+        return out
+
     rows = []
     for r in ratios:
-        variants = {
-            "weights, per layer, all layers (scope layer)": lambda r=r: masked(per_layer(r, names)),
-            "weights, per layer, first and last layer kept": lambda r=r: masked(per_layer(r, names[1:-1])),
-            "weights, per layer, last layer kept": lambda r=r: masked(per_layer(r, names[:-1])),
-            "weights, one global ranking, all layers": lambda r=r: masked(global_(r, names)),
-            "weights, one global ranking, first and last kept": lambda r=r: masked(global_(r, names[1:-1])),
-            "channels (L1), fraction of parameters, uniform (library structured)":
-                lambda r=r: prune(model, plan_pruning(model, r, "uniform", mode="structured")),
-            "channels (L1), fraction of each layer's channels, last kept (scope channel)":
-                lambda r=r: pruned_model(model, "magnitude", w, r, "channel"),
-        }
-        if any(n.op_type == "BatchNormalization" for n in model.nodes):
-            wf = weight_scores(model, "magnitude-bnfold", {}, 0)
-            variants["weights of the BN-folded model, per layer, all layers"] = (
-                lambda r=r, wf=wf: pruned_model(model, "magnitude-bnfold", wf, r, "layer"))
-            variants["channels (L1 of the BN-folded filters), fraction of each layer's channels, last kept"] = (
-                lambda r=r, wf=wf: pruned_model(model, "magnitude-bnfold", wf, r, "channel"))
-        for label, make in variants.items():
+        for label, make in variants(r).items():
             mean, std = acc(make())
             rows.append({"model": name, "ratio": r, "setting": label, "acc_all": round(mean, 4),
                          "acc_all_std": round(std, 4), "paper_magnitude": PAPER["magnitude"].get(r)})
@@ -603,12 +610,12 @@ def main() -> None:
             data["profile"] = osl.profile(model, train.subset(slice(0, 1000)), 256, show_progress=False)
         for seed in seeds:
             ts = time.perf_counter()
-            r, d = run_seed(model, name, seed, data, cfg, cache)
-            rows += r
+            seed_rows, d = run_seed(model, name, seed, data, cfg, cache)
+            rows += seed_rows
             diag[f"{name}/seed{seed}"] = d
             done += 1
             el = time.perf_counter() - t0
-            at = {(x["scope"], x["method"]): x["acc_all"] for x in r if x["ratio"] == 0.55}
+            at = {(x["scope"], x["method"]): x["acc_all"] for x in seed_rows if x["ratio"] == 0.55}
             print(f"[{done}/{len(jobs)}] {name} seed {seed} {target_subset(seed)}: {time.perf_counter() - ts:.0f} s, "
                   f"elapsed {el:.0f} s, ETA {el / done * (len(jobs) - done):.0f} s | r=0.55 "
                   + " ".join(f"{s[0][0]}:{s[1]} {v:.3f}" for s, v in at.items() if "+" not in s[1]), flush=True)
@@ -622,8 +629,8 @@ def main() -> None:
             rows = [r for r in prev.get("rows", []) if (r["model"], r.get("scope", "layer"), r["method"], r["seed"])
                     not in redone] + rows
             diag = {**prev.get("slice_diagnostics", {}), **diag}
-    for r in rows:
-        r.setdefault("scope", "layer")
+    for row in rows:
+        row.setdefault("scope", "layer")
     summary = summarise(rows)
     print(format_table([{k: v for k, v in s.items() if not k.endswith("_std")} for s in summary
                         if s["ratio"] in (0.2, 0.55)],
