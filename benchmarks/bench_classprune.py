@@ -153,6 +153,35 @@ def mean_compensate(model: osl.Model, pruned: osl.Model, prof: Any) -> osl.Model
     return with_initializers(pruned, new, "pruned synapses replaced by their mean input")
 
 
+def check_mean_compensation(model: osl.Model, prof: Any, feed: dict[str, np.ndarray]) -> float:
+    """Max relative error of :func:`mean_compensate` on the Gemm layers against ``W_kept x + R E[x] + b``.
+
+    Prunes half of every layer's weights at random, compensates, and recomputes each Gemm's output in
+    numpy from its recorded input; raises if they differ.
+    """
+    from onnxslice.record import Recorder
+
+    rng = np.random.default_rng(0)
+    new = {x.weight: model.initializer(x.weight) * (rng.random(model.initializer(x.weight).shape) < 0.5)
+           for x in model.layers}
+    pruned = with_initializers(model, new, "random half")
+    comp = mean_compensate(model, pruned, prof)
+    got = Recorder(comp, "all").run(feed)
+    worst = 0.0
+    for x in model.layers:
+        node = model.node(x.name)
+        if x.op_type != "Gemm" or not x.bias or node.attr("transA", 0) or not node.attr("transB", 0):
+            continue
+        xin = got[node.inputs[0]].astype(np.float64)
+        kept, w0 = new[x.weight].astype(np.float64), model.initializer(x.weight).astype(np.float64)
+        mean = np.asarray(prof.mean[node.inputs[0]], np.float64)
+        ref = xin @ kept.T + mean @ (w0 - kept).T + model.initializer(x.bias)
+        worst = max(worst, float(np.abs(got[x.output] - ref).max() / np.abs(ref).max()))
+    if worst > 1e-4:
+        raise RuntimeError(f"mean compensation differs from its definition by {worst} (relative)")
+    return worst
+
+
 def following_bn(model: osl.Model, layer: Any) -> Any:
     """The BatchNormalization that is the only consumer of ``layer``'s output, or None."""
     users = model.consumers(layer.output)
@@ -588,7 +617,7 @@ def main() -> None:
     checks: dict[str, float] = {}
     for name in models:
         model = osl.load(zoo.path(name))
-        data = {"test": test, "train": train, "calib": train.subset(slice(0, 256)).bind(model)}
+        data: dict[str, Any] = {"test": test, "train": train, "calib": train.subset(slice(0, 256)).bind(model)}
         if "channel" in scopes and name == "lenet5":
             checks[name] = check_channel_zeroing(model, test.subset(slice(0, 256)))
         if "slice-targeted-bnfold" in methods and any(n.op_type == "BatchNormalization" for n in model.nodes):
@@ -608,6 +637,7 @@ def main() -> None:
                "meancomp": [float(x) for x in args.mean_compensate.split(",") if x]}
         if cfg["meancomp"]:
             data["profile"] = osl.profile(model, train.subset(slice(0, 1000)), 256, show_progress=False)
+            checks[f"{name}/meancomp"] = check_mean_compensation(model, data["profile"], data["calib"])
         for seed in seeds:
             ts = time.perf_counter()
             seed_rows, d = run_seed(model, name, seed, data, cfg, cache)
