@@ -508,47 +508,55 @@ def gaps(rows: list[dict[str, Any]], baseline: str = "magnitude") -> list[dict[s
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    """One panel per model (rows) and scope (columns; mean-compensated rows get their own column)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["model"], r["scope"]) for r in summary})
+    def panel_of(r: dict[str, Any]) -> str:
+        return r["scope"] + (" + mean compensation" if r["method"].endswith("+meancomp") else "")
+
     colours = dict(zip(METHODS, ("tab:red", "tab:purple", "tab:green", "tab:brown", "tab:pink", "tab:cyan",
                                  "tab:olive", "tab:blue", "tab:gray", "tab:orange"), strict=True))
-    cols = len({p[1] for p in panels})
-    models = sorted({p[0] for p in panels})
-    fig, axes = plt.subplots(len(models), cols, figsize=(6.5 * cols, 4.6 * len(models)), squeeze=False)
-    scopes = sorted({p[1] for p in panels}, key=lambda s: SCOPES.index(s) if s in SCOPES else 9)
+    models = sorted({r["model"] for r in summary})
+    order = ["layer", "layer + mean compensation", "channel"]
+    panels = sorted({panel_of(r) for r in summary}, key=lambda p: order.index(p) if p in order else 9)
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(6.2 * len(panels), 4.6 * len(models)),
+                             squeeze=False)
+    titles = {"layer": "fraction r of the weights per layer (unstructured)",
+              "layer + mean compensation": "weights per layer, pruned inputs replaced by their mean",
+              "channel": "fraction r of the channels per layer (filters)"}
     for i, model in enumerate(models):
-        for j, scope in enumerate(scopes):
+        for j, panel in enumerate(panels):
             ax = axes[i][j]
-            mine = [r for r in summary if r["model"] == model and r["scope"] == scope]
+            mine = [r for r in summary if r["model"] == model and panel_of(r) == panel]
             for method in sorted({r["method"] for r in mine}):
                 rs = sorted((r for r in mine if r["method"] == method), key=lambda r: r["ratio"])
                 x = [r["ratio"] for r in rs]
                 y, e = np.array([r["acc_all"] for r in rs]), np.array([r["acc_all_std"] for r in rs])
-                colour = colours.get(method.split("+")[0], "tab:gray")
-                recal = "bnrecal" in method
-                main = method in ("slice-targeted", "slice-all", "magnitude", "random")
+                base = method.split("+")[0]
+                colour = colours.get(base, "tab:gray")
+                recal = method.endswith("+bnrecal")
+                main = base in ("slice-targeted", "slice-all", "magnitude", "random")
                 ax.plot(x, y, marker="x" if recal else "o", ms=8 if recal else 4, label=method, color=colour,
-                        ls="--" if recal else "-" if main else ":", lw=2 if main else 1.2)
+                        ls="none" if recal and len(x) == 1 else "--" if recal else "-" if main else ":",
+                        lw=2 if main else 1.2)
                 if main and not recal:
                     ax.fill_between(x, y - e, y + e, alpha=0.1, color=colour)
             for meth, pts in PAPER.items():
                 ax.scatter(list(pts), list(pts.values()), marker="*", s=120, color=colours[meth], edgecolor="k",
                            zorder=5, label=f"paper: {meth}")
-            what = "weights per layer (unstructured)" if scope == "layer" else "channels per layer (filters)"
-            ax.set_title(f"{model}: fraction r of the {what}", fontsize=10)
+            ax.set_title(f"{model}: {titles.get(panel, panel)}", fontsize=9)
             ax.set_xlabel("pruning ratio r")
             ax.set_ylabel("accuracy on the target classes")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, ncol=2)
+            ax.legend(fontsize=5.5, ncol=2)
     fig.suptitle("NNSlicer class-focused pruning (mean +- std over 2-class target subsets; no fine-tuning)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
