@@ -94,8 +94,21 @@ ROWS_VERSION = 2
 
 
 def target_subset(seed: int, k: int = 2) -> list[int]:
-    """The ``k`` target classes of a seed."""
-    return sorted(int(c) for c in np.random.default_rng(seed).choice(10, k, replace=False))
+    """The ``k`` target classes of a seed: drawn from ``default_rng(seed)``, redrawn while a lower seed has them.
+
+    (Without the redraw, seeds 6 and 7 would repeat the classes of seeds 1 and 5.)
+    """
+    used = [target_subset(s, k) for s in range(seed)]
+    rng = np.random.default_rng(seed)
+    while True:
+        subset = sorted(int(c) for c in rng.choice(10, k, replace=False))
+        if subset not in used:
+            return subset
+
+
+def tag(name: str, seed: int) -> str:
+    """Cache file prefix of a model and seed (the target classes included)."""
+    return f"{name}-seed{seed}-t{''.join(map(str, target_subset(seed)))}"
 
 
 def with_initializers(model: osl.Model, new: dict[str, np.ndarray], note: str) -> osl.Model:
@@ -338,7 +351,7 @@ def get_slices(model: osl.Model, name: str, train: Any, targets: list[int], seed
     out: dict[str, Any] = {}
     spent = 0.0
     for kind in sorted(need):
-        path = cache / "slices" / f"{name}-seed{seed}-{kind}-n{n_slice}-{digest(options)}.npz"
+        path = cache / "slices" / f"{tag(name, seed)}-{kind}-n{n_slice}-{digest(options)}.npz"
         if path.is_file():
             out[kind] = osl.Slice.load(path)
             continue
@@ -360,7 +373,7 @@ def get_slices(model: osl.Model, name: str, train: Any, targets: list[int], seed
 def run_seed(model: osl.Model, name: str, seed: int, data: dict[str, Any], cfg: dict[str, Any],
              cache: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every ratio x method x scope of one seed (from the row cache when this configuration ran)."""
-    path = cache / "rows" / f"{name}-seed{seed}-{digest(cfg)}.json"
+    path = cache / "rows" / f"{tag(name, seed)}-{digest(cfg)}.json"
     if path.is_file():
         old = json.loads(path.read_text())
         return old["rows"], old["diagnostics"]
