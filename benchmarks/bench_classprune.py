@@ -503,7 +503,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def gaps(rows: list[dict[str, Any]], baseline: str = "magnitude") -> list[dict[str, Any]]:
-    """Per model, scope, ratio and slice method: its accuracy minus ``baseline``'s, paired over seeds."""
+    """Per model, scope, ratio and slice method: its accuracy minus ``baseline``'s, paired over seeds.
+
+    ``ci95``: half-width of the 95% t-interval of the mean difference; ``ahead``/``behind``: seeds.
+    """
+    from scipy.stats import t as t_dist
+
     out = []
     base = {(r["model"], r.get("scope", "layer"), r["ratio"], r["seed"]): r["acc_all"] for r in rows
             if r["method"] == baseline}
@@ -514,9 +519,11 @@ def gaps(rows: list[dict[str, Any]], baseline: str = "magnitude") -> list[dict[s
             if r["method"] == meth and k in base:
                 diffs.setdefault(k[:3], []).append(r["acc_all"] - base[k])
         for k, d in sorted(diffs.items()):
+            half = float(t_dist.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
             out.append({"model": k[0], "scope": k[1], "ratio": k[2], "method": meth, "baseline": baseline,
                         "seeds": len(d), "minus_baseline": round(float(np.mean(d)), 4),
-                        "std": round(float(np.std(d)), 4)})
+                        "std": round(float(np.std(d)), 4), "ci95": round(half, 4),
+                        "ahead": int(sum(x > 0 for x in d)), "behind": int(sum(x < 0 for x in d))})
     return out
 
 
