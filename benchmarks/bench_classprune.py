@@ -687,6 +687,7 @@ def main() -> None:
             rows = [r for r in prev.get("rows", []) if (r["model"], r.get("scope", "layer"), r["method"], r["seed"])
                     not in redone] + rows
             diag = {**prev.get("slice_diagnostics", {}), **diag}
+            checks = {**prev.get("checks", {}), **checks}
     for row in rows:
         row.setdefault("scope", "layer")
     summary = summarise(rows)
