@@ -335,6 +335,20 @@ def pruned_model(model: osl.Model, method: str, scores: dict[str, np.ndarray], r
     return zero_channels(model, removed)
 
 
+def save_results(path: Path, payload: dict[str, Any]) -> None:
+    """``payload`` as indented JSON, each record of a top-level list of records on one line, floats in
+    records rounded to 5 decimals (atomic)."""
+    from onnxslice.io import atomic_write_bytes
+
+    marks = {k: f"@@{k}@@" for k, v in payload.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    text = json.dumps({k: marks.get(k, v) for k, v in payload.items()}, indent=2, default=float)
+    for k, mark in marks.items():
+        lines = ",\n".join("    " + json.dumps({f: round(v, 5) if isinstance(v, float) else v for f, v in r.items()},
+                                                 separators=(", ", ": "), default=float) for r in payload[k])
+        text = text.replace(f'"{mark}"', "[\n" + lines + "\n  ]")
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -576,7 +590,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     fig.suptitle("NNSlicer class-focused pruning (mean +- std over 2-class target subsets; no fine-tuning)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+        fig.savefig(tmp, dpi=75, format="png")
     plt.close(fig)
 
 
@@ -627,7 +641,7 @@ def main() -> None:
         print(format_table(settings, title="magnitude baseline under several definitions of r (acc_all)"))
         old["settings"] = [r for r in old.get("settings", []) if r["model"] not in models] + settings
         old["settings_command"] = command
-        save_json(out, old)
+        save_results(out, old)
         print(f"saved {out}")
         return
     methods = args.methods.split(",")
@@ -679,6 +693,7 @@ def main() -> None:
                   + " ".join(f"{s[0][0]}:{s[1]} {v:.3f}" for s, v in at.items() if "+" not in s[1]), flush=True)
     # keep the rows of earlier runs (other models, methods, scopes or seeds) that this run did not redo
     commands: list[str] = []
+    per_seed: dict[str, Any] = {}
     for src in [out, *map(Path, args.merge)]:
         if src.is_file():
             prev = json.loads(src.read_text())
@@ -688,6 +703,7 @@ def main() -> None:
                     not in redone] + rows
             diag = {**prev.get("slice_diagnostics", {}), **diag}
             checks = {**prev.get("checks", {}), **checks}
+            per_seed.update(prev.get("per_seed", {}))
     for row in rows:
         row.setdefault("scope", "layer")
     summary = summarise(rows)
@@ -704,10 +720,17 @@ def main() -> None:
                "targets": {s: target_subset(s) for s in sorted({r["seed"] for r in rows})},
                "ratios": sorted({r["ratio"] for r in rows}), "paper": {m: {str(k): v for k, v in p.items()}
                                                                        for m, p in PAPER.items()},
-               "summary": summary, "minus_magnitude": gap, "rows": rows, "slice_diagnostics": diag,
+               "summary": summary, "minus_magnitude": gap,
+               "per_seed": {**per_seed, **{f"{r['model']}/seed{r['seed']}": {
+                   "targets": target_subset(r["seed"]), "original_acc_all": r["original_acc_all"],
+                   "test_samples": r["test_samples"], "slice_samples": r["slice_samples"]}
+                   for r in rows if "test_samples" in r}},
+               "rows": [{k: v for k, v in r.items()
+                         if k not in ("targets", "original_acc_all", "test_samples", "slice_samples")} for r in rows],
+               "slice_diagnostics": diag,
                "settings": old.get("settings", []), "settings_command": old.get("settings_command", ""),
                "seconds": round(time.perf_counter() - t0, 1)}
-    save_json(out, payload)
+    save_results(out, payload)
     plot(summary, out.with_suffix(".png"))
     print(f"saved {out} and {out.with_suffix('.png')} ({payload['seconds']} s)")
 
