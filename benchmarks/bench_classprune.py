@@ -1,13 +1,14 @@
 """NNSlicer class-focused pruning (the paper's Figure 3): target-class accuracy vs pruning ratio.
 
 Run ``python benchmarks/bench_classprune.py`` (quick: 3 target subsets, 50 slice samples per subset,
-500 test images) or ``--full`` (10 subsets, 200 slice samples on LeNet-5 / 100 on ResNet-8, every
-target-class test image) from the repository root. No fine-tuning anywhere. Slices and per-seed rows
-are cached under ``--cache`` (default ``out/classprune-cache``), so an interrupted run resumes and a
-slice (which does not depend on r) serves every ratio and scope.
+at most 500 test images, r in {0.2, 0.4, 0.55}) or ``--full`` (10 subsets, 200 slice samples on LeNet-5 / 100 on
+ResNet-8, every target-class test image, r = 0.1-0.6) from the repository root. No fine-tuning
+anywhere. Slices and per-seed rows are cached under ``--cache`` (default ``out/classprune-cache``), so
+an interrupted run resumes and a slice (which does not depend on r) serves every ratio and scope.
 
 Per model (``lenet5``, ``resnet8_mnist``) and per *seed* (a target subset of two classes drawn from
-``numpy.random.default_rng(seed)``), the fraction ``r`` is removed per layer in one of two *scopes*:
+``numpy.random.default_rng(seed)``, redrawn while a lower seed has it), the fraction ``r`` is removed
+per layer in one of two *scopes*:
 
 - ``layer`` (unstructured): every layer loses the fraction ``r`` of its weights;
 - ``channel`` (structured, filter pruning): every layer except the output one loses the fraction ``r``
@@ -603,8 +604,8 @@ def main() -> None:
     ap.add_argument("--merge", action="append", default=[],
                     help="rows of another run's JSON to merge in (e.g. other seeds; default none)")
     ap.add_argument("--model", action="append", default=[], help="lenet5 and/or resnet8_mnist (default both)")
-    ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.55,0.6", help="per-layer ratios (default 0.1-0.6 "
-                    "in steps of 0.1, and 0.55)")
+    ap.add_argument("--ratios", help="comma list of ratios (default 0.2,0.4,0.55; --full: 0.1-0.6 in steps of 0.1, "
+                    "and 0.55)")
     ap.add_argument("--scope", default="layer,channel",
                     help="comma list of scopes: layer (fraction of each layer's weights) and/or channel (fraction "
                          "of each non-output layer's channels) (default both)")
@@ -629,7 +630,8 @@ def main() -> None:
     args = ap.parse_args()
     n_seeds = args.seeds if args.seeds is not None else (10 if args.full else 3)
     seeds = list(range(args.first_seed, args.first_seed + n_seeds))
-    ratios = [float(r) for r in args.ratios.split(",")]
+    ratios = [float(r) for r in (args.ratios or ("0.1,0.2,0.3,0.4,0.5,0.55,0.6" if args.full else "0.2,0.4,0.55"))
+              .split(",")]
     models = args.model or list(MODELS)
     out = Path(args.out)
     load0 = os.getloadavg()
