@@ -119,7 +119,10 @@ def _slice(args: argparse.Namespace, model: Any, data: Any) -> Any:
         return sl
     if data is None or not args.target:
         raise PlanError("--budget slice needs --slice S.npz (from `onnxslice slice`) or --data with --target class:K")
+    # channels (structured) rank better by NNSlicer's signed CONTRIB, single weights by the count of
+    # significant uses (benchmarks/bench_classprune.py; docs/reproduction.md)
     return class_slice(model, data, args.target, samples=args.samples, theta=args.theta,
+                       accumulate="signed" if args.mode == "structured" else "abs",
                        **({"output": args.output} if args.output else {}))
 
 

@@ -113,3 +113,25 @@ def test_prune_cli_slice_budget_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["prune", str(path), "--ratio", "0.3", "--budget", "slice", "--slice", str(sl), "--out", str(out)]) == 2
     assert "another model" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prune_cli_slice_accumulation_follows_the_mode(tmp_path, capsys, monkeypatch):
+    # channels rank better by NNSlicer's signed CONTRIB, single weights by the count of significant uses
+    import onnxslice.plans.prune_plan as prune_plan
+
+    seen: list[str] = []
+    real = prune_plan.class_slice
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["accumulate"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune_plan, "class_slice", spy)
+    model = str(zoo.path("lenet5"))
+    for mode in ("structured", "unstructured"):
+        rc = main(["prune", model, "--ratio", "0.3", "--budget", "slice", "--mode", mode, "--data", MNIST,
+                   "--target", "class:0,1", "--samples", "8", "--out", str(tmp_path / f"{mode}.onnx"),
+                   "--repeats", "1", "--json"])
+        assert rc == 0
+    assert seen == ["signed", "abs"]
+    capsys.readouterr()
