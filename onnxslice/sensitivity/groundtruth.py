@@ -177,13 +177,29 @@ def perturbation_importance(
     on: Literal["weights", "activations"] | str = "weights",
     magnitude: float = 0.5,
     draws: int = 8,
-    **kw: Any,
+    *,
+    structured: bool = False,
+    proportion: float = 0.1,
+    metric: Literal["output", "accuracy"] | str = "output",
+    samples: int | None = 256,
+    batch_size: int | None = 256,
+    layers: list[str] | None = None,
+    seed: int = 0,
+    cache_prefix: bool = True,
+    act_pattern: Literal["sample", "shared"] | str = "sample",
+    device: Device = "cpu",
+    sessions: dict[Any, Any] | None = None,
 ) -> LayerScores:
     """The ground-truth importance of every layer under a perturbation of that layer alone.
 
-    The keyword options are those of :func:`perturbation_importances` (this is its one-magnitude case).
+    The one-magnitude case of :func:`perturbation_importances`, whose arguments these are (``magnitude``:
+    the perturbation's strength in (0, 1]).
     """
-    return perturbation_importances(model, data, noise, on, [magnitude], draws, **kw)[0]
+    return perturbation_importances(
+        model, data, noise, on, [magnitude], draws, structured=structured, proportion=proportion, metric=metric,
+        samples=samples, batch_size=batch_size, layers=layers, seed=seed, cache_prefix=cache_prefix,
+        act_pattern=act_pattern, device=device, sessions=sessions,
+    )[0]
 
 
 def perturbation_importances(
@@ -206,7 +222,7 @@ def perturbation_importances(
     device: Device = "cpu",
     sessions: dict[Any, Any] | None = None,
 ) -> list[LayerScores]:
-    """The ground-truth importance of every layer under a perturbation of that layer alone.
+    """The ground-truth importance of every layer under a perturbation of that layer alone, at each magnitude.
 
     Args:
         model: a Model or a path.
