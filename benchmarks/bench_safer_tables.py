@@ -55,6 +55,63 @@ def plot(tabs: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def findings(results: list[dict[str, Any]], crits: list[str]) -> dict[str, Any]:
+    """The paper's qualitative findings on these results, with 95% Wilson intervals and paired tests.
+
+    Those of ``bench_safer_variants`` (gradient family vs the others on vanilla, the criteria on skip
+    nets, the reductions), plus: linf against each other reduction and vargrad against each other
+    criterion on the skip families, paired per (model, setting, magnitude) with an exact McNemar test
+    (``a_only``: cases only the first gets exactly right), and the criteria on the transformers.
+    """
+    from onnxslice.sensitivity.benchmark import wilson
+    from onnxslice.sensitivity.reductions import REDUCTIONS
+    from onnxslice.sensitivity.variants import _findings, mcnemar
+
+    cases = [{**c, "family": r["family"], "model": r["model"]} for r in results for c in r["cases"]]
+    paper = [c for c in crits if c != "fd"]  # the paper's criteria: ours (fd) is not among "the others"
+    out = _findings(cases, paper)
+
+    def setting(c: dict[str, Any]) -> tuple[Any, ...]:
+        return c["model"], c["noise"], c["on"], c["magnitude"]
+
+    by_red: dict[tuple[Any, ...], dict[str, bool]] = {}
+    for c in cases:
+        by_red.setdefault((*setting(c), c["criterion"]), {})[c["reduction"]] = bool(c["exact"])
+    full = [v for v in by_red.values() if len(v) == len(REDUCTIONS)]
+    out["linf vs each reduction (paired, every criterion)"] = {
+        red: mcnemar([v["linf"] for v in full], [v[red] for v in full]) for red in REDUCTIONS if red != "linf"}
+    by_crit: dict[tuple[Any, ...], dict[str, bool]] = {}
+    for c in cases:
+        if c["reduction"] == "linf" and c["family"] in ("skip", "skip+sd"):
+            by_crit.setdefault(setting(c), {})[c["criterion"]] = bool(c["exact"])
+    if any("vargrad" in v for v in by_crit.values()):
+        out["skip nets: vargrad vs each criterion (paired, linf)"] = {
+            cr: mcnemar([v["vargrad"] for v in by_crit.values() if cr in v and "vargrad" in v],
+                        [v[cr] for v in by_crit.values() if cr in v and "vargrad" in v])
+            for cr in paper if cr != "vargrad"}
+    tr = [c for c in cases if c["family"] == "transformer" and c["reduction"] == "linf"]
+    if tr:
+        rows = {}
+        for cr in crits:
+            sel = [bool(c["exact"]) for c in tr if c["criterion"] == cr]
+            lo, hi = wilson(sum(sel), len(sel))
+            rows[cr] = {"exact %": 100.0 * sum(sel) / len(sel) if sel else float("nan"), "ci": [lo, hi],
+                        "n": len(sel)}
+        out["transformers: exact % per criterion (linf)"] = rows
+    return out
+
+
+def _print_findings(found: dict[str, Any]) -> None:
+    for title, block in found.items():
+        parts = []
+        for name, v in block.items():
+            if "p" in v:
+                parts.append(f"{name} +{v['a_only']}/-{v['b_only']} p={v['p']:.2g}")
+            else:
+                parts.append(f"{name} {v['exact %']:.1f} [{v['ci'][0]:.0f}, {v['ci'][1]:.0f}] n={v['n']}")
+        print(f"{title}: " + "; ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="CACHE/<settings digest> folder of an 'onnxslice bench safer --cache' run")
@@ -80,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
                  for f, n in per_family.items()}
     title = ", ".join(f"{n} {f}" for f, n in per_family.items())
     print(render(tabs, f" ({title})"))
+    found = findings(results, crits)
+    print()
+    _print_findings(found)
     print(f"\n{len(results)} models, {work:.0f} s of work; mean s/model per family: "
           + ", ".join(f"{f} {s:.0f}" for f, s in per_fam_s.items()))
     payload = {"command": "python benchmarks/bench_safer_tables.py " + " ".join(argv or sys.argv[1:]),
                "models_per_family": per_family, "models": [r["model"] for r in results], "criteria": crits,
                "model_seconds": work, "seconds_per_model_by_family": per_fam_s, "tables": tabs,
                "load_at_aggregation": os.getloadavg(),
+               "findings": found,
                # per model: its size, cost and the ceiling cases (the per-case rows stay in the cache folder)
                "per_model": [{k: r[k] for k in ("model", "family", "layers", "seconds", "errors", "ceiling") if k in r}
                              for r in results]}

@@ -40,7 +40,7 @@ from onnxslice.sensitivity.agreement import agreement
 from onnxslice.sensitivity.common import model_layers
 from onnxslice.sensitivity.context import Context
 from onnxslice.sensitivity.criteria import get_criterion
-from onnxslice.sensitivity.groundtruth import perturbation_importance
+from onnxslice.sensitivity.groundtruth import perturbation_importances
 from onnxslice.sensitivity.reductions import REDUCTIONS, check_name, reduce
 
 __all__ = [
@@ -156,17 +156,19 @@ def evaluate_model(
     sessions: dict[Any, Any] = {}  # the suffix sessions, shared by every ground truth of this model
     t0 = time.perf_counter()
     for noise, on in settings_for(family):
-        for mag in magnitudes:
-            gt = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws, samples=None,
-                                         batch_size=None, seed=seed, sessions=sessions, layers=chosen)
+        # one call per setting: every draw is made once and applied at each magnitude (same numbers as
+        # one call per magnitude, a third of the random draws)
+        gts = perturbation_importances(model, "builtin:moons?split=test", noise, on, magnitudes, draws, samples=None,
+                                       batch_size=None, seed=seed, sessions=sessions, layers=chosen)
+        gts2 = perturbation_importances(model, "builtin:moons?split=test", noise, on, magnitudes, draws,
+                                        samples=None, batch_size=None, seed=seed + 1, sessions=sessions,
+                                        layers=chosen) if ceiling else []
+        for k, mag in enumerate(magnitudes):
             for (name, red), s in scores.items():
                 cases.append({"noise": noise, "on": on, "magnitude": mag, "criterion": name, "reduction": red,
-                              **agreement(s, gt)})
+                              **agreement(s, gts[k])})
             if ceiling:
-                gt2 = perturbation_importance(model, "builtin:moons?split=test", noise, on, mag, draws,
-                                              samples=None, batch_size=None, seed=seed + 1, sessions=sessions,
-                                              layers=chosen)
-                ceil.append({"noise": noise, "on": on, "magnitude": mag, **agreement(gt2, gt)})
+                ceil.append({"noise": noise, "on": on, "magnitude": mag, **agreement(gts2[k], gts[k])})
     seconds["groundtruth"] = time.perf_counter() - t0
     out = {"model": Path(path).name, "family": family, "layers": len(ctx.layers), "cases": cases,
            "seconds": seconds, "errors": errors}
@@ -265,7 +267,8 @@ def _run_sampled_one(shared: dict[str, Any], unit: tuple[str, int], unit_seed: i
 def run_sampled(
     families: Sequence[str], per_family: int, criteria: Sequence[str], *, builder: str | Path,
     committed: str | Path, cache: str | Path, workers: int = 2, backend: str = "local",
-    address: str | None = None, ceiling: bool = True, progress: bool | None = None, **kw: Any,
+    address: str | None = None, ceiling: bool = True, progress: bool | None = None, order: str = "family",
+    **kw: Any,
 ) -> list[dict[str, Any]]:
     """Sample, train and evaluate ``per_family`` architectures per family, resumably.
 
@@ -276,8 +279,12 @@ def run_sampled(
     :func:`onnxslice.parallel.map_units` and writes its result to ``cache/<config digest>/<model>.json``;
     a rerun with the same configuration skips the models already there.
 
+    ``order`` is the order the units run in (it changes neither a result nor the cache): ``"family"``
+    (default: every model of the first family, then the next family) or ``"index"`` (model ``k`` of every
+    family before model ``k + 1``), which keeps the families balanced when a long run is stopped part-way.
+
     Returns:
-        One :func:`evaluate_model` result per model (family order, then index).
+        One :func:`evaluate_model` result per model, in the order they ran.
     """
     evaluate = {"criteria": list(criteria), "ceiling": ceiling, **kw}
     digest = _sampled_key({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in evaluate.items()})
@@ -285,7 +292,10 @@ def run_sampled(
     shared: dict[str, Any] = {"cache": str(root / digest), "builder": str(builder), "committed": str(committed),
               "built": str(root / "models"), "evaluate": evaluate}
     Path(shared["cache"]).mkdir(parents=True, exist_ok=True)
+    check_name("unit order", order, ("family", "index"))
     units = [(f, k) for f in families for k in range(per_family)]
+    if order == "index":
+        units.sort(key=lambda u: u[1])  # stable: families keep their order within an index
     step = max(1, workers)
     results: list[dict[str, Any]] = []
     for start in bar(range(0, len(units), step), total=-(-len(units) // step), desc=f"models ({step} at a time)",

@@ -188,6 +188,7 @@ _SEMANTIC = [
                                  "--layers", "1", "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
     case("slice-address-local", [*VERB_ARGS["slice"], "--address", "10.0.0.1:6379"], 2, "add --backend ray"),
     case("bench-layers-unknown", ["bench", "safer", "--layers", "heads"], 2, "argument --layers: invalid choice"),
+    case("bench-order-unknown", ["bench", "safer", "--order", "random"], 2, "argument --order: invalid choice"),
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxslice.sensitivity import benchmark
+from onnxslice.sensitivity import UnknownNameError, benchmark
 from onnxslice.sensitivity.benchmark import SAFER_TABLE1, SAFER_TABLE1_AVG, run_sampled, tables, wilson
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,3 +50,22 @@ def test_run_sampled_caches_each_model_and_resumes(tmp_path, monkeypatch):
     assert tabs["correlations"][0]["95% CI"].startswith("[")
     with pytest.raises(AssertionError, match="evaluated again"):  # other settings: another cache entry
         run_sampled(["vanilla"], 1, ["weight"], **{**kw, "draws": 3})
+
+
+def test_run_sampled_order_index_interleaves_families(tmp_path, monkeypatch):
+    seen = []
+
+    def fake(shared, unit, unit_seed):
+        seen.append(unit)
+        return {"family": unit[0], "index": unit[1], "cases": []}
+
+    monkeypatch.setattr(benchmark, "_run_sampled_one", fake)
+    kw = {"builder": ROOT / "models" / "moons.py", "committed": ROOT / "models" / "moons", "cache": tmp_path,
+          "workers": 1, "progress": False}
+    run_sampled(["vanilla", "skip"], 2, ["weight"], order="index", **kw)
+    assert seen == [("vanilla", 0), ("skip", 0), ("vanilla", 1), ("skip", 1)]
+    seen.clear()
+    run_sampled(["vanilla", "skip"], 2, ["weight"], **kw)
+    assert seen == [("vanilla", 0), ("vanilla", 1), ("skip", 0), ("skip", 1)]
+    with pytest.raises(UnknownNameError, match="family, index"):
+        run_sampled(["vanilla"], 1, ["weight"], order="random", **kw)

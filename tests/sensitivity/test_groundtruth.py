@@ -8,7 +8,7 @@ from _sens_helpers import build_mlp, forward, mlp_weights
 
 from onnxslice.errors import DataError
 from onnxslice.sensitivity import UnknownNameError, perturbation_importance
-from onnxslice.sensitivity.groundtruth import _KIND, BLOCK, perturb
+from onnxslice.sensitivity.groundtruth import _KIND, BLOCK, perturb, perturbation_importances
 
 
 @pytest.mark.parametrize("noise", ["U", "N", "D"])
@@ -25,6 +25,47 @@ def test_weights_match_brute_force(mlp, noise):
             ww[f"W{li}"] = perturb(w[f"W{li}"], noise, mag, float(np.abs(w[f"W{li}"]).max()), rng)
             tot += np.linalg.norm(forward(ww, x) - y0, axis=1).mean()
         assert gt.scores[f"L{li}"] == pytest.approx(tot / draws, rel=1e-4)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("noise", ["U", "N", "D"])
+def test_perturb_is_bit_identical_to_the_generator_formulas(noise, structured):
+    """One draw serves every magnitude: the numbers must stay those of Generator.normal/random per call."""
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    shape = [1, 5] if structured else [6, 5]
+    for mag in (0.1, 0.3, 0.5):
+        rng, ref_rng = np.random.default_rng([4, 1, 2]), np.random.default_rng([4, 1, 2])
+        got = perturb(x, noise, mag, 2.5, rng, proportion=0.3, structured=structured, axis=1)
+        out = x.astype(np.float64)
+        if noise == "U":
+            out = out * (ref_rng.random(shape) >= mag)
+        elif noise == "N":
+            out = out + ref_rng.normal(0.0, mag * 2.5, shape)
+        else:
+            hit = ref_rng.random(shape) < 0.3
+            sign = np.where(ref_rng.random(shape) < 0.5, -1.0, 1.0)
+            out = out + hit * sign * (mag * 2.5)
+        assert got.dtype == np.float32 and np.array_equal(got, out.astype(np.float32))
+
+
+@pytest.mark.parametrize(("on", "kw"), [
+    ("weights", {}), ("weights", {"cache_prefix": False}), ("weights", {"structured": True}),
+    ("activations", {}), ("activations", {"act_pattern": "shared"}), ("activations", {"structured": True}),
+])
+@pytest.mark.parametrize("noise", ["U", "N", "D"])
+def test_many_magnitudes_equal_one_call_per_magnitude(noise, on, kw):
+    w = mlp_weights()
+    model = build_mlp(w)
+    x = np.random.default_rng(1).normal(size=(BLOCK + 10, 3)).astype(np.float32)
+    mags = [0.1, 0.3, 0.5]
+    sessions: dict = {}
+    many = perturbation_importances(model, {"x": x}, noise, on, mags, 3, seed=2, batch_size=40, proportion=0.3,
+                                    sessions=sessions, **kw)
+    assert [g.meta["magnitude"] for g in many] == mags
+    for mag, got in zip(mags, many, strict=True):
+        one = perturbation_importance(model, {"x": x}, noise, on, mag, 3, seed=2, batch_size=40, proportion=0.3,
+                                      **kw)
+        assert got.scores == one.scores  # exactly: the same draws, applied at each magnitude
 
 
 def test_activations_shared_pattern_match_brute_force(mlp):
@@ -157,6 +198,10 @@ def test_bad_inputs(mlp):
         perturbation_importance(model, {"x": x}, "Q")
     with pytest.raises(UnknownNameError, match="weights, activations"):
         perturbation_importance(model, {"x": x}, "N", on="biases")
+    with pytest.raises(DataError, match="magnitudes"):
+        perturbation_importances(model, {"x": x}, "N", "weights", [0.2, 1.5])
+    with pytest.raises(DataError, match="magnitudes"):
+        perturbation_importances(model, {"x": x}, "N", "weights", [])
     with pytest.raises(UnknownNameError, match="sample, shared"):
         perturbation_importance(model, {"x": x}, "N", on="activations", act_pattern="each")
     with pytest.raises(DataError, match="magnitude"):
