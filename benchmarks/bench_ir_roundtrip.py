@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnx_ir as ir
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -166,25 +166,9 @@ def _check_external(path: Path, want: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def subgraph_model() -> onnx.ModelProto:
     """A small If with a then/else body, a model-local function and metadata: the things a pass must keep."""
-    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
-                               [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2])])
-    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                               [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2])])
-    fn = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                              [helper.make_opsetid("", 18)])
-    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-             helper.make_node("Greater", ["s", "zero"], ["c"]),
-             helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g),
-             helper.make_node("Twice", ["y0"], ["y"], domain="local")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
-                          [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
-                          functions=[fn], producer_name="bench")
-    m.ir_version = 10
-    helper.set_model_props(m, {"onnxslice.pass": "bench"})
-    onnx.checker.check_model(m, full_check=True)
-    return m
+    from onnxslice.testing import features_model
+
+    return features_model({"onnxslice.pass": "bench"}, producer="bench")
 
 
 def reference_models() -> list[Path]:

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from onnxslice.record import make_session, runtime_proto
 
-__all__ = ["assert_models_close", "make_model", "run_ort"]
+__all__ = ["assert_models_close", "features_model", "make_model", "run_ort"]
 
 #: IR version of the models built here: one every supported onnxruntime accepts.
 TEST_IR_VERSION = 10
@@ -62,3 +62,27 @@ def assert_models_close(
     """Assert that two models give the same outputs on ``feed`` under onnxruntime."""
     for i, (x, y) in enumerate(zip(run_ort(a, feed), run_ort(b, feed), strict=True)):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"output {i} differs")
+
+
+def features_model(props: Mapping[str, str] | None = None, producer: str = "onnxslice.testing") -> onnx.ModelProto:
+    """A small model with what a graph rewrite must keep: an ``If`` with then/else bodies, a model-local
+    function, an initializer and ``metadata_props`` (``props``); full-checked."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2])])
+    fn = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                              [helper.make_opsetid("", 18)])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Twice", ["y0"], ["y"], domain="local")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+                          [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                          functions=[fn], producer_name=producer)
+    m.ir_version = TEST_IR_VERSION
+    helper.set_model_props(m, dict(props or {}))
+    onnx.checker.check_model(m, full_check=True)
+    return m

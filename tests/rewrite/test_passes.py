@@ -19,7 +19,7 @@ from onnxslice.errors import OnnxSliceError
 from onnxslice.rewrite.passes import Pass, PassManager, PassResult, ReplaceInitializers, provenance
 from onnxslice.rewrite.passes.base import add_protos, to_ir, to_proto
 from onnxslice.rewrite.passes.prune import ChannelCut
-from onnxslice.testing import run_ort
+from onnxslice.testing import features_model, run_ort
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,24 +155,7 @@ def test_replace_initializers_is_the_protect_and_slice_edit():
 
 
 def _features_model() -> onnx.ModelProto:
-    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
-                               [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2])])
-    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                               [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2])])
-    fn = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                              [helper.make_opsetid("", 18)])
-    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
-             helper.make_node("Greater", ["s", "zero"], ["c"]),
-             helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g),
-             helper.make_node("Twice", ["y0"], ["y"], domain="local")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
-                          [numpy_helper.from_array(np.zeros((), np.float32), "zero")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
-                          functions=[fn], producer_name="p")
-    m.ir_version = 10
-    helper.set_model_props(m, {"a": "1", "b": "2"})
-    return m
+    return features_model({"a": "1", "b": "2"}, producer="p")
 
 
 def test_ir_round_trip_keeps_functions_subgraphs_metadata_and_old_inputs():
