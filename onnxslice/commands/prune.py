@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(cached) of the measured damage of each candidate channel count on --data (without --data: "
                         "--channel-score importance); the "
                         "pruned model is measured and the plan tightened if it misses (default: off)")
+    p.add_argument("--search", choices=("knapsack", "greedy"), default="knapsack",
+                   help="how --latency chooses the cuts: knapsack over each channel count's damage measured alone "
+                        "(default), or greedy: one cut at a time, re-measuring the damage of the cuts made so far on "
+                        "--data (sees interactions; one forward pass of up to 64 samples per group and step; needs "
+                        "--data, not with --ratio)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="onnxruntime execution provider the latency is measured and planned for (default cpu)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -177,20 +182,26 @@ def _round_to(args: argparse.Namespace, model: Any) -> int:
 def _latency_plan(args: argparse.Namespace, model: Any, data: Any) -> Any:
     """Latency-aware plan (knapsack against the measured table), checked by measuring the pruned model."""
     from onnxslice.latency import latency_table
-    from onnxslice.plans.latency_plan import damage_table, prune_to_latency
+    from onnxslice.plans.latency_plan import damage_table, plan_greedy, prune_to_latency
 
     if args.mode != "structured" or args.budget == "slice":
         raise PlanError("--latency plans structured pruning; drop --mode unstructured / --budget slice")
+    if args.search == "greedy" and (data is None or args.ratio is not None):
+        raise PlanError("--search greedy re-measures the damage on --data and plans for --latency alone; give "
+                        "--data and drop --ratio (or use --search knapsack)")
     calib = data.subset(slice(0, args.samples)) if data is not None else None
     channel_score = _channel_score(args, model, calib)
     scores = _scores(args, model, calib) if args.budget == "sensitivity" else None
     table = latency_table(model, device=args.device, batch=args.latency_batch, threads=args.threads,
                           cache=args.cache)
-    damage = None
-    if calib is not None:  # measured damage of every candidate count on the user's data
+    damage, planner = None, None
+    if args.search == "greedy":
+        def planner(goal: float) -> Any:
+            return plan_greedy(model, goal, table, calib, channel_score=channel_score, samples=min(args.samples, 64))
+    elif calib is not None:  # measured damage of every candidate count on the user's data
         damage = damage_table(model, calib, table, channel_score=channel_score, samples=min(args.samples, 64))
     res = prune_to_latency(model, args.latency, table, channel_score=channel_score, scores=scores, damage=damage,
-                           min_ratio=args.ratio, repeats=max(args.repeats, 10))
+                           min_ratio=args.ratio, repeats=max(args.repeats, 10), planner=planner)
     if not res.met:
         warn(NAME, f"latency target {args.latency:g} not met: the fastest plan measured {res.measured:.3f} of the "
              "original")

@@ -583,6 +583,7 @@ def prune_to_latency(
     repeats: int = 30,
     tolerance: float = 0.02,
     feed: Mapping[str, np.ndarray] | None = None,
+    planner: Callable[[float], PrunePlan] | None = None,
     **table_options: Any,
 ) -> LatencyPruneResult:
     """Plan with :func:`plan_latency`, prune, measure; tighten and re-solve while the measurement misses.
@@ -599,6 +600,9 @@ def prune_to_latency(
         repeats: round-robin repeats of each check.
         tolerance: a measurement within ``target + tolerance`` counts as met (timing noise).
         feed: inputs to time with (default: random at the table's batch).
+        planner: plans for a (tightened) latency target in place of :func:`plan_latency`, e.g. a
+            :func:`plan_greedy` bound to the data; ``channel_score``, ``scores``, ``damage`` and ``min_ratio``
+            are then the planner's business.
         **table_options: passed to :func:`onnxslice.latency.latency_table`.
 
     Returns:
@@ -612,8 +616,9 @@ def prune_to_latency(
     tried: list[tuple[PrunePlan, Model, float]] = []
     for _ in range(max(1, rounds)):
         try:
-            plan = plan_latency(model, min(goal, 1.0), table, channel_score=channel_score, scores=scores,
-                                damage=damage, min_ratio=min_ratio)
+            plan = planner(min(goal, 1.0)) if planner is not None else plan_latency(
+                model, min(goal, 1.0), table, channel_score=channel_score, scores=scores, damage=damage,
+                min_ratio=min_ratio)
         except PlanError:
             if tried:
                 break

@@ -136,3 +136,34 @@ def test_default_plan_slower_every_way_writes_nothing(tmp_path, capsys, monkeypa
     # an explicit --round-to is the user's choice: written, with a warning
     assert main(["prune", str(path), "--ratio", "0.3", "--round-to", "1", "--out", str(out), "--repeats", "2"]) == 0
     assert "SLOWER" in capsys.readouterr().err and out.exists()
+
+
+def test_prune_latency_greedy_search_plans_one_cut_at_a_time(tmp_path, capsys, monkeypatch):
+    import onnxslice.latency as lat
+
+    path, data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    # deterministic timings: each cut saves in proportion to the channels it removes
+    monkeypatch.setattr(lat, "quantile_ms",
+                        lambda sessions, feed, repeats=15, **kw: [1.0] + [0.7] * (len(sessions) - 1))
+    _fake_latency(monkeypatch, lambda c, i: 0.8)
+    rc = main(["prune", str(path), "--latency", "0.8", "--search", "greedy", "--data", str(data), "--samples", "16",
+               "--cache", str(tmp_path / "c"), "--out", str(out), "--repeats", "2", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    meta = res["plan"]["meta"]
+    assert meta["importance"] == "greedy, re-measured damage" and meta["steps"]
+    assert meta["predicted_latency"] <= 0.8 + 1e-9 and meta["removed_params"] > 0
+    assert all(s["damage"] >= 0 for s in meta["steps"]) and out.exists()
+    assert np.isfinite(res["fidelity"]["kl"])
+
+
+def test_prune_latency_greedy_search_needs_data_and_no_ratio(tmp_path, capsys):
+    path, data = _files(tmp_path)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--latency", "0.8", "--search", "greedy", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--search greedy" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["prune", str(path), "--latency", "0.8", "--ratio", "0.2", "--search", "greedy", "--data", str(data),
+                 "--out", str(out)]) == 2
+    assert "drop --ratio" in capsys.readouterr().err and not out.exists()
