@@ -116,6 +116,13 @@ def _output_runner(model: Model, data: Any, samples: int, batch_size: int) -> Ca
     return run
 
 
+def _damage(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
+    """Output damage of a variant: the mean ``KL(p_ref || p)`` when the first output is a class score, else
+    the squared relative L2 error."""
+    fid = compare_outputs(ref, out)
+    return float(fid.kl) if fid.kl is not None else float(fid.rel_error) ** 2
+
+
 def damage_table(
     model: Model,
     data: Any,
@@ -148,8 +155,7 @@ def damage_table(
             if k >= g.size or (g.size - k) % g.segments or g.size - k > g.max_removable():
                 continue
             chans = select_channels(scores, g.size - k, g.segments)
-            fid = compare_outputs(ref, run(_apply_structured(model, {g.leader: chans}, gset)))
-            row[k] = float(fid.kl) if fid.kl is not None else float(fid.rel_error) ** 2
+            row[k] = _damage(ref, run(_apply_structured(model, {g.leader: chans}, gset)))
         out[g.leader] = row
     return out
 
@@ -201,8 +207,7 @@ def plan_greedy(
                 if counts[g.leader] < g.size}
 
     def damage(counts: Mapping[str, int]) -> float:
-        fid = compare_outputs(ref, run(_apply_structured(model, chosen(counts), gset)))
-        return float(fid.kl) if fid.kl is not None else float(fid.rel_error) ** 2
+        return _damage(ref, run(_apply_structured(model, chosen(counts), gset)))
 
     current, steps = 0.0, []
     bar = iter(progress(range(10**6), None, "greedy latency plan", show_progress))
