@@ -49,15 +49,11 @@ def test_prune_latency_bad_targets_write_nothing(tmp_path, capsys):
 
 
 def test_prune_latency_with_ratio_removes_at_least_the_ratio(tmp_path, capsys, monkeypatch):
-    import onnxslice.latency as lat
-
     path, _data = _files(tmp_path)
     out = tmp_path / "p.onnx"
-    # Deterministic timings (every cut 10% faster than the uncut model): on this tiny, overhead-bound model real
-    # timings under load made every plan "slower" now and then; the ratio constraint is what is under test.
-    monkeypatch.setattr(lat, "quantile_ms",
-                        lambda sessions, feed, repeats=15, **kw: [1.0] + [0.9] * (len(sessions) - 1))
-    _fake_latency(monkeypatch, lambda c, i: 0.9)
+    # On this tiny, overhead-bound model real timings under load made every plan "slower" now and then; the
+    # ratio constraint is what is under test.
+    _fixed_timings(monkeypatch, cut=0.9, measured=0.9)
     assert main(["prune", str(path), "--latency", "1.0", "--ratio", "0.2", "--cache", str(tmp_path / "c"),
                  "--out", str(out), "--repeats", "2", "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)["plan"]["meta"]
@@ -114,6 +110,16 @@ def _fake_latency(monkeypatch, ratios_of):
     return calls
 
 
+def _fixed_timings(monkeypatch, cut, measured):
+    """Deterministic timings: every cut subgraph of the latency table times ``cut`` of its uncut twin, and
+    every pruned model ``measured`` of the input."""
+    import onnxslice.latency as lat
+
+    monkeypatch.setattr(lat, "quantile_ms",
+                        lambda sessions, feed, repeats=15, **kw: [1.0] + [cut] * (len(sessions) - 1))
+    _fake_latency(monkeypatch, lambda c, i: measured)
+
+
 def test_default_plan_measured_slower_falls_back_to_full_rounding(tmp_path, capsys, monkeypatch):
     path, _ = _files(tmp_path)
     out = tmp_path / "p.onnx"
@@ -139,14 +145,9 @@ def test_default_plan_slower_every_way_writes_nothing(tmp_path, capsys, monkeypa
 
 
 def test_prune_latency_greedy_search_plans_one_cut_at_a_time(tmp_path, capsys, monkeypatch):
-    import onnxslice.latency as lat
-
     path, data = _files(tmp_path)
     out = tmp_path / "p.onnx"
-    # deterministic timings: each cut saves in proportion to the channels it removes
-    monkeypatch.setattr(lat, "quantile_ms",
-                        lambda sessions, feed, repeats=15, **kw: [1.0] + [0.7] * (len(sessions) - 1))
-    _fake_latency(monkeypatch, lambda c, i: 0.8)
+    _fixed_timings(monkeypatch, cut=0.7, measured=0.8)
     rc = main(["prune", str(path), "--latency", "0.8", "--search", "greedy", "--data", str(data), "--samples", "16",
                "--cache", str(tmp_path / "c"), "--out", str(out), "--repeats", "2", "--json"])
     assert rc == 0
