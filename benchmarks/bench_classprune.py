@@ -57,8 +57,10 @@ Results: ``benchmarks/results/classprune.json`` and ``classprune.png`` (mean +- 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -97,12 +99,20 @@ ROWS_VERSION = 2
 def target_subset(seed: int, k: int = 2) -> list[int]:
     """The ``k`` target classes of a seed: drawn from ``default_rng(seed)``, redrawn while a lower seed has them.
 
-    (Without the redraw, seeds 6 and 7 would repeat the classes of seeds 1 and 5.)
+    (Without the redraw, seeds 6 and 7 would repeat the classes of seeds 1 and 5.) Seeds past the number of
+    distinct subsets (45 pairs of ten classes) are refused.
     """
-    used = [target_subset(s, k) for s in range(seed)]
+    return list(_target_subset(seed, k))
+
+
+@functools.cache
+def _target_subset(seed: int, k: int) -> tuple[int, ...]:
+    if seed >= math.comb(10, k):
+        raise SystemExit(f"seed {seed}: only {math.comb(10, k)} distinct sets of {k} target classes exist")
+    used = [_target_subset(s, k) for s in range(seed)]  # memoized: each lower seed is drawn once
     rng = np.random.default_rng(seed)
     while True:
-        subset = sorted(int(c) for c in rng.choice(10, k, replace=False))
+        subset = tuple(sorted(int(c) for c in rng.choice(10, k, replace=False)))
         if subset not in used:
             return subset
 

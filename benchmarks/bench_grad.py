@@ -186,11 +186,16 @@ def _pin(threads: int) -> None:
 
 
 def _weights(name: str, model: Any, which: str) -> str | list[str]:
-    """``all`` (every float initializer: BatchNorm statistics and Clip bounds too) or ``torch`` (the
-    initializers that are torch parameters: what torch's side differentiates)."""
+    """``params`` (the engine's own choice of the model's parameters, checked here to be torch's: what
+    torch's side differentiates), ``all`` (every float initializer: BatchNorm statistics and Clip bounds
+    too) or ``torch`` (the initializers named as torch parameters)."""
+    params = {k for k, _ in MODELS[name][0]().named_parameters()}
+    if which == "params":
+        if set(model.parameter_names) != params:
+            raise SystemExit(f"{name}: Model.parameter_names is not torch's parameter set")
+        return "params"
     if which == "all":
         return "all"
-    params = {k for k, _ in MODELS[name][0]().named_parameters()}
     return [w for w in model.initializer_names if w in params]
 
 
@@ -358,7 +363,8 @@ def bench(name: str, batch: int, threads: int, repeats: int, which: str = "all")
     }
 
 
-def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
+def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3,
+                  weights: str = "params") -> None:
     """onnxruntime's profile of the graph executor's session: kernel time per op type and the top nodes."""
     import collections
 
@@ -371,7 +377,8 @@ def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats
     _, onnx_bytes, x = build(name, batch)
     model = load(onnx_bytes)
     feed = validate_inputs(model, {"x": x})
-    proto = runtime_proto(emit_gradient_model(GradientEngine(model, "pred", device="cpu", executor="eager"), feed))
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, weights))
+    proto = runtime_proto(emit_gradient_model(engine, feed))
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
@@ -400,7 +407,7 @@ def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats
         print(f"    {node:<60}{d / repeats / 1e3:8.1f} ms")
 
 
-def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3) -> None:
+def profile(name: str, batch: int | None = None, threads: int = 1, which: str = "params", repeats: int = 3) -> None:
     """Where onnxslice spends a gradient call: the recorded forward and each VJP op type (ms per call)."""
     _pin(threads)
     import dataclasses
@@ -408,7 +415,8 @@ def profile(name: str, batch: int | None = None, threads: int = 1, repeats: int 
     from onnxslice.opsets.capabilities.vjp import VjpRule
 
     _, onnx_bytes, x = build(name, batch)
-    engine = GradientEngine(load(onnx_bytes), "pred", device="cpu")
+    model = load(onnx_bytes)
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     spent: dict[str, float] = {}
 
     def timed(key: str, fn: Any) -> Any:
@@ -553,8 +561,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="calls per side (default: 5 quick, 15 full)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to pin (default: 1 2)")
     ap.add_argument("--cases", nargs="*", default=None, help="MODEL:BATCH pairs (default: the issue's cases)")
-    ap.add_argument("--weights", choices=["all", "torch"], default="all",
-                    help="onnxslice's weights: every float initializer, or torch's parameters only (default: all)")
+    ap.add_argument("--weights", choices=["params", "all", "torch"], default="params",
+                    help="onnxslice's weights: weights='params' (the model's parameters, the set torch "
+                    "differentiates: like for like), every float initializer (BatchNorm statistics and Clip "
+                    "bounds too), or torch's parameter names (default: params)")
     ap.add_argument("--oneshot-only", action="store_true",
                     help="only the one-shot build cost in two fresh processes (cold, then warm cache) (default: off)")
     ap.add_argument("--profile", choices=list(MODELS), help="profile onnxslice on one model and exit")
@@ -577,10 +587,10 @@ def main() -> None:
         print(f"saved {out}")
         return
     if args.profile:
-        profile(args.profile, args.batch, args.threads[0])
+        profile(args.profile, args.batch, args.threads[0], args.weights)
         return
     if args.profile_graph:
-        profile_graph(args.profile_graph, args.batch, args.threads[0])
+        profile_graph(args.profile_graph, args.batch, args.threads[0], weights=args.weights)
         return
     cases = [(m, b) for m, b, _ in CASES]
     if args.cases:

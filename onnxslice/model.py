@@ -500,6 +500,30 @@ class Model:
         """Names of all initializers (weights and constants)."""
         return list(self._init_protos)
 
+    @property
+    def parameter_names(self) -> list[str]:
+        """The float initializers a training framework would hold as parameters, in initializer order.
+
+        Every float initializer that some node uses as a trainable input: not the inputs an op declares
+        constant (:attr:`OpInfo.constant_inputs <onnxslice.opsets.capabilities.info.OpInfo>`:
+        BatchNormalization's running statistics, Clip's bounds), not inputs that carry no gradient, and
+        not one-element operands of elementwise binary ops (epsilons, scale factors, exponents). For a
+        model exported from PyTorch this is the set of its ``named_parameters()`` (tested); a learned
+        scalar applied by a binary op (a temperature) is the exception: name it explicitly.
+        """
+        trained: set[str] = set()
+        for n in self.nodes:
+            info = self.info(n)
+            for i, v in enumerate(n.inputs):
+                if not v or v in trained or not self.is_initializer(v):
+                    continue
+                if i in info.constant_inputs or i in info.non_differentiable:
+                    continue
+                if info.family == "binary" and int(np.prod(self._init_protos[v].dims)) == 1:
+                    continue
+                trained.add(v)
+        return [k for k in self._init_protos if k in trained and np.issubdtype(self.initializer(k).dtype, np.floating)]
+
     def is_initializer(self, name: str) -> bool:
         """Whether ``name`` is an initializer."""
         return name in self._init_protos

@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", help="where to write the gradients (.npz; the suffix is added); omit to print the "
                    "table only")
     p.add_argument("--samples", help="which samples: START:STOP, an index or a comma list (default: all)")
-    p.add_argument("--weights", default="all", help="all (default), layers, or a comma list of initializer names")
+    p.add_argument("--weights", default="all", help="all (default: every float initializer), params (what a "
+                   "framework trains: no BatchNorm statistics or Clip bounds), layers, or a comma list of initializer "
+                   "names")
     p.add_argument("--per-sample", action="store_true", help="keep one weight gradient per sample in the file")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
     p.add_argument("--exact", action="store_true", help="refuse ops without a VJP rule (no finite differences)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, dequantize=True)  # a pre-quantized model is analysed on its float view
     ds = load_data(args.data)
     ds = ds.subset(parse_samples(args.samples, len(ds)))
-    weights: str | list[str] = args.weights if args.weights in ("all", "layers") else args.weights.split(",")
+    weights: str | list[str] = args.weights if args.weights in ("all", "params", "layers") else args.weights.split(",")
     engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact,
                             output=args.output)
     grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)

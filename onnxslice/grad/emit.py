@@ -32,7 +32,6 @@ from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
 from onnxslice.record import Recorder
 from onnxslice.version import __version__
 
-from .fuse import EMIT_VARIANTS
 from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type
 
 if TYPE_CHECKING:
@@ -203,11 +202,8 @@ def emit_gradient_model(
             for i, nd in enumerate(step.needs)
         )
         vctx = VjpContext(node, ins, outs, out_grads, needs)
-        variant = EMIT_VARIANTS.get(node.op_type) if not node.domain else None
         try:
-            res = variant(P, vctx) if variant is not None else None
-            if res is None:
-                res = rule.prim(P, vctx)
+            res = rule.prim(P, vctx)
         except (NotEmittable, PerSampleUnsupported) as e:
             raise UnsupportedOpError.for_node(node, "vjp emission", _hint(str(e))) from e
         for i, r in enumerate(res):

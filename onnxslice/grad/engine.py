@@ -72,8 +72,10 @@ class GradientEngine:
             ``"cotangent"`` (``<cotangent, output>`` per sample; pass ``cotangent=`` at call time).
             When the output comes from Softmax/LogSoftmax, ``pred``, ``class:K`` and ``loss`` read
             its input logits.
-        weights: ``"all"`` (every float initializer that reaches the target), ``"layers"`` (the weights and
-            biases of ``model.layers``), or a list of initializer names.
+        weights: ``"all"`` (every float initializer that reaches the target), ``"params"`` (the
+            initializers a framework trains, :attr:`~onnxslice.model.Model.parameter_names`: no
+            BatchNormalization statistics, Clip bounds or scalar constants; what PyTorch differentiates),
+            ``"layers"`` (the weights and biases of ``model.layers``), or a list of initializer names.
         inputs: also return input gradients (turn off to skip the first layers' input cotangents).
         swappable: initializers whose values a call may replace with ``weights=`` (one session serves all).
         device: onnxruntime device for the forward pass (the backward runs in numpy); ``"cuda"`` runs
@@ -211,8 +213,12 @@ class GradientEngine:
             return [n for n in m.initializer_names if np.issubdtype(m.initializer(n).dtype, np.floating)]
         if spec == "layers":
             return [w for layer in m.layers for w in (layer.weight, layer.bias) if w]
+        if spec == "params":
+            return m.parameter_names
         if isinstance(spec, str):
-            raise DataError(f"weights must be 'all', 'layers' or a list of initializer names, not '{spec}'")
+            raise DataError(
+                f"weights must be 'all', 'params', 'layers' or a list of initializer names, not '{spec}'"
+            )
         names = list(dict.fromkeys(spec))
         bad = [n for n in names if not m.is_initializer(n)]
         if bad:
@@ -758,7 +764,7 @@ def gradients(
         target: ``pred`` (default), ``class:K``, ``loss``, ``output-norm`` or ``cotangent``.
         labels: class per sample for ``loss``.
         per_sample: weight gradients per sample ``[N, *w.shape]``.
-        weights: ``"all"``, ``"layers"`` or a list of initializer names.
+        weights: ``"all"``, ``"params"``, ``"layers"`` or a list of initializer names.
         exact: refuse ops without a VJP rule instead of finite differences.
         device: onnxruntime device for the forward pass.
         batch_size: samples per forward/backward pass.

@@ -36,7 +36,11 @@ class OpInfo:
         layer_weights: candidate input indices of the main weight, in order of preference; the node
             is a *layer* when the first candidate fed by an initializer exists.
         bias_input: index of the bias input, if the op has one.
-        param_inputs: further inputs that are parameters when they are initializers (BN scale, ...).
+        param_inputs: further inputs that are trained parameters when they are initializers (BN scale
+            and shift, a recurrent layer's recurrence weights, ...).
+        constant_inputs: float inputs that frameworks hold as constants, never train, even when they are
+            initializers (BatchNormalization's running statistics, Clip's bounds); differentiable all the
+            same, but not among a model's parameters (:attr:`onnxslice.model.Model.parameter_names`).
         non_differentiable: input indices that carry no gradient (shapes, indices, axes, sizes).
         layout_only: the op only moves, copies or selects elements (routing in NNSlicer terms).
         straight_through: gradients pass through its integer values by the straight-through estimator
@@ -50,6 +54,7 @@ class OpInfo:
     layer_weights: tuple[int, ...] = ()
     bias_input: int | None = None
     param_inputs: tuple[int, ...] = ()
+    constant_inputs: tuple[int, ...] = ()
     non_differentiable: tuple[int, ...] = ()
     layout_only: bool = False
     straight_through: bool = False

@@ -37,7 +37,7 @@ from ..vjp.prims import Prims
 # -- info: static metadata ---------------------------------------------------------------------------
 
 
-register_info("BatchNormalization", OpInfo("norm", param_inputs=(1, 2, 3, 4)))
+register_info("BatchNormalization", OpInfo("norm", param_inputs=(1, 2), constant_inputs=(3, 4)))
 register_info("InstanceNormalization", OpInfo("norm", param_inputs=(1, 2)))
 register_info("LayerNormalization", OpInfo("norm", param_inputs=(1, 2)))
 register_info("GroupNormalization", OpInfo("norm", param_inputs=(1, 2)))
@@ -145,17 +145,21 @@ def batch_norm(P: Prims, ctx: VjpContext) -> Grads:
     f64 = np.dtype(np.float64)
     inv = P.reciprocal(P.sqrt(P.add(P.cast(var, f64), eps)))
     out: Grads = [None] * len(ctx.ins)
-    # Two reductions serve every parameter: S_g = sum g and S_gx = sum g * x per channel (per sample
-    # in per-sample mode), with sum g * xhat = (S_gx - mean * S_g) * inv. Accumulated in float64 so
-    # that the cancellation in S_gx - mean * S_g does not cost float32 digits.
+    # Two reductions serve every parameter: S_g = sum g and S_gxc = sum g * (x - mean) per channel (per
+    # sample in per-sample mode), with sum g * xhat = S_gxc * inv. Centring x first (one float32 pass,
+    # exact to half an ulp of the difference) leaves no cancellation between two large sums, so both
+    # reductions run in float32 (as torch's CPU kernel accumulates); the per-channel results are
+    # combined in float64.
     want = [ctx.need(i) for i in range(1, 5)]
     if any(want):
         keep = any(ctx.keep(i) for i in range(1, 5))
         n, c = xs[:2]
-        g3, x3 = P.reshape(g, (n, c, -1)), P.reshape(x, (n, c, -1))
-        s_g = P.reduce_sum(g3, (2,), acc=f64)  # [N, C]
-        s_gx = P.dot_sum(g3, x3, (2,), f64) if want[0] or want[3] else None
-        mu = P.cast(mean, f64)
+        g3 = P.reshape(g, (n, c, -1))
+        s_g = P.cast(P.reduce_sum(g3, (2,)), f64)  # [N, C]
+        s_gx = None
+        if want[0] or want[3]:
+            xc = P.sub(P.reshape(x, (n, c, -1)), P.reshape(P.cast(mean, P.dtype(x)), (1, c, 1)))
+            s_gx = P.cast(P.dot_sum(g3, xc, (2,), P.dtype(x)), f64)
 
         def per(v: Any, i: int) -> Any:
             return P.cast(v if ctx.keep(i) else P.reduce_sum(v, (0,)), P.dtype(ctx.x(i)))
@@ -163,7 +167,7 @@ def batch_norm(P: Prims, ctx: VjpContext) -> Grads:
         if not keep:
             s_g = P.reduce_sum(s_g, (0,), keepdims=True)
             s_gx = None if s_gx is None else P.reduce_sum(s_gx, (0,), keepdims=True)
-        s_gxhat = None if s_gx is None else P.mul(P.sub(s_gx, P.mul(mu, s_g)), inv)
+        s_gxhat = None if s_gx is None else P.mul(s_gx, inv)
         if want[0]:
             out[1] = per(s_gxhat, 1)
         if want[1]:

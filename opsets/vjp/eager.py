@@ -34,6 +34,27 @@ _FUNCS = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal}
 
 
+#: masks of at least this many elements select by multiplication (see :func:`_masked`)
+_MASK_MIN = 4096
+
+
+def _masked(cond: np.ndarray, keep: bool, a: np.ndarray) -> np.ndarray | None:
+    """``where(cond, a, 0)`` (``keep``) or ``where(cond, 0, a)`` as ``a * mask``: one branch-free pass.
+
+    numpy's ``where`` branches per element and a gate's mask is close to random: 39 ms against 8 ms for
+    a 9.6M-element activation (EfficientNet-Lite0's first block). The product differs from ``where``
+    only where ``a`` is not finite (``inf * 0`` is NaN) and in the sign of zero (``-x * 0 = -0.0``, equal
+    to ``0.0`` everywhere it is used); a sum that is not finite sends the call back to ``where``. None:
+    the shapes or types do not fit (the caller uses ``where``).
+    """
+    if cond.dtype != np.bool_ or a.dtype.kind != "f" or cond.size < _MASK_MIN or a.shape != cond.shape:
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0, or a sum past the float range
+        out = np.multiply(a, cond if keep else np.logical_not(cond), dtype=a.dtype)
+        finite = bool(np.isfinite(out.sum()))
+    return out if finite else None
+
+
 def _typed(v: np.ndarray | float, like: np.ndarray | float) -> np.ndarray | float:
     """A Python number as a 0-d array of ``like``'s type (so ``where`` keeps that type)."""
     if isinstance(v, np.ndarray) or not isinstance(like, np.ndarray):
@@ -109,6 +130,14 @@ class EagerPrims(Prims):
         return (a & b) if op == "and" else (a | b)
 
     def where(self, cond: np.ndarray, a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+        if isinstance(cond, np.ndarray):  # a gate: one branch an activation, the other zero
+            fast = None
+            if isinstance(a, np.ndarray) and not isinstance(b, np.ndarray) and b == 0:
+                fast = _masked(cond, True, a)
+            elif isinstance(b, np.ndarray) and not isinstance(a, np.ndarray) and a == 0:
+                fast = _masked(cond, False, b)
+            if fast is not None:
+                return fast
         return np.where(cond, _typed(a, b), _typed(b, a))
 
     def cast(self, x: np.ndarray, dtype: Any) -> np.ndarray:
@@ -118,6 +147,9 @@ class EagerPrims(Prims):
         return np.asarray(x.sum(axis=tuple(axes), keepdims=keepdims, dtype=acc))
 
     def dot_sum(self, a: np.ndarray, b: np.ndarray, axes: Sequence[int], acc: Any) -> np.ndarray:
+        if (tuple(axes) == (a.ndim - 1,) and a.shape == b.shape and a.dtype == b.dtype == np.dtype(acc)
+                and a.dtype in (np.float32, np.float64)):  # rows of one dot each: BLAS, 1.8 ms vs 2.2 (einsum)
+            return np.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
         letters = "abcdefghijklmnop"[: a.ndim]
         kept = "".join(c for i, c in enumerate(letters) if i not in set(axes))
         return np.einsum(f"{letters},{letters}->{kept}", a, b, dtype=acc)
