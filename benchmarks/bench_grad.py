@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxslice.grad import GradientEngine  # noqa: E402
+from onnxslice.io import save_json  # noqa: E402
 from onnxslice.model import load  # noqa: E402
 
 
@@ -552,7 +553,7 @@ def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int,
         "note": "2-core machine shared with four other jobs (load average recorded per model): absolute "
                 "seconds are inflated by the load",
     }
-    out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
+    save_json(out, {"results": rows, "meta": meta})
 
 
 def main() -> None:
@@ -629,7 +630,7 @@ def main() -> None:
     for threads in args.threads:  # one file per thread count: 1 thread -> --out, 2 -> <out>_2threads.json
         path = out if threads == 1 else out.with_name(f"{out.stem}_{threads}threads{out.suffix}")
         part = [r for r in rows if r["threads"] == threads]
-        path.write_text(json.dumps({"results": part, "meta": {**meta, "threads": threads}}, indent=2) + "\n")
+        save_json(path, {"results": part, "meta": {**meta, "threads": threads}})
         print(f"saved {path}")
 
 

@@ -1,0 +1,229 @@
+"""Where the rest of the gradient gap to PyTorch is: the kernels an onnxruntime backward cannot avoid.
+
+``python benchmarks/bench_grad_floor.py [--cases MODEL:BATCH ...] [--repeats N]`` (one thread, pinned)
+measures, per model, in one process and round-robin (medians):
+
+- torch: forward alone and forward + backward (torch's parameters);
+- onnxruntime forward: at the *all* level with only the logits (fused Conv+BN+activation, NCHWc: the
+  fastest forward onnxruntime has), at *extended*, and the engine's recording session (every value the
+  backward reads kept as an output) at the *disabled* level the engine uses and at *all*;
+- the graph executor's own split (onnxruntime's profile of the emitted gradient graph, ``weights="params"``):
+  the forward part, the convolution backward kernels (ConvTranspose, the weight-gradient GEMMs and
+  Convs), and everything else (gates, BatchNormalization sums, slices, casts, layout).
+
+The eager engine's split (recording, convolution and matmul rules, other rules) is timed too. The *kernel
+floor* is the fused forward plus the faster executor's convolution backward: what today's kernels cost
+if the recording were the fused forward and every other pass (gates, BatchNormalization, layout) free.
+onnxruntime's profiler inflates many small kernels, so the graph's split is used as shares of its wall
+time. Results:
+``benchmarks/results/grad_floor.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_grad as bg
+
+from onnxslice.io import save_json
+
+CONV_BWD = {"ConvTranspose", "Gemm", "Conv"}
+
+
+def _session(proto_bytes: bytes, level: str) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
+    return ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _graph_split(proto_bytes: bytes, feed: dict[str, np.ndarray], repeats: int, forward: set[str]) -> dict[str, float]:
+    """ms per run of the emitted gradient graph by part, from onnxruntime's profile (extended level)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    sess = ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
+    for _ in range(repeats + 1):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events if ev.get("name") == "model_run")
+    warm = runs[0][1] if runs else 0  # the first run allocates: left out
+    split: collections.Counter[str] = collections.Counter()
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > warm:
+            op = ev["args"].get("op_name", "?")
+            node = ev["name"][: -len("_kernel_time")]  # nodes onnxruntime fuses or adds are the backward's
+            part = "forward" if node in forward else "conv backward" if op in CONV_BWD else "other backward"
+            split[part] += ev["dur"]
+    return {k: v / repeats / 1e3 for k, v in split.items()}
+
+
+def _eager_split(engine: Any, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """ms per call of the eager engine by part: recording, convolution rules, every other rule."""
+    import dataclasses
+
+    from onnxslice.opsets.capabilities.vjp import VjpRule
+
+    spent: collections.Counter[str] = collections.Counter()
+
+    def timed(key: str, fn: Any) -> Any:
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            spent[key] += time.perf_counter() - t
+            return out
+
+        return run
+
+    steps = list(engine.steps)
+    for i, step in enumerate(steps):
+        key = "conv backward" if step.node.op_type in ("Conv", "Gemm", "MatMul") else "other backward"
+        engine.steps[i] = dataclasses.replace(step, rule=VjpRule(timed(key, step.rule), step.rule.per_sample))
+    run = engine.recorder.run
+    engine.recorder.run = timed("recording", run)
+    engine(x)
+    spent.clear()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        engine(x)
+    total = time.perf_counter() - t
+    engine.steps[:] = steps
+    engine.recorder.run = run
+    out = {k: 1e3 * v / repeats for k, v in spent.items()}
+    out["engine"] = 1e3 * total / repeats - sum(out.values())
+    return out
+
+
+def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
+    import onnxruntime  # noqa: F401
+    import torch
+
+    from onnxslice import load
+    from onnxslice.grad import GradientEngine
+    from onnxslice.grad.emit import emit_gradient_model
+    from onnxslice.record import runtime_proto, validate_inputs
+
+    mod, onnx_bytes, x = bg.build(name, batch)
+    model = load(onnx_bytes)
+    feed = validate_inputs(model, {"x": x})
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights="params")
+    recorded = runtime_proto(model.proto, engine.recorder.values, []).SerializeToString()
+    grad_proto = runtime_proto(emit_gradient_model(engine, feed)).SerializeToString()
+    xt = torch.from_numpy(x)
+
+    def torch_fwd() -> None:
+        with torch.no_grad():
+            mod(xt)
+
+    def torch_fwd_bwd() -> None:
+        xi = xt.clone().requires_grad_(True)
+        mod.zero_grad(set_to_none=True)
+        mod(xi).sum().backward()
+
+    sessions = {
+        "ort forward, all (fused)": (_session(onnx_bytes, "ENABLE_ALL"), {"x": x}),
+        "ort forward, extended": (_session(onnx_bytes, "ENABLE_EXTENDED"), {"x": x}),
+        "recording, disabled (engine)": (_session(recorded, "DISABLE_ALL"), feed),
+        "recording, all": (_session(recorded, "ENABLE_ALL"), feed),
+    }
+    sides: dict[str, Any] = {"torch forward": torch_fwd, "torch forward+backward": torch_fwd_bwd}
+    for key, (sess, f) in sessions.items():
+        sides[key] = lambda s=sess, f=f: s.run(None, f)
+    sides["eager engine"] = lambda: engine(x)
+    graph = _session(grad_proto, "ENABLE_EXTENDED")
+    sides["graph executor (emitted graph)"] = lambda: graph.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for fn in sides.values():
+        fn()
+    for r in range(repeats):
+        order = list(sides)[r % len(sides) :] + list(sides)[: r % len(sides)]
+        for k in order:
+            t = time.perf_counter()
+            sides[k]()
+            times[k].append(1e3 * (time.perf_counter() - t))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    profiled = _graph_split(grad_proto, feed, max(2, repeats // 3), {n.name for n in model.nodes})
+    # onnxruntime's profiler inflates many small kernels: its split is used as shares of the graph's wall time
+    scale = med["graph executor (emitted graph)"] / sum(profiled.values())
+    split = {k: v * scale for k, v in profiled.items()}
+    eager = _eager_split(engine, x, max(2, repeats // 3))
+    conv = min(split.get("conv backward", 0.0), eager.get("conv backward", 0.0))
+    floor = med["ort forward, all (fused)"] + conv
+    torch_ms = med["torch forward+backward"]
+    return {
+        "model": name,
+        "batch": batch,
+        "ms": med,
+        "graph_split_ms": split,
+        "eager_split_ms": eager,
+        "recorded_values": len(engine.recorder.values),
+        "conv_backward_ms": conv,
+        "kernel_floor_ms": floor,
+        "kernel_floor_over_torch": floor / torch_ms,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--cases",
+        nargs="*",
+        default=["resnet18:8", "efficientnet_lite0:8", "lenet5:32"],
+        help="MODEL:BATCH pairs (default: resnet18:8 efficientnet_lite0:8 lenet5:32)",
+    )
+    ap.add_argument("--repeats", type=int, default=7, help="calls per side (default 7)")
+    ap.add_argument("--out", default="benchmarks/results/grad_floor.json", help="results JSON")
+    args = ap.parse_args()
+    bg._pin(1)
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["ONNXSLICE_THREADS"] = "1"
+    load_before = os.getloadavg()
+    rows = []
+    for case in args.cases:
+        name, batch = case.split(":")
+        r = measure(name, int(batch), args.repeats)
+        rows.append(r)
+        print(f"{name} b{batch} (1 thread), ms:")
+        for k, v in r["ms"].items():
+            print(f"  {k:<36}{v:9.1f}")
+        for side in ("graph", "eager"):
+            for k, v in r[f"{side}_split_ms"].items():
+                print(f"  {side}: {k:<29}{v:9.1f}")
+        print(
+            f"  kernel floor (fused forward + the faster executor's convolution rules) {r['kernel_floor_ms']:.1f} ms"
+            f" = {r['kernel_floor_over_torch']:.2f} x torch"
+        )
+    meta = {
+        "threads": 1,
+        "repeats": args.repeats,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "command": "python benchmarks/bench_grad_floor.py " + " ".join(sys.argv[1:]),
+    }
+    save_json(args.out, {"meta": meta, "results": rows})
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
