@@ -23,6 +23,18 @@ from onnxslice.version import __version__
 __all__ = ["finalize"]
 
 
+#: metadata keys that state a measured quality of the model they sit in (our reference models' build
+#: scripts write them): a rewritten model keeps them as ``source.<key>``, a claim about its source
+_MEASURED = ("test_accuracy", "samples_top1")
+
+
+def _measured_as_source(proto: onnx.ModelProto) -> None:
+    """Rename the source's measured-quality entries to ``source.<key>``: they do not describe the rewrite."""
+    for p in proto.metadata_props:
+        if p.key in _MEASURED or (p.key.endswith("accuracy") and not p.key.startswith(("source.", "onnxslice."))):
+            p.key = f"source.{p.key}"
+
+
 def _set_meta(proto: onnx.ModelProto, entries: dict[str, str]) -> None:
     keep = [p for p in proto.metadata_props if p.key not in entries]
     del proto.metadata_props[:]
@@ -68,6 +80,7 @@ def finalize(
         meta["onnxslice.plan"] = json.dumps(plan.to_dict(), default=str)
     if extra:
         meta["onnxslice.info"] = json.dumps(extra, default=str)
+    _measured_as_source(proto)
     _set_meta(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)

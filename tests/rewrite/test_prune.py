@@ -152,3 +152,20 @@ def test_prune_unstructured_zeroes_planned_fraction():
     for layer in model.layers:  # the smallest magnitudes went
         w0, w1 = model.initializer(layer.weight), pruned.initializer(layer.weight)
         assert np.abs(w0[w1 == 0]).max() <= np.abs(w0[w1 != 0]).min()
+
+
+def test_rewritten_model_keeps_the_sources_accuracy_only_as_a_claim_about_the_source():
+    """A reference model's ``test_accuracy`` describes it, not the pruned model: it moves to ``source.``."""
+    from _common import ROOT
+
+    model = osl.load(str(ROOT / "models" / "lenet5.onnx"))
+    before = {p.key: p.value for p in model.proto.metadata_props}
+    assert "test_accuracy" in before
+    pruned = prune(model, plan_pruning(model, 0.3, mode="structured"))
+    meta = {p.key: p.value for p in pruned.proto.metadata_props}
+    assert "test_accuracy" not in meta and meta["source.test_accuracy"] == before["test_accuracy"]
+    assert meta["seed"] == before["seed"]  # other source metadata is kept as it was
+    again = prune(pruned, plan_pruning(pruned, 0.2, mode="structured"))  # no source.source. chains
+    assert {p.key for p in again.proto.metadata_props} >= {"source.test_accuracy"}
+    assert not any(p.key.startswith("source.source.") for p in again.proto.metadata_props)
+    assert {p.key: p.value for p in model.proto.metadata_props} == before  # the input is untouched
