@@ -63,6 +63,7 @@ import onnx  # noqa: E402
 import onnxslice as osl  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.latency import latency_table, load_average, median_ratios, timed_sessions  # noqa: E402
 from onnxslice.model import Model  # noqa: E402
 from onnxslice.plans import plan_pruning  # noqa: E402
@@ -602,7 +603,7 @@ def main() -> None:
     if args.conformance:
         results["conformance_pruning"] = conformance_pruning(args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_bytes(args.out, (json.dumps(results, indent=1, default=str)).encode())
     for name in [m for m in args.models.split(",") if m]:
         print(f"== {name}", flush=True)
         if name == "mnist_encoder":
@@ -628,7 +629,7 @@ def main() -> None:
         results["models"][name] = entry
         results["machine"]["load_average_end"] = load_average()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_bytes(args.out, (json.dumps(results, indent=1, default=str)).encode())
     plot(results, args.out.with_suffix(".png"))
     print(f"saved {args.out} and {args.out.with_suffix('.png')}")
 

@@ -31,6 +31,7 @@ import bench_deploy  # noqa: E402
 
 import onnxslice as osl  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.latency import load_average  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def main() -> None:
         results["models"][name] = entry
         results["machine"]["load_average_end"] = load_average()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_bytes(args.out, (json.dumps(results, indent=1, default=str)).encode())
     plot(results, args.out.with_suffix(".png"))
     print(f"saved {args.out} and {args.out.with_suffix('.png')}")
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxslice.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.simplefilter("ignore")
@@ -289,7 +291,7 @@ def main() -> None:
         "models": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    atomic_write_bytes(Path(args.out), (json.dumps(doc, indent=2, default=float) + "\n").encode())
     print(f"saved {args.out} ({doc['conditions']['seconds']:.0f}s, load average {load[0]:.1f})")
 
 

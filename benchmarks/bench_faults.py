@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from models import zoo  # noqa: E402
 from onnxslice.apps.faults import FaultModel, fault_layers, run_campaign, vulnerability  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.sensitivity import reduce, relevance  # noqa: E402
 
@@ -351,7 +352,7 @@ def main() -> int:
     print(f"paper: {PAPER}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=float))
+    atomic_write_bytes(out, (json.dumps(results, indent=1, default=float)).encode())
     png = out.with_suffix(".png")
     _plot(results, png)
     print(f"saved {out} and {png} ({results['seconds']:.0f} s)")

@@ -38,6 +38,7 @@ import onnxruntime as ort  # noqa: E402
 
 from onnxslice.grad import GradientEngine  # noqa: E402
 from onnxslice.grad.emit import emission_error, emit_gradient_model, grad_output_name  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.model import load  # noqa: E402
 from onnxslice.record import validate_inputs  # noqa: E402
 
@@ -140,7 +141,7 @@ def main() -> None:
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_bytes(Path(args.out), (json.dumps(out, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
 
 

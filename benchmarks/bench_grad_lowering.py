@@ -31,6 +31,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslice.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -210,7 +212,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"threads": 1, "repeats": args.repeats, "load_average_after": os.getloadavg(),
             "note": "2-core machine shared with other jobs; candidates of a shape timed round-robin, medians"}
-    out.write_text(json.dumps({"results": rows, "meta": meta}, indent=2) + "\n")
+    atomic_write_bytes(out, (json.dumps({"results": rows, "meta": meta}, indent=2) + "\n").encode())
     print(f"saved {out}")
 
 

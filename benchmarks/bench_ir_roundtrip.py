@@ -37,6 +37,8 @@ import onnx_graphsurgeon as gs
 import onnx_ir as ir
 from onnx import numpy_helper
 
+from onnxslice.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
@@ -229,7 +231,7 @@ def main() -> None:
     out = {"rounds": rounds, "threads": 1, "load_average_1min": load, "summary": summary, "special": special,
            "rows": rows, "onnx_ir": ir.__version__, "onnx_graphsurgeon": gs.__version__, "onnx": onnx.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_bytes(Path(args.out), (json.dumps(out, indent=1) + "\n").encode())
     print(f"wrote {args.out}")
 
 

@@ -49,6 +49,7 @@ import importlib  # noqa: E402
 from onnxslice.apps.protect import accuracy, choose, lock, selection_scores, slice_scores  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset, load_data  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.train import finetune  # noqa: E402
 
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=float))
+    atomic_write_bytes(out, (json.dumps(res, indent=1, default=float)).encode())
     plot(res, args, Path(args.plot))
     table = [{"model": r["model"], "k": r["k"], "opt": r["optimizer"], "select": r["select"], "f": r["fraction"],
               "seeds": r["seeds"],

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import load_data  # noqa: E402
 from onnxslice.errors import OnnxSliceError  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.model import load  # noqa: E402
 from onnxslice.sensitivity import criteria_names, perturbation_importance, sensitivity  # noqa: E402
 from onnxslice.testing import make_model  # noqa: E402
@@ -170,7 +171,9 @@ def main() -> int:
                        "(run s excludes building sessions; total s includes it)"))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"quick": a.quick, "criteria": t1, "groundtruth": t2}, indent=2, default=float))
+    atomic_write_bytes(
+        out, (json.dumps({"quick": a.quick, "criteria": t1, "groundtruth": t2}, indent=2, default=float)).encode()
+    )
     print(f"\nsaved {out}")
     return 0
 

@@ -40,6 +40,7 @@ warnings.simplefilter("ignore")
 
 from models import zoo  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.model import Model, load  # noqa: E402
 from onnxslice.profile import profile  # noqa: E402
 from onnxslice.record import Recorder  # noqa: E402
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(f["per_class"], title="class slices (30 training samples of the class, target class:K)"))
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_bytes(path, (json.dumps(out, indent=2) + "\n").encode())
     print(f"\nsaved {path}")
     return 0
 

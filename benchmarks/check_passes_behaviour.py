@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxslice.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -219,7 +221,7 @@ def main() -> None:
     for r in rows:
         print(json.dumps(r))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":

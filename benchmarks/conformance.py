@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxslice.io import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": round(seconds, 1),
                "machine": "2 shared CPU cores (eight sessions at once), onnxruntime CPU provider"}
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_bytes(Path(args.json_out), (json.dumps(res, indent=2) + "\n").encode())
         _write_md(Path(args.md_out), tab, s, entries, args.full or any(not e["small"] for e in entries.values()))
     return 0 if s["FAIL"] == 0 else 1
 
