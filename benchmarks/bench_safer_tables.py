@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 ORDER = {"vanilla": 0, "skip": 1, "skip+sd": 2, "transformer": 3}
 
@@ -89,6 +91,24 @@ def findings(results: list[dict[str, Any]], crits: list[str]) -> dict[str, Any]:
             cr: mcnemar([v["vargrad"] for v in by_crit.values() if cr in v and "vargrad" in v],
                         [v[cr] for v in by_crit.values() if cr in v and "vargrad" in v])
             for cr in paper if cr != "vargrad"}
+    gfam = ("grad", "wgrad", "gradcampp", "idgi")
+    by_van: dict[tuple[Any, ...], dict[str, list[bool]]] = {}
+    for c in cases:
+        if c["reduction"] == "linf" and c["family"] == "vanilla" and c["criterion"] in paper:
+            side = "family" if c["criterion"] in gfam else "others"
+            by_van.setdefault(setting(c), {"family": [], "others": []})[side].append(bool(c["exact"]))
+    diffs = [100.0 * (np.mean(v["family"]) - np.mean(v["others"])) for v in by_van.values()
+             if v["family"] and v["others"]]
+    if diffs:
+        from scipy.stats import binomtest, t
+
+        d = np.asarray(diffs)
+        ahead, behind = int((d > 0).sum()), int((d < 0).sum())
+        half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out["vanilla: gradient family minus the others, paired per setting (linf)"] = {
+            "difference": {"a_only": ahead, "b_only": behind,
+                           "p": float(binomtest(ahead, ahead + behind, 0.5).pvalue) if ahead + behind else 1.0,
+                           "mean points": float(d.mean()), "ci95 half-width": half, "settings": len(d)}}
     tr = [c for c in cases if c["family"] == "transformer" and c["reduction"] == "linf"]
     if tr:
         rows = {}
@@ -105,7 +125,11 @@ def _print_findings(found: dict[str, Any]) -> None:
     for title, block in found.items():
         parts = []
         for name, v in block.items():
-            if "p" in v:
+            if "mean points" in v:
+                parts.append(f"{name} {v['mean points']:+.1f} +- {v['ci95 half-width']:.1f} points over "
+                             f"{v['settings']} settings, ahead {v['a_only']} / behind {v['b_only']}, sign test "
+                             f"p={v['p']:.2g}")
+            elif "p" in v:
                 parts.append(f"{name} +{v['a_only']}/-{v['b_only']} p={v['p']:.2g}")
             else:
                 parts.append(f"{name} {v['exact %']:.1f} [{v['ci'][0]:.0f}, {v['ci'][1]:.0f}] n={v['n']}")
