@@ -6,7 +6,9 @@ measures, per model, in one process and round-robin (medians):
 - torch: forward alone and forward + backward (torch's parameters);
 - onnxruntime forward: at the *all* level with only the logits (fused Conv+BN+activation, NCHWc: the
   fastest forward onnxruntime has), at *extended*, and the engine's recording session (every value the
-  backward reads kept as an output) at the *disabled* level the engine uses and at *all*;
+  backward reads kept as an output) at the *disabled* level the engine uses and at *all*, and at *all*
+  without the values inside *Conv -> BatchNormalization [-> activation]* chains (what a fused-chain
+  recording would keep: the chain's input and output);
 - the graph executor's own split (onnxruntime's profile of the emitted gradient graph, ``weights="params"``):
   the forward part, the convolution backward kernels (ConvTranspose, the weight-gradient GEMMs and
   Convs), and everything else (gates, BatchNormalization sums, slices, casts, layout).
@@ -77,6 +79,26 @@ def _graph_split(proto_bytes: bytes, feed: dict[str, np.ndarray], repeats: int, 
     return {k: v / repeats / 1e3 for k, v in split.items()}
 
 
+def chain_inner_values(model: Any) -> set[str]:
+    """The values inside *Conv -> BatchNormalization [-> Relu | Clip]* chains (the Conv's and, with an
+    activation, the BatchNormalization's output, each read by its one consumer only): what a fused-chain
+    recording would no longer keep, so that onnxruntime can fuse the chain."""
+    inner: set[str] = set()
+    outputs = set(model.output_names)
+    for n in model.nodes:
+        if n.op_type != "Conv" or n.outputs[0] in outputs:
+            continue
+        cons = model.consumers(n.outputs[0])
+        if len(cons) != 1 or cons[0].op_type != "BatchNormalization":
+            continue
+        inner.add(n.outputs[0])
+        bn = cons[0]
+        after = model.consumers(bn.outputs[0])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and bn.outputs[0] not in outputs:
+            inner.add(bn.outputs[0])
+    return inner
+
+
 def _eager_split(engine: Any, x: np.ndarray, repeats: int) -> dict[str, float]:
     """ms per call of the eager engine by part: recording, convolution rules, every other rule."""
     import dataclasses
@@ -127,6 +149,8 @@ def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
     feed = validate_inputs(model, {"x": x})
     engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights="params")
     recorded = runtime_proto(model.proto, engine.recorder.values, []).SerializeToString()
+    inner = chain_inner_values(model)
+    chained = runtime_proto(model.proto, [v for v in engine.recorder.values if v not in inner], []).SerializeToString()
     grad_proto = runtime_proto(emit_gradient_model(engine, feed)).SerializeToString()
     xt = torch.from_numpy(x)
 
@@ -144,6 +168,7 @@ def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
         "ort forward, extended": (_session(onnx_bytes, "ENABLE_EXTENDED"), {"x": x}),
         "recording, disabled (engine)": (_session(recorded, "DISABLE_ALL"), feed),
         "recording, all": (_session(recorded, "ENABLE_ALL"), feed),
+        "recording, fused chains, all": (_session(chained, "ENABLE_ALL"), feed),
     }
     sides: dict[str, Any] = {"torch forward": torch_fwd, "torch forward+backward": torch_fwd_bwd}
     for key, (sess, f) in sessions.items():
@@ -176,6 +201,7 @@ def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
         "graph_split_ms": split,
         "eager_split_ms": eager,
         "recorded_values": len(engine.recorder.values),
+        "chain_inner_values": len(inner),
         "conv_backward_ms": conv,
         "kernel_floor_ms": floor,
         "kernel_floor_over_torch": floor / torch_ms,
