@@ -154,12 +154,13 @@ def batch_norm(P: Prims, ctx: VjpContext) -> Grads:
     if any(want):
         keep = any(ctx.keep(i) for i in range(1, 5))
         n, c = xs[:2]
+        acc = np.promote_types(P.dtype(x), np.float32)  # float16 inputs still sum in float32
         g3 = P.reshape(g, (n, c, -1))
-        s_g = P.cast(P.reduce_sum(g3, (2,)), f64)  # [N, C]
+        s_g = P.cast(P.reduce_sum(g3, (2,), acc=acc), f64)  # [N, C]
         s_gx = None
         if want[0] or want[3]:
             xc = P.sub(P.reshape(x, (n, c, -1)), P.reshape(P.cast(mean, P.dtype(x)), (1, c, 1)))
-            s_gx = P.cast(P.dot_sum(g3, xc, (2,), P.dtype(x)), f64)
+            s_gx = P.cast(P.dot_sum(g3, xc, (2,), acc), f64)
 
         def per(v: Any, i: int) -> Any:
             return P.cast(v if ctx.keep(i) else P.reduce_sum(v, (0,)), P.dtype(ctx.x(i)))
