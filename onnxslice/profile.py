@@ -72,7 +72,10 @@ class Profile:
                 f"{self.fingerprint}, the model's is {model.fingerprint}); run `onnxslice profile` on this model first"
             )
         check_belongs(path, "profile", {"weights": self.weights}, model)
-        shapes = {k: (vi.shape[1:] if vi.shape else None) for k, vi in model.value_info.items()}
+        # every value the model computes is known; shapes only where shape inference typed them (an old
+        # Dropout's mask, for one, has no value_info)
+        shapes: dict[str, Any] = {o: None for n in model.nodes for o in n.outputs if o}
+        shapes.update((k, vi.shape[1:] if vi.shape else None) for k, vi in model.value_info.items())
         check_shapes(path, "profile", self.mean, shapes, "value")
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -79,3 +79,23 @@ def test_saved_results_are_ordinary_files(tmp_path: Path, cnn_proto: onnx.ModelP
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temporary file left behind
+
+
+def test_profile_of_a_model_with_an_untyped_value_checks_against_it():
+    """An old Dropout's mask output gets no value_info from shape inference: a profile that records it must
+    still be accepted by the same model (it was refused as "belongs to another model")."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4], np.linspace(-1, 1, 12).tolist())
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Dropout", ["h"], ["d", "mask"], ratio=0.5),
+             helper.make_node("Relu", ["d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    model = osl.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4))
+    assert "mask" not in model.value_info  # the situation of the conformance model light_inception_v1
+    prof = profile(model, np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32))
+    assert {"h", "mask"} <= set(prof.mean)
+    prof.check_model(model)
+    with pytest.raises(DataError, match="belongs to another model"):  # a value no node computes is still refused
+        Profile({**prof.mean, "elsewhere": prof.mean["h"]}, prof.count, prof.fingerprint).check_model(model)
