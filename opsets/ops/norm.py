@@ -1,12 +1,14 @@
 """Normalisations: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
-LpNormalization and LRN (metadata only).
+LpNormalization and LRN.
 
 - ``vjp``: BatchNormalization in inference mode (``training_mode=1`` and ``spatial=0`` are refused: their
   statistics depend on the batch), LayerNormalization; InstanceNormalization and GroupNormalization (opsets
   18 and 21) normalise ``C / num_groups`` channels with their spatial extent, then scale and shift per
   channel: the input gets the normalisation's VJP, scale and bias ``sum dy * xhat`` and ``sum dy`` (per
   sample in per-sample mode); LpNormalization (p = 1 or 2): ``dx = (dy - y * sum(dy * y)) / ||x||`` or
-  ``(dy - sign(x) * sum(dy * y)) / ||x||_1``.
+  ``(dy - sign(x) * sum(dy * y)) / ||x||_1``; LRN (``y = x d^-beta``, ``d = bias + alpha / size *
+  S``, ``S`` the sum of ``x^2`` over a window of channels): ``dx = dy d^-beta - 2 beta alpha / size * x
+  * S^T(dy y / d)`` with ``S^T`` the transposed window sum.
 - ``contributions``: one-to-one ops (:mod:`onnxslice.opsets.templates.gates`) with a per-channel local
   weight: BatchNormalization ``g = gamma / sqrt(var + eps)`` (the paper's "scale" has ``g > 0``; a negative
   learned ``gamma`` flips the sign as it flips the dependence); InstanceNormalization, LayerNormalization
@@ -181,6 +183,37 @@ def batch_norm(P: Prims, ctx: VjpContext) -> Grads:
         c = xs[1]
         out[0] = P.mul(g, P.reshape(P.cast(P.mul(scale, inv), P.dtype(x)), (1, c) + (1,) * (len(xs) - 2)))
     return out
+
+
+def _channel_window_sum(P: Prims, v: Any, lo: int, hi: int) -> Any:
+    """``out[:, c] = sum(v[:, c - lo : c + hi + 1])`` over the channels of ``v`` [N, C, S], zeros outside.
+
+    The channels are moved last so that :meth:`Prims.place` pads them; then ``lo + hi + 1`` shifted slices
+    are added (LRN's windows have a handful of channels)."""
+    n, c, _ = P.shape(v)
+    padded = P.place(P.transpose(v, (0, 2, 1)), [lo], [c + lo + hi])  # [N, S, lo + C + hi]
+    total = P.slice(padded, 2, 0, c)
+    for j in range(1, lo + hi + 1):
+        total = P.add(total, P.slice(padded, 2, j, j + c))
+    return P.transpose(total, (0, 2, 1))
+
+
+@prim_vjp("LRN", since=1, per_sample=True)
+def lrn(P: Prims, ctx: VjpContext) -> Grads:
+    """LRN across channels: ``y = x / (bias + alpha / size * sum_window x^2) ^ beta``."""
+    size = int(ctx.attr("size", 0))
+    if size < 1:
+        raise ctx.unsupported("LRN without a positive 'size'")
+    alpha, beta, bias = (float(ctx.attr(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+    lo, hi = (size - 1) // 2, size // 2  # floor((size-1)/2) channels before, ceil((size-1)/2) after
+    x, y, g = ctx.x(0), ctx.y(0), ctx.g(0)
+    shape = P.shape(x)
+    n, c = shape[:2]
+    x3, y3, g3 = (P.reshape(v, (n, c, -1)) for v in (x, y, g))
+    d = P.add(P.mul(_channel_window_sum(P, P.mul(x3, x3), lo, hi), alpha / size), bias)
+    t = P.mul(P.div(P.mul(g3, y3), d), -2.0 * beta * alpha / size)
+    dx = P.add(P.mul(g3, P.power(d, -beta)), P.mul(x3, _channel_window_sum(P, t, hi, lo)))
+    return [P.cast(P.reshape(dx, shape), P.dtype(x))]
 
 
 @prim_vjp("LayerNormalization", since=17, per_sample=True)

@@ -161,6 +161,9 @@ _WEIGHTED = [
 _NORM_POOL = [
     Case("BatchNormalization", [X(2, 3, 4, 4), W(3), W(3), W(3), ("w", np.array([0.5, 1.0, 2.0]))], {"epsilon": 1e-3}),
     Case("BatchNormalization", [X(2, 3), W(3), W(3), W(3), ("w", np.array([0.5, 1.0, 2.0]))], opset=9, name="2d"),
+    Case("LRN", [X(2, 7, 3, 3)], {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 1.0}, gen="pos"),
+    Case("LRN", [X(2, 6, 4, 1)], {"size": 3, "alpha": 0.3, "beta": 0.5, "bias": 2.0}, name="narrow", gen="pos"),
+    Case("LRN", [X(1, 3, 2, 2)], {"size": 3}, opset=9, name="defaults"),
     Case("LayerNormalization", [X(2, 3, 5), W(5), W(5)]),
     Case("LayerNormalization", [X(2, 3, 5), W(3, 5), W(5)], {"axis": -2}, outputs=3, name="mean-invstd"),
     Case("LayerNormalization", [X(2, 3, 5), W(3, 5)], {"axis": 1, "epsilon": 1e-3}, name="axis1-no-bias"),

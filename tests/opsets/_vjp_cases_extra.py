@@ -321,9 +321,11 @@ def extra_cases() -> list[Case]:
 
 
 #: ops whose onnx.reference kernels do not implement the spec the cases use (sequence_lens, per-direction
-#: activations, layout; DequantizeLinear before opset 19) or compute in float32 inside (GroupNormalization's
-#: stash_type): their float64 check is a torch twin (tests/opsets/test_rnn.py) or none
-NO_REFERENCE = frozenset({"LSTM", "GRU", "RNN", "DequantizeLinear", "GroupNormalization"})
+#: activations, layout; DequantizeLinear before opset 19; LRN, whose reference output differs from the
+#: spec's formula and onnxruntime by up to 0.9 on the cases) or compute in float32 inside
+#: (GroupNormalization's stash_type): their float64 check is a twin (tests/opsets/test_rnn.py,
+#: tests/opsets/test_lrn.py) or none
+NO_REFERENCE = frozenset({"LSTM", "GRU", "RNN", "DequantizeLinear", "GroupNormalization", "LRN"})
 
 #: ops that compute in float32 inside even on float64 data: checked in float32 only
 FLOAT32_INSIDE = frozenset({"GroupNormalization"})
