@@ -1,5 +1,5 @@
 """Normalisations: BatchNormalization, InstanceNormalization, LayerNormalization, GroupNormalization,
-LpNormalization and LRN.
+LpNormalization, LRN and MeanVarianceNormalization.
 
 - ``vjp``: BatchNormalization in inference mode (``training_mode=1`` and ``spatial=0`` are refused: their
   statistics depend on the batch), LayerNormalization; InstanceNormalization and GroupNormalization (opsets
@@ -8,7 +8,8 @@ LpNormalization and LRN.
   sample in per-sample mode); LpNormalization (p = 1 or 2): ``dx = (dy - y * sum(dy * y)) / ||x||`` or
   ``(dy - sign(x) * sum(dy * y)) / ||x||_1``; LRN (``y = x d^-beta``, ``d = bias + alpha / size *
   S``, ``S`` the sum of ``x^2`` over a window of channels): ``dx = dy d^-beta - 2 beta alpha / size * x
-  * S^T(dy y / d)`` with ``S^T`` the transposed window sum.
+  * S^T(dy y / d)`` with ``S^T`` the transposed window sum; MeanVarianceNormalization, its function body
+  differentiated (population standard deviation plus 1e-9), in float64.
 - ``contributions``: one-to-one ops (:mod:`onnxslice.opsets.templates.gates`) with a per-channel local
   weight: BatchNormalization ``g = gamma / sqrt(var + eps)`` (the paper's "scale" has ``g > 0``; a negative
   learned ``gamma`` flips the sign as it flips the dependence); InstanceNormalization, LayerNormalization
@@ -44,6 +45,7 @@ register_info("InstanceNormalization", OpInfo("norm", param_inputs=(1, 2)))
 register_info("LayerNormalization", OpInfo("norm", param_inputs=(1, 2)))
 register_info("GroupNormalization", OpInfo("norm", param_inputs=(1, 2)))
 register_info("LRN", OpInfo("norm"))
+register_info("MeanVarianceNormalization", OpInfo("norm"), since=9)
 register_info("LpNormalization", OpInfo("norm"))
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def _channel_window_sum(P: Prims, v: Any, lo: int, hi: int) -> Any:
 
     The channels are moved last so that :meth:`Prims.place` pads them; then ``lo + hi + 1`` shifted slices
     are added (LRN's windows have a handful of channels)."""
-    n, c, _ = P.shape(v)
+    c = P.shape(v)[1]
     padded = P.place(P.transpose(v, (0, 2, 1)), [lo], [c + lo + hi])  # [N, S, lo + C + hi]
     total = P.slice(padded, 2, 0, c)
     for j in range(1, lo + hi + 1):
@@ -214,6 +216,27 @@ def lrn(P: Prims, ctx: VjpContext) -> Grads:
     t = P.mul(P.div(P.mul(g3, y3), d), -2.0 * beta * alpha / size)
     dx = P.add(P.mul(g3, P.power(d, -beta)), P.mul(x3, _channel_window_sum(P, t, hi, lo)))
     return [P.cast(P.reshape(dx, shape), P.dtype(x))]
+
+
+@prim_vjp("MeanVarianceNormalization", since=9, per_sample=True)
+def mean_variance_normalization(P: Prims, ctx: VjpContext) -> Grads:
+    """``y = (x - mean) / (std + 1e-9)`` over ``axes`` (default 0, 2, 3), ``std`` the population standard
+    deviation (the op's function body): ``dx = (dy - mean(dy)) / s - (x - mean) mean(dy (x - mean)) / (s^2 std)``
+    with ``s = std + 1e-9``."""
+    x, g = ctx.x(0), ctx.g(0)
+    nd = P.ndim(x)
+    axes = tuple(sorted(int(a) % nd for a in ctx.attr("axes", [0, 2, 3])))
+    n = float(np.prod([P.shape(x)[a] for a in axes]))
+    f64 = np.dtype(np.float64)
+    xf, gf = P.cast(x, f64), P.cast(g, f64)
+    xc = P.sub(xf, P.mul(P.reduce_sum(xf, axes, keepdims=True), 1.0 / n))
+    std = P.sqrt(P.mul(P.reduce_sum(P.mul(xc, xc), axes, keepdims=True), 1.0 / n))
+    s = P.add(std, 1e-9)
+    g_mean = P.mul(P.reduce_sum(gf, axes, keepdims=True), 1.0 / n)
+    gx_mean = P.mul(P.reduce_sum(P.mul(gf, xc), axes, keepdims=True), 1.0 / n)
+    coef = P.div(gx_mean, P.mul(P.mul(s, s), P.add(std, 1e-300)))  # std = 0: x - mean is 0 there, and so is the term
+    dx = P.sub(P.div(P.sub(gf, g_mean), s), P.mul(xc, coef))
+    return [P.cast(dx, P.dtype(x))]
 
 
 @prim_vjp("LayerNormalization", since=17, per_sample=True)

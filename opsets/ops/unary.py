@@ -45,6 +45,7 @@ register_info(
     OpInfo("elementwise"),
 )
 register_info("Clip", OpInfo("elementwise", constant_inputs=(1, 2)))
+register_info("Shrink", OpInfo("elementwise"), since=9)
 register_info("Identity", OpInfo("layout", layout_only=True))
 
 # -- vjp: gradients ----------------------------------------------------------------------------------
@@ -241,6 +242,15 @@ register_prim(["CastLike"], prim_unary(_p_identity, "cast_like"), "cast_like", s
 
 
 register_prim(["Dropout"], prim_unary(_p_dropout, "dropout"), "dropout")
+
+
+def _p_shrink(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
+    """Shrink passes ``x -+ bias`` where ``|x| > lambd`` (strictly) and outputs 0 in between."""
+    lambd = float(ctx.attr("lambd", 0.5))
+    return P.logical("or", P.compare(">", x, lambd), P.compare("<", x, -lambd))
+
+
+register_prim(["Shrink"], prim_unary(_p_shrink, "shrink", gate=True), "shrink", since=9)
 
 
 def _p_elu(P: Prims, ctx: VjpContext, x: Any, y: Any) -> Any:
@@ -468,6 +478,7 @@ for _ops, _w in _TABLE.items():
 
 _UNARY = [
     "Relu",
+    "Shrink",
     "LeakyRelu",
     "Elu",
     "Selu",

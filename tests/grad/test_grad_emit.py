@@ -233,3 +233,29 @@ def test_emission_refuses_a_model_whose_names_clash_with_the_graph_outputs() -> 
     engine = GradientEngine(proto, "pred")
     with pytest.raises(EmissionError, match="already has a value named 'target'"):
         emit_gradient_model(engine, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_emission_where_onnx_cannot_full_check_the_source_says_so() -> None:
+    """onnx 1.23's full check fails on MeanVarianceNormalization (opset >= 13) in any model: the gradient
+    graph gets the structural check, a warning and a metadata note, and still matches the eager engine."""
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 2, 2), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("MeanVarianceNormalization", ["c"], ["m"], name="mvn"),
+             helper.make_node("Flatten", ["m"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "mvn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 18])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    with pytest.raises(Exception):  # noqa: B017  (onnx's own InferenceError: the situation this covers)
+        onnx.checker.check_model(proto, full_check=True)
+    model = load(proto)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    engine = GradientEngine(model, "pred", executor="eager")
+    with pytest.warns(UserWarning, match="full check fails on the source model itself"):
+        out = emit_gradient_model(engine, {"x": x})
+    meta = {p.key: p.value for p in out.metadata_props}
+    assert meta["onnxslice.grad.check"].startswith("structural check only")
+    res = run_emitted(out, {"x": x})
+    eager = engine(x)
+    np.testing.assert_allclose(res[grad_output_name("w")], eager.weights["w"], rtol=1e-4, atol=1e-5)

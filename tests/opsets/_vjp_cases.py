@@ -164,6 +164,12 @@ _NORM_POOL = [
     Case("LRN", [X(2, 7, 3, 3)], {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 1.0}, gen="pos"),
     Case("LRN", [X(2, 6, 4, 1)], {"size": 3, "alpha": 0.3, "beta": 0.5, "bias": 2.0}, name="narrow", gen="pos"),
     Case("LRN", [X(1, 3, 2, 2)], {"size": 3}, opset=9, name="defaults"),
+    Case("MeanVarianceNormalization", [X(2, 3, 4, 4)], opset=13),
+    Case("MeanVarianceNormalization", [X(3, 2, 5)], {"axes": [1, 2]}, opset=13, name="per-sample"),
+    Case("MeanVarianceNormalization", [X(2, 3, 2, 2)], {"axes": [0, 2, 3]}, opset=9, name="op9"),
+    # onnxruntime's Shrink computes in float32 on float64 data: float32 cases (onnx.reference checks float64)
+    Case("Shrink", [X(3, 4)], {"lambd": 0.3, "bias": 0.1}, gen="away", opset=9, dtype="float32"),
+    Case("Shrink", [X(2, 5)], gen="away", opset=13, name="defaults", dtype="float32"),
     Case("LayerNormalization", [X(2, 3, 5), W(5), W(5)]),
     Case("LayerNormalization", [X(2, 3, 5), W(3, 5), W(5)], {"axis": -2}, outputs=3, name="mean-invstd"),
     Case("LayerNormalization", [X(2, 3, 5), W(3, 5)], {"axis": 1, "epsilon": 1e-3}, name="axis1-no-bias"),

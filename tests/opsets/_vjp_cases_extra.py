@@ -327,8 +327,8 @@ def extra_cases() -> list[Case]:
 #: tests/opsets/test_lrn.py) or none
 NO_REFERENCE = frozenset({"LSTM", "GRU", "RNN", "DequantizeLinear", "GroupNormalization", "LRN"})
 
-#: ops that compute in float32 inside even on float64 data: checked in float32 only
-FLOAT32_INSIDE = frozenset({"GroupNormalization"})
+#: ops that compute in float32 inside even on float64 data (onnxruntime's Shrink too): checked in float32 only
+FLOAT32_INSIDE = frozenset({"GroupNormalization", "Shrink"})
 
 #: ops whose VJP is the straight-through estimator, not a derivative: finite differences cannot check it;
 #: tests/opsets/test_quantize_ste.py checks it against torch's fake-quantize
