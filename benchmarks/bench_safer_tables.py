@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="CACHE/<settings digest> folder of an 'onnxslice bench safer --cache' run")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "safer_sampled.json"),
                    help="JSON output (default benchmarks/results/safer_sampled.json; the PNG goes beside it)")
+    p.add_argument("--label", default="", help="added to the plot's title, e.g. the run's layer setting")
     args = p.parse_args(argv)
 
     from onnxslice.io import save_json
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                "per_model": [{k: r[k] for k in ("model", "family", "layers", "seconds", "errors", "ceiling") if k in r}
                              for r in results]}
     save_json(args.out, payload)
-    plot(tabs, Path(args.out).with_suffix(".png"), f"SAfER Table 1 counterpart, moons: {title} models")
+    label = f" ({args.label})" if args.label else ""
+    plot(tabs, Path(args.out).with_suffix(".png"), f"SAfER Table 1 counterpart, moons: {title} models{label}")
     print(f"saved {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0
 
