@@ -233,8 +233,6 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
     ``_FOLDABLE``; quantized weights (DequantizeLinear) and fp16/bf16 weights up-cast by a Cast are left
     as they are on purpose, so loading a compressed model keeps it compressed.
     """
-    from onnx.reference import ReferenceEvaluator
-
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
     outputs = {o.name for o in g.output}
@@ -255,6 +253,8 @@ def _fold_weight_constants(proto: onnx.ModelProto) -> list[str]:
             and not any(o in outputs for o in node.output)
             and sum(inits[i].ByteSize() for i in ins) < _MAX_FOLD_BYTES
         ):
+            from onnx.reference import ReferenceEvaluator  # only when there is something to fold (17 ms)
+
             sub = helper.make_model(
                 helper.make_graph(
                     [node],
