@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the order models run in: every model of a 'family' before the next family (default), or "
                         "model k of every family before model k+1 ('index': a run stopped part-way keeps the "
                         "families balanced); results and the cache do not depend on it")
+    p.add_argument("--reverse", action="store_true",
+                   help="run that order backwards: a second process with --reverse on the same --cache works from "
+                        "the other end and the two meet in the middle (each skips the models already done)")
     p.add_argument("--magnitudes", default="0.1,0.3,0.5",
                    help="ground-truth magnitudes in (0, 1], each one case (default 0.1,0.3,0.5)")
     p.add_argument("--draws", type=positive_int, default=32, help="ground-truth draws per layer (default 32)")
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             results = run_sampled(families, args.per_family, crits, builder=str(_REPO / "models" / "moons.py"),
                                   committed=args.models or str(_REPO / "models" / "moons"),
                                   cache=cache, workers=args.workers, backend=args.backend, address=args.address,
-                                  ceiling=not args.no_ceiling, order=args.order, magnitudes=magnitudes,
+                                  ceiling=not args.no_ceiling, order=args.order, reverse=args.reverse,
+                                  magnitudes=magnitudes,
                                   draws=args.draws, samples=args.samples, steps=args.steps,
                                   noise_samples=args.noise_samples,
                                   # only when not the default, so that caches of earlier runs stay valid

@@ -268,7 +268,7 @@ def run_sampled(
     families: Sequence[str], per_family: int, criteria: Sequence[str], *, builder: str | Path,
     committed: str | Path, cache: str | Path, workers: int = 2, backend: str = "local",
     address: str | None = None, ceiling: bool = True, progress: bool | None = None, order: str = "family",
-    **kw: Any,
+    reverse: bool = False, **kw: Any,
 ) -> list[dict[str, Any]]:
     """Sample, train and evaluate ``per_family`` architectures per family, resumably.
 
@@ -282,6 +282,9 @@ def run_sampled(
     ``order`` is the order the units run in (it changes neither a result nor the cache): ``"family"``
     (default: every model of the first family, then the next family) or ``"index"`` (model ``k`` of every
     family before model ``k + 1``), which keeps the families balanced when a long run is stopped part-way.
+    ``reverse`` runs that order backwards: a second process started with it on the same ``cache`` works
+    from the other end, and since every unit skips a model whose result is already there, the two meet
+    in the middle (at most the model both reach at once is computed twice, to the same result).
 
     Returns:
         One :func:`evaluate_model` result per model, in the order they ran.
@@ -296,6 +299,8 @@ def run_sampled(
     units = [(f, k) for f in families for k in range(per_family)]
     if order == "index":
         units.sort(key=lambda u: u[1])  # stable: families keep their order within an index
+    if reverse:
+        units.reverse()
     step = max(1, workers)
     results: list[dict[str, Any]] = []
     for start in bar(range(0, len(units), step), total=-(-len(units) // step), desc=f"models ({step} at a time)",

@@ -67,5 +67,8 @@ def test_run_sampled_order_index_interleaves_families(tmp_path, monkeypatch):
     seen.clear()
     run_sampled(["vanilla", "skip"], 2, ["weight"], **kw)
     assert seen == [("vanilla", 0), ("vanilla", 1), ("skip", 0), ("skip", 1)]
+    seen.clear()
+    run_sampled(["vanilla", "skip"], 2, ["weight"], order="index", reverse=True, **kw)  # a second worker's order
+    assert seen == [("skip", 1), ("vanilla", 1), ("skip", 0), ("vanilla", 0)]
     with pytest.raises(UnknownNameError, match="family, index"):
         run_sampled(["vanilla"], 1, ["weight"], order="random", **kw)
