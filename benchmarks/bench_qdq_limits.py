@@ -38,6 +38,7 @@ from bench_deploy import RESULTS, sample_crops, wilson  # noqa: E402
 import onnxslice as osl  # noqa: E402
 from onnxslice.console import format_table  # noqa: E402
 from onnxslice.data import Dataset  # noqa: E402
+from onnxslice.io import atomic_write_bytes  # noqa: E402
 from onnxslice.latency import load_average  # noqa: E402
 from onnxslice.plans.bits_scores import quantization_scores  # noqa: E402
 from onnxslice.rewrite import formats  # noqa: E402
@@ -125,12 +126,12 @@ def main() -> None:
     print(format_table(rows, title=f"EfficientNet-Lite0 QDQ knobs ({len(ev)} evaluation images, "
                                    f"{int(confident.sum())} confident)"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": {"load_average": load_average(), "note": "shared 2-core machine"},
-                                    "evaluation": f"samples-imagenet (20) + {len(ev) - 20} crops of "
-                                                  f"{_images.describe(_images.EVALUATION)}",
-                                    "calibration_photos": _images.describe(_images.CALIBRATION),
-                                    "confident": int(confident.sum()), "n": len(ev), "oracle_seconds": oracle_s,
-                                    "oracle_order": order[:12], "rows": rows}, indent=1))
+    doc = {"machine": {"load_average": load_average(), "note": "shared 2-core machine"},
+           "evaluation": f"samples-imagenet (20) + {len(ev) - 20} crops of {_images.describe(_images.EVALUATION)}",
+           "calibration_photos": _images.describe(_images.CALIBRATION),
+           "confident": int(confident.sum()), "n": len(ev), "oracle_seconds": oracle_s,
+           "oracle_order": order[:12], "rows": rows}
+    atomic_write_bytes(args.out, json.dumps(doc, indent=1).encode())
     print(f"saved {args.out}")
 
 
