@@ -41,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", choices=("layer", "global"), default="layer",
                    help="path criteria: per-layer path (SAfER, default) or one global path for all layers")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="samples per run (default 128)")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="samples per run (default 128; gradient runs are lowered to fit 1 GB of forward values and "
+                        "cotangents)")
     p.add_argument("--ground-truth", "-g", metavar="NOISE:ON[,...]",
                    help="also measure the ground truth (U|N|D:weights|activations) and score every criterion")
     p.add_argument("--magnitude", type=fraction_open_closed01, default=0.5,

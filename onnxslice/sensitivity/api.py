@@ -104,7 +104,8 @@ def sensitivity(
             layer: noise draws, the global path; default False, measured slower), ``stack_mb`` (memory
             budget per call, default 1024), ``stack_max`` (settings per call, default 64),
             ``stack_per_sample`` (VarGrad's per-sample passes too, default False), ``stack_batched``
-            (MatMul/Gemm layers as one batched MatMul, default True).
+            (MatMul/Gemm layers as one batched MatMul, default True); ``batch_mb`` (memory budget of one
+            gradient call's forward values and cotangents, default 1024: ``batch_size`` is lowered to fit).
 
     Returns:
         LayerScores (criterion, reduction, and ``meta`` with timing and settings).

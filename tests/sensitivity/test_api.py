@@ -129,3 +129,20 @@ def test_cli_bench_safer_small(tmp_path, capsys):
     assert len(res["results"]) == 2 and res["tables"]["table1"][-1]["family"] == "avg"
     # 6 vanilla settings + 3 skip settings, 1 magnitude, 3 criteria, 5 reductions
     assert sum(len(r["cases"]) for r in res["results"]) == (6 + 3) * 3 * 5
+
+
+def test_gradient_batches_fit_the_memory_budget_and_give_the_same_scores(mlp, monkeypatch):
+    """``batch_mb`` lowers the samples per gradient call (a large model's recorded values would not fit);
+    the scores are sums over batches, so they do not change beyond float rounding."""
+    from onnxslice.sensitivity.context import Context
+
+    model, _, x = mlp
+    base = sensitivity(model, {"x": x}, "wgrad", batch_size=64)
+    tiny = sensitivity(model, {"x": x}, "wgrad", batch_size=64, batch_mb=1e-4)  # ~100 bytes: one sample a call
+    assert tiny.scores.keys() == base.scores.keys()
+    np.testing.assert_allclose(list(tiny.scores.values()), list(base.scores.values()), rtol=1e-5)
+    monkeypatch.setattr(Context, "_bytes_per_sample", lambda self: 300.0 * 2**20)
+    ctx = Context(model, None, "pred", [], batch_size=128)
+    assert ctx.gradient_batch() == 3  # 1024 MB / 300 MB
+    ctx.options["batch_mb"] = 4096
+    assert ctx.gradient_batch() == 13
