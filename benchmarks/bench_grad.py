@@ -190,13 +190,13 @@ def _weights(name: str, model: Any, which: str) -> str | list[str]:
     """``params`` (the engine's own choice of the model's parameters, checked here to be torch's: what
     torch's side differentiates), ``all`` (every float initializer: BatchNorm statistics and Clip bounds
     too) or ``torch`` (the initializers named as torch parameters)."""
+    if which == "all":
+        return "all"
     params = {k for k, _ in MODELS[name][0]().named_parameters()}
     if which == "params":
         if set(model.parameter_names) != params:
             raise SystemExit(f"{name}: Model.parameter_names is not torch's parameter set")
         return "params"
-    if which == "all":
-        return "all"
     return [w for w in model.initializer_names if w in params]
 
 
@@ -364,12 +364,33 @@ def bench(name: str, batch: int, threads: int, repeats: int, which: str = "all")
     }
 
 
+def kernel_times(proto_bytes: bytes, feed: dict[str, np.ndarray], threads: int, repeats: int,
+                 skip_first: bool = False) -> list[tuple[str, str, float]]:
+    """``(node, op type, microseconds)`` of every kernel onnxruntime's profiler records over ``repeats`` runs
+    of a session at the *extended* level (the graph executor's), one thread count pinned; ``skip_first``
+    runs once more and leaves out the first run (it allocates)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # as the graph executor
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    sess = ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
+    for _ in range(repeats + int(skip_first)):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events if ev.get("name") == "model_run")
+    after = runs[0][1] if skip_first and runs else -1
+    return [(ev["name"][: -len("_kernel_time")], ev["args"].get("op_name", "?"), float(ev["dur"])) for ev in events
+            if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > after]
+
+
 def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats: int = 3,
                   weights: str = "params") -> None:
     """onnxruntime's profile of the graph executor's session: kernel time per op type and the top nodes."""
     import collections
-
-    import onnxruntime as ort
 
     from onnxslice.grad.emit import emit_gradient_model
     from onnxslice.record import runtime_proto, validate_inputs
@@ -380,25 +401,13 @@ def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats
     feed = validate_inputs(model, {"x": x})
     engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, weights))
     proto = runtime_proto(emit_gradient_model(engine, feed))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # as the graph executor
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    for _ in range(repeats):
-        sess.run(None, feed)
-    events = json.loads(Path(sess.end_profiling()).read_text())
     by_op: collections.Counter[str] = collections.Counter()
     by_node: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
-    for ev in events:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
-            op = ev["args"].get("op_name", "?")
-            by_op[op] += ev["dur"]
-            by_node[f"{ev['name'][: -len('_kernel_time')]} ({op})"] += ev["dur"]
-            count[op] += 1
+    for node, op, dur in kernel_times(proto.SerializeToString(), feed, threads, repeats):
+        by_op[op] += dur
+        by_node[f"{node} ({op})"] += dur
+        count[op] += 1
     total = sum(by_op.values()) or 1
     print(f"{name} b{len(x)}, graph executor, {threads} thread(s): {total / repeats / 1e3:.1f} ms kernel time per run")
     for op, d in by_op.most_common(12):
@@ -408,46 +417,63 @@ def profile_graph(name: str, batch: int | None = None, threads: int = 1, repeats
         print(f"    {node:<60}{d / repeats / 1e3:8.1f} ms")
 
 
-def profile(name: str, batch: int | None = None, threads: int = 1, which: str = "params", repeats: int = 3) -> None:
-    """Where onnxslice spends a gradient call: the recorded forward and each VJP op type (ms per call)."""
-    _pin(threads)
+def eager_split(engine: Any, x: np.ndarray, key: Any, repeats: int) -> tuple[float, dict[str, float]]:
+    """``(seconds per call, seconds per call by part)`` of the eager engine: each VJP step timed under
+    ``key(node)``, the recording under ``"record (onnxruntime forward)"``; one warm-up call first. The
+    engine is restored afterwards."""
     import dataclasses
 
     from onnxslice.opsets.capabilities.vjp import VjpRule
 
-    _, onnx_bytes, x = build(name, batch)
-    model = load(onnx_bytes)
-    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     spent: dict[str, float] = {}
 
-    def timed(key: str, fn: Any) -> Any:
+    def timed(part: str, fn: Any) -> Any:
         def run(*a: Any, **k: Any) -> Any:
             t = time.perf_counter()
             out = fn(*a, **k)
-            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+            spent[part] = spent.get(part, 0.0) + time.perf_counter() - t
             return out
 
         return run
 
-    for i, step in enumerate(engine.steps):
-        node = step.node
-        key = node.op_type
-        if key == "Conv":
-            w = engine.model.initializer(node.inputs[1]) if engine.model.is_initializer(node.inputs[1]) else None
-            groups = int(node.attr("group", 1))
-            key += " depthwise" if groups > 1 else " 1x1" if w is not None and w.shape[2:] == (1, 1) else " kxk"
-        engine.steps[i] = dataclasses.replace(step, rule=VjpRule(timed(key, step.rule), step.rule.per_sample))
-    engine.recorder.run = timed("record (onnxruntime forward)", engine.recorder.run)  # type: ignore[method-assign]
-    engine(x)
-    spent.clear()
-    t = time.perf_counter()
-    for _ in range(repeats):
+    steps, record = list(engine.steps), engine.recorder.run
+    for i, step in enumerate(steps):
+        engine.steps[i] = dataclasses.replace(step, rule=VjpRule(timed(key(step.node), step.rule),
+                                                                 step.rule.per_sample))
+    engine.recorder.run = timed("record (onnxruntime forward)", record)
+    try:
         engine(x)
-    total = (time.perf_counter() - t) / repeats
+        spent.clear()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            engine(x)
+        total = (time.perf_counter() - t) / repeats
+    finally:
+        engine.steps[:] = steps
+        engine.recorder.run = record
+    return total, {k: v / repeats for k, v in spent.items()}
+
+
+def profile(name: str, batch: int | None = None, threads: int = 1, which: str = "params", repeats: int = 3) -> None:
+    """Where onnxslice spends a gradient call: the recorded forward and each VJP op type (ms per call)."""
+    _pin(threads)
+    _, onnx_bytes, x = build(name, batch)
+    model = load(onnx_bytes)
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
+
+    def key(node: Any) -> str:
+        if node.op_type != "Conv":
+            return str(node.op_type)
+        if int(node.attr("group", 1)) > 1:
+            return "Conv depthwise"
+        w = model.initializer(node.inputs[1]) if model.is_initializer(node.inputs[1]) else None
+        return "Conv 1x1" if w is not None and w.shape[2:] == (1, 1) else "Conv kxk"
+
+    total, spent = eager_split(engine, x, key, repeats)
     print(f"{name} batch {len(x)}, {threads} thread(s): {1e3 * total:.1f} ms per call")
-    for key, v in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {key:<32}{1e3 * v / repeats:>9.1f} ms {100 * v / repeats / total:>5.0f}%")
-    print(f"  {'other (engine, seeds, sums)':<32}{1e3 * (total - sum(spent.values()) / repeats):>9.1f} ms")
+    for part, v in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"  {part:<32}{1e3 * v:>9.1f} ms {100 * v / total:>5.0f}%")
+    print(f"  {'other (engine, seeds, sums)':<32}{1e3 * (total - sum(spent.values())):>9.1f} ms")
 
 
 #: reference models of the criterion cost table: (label, file under models/, data spec)

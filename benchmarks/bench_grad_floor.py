@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,28 +52,11 @@ def _session(proto_bytes: bytes, level: str) -> Any:
 
 
 def _graph_split(proto_bytes: bytes, feed: dict[str, np.ndarray], repeats: int, forward: set[str]) -> dict[str, float]:
-    """ms per run of the emitted gradient graph by part, from onnxruntime's profile (extended level)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    sess = ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
-    for _ in range(repeats + 1):
-        sess.run(None, feed)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events if ev.get("name") == "model_run")
-    warm = runs[0][1] if runs else 0  # the first run allocates: left out
+    """ms per run of the emitted gradient graph by part, from onnxruntime's profile (the first run left out)."""
     split: collections.Counter[str] = collections.Counter()
-    for ev in events:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time") and ev["ts"] > warm:
-            op = ev["args"].get("op_name", "?")
-            node = ev["name"][: -len("_kernel_time")]  # nodes onnxruntime fuses or adds are the backward's
-            part = "forward" if node in forward else "conv backward" if op in CONV_BWD else "other backward"
-            split[part] += ev["dur"]
+    for node, op, dur in bg.kernel_times(proto_bytes, feed, 1, repeats, skip_first=True):
+        # nodes onnxruntime fuses or adds are the backward's
+        split["forward" if node in forward else "conv backward" if op in CONV_BWD else "other backward"] += dur
     return {k: v / repeats / 1e3 for k, v in split.items()}
 
 
@@ -101,37 +82,13 @@ def chain_inner_values(model: Any) -> set[str]:
 
 def _eager_split(engine: Any, x: np.ndarray, repeats: int) -> dict[str, float]:
     """ms per call of the eager engine by part: recording, convolution rules, every other rule."""
-    import dataclasses
 
-    from onnxslice.opsets.capabilities.vjp import VjpRule
+    def key(node: Any) -> str:
+        return "conv backward" if node.op_type in ("Conv", "Gemm", "MatMul") else "other backward"
 
-    spent: collections.Counter[str] = collections.Counter()
-
-    def timed(key: str, fn: Any) -> Any:
-        def run(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            out = fn(*a, **k)
-            spent[key] += time.perf_counter() - t
-            return out
-
-        return run
-
-    steps = list(engine.steps)
-    for i, step in enumerate(steps):
-        key = "conv backward" if step.node.op_type in ("Conv", "Gemm", "MatMul") else "other backward"
-        engine.steps[i] = dataclasses.replace(step, rule=VjpRule(timed(key, step.rule), step.rule.per_sample))
-    run = engine.recorder.run
-    engine.recorder.run = timed("recording", run)
-    engine(x)
-    spent.clear()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        engine(x)
-    total = time.perf_counter() - t
-    engine.steps[:] = steps
-    engine.recorder.run = run
-    out = {k: 1e3 * v / repeats for k, v in spent.items()}
-    out["engine"] = 1e3 * total / repeats - sum(out.values())
+    total, spent = bg.eager_split(engine, x, key, repeats)
+    out = {("recording" if k.startswith("record") else k): 1e3 * v for k, v in spent.items()}
+    out["engine"] = 1e3 * total - sum(out.values())
     return out
 
 
