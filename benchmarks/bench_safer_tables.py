@@ -100,15 +100,14 @@ def findings(results: list[dict[str, Any]], crits: list[str]) -> dict[str, Any]:
     diffs = [100.0 * (np.mean(v["family"]) - np.mean(v["others"])) for v in by_van.values()
              if v["family"] and v["others"]]
     if diffs:
-        from scipy.stats import binomtest, t
+        from scipy.stats import t
 
         d = np.asarray(diffs)
-        ahead, behind = int((d > 0).sum()), int((d < 0).sum())
         half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        # the sign test is McNemar's on (family ahead, family behind): settings where both tie drop out
         out["vanilla: gradient family minus the others, paired per setting (linf)"] = {
-            "difference": {"a_only": ahead, "b_only": behind,
-                           "p": float(binomtest(ahead, ahead + behind, 0.5).pvalue) if ahead + behind else 1.0,
-                           "mean points": float(d.mean()), "ci95 half-width": half, "settings": len(d)}}
+            "difference": {**mcnemar(list(d > 0), list(d < 0)), "mean points": float(d.mean()),
+                           "ci95 half-width": half, "settings": len(d)}}
     tr = [c for c in cases if c["family"] == "transformer" and c["reduction"] == "linf"]
     if tr:
         rows = {}
