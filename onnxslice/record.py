@@ -171,6 +171,11 @@ class Recorder:
         weight_inputs: initializers to make swappable: :meth:`run` takes new values for them in
             ``weights=`` (the model's own values are fed otherwise). One session serves every value.
         arena: keep onnxruntime's CPU memory arena (see :func:`make_session`).
+        in_memory: initializers handed to onnxruntime from the model's own arrays (no copy in the
+            session); unlike ``weight_inputs`` they stay initializers, so graph optimizations fold them.
+        optimize: run with onnxruntime's graph optimizations (level *all*: Conv, BatchNormalization and
+            activation fused where no recorded value sits between them). The recorded values then
+            differ from the unoptimized graph's in the last bits.
     """
 
     def __init__(
@@ -180,6 +185,8 @@ class Recorder:
         device: Device = "auto",
         weight_inputs: Sequence[str] = (),
         arena: bool = True,
+        in_memory: Sequence[str] = (),
+        optimize: bool = False,
     ) -> None:
         self.model = model
         self.weight_inputs = list(dict.fromkeys(weight_inputs))
@@ -196,7 +203,11 @@ class Recorder:
                 raise DataError(f"no value named {', '.join(missing[:5])} in the model")
             names = [v for v in names if v not in model.input_names and not model.is_initializer(v)]
         self.values = list(dict.fromkeys([*model.output_names, *names]))
-        self.session = make_session(runtime_proto(model.proto, self.values, self.weight_inputs), device, arena=arena)
+        mem = [n for n in dict.fromkeys(in_memory) if n not in self.weight_inputs]
+        self.session = make_session(
+            runtime_proto(model.proto, self.values, self.weight_inputs, mem), device, arena=arena,
+            optimize=optimize, external={n: model.initializer(n) for n in mem},
+        )
         self.device = _session_device(self.session)
         self._refuse_non_tensors()
         self.fixed_batch = fixed_batch_of(model)

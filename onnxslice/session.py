@@ -47,18 +47,42 @@ def max_ort_ir_version() -> int:
     return 7
 
 
+#: The external-data location of initializers handed to onnxruntime from memory (:func:`memory_stub`).
+MEMORY_LOCATION = "onnxslice:fed-from-memory"
+
+
+def memory_stub(t: onnx.TensorProto) -> onnx.TensorProto:
+    """An initializer without its data: onnxruntime gets the array from memory
+    (``SessionOptions.add_external_initializers``), so neither the proto nor its bytes copy it."""
+    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", MEMORY_LOCATION
+    return stub
+
+
 def runtime_proto(
-    proto: onnx.ModelProto, extra_outputs: Sequence[str] = (), weight_inputs: Sequence[str] = ()
+    proto: onnx.ModelProto,
+    extra_outputs: Sequence[str] = (),
+    weight_inputs: Sequence[str] = (),
+    in_memory: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """A copy of ``proto`` that onnxruntime accepts, with ``extra_outputs`` added as graph outputs.
 
     The IR version is lowered to what onnxruntime supports (onnx 1.23 writes IR 14 by default).
     Initializers named in ``weight_inputs`` become graph inputs, so one session can run with many
-    values of those weights (perturbation studies, gradients at shifted weights).
+    values of those weights (perturbation studies, gradients at shifted weights). Initializers named
+    in ``in_memory`` stay initializers (graph optimizations may fold them) but lose their data
+    (:func:`memory_stub`): pass their arrays to :func:`make_session` as ``external``.
     """
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     out.ir_version = min(out.ir_version, max_ort_ir_version())
+    if in_memory:
+        mem = set(in_memory)
+        stubbed = [memory_stub(t) if t.name in mem else t for t in out.graph.initializer]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(stubbed)
     if weight_inputs:
         want = set(weight_inputs)
         moved = [t for t in out.graph.initializer if t.name in want]
@@ -124,6 +148,7 @@ def make_session(
     optimize: bool = False,
     threads: int | None = None,
     arena: bool = True,
+    external: Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
 
@@ -134,6 +159,8 @@ def make_session(
         threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
         arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
             the resident size down for sessions whose outputs are copied out anyway).
+        external: arrays of the initializers ``proto`` holds as :func:`memory_stub` (``runtime_proto(
+            in_memory=)``), handed over without a copy; the session keeps references to them.
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
@@ -147,7 +174,16 @@ def make_session(
     threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
     if threads:
         so.intra_op_num_threads = threads
-    data = proto.SerializeToString()
+    arrays = {k: np.ascontiguousarray(v) for k, v in (external or {}).items()}
+    held = [ort.OrtValue.ortvalue_from_numpy(v) for v in arrays.values()]
+    if arrays:
+        so.add_external_initializers(list(arrays), held)
+    sess = _open(proto.SerializeToString(), so, device)
+    sess._onnxslice_external = (arrays, held)  # the arrays must outlive the session
+    return sess
+
+
+def _open(data: bytes, so: ort.SessionOptions, device: Device) -> ort.InferenceSession:
     if device in ("auto", "cuda") and cuda_usable():
         try:
             sess = ort.InferenceSession(data, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

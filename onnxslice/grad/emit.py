@@ -31,6 +31,7 @@ from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
 from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
 from onnxslice.record import Recorder
+from onnxslice.session import MEMORY_LOCATION, memory_stub
 from onnxslice.version import __version__
 
 from .lowering import MIN_OPSET, GraphBuilder, OnnxPrims, Sym, tensor_type
@@ -276,7 +277,7 @@ def _assemble(
         inputs.append(helper.make_tensor_value_info(labels.name, tensor_type(labels.dtype), list(labels.shape)))
     nodes, inits = _live([*src.node, *b.nodes], [*src.initializer, *b.initializers], [o.name for o in outputs])
     if fed_min is not None:
-        inits = [_fed_stub(t) if _is_fed(m, t, fed_min) else t for t in inits]
+        inits = [memory_stub(t) if _is_fed(m, t, fed_min) else t for t in inits]
     graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
     opsets = [o for o in m.proto.opset_import]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),
@@ -330,7 +331,7 @@ def _full_check(model: onnx.ModelProto, source: onnx.ModelProto) -> str:
 
 
 #: The external-data location of weights that :func:`emit_gradient_model` (``fed_min``) leaves out.
-FED_LOCATION = "onnxslice:fed-from-memory"
+FED_LOCATION = MEMORY_LOCATION
 
 
 def _is_fed(m: Any, t: onnx.TensorProto, fed_min: int) -> bool:
@@ -339,14 +340,6 @@ def _is_fed(m: Any, t: onnx.TensorProto, fed_min: int) -> bool:
     if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
         return False
     return int(np.prod(t.dims)) >= fed_min
-
-
-def _fed_stub(t: onnx.TensorProto) -> onnx.TensorProto:
-    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=list(t.dims))
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    entry = stub.external_data.add()
-    entry.key, entry.value = "location", FED_LOCATION
-    return stub
 
 
 def fed_weights(proto: onnx.ModelProto, model: Any) -> dict[str, np.ndarray]:
@@ -396,8 +389,10 @@ def emission_error(engine: GradientEngine, proto: onnx.ModelProto, feed: Mapping
 
     Per gradient, ``max |emitted - eager|`` over ``max |eager|`` of all gradients of the same kind
     (weights, inputs), so that gradients that are zero in exact arithmetic do not divide by rounding noise.
+    An engine with fused chains records with onnxruntime's optimizations on; the graph then runs with
+    them on too, so both decide their gates on the same fused forward.
     """
-    res = run_emitted(proto, feed, labels)
+    res = run_emitted(proto, feed, labels, optimize=bool(engine.chains))  # the forward the engine records
     cot = engine.target.kind == "cotangent"
     g = engine(dict(feed), cotangent=labels if cot else None, labels=None if cot else labels)
     worst = 0.0

@@ -50,18 +50,22 @@ def graph_disagreement(a: Gradients, b: Gradients) -> float:
 FED_MIN = 4096
 
 
-def cpu_session(proto: onnx.ModelProto, fed: Mapping[str, np.ndarray] | None = None) -> Any:
-    """A CPU session of a gradient graph, optimized up to onnxruntime's *extended* level.
+def cpu_session(proto: onnx.ModelProto, fed: Mapping[str, np.ndarray] | None = None, *, fused: bool = False) -> Any:
+    """A CPU session of a gradient graph, optimized up to onnxruntime's *extended* level (*all* when ``fused``).
 
     ``fed``: arrays of the weights the proto leaves out (external-data stubs), given to onnxruntime as
     in-memory external initializers; the session keeps references to them.
 
-    The *all* level adds the NCHWc layout transformations, whose convolution kernels round the forward
-    differently: on EfficientNet-Lite0 a Clip kink then flips and the input gradient moves by 1.2e-2 of
-    its largest value (extended: 1.1e-7, as with optimizations off).
+    The level follows the engine's recording, so that the graph decides its gates on the forward the
+    eager engine records: the *all* level adds the NCHWc layout transformations, whose convolution
+    kernels round the forward differently (on EfficientNet-Lite0 a Clip kink then flips and the input
+    gradient moves by 1.2e-2 of its largest value against an unoptimized recording). ``fused``: the
+    engine has fused chains (:mod:`.chains`) and records at the *all* level.
     """
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if fused else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    )
     so.log_severity_level = 3
     so.enable_mem_pattern = False  # peak memory of the runs: ResNet-18 b8 +100 MiB instead of +159, same speed
     threads = int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
@@ -97,7 +101,8 @@ class EmittedRunner:
                 self._sessions[key] = make_session(runtime_proto(proto), "cuda", optimize=True)
             else:
                 proto = emit_gradient_model(e, feed, trace_device="cpu", fed_min=FED_MIN)
-                self._sessions[key] = cpu_session(runtime_proto(proto), fed_weights(proto, e.model))
+                self._sessions[key] = cpu_session(runtime_proto(proto), fed_weights(proto, e.model),
+                                                  fused=bool(e.chains))
                 if e.executor == "graph":  # the recording session only traced the graph: let it go
                     e.release_recorder()
             del proto

@@ -29,6 +29,7 @@ from onnxslice.record import Device, Recorder, as_feed, fixed_batch_of, validate
 from onnxslice.targets import BoundTarget, TargetSpec, batch_axis, default_output, logits_value, parse_target
 from onnxslice.walk import Walker
 
+from .chains import CHAIN_RULE, Chain, find_chains
 from .diskcache import load_cached
 from .emit import EmissionError
 from .emitted import GRAPH_TOL, EmittedRunner, graph_disagreement
@@ -88,6 +89,9 @@ class GradientEngine:
             result within :data:`~onnxslice.grad.emitted.GRAPH_TOL`). Models the graph cannot be emitted
             for stay eager (with a warning for ``"graph"``). ``"eager"`` also turns the graph off on CUDA.
         exact: refuse (``UnsupportedOpError``) nodes without a VJP rule instead of using finite differences.
+        fuse: differentiate each *Conv -> BatchNormalization [-> Relu | Clip]* chain as one step
+            (:mod:`.chains`) and record the forward with onnxruntime's optimizations on, so that it
+            runs those chains fused (default True). The gates are then those of the fused forward.
         output: which model output to differentiate (default: the first); a list of outputs for
             ``cotangent`` targets given as a mapping output -> cotangent.
         logits: read Softmax/LogSoftmax inputs for logit targets (default True).
@@ -110,6 +114,7 @@ class GradientEngine:
         output: str | Sequence[str] | None = None,
         logits: bool = True,
         executor: str = "auto",
+        fuse: bool = True,
     ) -> None:
         if executor not in EXECUTORS:
             raise DataError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
@@ -117,6 +122,7 @@ class GradientEngine:
         self.model = model if isinstance(model, Model) else load(model)
         self.target = parse_target(target)
         self.exact = exact
+        self.fuse = fuse
         m = self.model
         outs = [default_output(m)] if output is None else [output] if isinstance(output, str) else list(output)
         for o in outs:
@@ -148,6 +154,8 @@ class GradientEngine:
                 raise DataError(f"swappable weight '{name}' is not an initializer of the model")
         self._static = self._static_values()
         self._need = self._needed_values()
+        #: the fused chains the plan differentiates as one step each (:mod:`.chains`)
+        self.chains: list[Chain] = []
         self.steps = self._plan()
         last: dict[str, int] = {}
         for i, st in enumerate(self.steps):
@@ -179,9 +187,11 @@ class GradientEngine:
     def recorder(self) -> Recorder:
         """The one onnxruntime session that records what the VJP rules read (built on first use).
 
-        Besides the ``swappable`` weights, every large float initializer is a session input fed from
-        the model's own arrays (zero-copy), so onnxruntime holds no second copy of the weights (its
-        memory arena stays on: without it EfficientNet-Lite0's recording measured 1.3-2x slower).
+        The ``swappable`` weights are session inputs; every other large float initializer is handed to
+        onnxruntime from the model's own arrays (zero-copy in-memory initializers), so onnxruntime
+        holds no second copy of the weights (its memory arena stays on: without it
+        EfficientNet-Lite0's recording measured 1.3-2x slower). With fused chains the session runs
+        with onnxruntime's optimizations on (level *all*), which fuses them.
         """
         if self._recorder is None:
             m = self.model
@@ -190,7 +200,10 @@ class GradientEngine:
                 for n in m.initializer_names
                 if n not in self.swappable and m.initializer(n).dtype.kind == "f" and m.initializer(n).size >= _FEED_MIN
             ]
-            self._recorder = Recorder(m, self.record_values, self.device, weight_inputs=[*self.swappable, *fed])
+            self._recorder = Recorder(
+                m, self.record_values, self.device, weight_inputs=self.swappable, in_memory=fed,
+                optimize=bool(self.chains),
+            )
         return self._recorder
 
     def release_recorder(self) -> None:
@@ -274,6 +287,8 @@ class GradientEngine:
             needs = tuple(i in diff and v in self._need for i, v in enumerate(node.inputs))
             static_in = tuple(bool(v) and v in self._static for v in node.inputs)
             steps.append(_Step(node, step.rule, needs, static_in))
+        if self.fuse:
+            steps = self._fused(steps)
         if fallbacks:
             warnings.warn(
                 f"no VJP rule for {', '.join(fallbacks)}: using central finite differences through onnxruntime "
@@ -281,6 +296,32 @@ class GradientEngine:
                 stacklevel=3,
             )
         return steps
+
+    def _fused(self, steps: list[_Step]) -> list[_Step]:
+        """``steps`` with each fusible chain's steps replaced by one chain step, at its last node's place."""
+        protected = {self.value, *self.outputs}
+        at = {st.node.name: st for st in steps}
+        chains = [ch for ch in find_chains(self.model, protected) if all(n.name in at for n in ch.members)]
+        if not chains:
+            return steps
+        last = {ch.members[-1].name: ch for ch in chains}
+        inner = {n.name for ch in chains for n in ch.members[:-1]}
+        out = []
+        for st in steps:
+            if st.node.name in inner:
+                continue
+            ch = last.get(st.node.name)
+            if ch is None:
+                out.append(st)
+                continue
+            conv, bn = at[ch.conv.name], at[ch.bn.name]
+            act = at[ch.act.name] if ch.act is not None else None
+            head, tail = conv.needs[:3], act.needs[1:3] if act is not None else ()
+            needs = (*head, *[False] * (3 - len(head)), *bn.needs[1:5], *tail, *[False] * (2 - len(tail)))
+            static = tuple(bool(v) and v in self._static for v in ch.node.inputs)
+            out.append(_Step(ch.node, CHAIN_RULE, tuple(needs), static))
+        self.chains = chains
+        return out
 
     def _active(self, node: Node) -> bool:
         return any(o in self._need for o in node.outputs) and any(

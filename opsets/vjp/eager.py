@@ -28,7 +28,7 @@ from .prims import ConvGeometry, PrimFn, PrimRule, Prims
 if TYPE_CHECKING:
     from ..capabilities.vjp import VjpContext
 
-__all__ = ["EAGER", "EagerPrims", "erf_values", "prim_vjp", "register_prim"]
+__all__ = ["EAGER", "EagerPrims", "erf_values", "prim_rule", "prim_vjp", "register_prim"]
 
 _FUNCS = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np.tanh, "abs": np.abs, "sign": np.sign}
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal}
@@ -209,12 +209,17 @@ def _eager_fn(rule: PrimFn, name: str) -> Callable[[VjpContext], list[Any]]:
     return fn
 
 
+def prim_rule(rule: PrimFn, name: str, *, per_sample: bool = False) -> PrimRule:
+    """The :class:`PrimRule` of the primitive rule ``rule`` (eager execution by :class:`EagerPrims`), unregistered."""
+    return PrimRule(_eager_fn(rule, name), per_sample, name, rule)
+
+
 def register_prim(
     op_types: Iterable[str], rule: PrimFn, name: str, *, per_sample: bool = False, since: int = 1,
     until: int | None = None, domain: str = "",
 ) -> PrimRule:
     """Register the primitive rule ``rule`` as the VJP of ``op_types`` (eager execution by :class:`EagerPrims`)."""
-    prule = PrimRule(_eager_fn(rule, name), per_sample, name, rule)
+    prule = prim_rule(rule, name, per_sample=per_sample)
     register(list(op_types), prule, since=since, until=until, domain=domain)
     return prule
 

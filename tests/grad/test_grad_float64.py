@@ -45,21 +45,33 @@ def _parameter_only(model: Model, name: str) -> bool:
     )
 
 
-def _gate_masks(model: Model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The float32 (onnxruntime) pass masks of every Relu/Clip, keyed by the gate's input value."""
-    from onnxslice.record import record
+def _gate_masks(engine: GradientEngine, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The pass masks of every Relu/Clip in the engine's own float32 forward, keyed by the gate's input.
 
-    gates = [n for n in model.nodes if n.op_type in ("Relu", "Clip")]
-    trace = record(model, {model.input_names[0]: x}, [n.inputs[0] for n in gates], device="cpu")
+    A gate the engine reads from its input (``x > 0``, ``lo <= x <= hi``, as the Relu and Clip rules do)
+    takes that recorded input; a gate at the end of a fused chain (:mod:`onnxslice.grad.chains`) is
+    read from the chain's recorded output, as the chain's rule does (``lo < z < hi``).
+    """
+    model = engine.model
+    vals = engine.recorder.run({model.input_names[0]: x})
     masks = {}
-    for n in gates:
-        v = trace[n.inputs[0]]
+    for n in model.nodes:
+        if n.op_type not in ("Relu", "Clip"):
+            continue
+        lo, hi = -np.inf, np.inf
         if n.op_type == "Relu":
-            masks[n.inputs[0]] = v > 0
+            lo = 0.0
+        elif n.opset < 11:
+            lo, hi = n.attr("min", -np.inf), n.attr("max", np.inf)
         else:
             lo = model.initializer(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else -np.inf
             hi = model.initializer(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else np.inf
-            masks[n.inputs[0]] = (v >= lo) & (v <= hi)
+        if n.inputs[0] in vals:
+            v = vals[n.inputs[0]]
+            masks[n.inputs[0]] = v > 0 if n.op_type == "Relu" else (v >= lo) & (v <= hi)
+        elif n.outputs[0] in vals:
+            z = vals[n.outputs[0]]
+            masks[n.inputs[0]] = (z > lo) & (z < hi)
     return masks
 
 
@@ -100,9 +112,10 @@ def check_float64(model: Model, x: np.ndarray) -> int:
     The reference takes the float32 forward's side at every Relu/Clip kink (see the module
     docstring); where no gate flips, that is plain float64 autograd. Returns the number of flips.
     """
-    ref = _SameGates(model, _gate_masks(model, x)).double()
+    engine = GradientEngine(model, "pred", device="cpu", executor="eager")
+    ref = _SameGates(model, _gate_masks(engine, x)).double()
     gx, gw = _reference(ref, x)
-    g = GradientEngine(model, "pred", device="cpu")(x)
+    g = engine(x)
     errors = {model.input_names[0]: _rel(g.inputs[model.input_names[0]], gx)}
     errors.update({w: _rel(g.weights[w], v) for w, v in gw.items() if not _parameter_only(model, w)})
     assert len(errors) > len(model.layers)
