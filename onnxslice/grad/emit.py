@@ -389,10 +389,10 @@ def emission_error(engine: GradientEngine, proto: onnx.ModelProto, feed: Mapping
 
     Per gradient, ``max |emitted - eager|`` over ``max |eager|`` of all gradients of the same kind
     (weights, inputs), so that gradients that are zero in exact arithmetic do not divide by rounding noise.
-    An engine with fused chains records with onnxruntime's optimizations on; the graph then runs with
+    Where the engine records with onnxruntime's optimizations on (fused chains), the graph runs with
     them on too, so both decide their gates on the same fused forward.
     """
-    res = run_emitted(proto, feed, labels, optimize=bool(engine.chains))  # the forward the engine records
+    res = run_emitted(proto, feed, labels, optimize=engine.recording_optimized)  # the forward the engine records
     cot = engine.target.kind == "cotangent"
     g = engine(dict(feed), cotangent=labels if cot else None, labels=None if cot else labels)
     worst = 0.0

@@ -60,7 +60,7 @@ def cpu_session(proto: onnx.ModelProto, fed: Mapping[str, np.ndarray] | None = N
     eager engine records: the *all* level adds the NCHWc layout transformations, whose convolution
     kernels round the forward differently (on EfficientNet-Lite0 a Clip kink then flips and the input
     gradient moves by 1.2e-2 of its largest value against an unoptimized recording). ``fused``: the
-    engine has fused chains (:mod:`.chains`) and records at the *all* level.
+    engine records at the *all* level (fused chains, ``GradientEngine.recording_optimized``).
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = (
@@ -102,7 +102,7 @@ class EmittedRunner:
             else:
                 proto = emit_gradient_model(e, feed, trace_device="cpu", fed_min=FED_MIN)
                 self._sessions[key] = cpu_session(runtime_proto(proto), fed_weights(proto, e.model),
-                                                  fused=bool(e.chains))
+                                                  fused=e.recording_optimized)
                 if e.executor == "graph":  # the recording session only traced the graph: let it go
                     e.release_recorder()
             del proto

@@ -140,7 +140,9 @@ def test_small_reference_models_match_float64(name: str, batch: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 8])
 def test_efficientnet_lite0_matches_float64(batch: int) -> None:
+    """Here the engine records with onnxruntime's optimizations on (fused chains)."""
     model = load(ROOT / "models" / "efficientnet_lite0.onnx")
+    assert GradientEngine(model, "pred").recording_optimized
     check_float64(model, _input(model, batch))
 
 
