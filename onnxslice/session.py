@@ -61,6 +61,38 @@ def memory_stub(t: onnx.TensorProto) -> onnx.TensorProto:
     return stub
 
 
+def _copy_without_weights(proto: onnx.ModelProto, in_memory: set[str]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose ``in_memory`` initializers are :func:`memory_stub` s, made without copying
+    their bytes first (``CopyFrom`` of ResNet-18's 45 MB costs 25 ms)."""
+    out = onnx.ModelProto()
+    if not in_memory:
+        out.CopyFrom(proto)
+        return out
+    for field, value in proto.ListFields():
+        if field.name != "graph":
+            if field.is_repeated:
+                getattr(out, field.name).extend(value)
+            elif field.message_type is not None:
+                getattr(out, field.name).CopyFrom(value)
+            else:
+                setattr(out, field.name, value)
+    for field, value in proto.graph.ListFields():
+        if field.name == "initializer":
+            continue
+        if field.is_repeated:
+            getattr(out.graph, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(out.graph, field.name).CopyFrom(value)
+        else:
+            setattr(out.graph, field.name, value)
+    for t in proto.graph.initializer:
+        if t.name in in_memory:
+            out.graph.initializer.append(memory_stub(t))
+        else:
+            out.graph.initializer.add().CopyFrom(t)
+    return out
+
+
 def runtime_proto(
     proto: onnx.ModelProto,
     extra_outputs: Sequence[str] = (),
@@ -75,14 +107,8 @@ def runtime_proto(
     in ``in_memory`` stay initializers (graph optimizations may fold them) but lose their data
     (:func:`memory_stub`): pass their arrays to :func:`make_session` as ``external``.
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
+    out = _copy_without_weights(proto, set(in_memory))
     out.ir_version = min(out.ir_version, max_ort_ir_version())
-    if in_memory:
-        mem = set(in_memory)
-        stubbed = [memory_stub(t) if t.name in mem else t for t in out.graph.initializer]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(stubbed)
     if weight_inputs:
         want = set(weight_inputs)
         moved = [t for t in out.graph.initializer if t.name in want]

@@ -53,7 +53,10 @@ def test_second_load_skips_checker_and_shape_inference(cache: Path, tmp_path: Pa
     monkeypatch.setattr(model_module, "_check", boom)
     m = load_cached(path)
     assert m.path == path.resolve()
+    assert "weights_fingerprint" in m.__dict__  # from the entry, not hashed again
+    assert m.weights_fingerprint == g1.meta["weights"]  # as hashed from the file at the first load
     g2 = gradients(str(path), X)
+    assert g2.meta["weights"] == g1.meta["weights"]
     for k, v in g1.weights.items():
         np.testing.assert_array_equal(g2.weights[k], v)
     np.testing.assert_array_equal(g2.inputs["x"], g1.inputs["x"])
