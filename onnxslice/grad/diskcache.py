@@ -3,11 +3,12 @@
 Loading a model file runs the ONNX checker and shape inference (0.5-1 s on ResNet-18, most of the
 one-shot build cost). The loaded, normalized, shape-inferred model is saved once in the cache folder
 and later processes load that copy with both steps off, with the weights' fingerprint
-(:attr:`~onnxslice.model.Model.weights_fingerprint`) from the entry instead of hashing them again. Entries are keyed by a fingerprint of the
-file (resolved path, size, modification and change times, inode) and of the onnxslice and onnx
-versions; the file's contents are not hashed on each call (hashing ResNet-18's 45 MB alone took
-0.2 s), so, like the in-process engine cache, an entry is found again only while the file is
-untouched, and any write to it changes its change time and so the key.
+(:attr:`~onnxslice.model.Model.weights_fingerprint`) from the entry instead of hashing them again.
+Entries are keyed by a fingerprint of the file (resolved path, size, modification and change
+times, inode) and of the onnxslice and onnx versions; the file's contents are not hashed on each
+call (hashing ResNet-18's 45 MB alone took 0.2 s), so, like the in-process engine cache, an entry
+is found again only while the file is untouched, and any write to it changes its change time and
+so the key.
 
 Folder: ``$ONNXSLICE_CACHE``, else ``$XDG_CACHE_HOME/onnxslice``, else ``~/.cache/onnxslice`` (never
 the model's own folder); ``ONNXSLICE_CACHE=off`` (or ``0``) turns the cache off. Entries are written

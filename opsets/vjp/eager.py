@@ -147,9 +147,15 @@ class EagerPrims(Prims):
         return np.asarray(x.sum(axis=tuple(axes), keepdims=keepdims, dtype=acc))
 
     def dot_sum(self, a: np.ndarray, b: np.ndarray, axes: Sequence[int], acc: Any) -> np.ndarray:
-        if (tuple(axes) == (a.ndim - 1,) and a.shape == b.shape and a.dtype == b.dtype == np.dtype(acc)
+        k = len(axes)
+        if (k and a.ndim == b.ndim and sorted(x % a.ndim for x in axes) == list(range(a.ndim - k, a.ndim))
+                and a.shape[a.ndim - k:] == b.shape[b.ndim - k:] and a.dtype == b.dtype == np.dtype(acc)
                 and a.dtype in (np.float32, np.float64)):  # rows of one dot each: BLAS, 1.8 ms vs 2.2 (einsum)
-            return np.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+            lead = np.broadcast_shapes(a.shape[: a.ndim - k], b.shape[: b.ndim - k])
+            size = int(np.prod(a.shape[a.ndim - k:], dtype=np.int64))
+            a2 = np.broadcast_to(a.reshape(*a.shape[: a.ndim - k], size), (*lead, size))
+            b2 = np.broadcast_to(b.reshape(*b.shape[: b.ndim - k], size), (*lead, size))
+            return np.matmul(a2[..., None, :], b2[..., :, None])[..., 0, 0]
         letters = "abcdefghijklmnop"[: a.ndim]
         kept = "".join(c for i, c in enumerate(letters) if i not in set(axes))
         return np.einsum(f"{letters},{letters}->{kept}", a, b, dtype=acc)

@@ -34,21 +34,29 @@ def _chain_model(
     stride: int = 1,
     tap: bool = False,
     extra_out: bool = False,
+    wide: bool = False,
+    zero_gamma: bool = False,
 ) -> Model:
     """x[2,4,9,9] -> Conv(3x3, pads 1) -> BatchNormalization -> act -> Conv 1x1 -> BN -> y.
+
+    ``wide``: x[2,16,3,3] and 40 channels, so the weights outnumber the cotangent and the chain rule
+    folds the scale into the cotangent; ``zero_gamma``: one BatchNormalization scale is 0.
 
     ``tap``: the first Conv's output is also read by an Add (no chain there); ``extra_out``: the first
     Conv's output is a graph output.
     """
     rng = np.random.default_rng(3)
-    cin, cout = 4, 4 if group > 1 else 6
+    cin, cout = (16, 40) if wide else (4, 4 if group > 1 else 6)
+    size = 3 if wide else 9
     inits = [
         numpy_helper.from_array(rng.standard_normal((cout, cin // group, 3, 3)).astype(np.float32) * 0.4, "w1"),
         numpy_helper.from_array(rng.standard_normal((5, cout, 1, 1)).astype(np.float32) * 0.4, "w2"),
     ]
     for name, c in (("bn1", cout), ("bn2", 5)):
         inits += [
-            numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), f"{name}.s"),
+            numpy_helper.from_array(
+                rng.uniform(0.5, 1.5, c).astype(np.float32) * (np.arange(c) != 1 if zero_gamma else 1), f"{name}.s"
+            ),
             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32) * 0.3, f"{name}.b"),
             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32) * 0.2, f"{name}.m"),
             numpy_helper.from_array(rng.uniform(0.5, 2.0, c).astype(np.float32), f"{name}.v"),
@@ -85,12 +93,16 @@ def _chain_model(
         helper.make_node("Conv", [src, "w2"], ["c2"], name="conv2"),
         helper.make_node("BatchNormalization", ["c2", "bn2.s", "bn2.b", "bn2.m", "bn2.v"], ["y"], name="bn2"),
     ]
-    side = 9 if stride == 1 else 5
+    side = size if stride == 1 else (size + 1) // 2
     outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 5, side, side])]
     if extra_out:
         outputs.append(helper.make_tensor_value_info("c1", onnx.TensorProto.FLOAT, [2, cout, side, side]))
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4, 9, 9])], outputs, inits
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, cin, size, size])],
+        outputs,
+        inits,
     )
     return load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7))
 
@@ -126,18 +138,31 @@ def _fused_vs_unfused(model: Model, x: np.ndarray, per_sample: bool = False, wei
         {"act": "Clip", "bias": False},
         {"act": "Relu", "group": 4},
         {"act": "Clip", "stride": 2},
+        {"act": "Relu", "wide": True},
+        {"act": "Relu", "wide": True, "zero_gamma": True},
     ],
-    ids=["clip", "relu", "no-activation", "clip-attrs", "no-bias", "depthwise", "strided"],
+    ids=[
+        "clip",
+        "relu",
+        "no-activation",
+        "clip-attrs",
+        "no-bias",
+        "depthwise",
+        "strided",
+        "scale-on-cotangent",
+        "zero-scale",
+    ],
 )
 def test_chain_rule_matches_the_unfused_rules(kw: dict) -> None:
     model = _chain_model(**kw)
-    x = np.random.default_rng(1).standard_normal((2, 4, 9, 9)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal(model.inputs[0].shape).astype(np.float32)
     assert _fused_vs_unfused(model, x) <= RTOL
 
 
-def test_chain_rule_per_sample_matches_the_unfused_rules() -> None:
-    model = _chain_model("Clip")
-    x = np.random.default_rng(2).standard_normal((2, 4, 9, 9)).astype(np.float32)
+@pytest.mark.parametrize("wide", [False, True])
+def test_chain_rule_per_sample_matches_the_unfused_rules(wide: bool) -> None:
+    model = _chain_model("Clip", wide=wide)
+    x = np.random.default_rng(2).standard_normal(model.inputs[0].shape).astype(np.float32)
     assert _fused_vs_unfused(model, x, per_sample=True) <= RTOL
 
 
