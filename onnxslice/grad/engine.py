@@ -206,9 +206,10 @@ class GradientEngine:
         per_sample = 0
         for v in self.record_values:
             vi = m.value_info.get(v)
-            if vi is None or vi.dtype is None or vi.shape is None or not all(isinstance(d, int) for d in vi.shape[1:]):
+            dims = [d for d in vi.shape[1:] if isinstance(d, int)] if vi is not None and vi.shape is not None else []
+            if vi is None or vi.dtype is None or vi.shape is None or len(dims) != len(vi.shape) - 1:
                 continue
-            per_sample += int(np.prod(vi.shape[1:], dtype=np.int64)) * vi.dtype.itemsize
+            per_sample += int(np.prod(dims, dtype=np.int64)) * vi.dtype.itemsize
         weights = sum(m.initializer(c.conv.inputs[1]).nbytes for c in self.chains)
         return weights <= FUSED_RECORDING_SHARE * per_sample * (fixed_batch_of(m) or FUSED_RECORDING_BATCH)
 
