@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -462,12 +463,14 @@ def profile(name: str, batch: int | None = None, threads: int = 1, which: str = 
     engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
 
     def key(node: Any) -> str:
-        if node.op_type != "Conv":
+        if node.op_type not in ("Conv", "ConvBatchNormActivation"):  # the second: a fused chain (grad/chains.py)
             return str(node.op_type)
+        head = "Conv" if node.op_type == "Conv" else "Conv+BN" + ("+act" if math.isfinite(node.attr("hi")) or
+                                                                  math.isfinite(node.attr("lo")) else "")
         if int(node.attr("group", 1)) > 1:
-            return "Conv depthwise"
+            return f"{head} depthwise"
         w = model.initializer(node.inputs[1]) if model.is_initializer(node.inputs[1]) else None
-        return "Conv 1x1" if w is not None and w.shape[2:] == (1, 1) else "Conv kxk"
+        return f"{head} 1x1" if w is not None and w.shape[2:] == (1, 1) else f"{head} kxk"
 
     total, spent = eager_split(engine, x, key, repeats)
     print(f"{name} batch {len(x)}, {threads} thread(s): {1e3 * total:.1f} ms per call")

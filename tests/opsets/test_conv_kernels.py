@@ -1,0 +1,60 @@
+"""The eager convolution kernels: onnxruntime sessions against the numpy offset loop they replace.
+
+The depthwise input cotangent at stride 1 runs as a depthwise convolution whose flipped kernel is baked
+into its own session (so that onnxruntime uses its blocked kernels); those sessions are cached by the
+kernel's contents, so a weight changed in place must never meet a stale session.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnxslice.opsets.vjp import conv_kernels, kernels
+from onnxslice.opsets.vjp.prims import ConvGeometry
+
+
+def _geometry(c: int, k: int, stride: int, pad: int, length: int) -> ConvGeometry:
+    return ConvGeometry((k, k), (stride, stride), (1, 1), (pad, pad), (pad, pad), (length, length), c)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad"), [(3, 1, 1), (5, 1, 2), (3, 1, 0), (3, 2, 1)])
+def test_depthwise_input_cotangent_matches_the_numpy_loop(k: int, stride: int, pad: int) -> None:
+    rng = np.random.default_rng(0)
+    n, c, h = 2, 24, 11
+    x_shape = (n, c, h, h)
+    out = (h + 2 * pad - k) // stride + 1
+    g = rng.standard_normal((n, c, out, out)).astype(np.float32)
+    w = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    length = max(pad + h, (out - 1) * stride + k)
+    geom = _geometry(c, k, stride, pad, length)
+    fast = conv_kernels.conv_input_grad(g, w, x_shape, geom)
+    loop = conv_kernels._conv_loop(None, w, g, x_shape, False, geom)[0]
+    assert loop is not None
+    np.testing.assert_allclose(fast, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_constant_kernel_sessions_follow_the_weight_contents() -> None:
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    geom = _geometry(8, 3, 1, 1, 8)
+    before = len(kernels._CONST_SESSIONS)
+    a = conv_kernels.conv_input_grad(g, w, (2, 8, 6, 6), geom)
+    assert len(kernels._CONST_SESSIONS) == before + 1
+    np.testing.assert_allclose(conv_kernels.conv_input_grad(g, w, (2, 8, 6, 6), geom), a)  # the cached session
+    assert len(kernels._CONST_SESSIONS) == before + 1
+    w *= 2.0  # changed in place: same array, new contents
+    b = conv_kernels.conv_input_grad(g, w, (2, 8, 6, 6), geom)
+    np.testing.assert_allclose(b, 2.0 * a, rtol=1e-5, atol=1e-6)
+
+
+def test_constant_kernel_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "CONST_SESSIONS", 3)
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal((1, 4, 5, 5)).astype(np.float32)
+    for _ in range(6):
+        w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+        kernels.run_const_kernel("Conv", g, w, pads=[1, 1, 1, 1], group=4)
+    assert len(kernels._CONST_SESSIONS) <= 3
+    big = np.zeros(kernels.CONST_MAX + 1, np.float32)
+    assert kernels.run_const_kernel("Conv", g, big.reshape(-1, 1, 1, 1)[: kernels.CONST_MAX + 1]) is None
