@@ -6,14 +6,14 @@ measures, per model, in one process and round-robin (medians):
 - torch: forward alone and forward + backward (torch's parameters);
 - onnxruntime forward: at the *all* level with only the logits (fused Conv+BN+activation, NCHWc: the
   fastest forward onnxruntime has), at *extended*, and the engine's recording session (every value the
-  backward reads kept as an output) at the *disabled* level the engine uses and at *all*, and at *all*
-  without the values inside *Conv -> BatchNormalization [-> activation]* chains (what a fused-chain
-  recording would keep: the chain's input and output);
+  backward reads kept as an output: since the fused chains, a chain's input and output only) at the
+  *disabled* and at the *all* level (the engine picks one, ``GradientEngine.recording_optimized``), and
+  at *all* without the values inside *Conv -> BatchNormalization [-> activation]* chains;
 - the graph executor's own split (onnxruntime's profile of the emitted gradient graph, ``weights="params"``):
   the forward part, the convolution backward kernels (ConvTranspose, the weight-gradient GEMMs and
   Convs), and everything else (gates, BatchNormalization sums, slices, casts, layout).
 
-The eager engine's split (recording, convolution and matmul rules, other rules) is timed too. The *kernel
+The eager engine's split (recording, convolution, matmul and fused-chain rules, other rules) is timed too. The *kernel
 floor* is the fused forward plus the faster executor's convolution backward: what today's kernels cost
 if the recording were the fused forward and every other pass (gates, BatchNormalization, layout) free.
 onnxruntime's profiler inflates many small kernels, so the graph's split is used as shares of its wall
@@ -61,30 +61,19 @@ def _graph_split(proto_bytes: bytes, feed: dict[str, np.ndarray], repeats: int, 
 
 
 def chain_inner_values(model: Any) -> set[str]:
-    """The values inside *Conv -> BatchNormalization [-> Relu | Clip]* chains (the Conv's and, with an
-    activation, the BatchNormalization's output, each read by its one consumer only): what a fused-chain
-    recording would no longer keep, so that onnxruntime can fuse the chain."""
-    inner: set[str] = set()
-    outputs = set(model.output_names)
-    for n in model.nodes:
-        if n.op_type != "Conv" or n.outputs[0] in outputs:
-            continue
-        cons = model.consumers(n.outputs[0])
-        if len(cons) != 1 or cons[0].op_type != "BatchNormalization":
-            continue
-        inner.add(n.outputs[0])
-        bn = cons[0]
-        after = model.consumers(bn.outputs[0])
-        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and bn.outputs[0] not in outputs:
-            inner.add(bn.outputs[0])
-    return inner
+    """The values inside *Conv -> BatchNormalization [-> Relu | Clip]* chains (``grad.chains.find_chains``):
+    what the engine's fused-chain recording no longer keeps, so that onnxruntime can fuse the chain."""
+    from onnxslice.grad.chains import find_chains
+
+    return {v for chain in find_chains(model) for v in chain.inner}
 
 
 def _eager_split(engine: Any, x: np.ndarray, repeats: int) -> dict[str, float]:
     """ms per call of the eager engine by part: recording, convolution rules, every other rule."""
 
     def key(node: Any) -> str:
-        return "conv backward" if node.op_type in ("Conv", "Gemm", "MatMul") else "other backward"
+        conv = ("Conv", "Gemm", "MatMul", "ConvBatchNormActivation")  # the last: a fused chain (grad/chains.py)
+        return "conv backward" if node.op_type in conv else "other backward"
 
     total, spent = bg.eager_split(engine, x, key, repeats)
     out = {("recording" if k.startswith("record") else k): 1e3 * v for k, v in spent.items()}

@@ -175,6 +175,7 @@ def make_session(
     threads: int | None = None,
     arena: bool = True,
     external: Mapping[str, np.ndarray] | None = None,
+    shared_arena: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
 
@@ -187,6 +188,9 @@ def make_session(
             the resident size down for sessions whose outputs are copied out anyway).
         external: arrays of the initializers ``proto`` holds as :func:`memory_stub` (``runtime_proto(
             in_memory=)``), handed over without a copy; the session keeps references to them.
+        shared_arena: use the process's one shared CPU arena (:func:`_shared_arena`) instead of an
+            arena of its own: for the many small one-node kernel sessions, whose own arenas each keep
+            their largest output.
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
@@ -200,6 +204,8 @@ def make_session(
     threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
     if threads:
         so.intra_op_num_threads = threads
+    if shared_arena and so.enable_cpu_mem_arena and _shared_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     arrays = {k: np.ascontiguousarray(v) for k, v in (external or {}).items()}
     held = [ort.OrtValue.ortvalue_from_numpy(v) for v in arrays.values()]
     if arrays:
@@ -207,6 +213,22 @@ def make_session(
     sess = _open(proto.SerializeToString(), so, device)
     sess._onnxslice_external = (arrays, held)  # the arrays must outlive the session
     return sess
+
+
+@lru_cache(maxsize=1)
+def _shared_arena() -> bool:
+    """Register one CPU arena allocator with onnxruntime's environment (once per process).
+
+    It grows by what is asked (``arena_extend_strategy`` 1) rather than to the next power of two: on
+    EfficientNet-Lite0's backward the one-node kernel sessions then peak at 600 MiB instead of 980 with
+    an arena each, for about 2% more time per call.
+    """
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+        return True
+    except Exception:  # an onnxruntime build without it: sessions keep their own arenas
+        return False
 
 
 def _open(data: bytes, so: ort.SessionOptions, device: Device) -> ort.InferenceSession:
