@@ -107,3 +107,35 @@ def test_trace_save_load_roundtrip(tmp_path: Path, cnn_proto: onnx.ModelProto, c
     assert set(back.values) == set(trace.values) and back.outputs == ["logits"]
     np.testing.assert_array_equal(back["r"], trace["r"])
     np.testing.assert_array_equal(back["x"], cnn_input)
+
+
+def test_in_memory_weights_stay_initializers_and_fuse(cnn_proto: onnx.ModelProto, cnn_input: np.ndarray) -> None:
+    """``in_memory``: the weights are handed over from the model's arrays (stubs in the proto), stay
+    initializers (onnxruntime may fold them when optimizing) and give the same outputs."""
+    from onnxslice.model import load
+    from onnxslice.session import MEMORY_LOCATION
+
+    m = load(cnn_proto)
+    big = [n for n in m.initializer_names if m.initializer(n).size >= 16]
+    assert big
+    stubbed = runtime_proto(cnn_proto, [], [], big)
+    stubs = [t for t in stubbed.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {t.name for t in stubs} == set(big) and all(not t.raw_data for t in stubs)
+    assert all(e.value == MEMORY_LOCATION for t in stubs for e in t.external_data if e.key == "location")
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in cnn_proto.graph.initializer)
+    ref = Recorder(m, None, "cpu").run({m.input_names[0]: cnn_input})
+    for optimize in (False, True):
+        rec = Recorder(m, None, "cpu", in_memory=big, optimize=optimize)
+        assert not {i.name for i in rec.session.get_inputs()} & set(big)  # not inputs: initializers
+        got = rec.run({m.input_names[0]: cnn_input})
+        for k, v in ref.items():
+            np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_sessions_share_one_arena() -> None:
+    from onnxslice.opsets.vjp import kernels
+
+    a = np.ones((2, 3), np.float32)
+    kernels.run_kernel("MatMul", a, a.T)
+    sess = next(s for s in kernels._SESSIONS.values() if s is not None)
+    assert sess.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
