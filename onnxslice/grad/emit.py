@@ -143,10 +143,14 @@ def emit_gradient_model(
     if engine.target.kind not in EMIT_TARGETS or (engine.target.kind == "class" and len(engine.target.classes) != 1):
         raise EmissionError(f"target '{engine.target.spec}' cannot be emitted as a graph; use one of pred, class:K, "
                             "loss, output-norm, cotangent")
-    if trace_device is None or trace_device == engine.device:
+    steps = engine.emission_steps
+    if steps is engine.steps and (trace_device is None or trace_device == engine.device):
         rec = engine.recorder
-    else:
-        rec = Recorder(m, engine.record_values, trace_device)  # type: ignore[arg-type]
+    else:  # another device, or the unfused steps: their values, recorded once for their shapes
+        produced = {o for node in m.nodes for o in node.outputs if o}
+        wanted = {v for st in steps for v in (*st.node.inputs, *st.node.outputs) if v in produced}
+        wanted.update(v for v in (engine.value, *engine.outputs) if v in produced)
+        rec = Recorder(m, sorted(wanted), trace_device or engine.device)  # type: ignore[arg-type]
     vals = rec.run(dict(sample), validated=True)
     n = len(next(iter(sample.values())))
     z_arr = vals[engine.value]
@@ -184,7 +188,7 @@ def emit_gradient_model(
     else:
         f, seed = _seed(P, b, engine, z, labels)
     grads: dict[str, Sym] = {engine.value: seed}
-    for step in engine.steps:
+    for step in steps:
         node = step.node
         out_grads: list[Any] = [grads.pop(o, None) if o else None for o in node.outputs]
         if all(g is None for g in out_grads):

@@ -221,3 +221,21 @@ def test_fused_engine_matches_unfused_on_resnet8() -> None:
         assert _rel(a.weights[k], v) <= 1e-4, k
     for k, v in b.inputs.items():
         assert _rel(a.inputs[k], v) <= 1e-4, k
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_emission_follows_the_recording(wide: bool) -> None:
+    """An optimized recording (activations outweigh the chains' weights) emits the chain steps and runs the
+    graph optimized; otherwise the graph is built from the unfused steps, as the eager engine records."""
+    from onnxslice.grad.chains import CHAIN_OP
+    from onnxslice.grad.emit import emission_error, emit_gradient_model
+
+    model = _chain_model("Clip", wide=wide)
+    engine = GradientEngine(model, "cotangent", executor="eager")
+    assert engine.chains and engine.recording_optimized == (not wide)
+    ops = {st.node.op_type for st in engine.emission_steps}
+    assert (CHAIN_OP in ops) == (not wide) and ("BatchNormalization" in ops) == wide
+    x = np.random.default_rng(5).standard_normal(model.inputs[0].shape).astype(np.float32)
+    cot = np.random.default_rng(6).standard_normal((2, 5, *model.inputs[0].shape[2:])).astype(np.float32)
+    proto = emit_gradient_model(engine, {"x": x})
+    assert emission_error(engine, proto, {"x": x}, cot) <= 2e-5
