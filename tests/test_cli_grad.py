@@ -87,3 +87,36 @@ def test_cli_grad_loss_without_labels(tmp_path: Path, cnn_path: Path, capsys) ->
     assert main(argv) == 2
     assert "needs labels" in capsys.readouterr().err
     assert files_in(tmp_path) == before
+
+
+def test_cli_grad_no_fuse_differentiates_node_by_node(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _common import ROOT
+
+    from onnxslice.commands import grad as grad_command
+    from onnxslice.grad import GradientEngine
+
+    built: list[GradientEngine] = []
+
+    class Recording(GradientEngine):
+        def __init__(self, *a, **k) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*a, **k)
+            built.append(self)
+
+    monkeypatch.setattr(grad_command, "GradientEngine", Recording)
+    model_path = ROOT / "models" / "resnet8_mnist.onnx"
+    data = tmp_path / "m.npz"
+    x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    np.savez(data, x=x)
+    for flag, fuse in (([], True), (["--no-fuse"], False)):
+        out = tmp_path / f"g{int(fuse)}.npz"
+        assert main(["grad", str(model_path), "--data", str(data), "--out", str(out), *flag]) == 0
+        engine = built[-1]
+        assert engine.fuse == fuse and bool(engine.chains) == fuse
+        assert any(st.node.op_type == "BatchNormalization" for st in engine.steps) == (not fuse)
+        want = engine({engine.model.input_names[0]: x})
+        got = Gradients.load(out)
+        for k, v in want.weights.items():
+            np.testing.assert_allclose(got.weights[k], v, rtol=1e-6, atol=1e-9)
+    capsys.readouterr()

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-sample", action="store_true", help="keep one weight gradient per sample in the file")
     p.add_argument("--batch-size", type=positive_int, default=64, help="samples per run (default 64)")
     p.add_argument("--exact", action="store_true", help="refuse ops without a VJP rule (no finite differences)")
+    p.add_argument("--no-fuse", action="store_true", help="differentiate Conv, BatchNormalization and their ReLU/Clip "
+                   "node by node on the unoptimized forward (default: each such chain is one step, recorded fused "
+                   "where that pays; its ReLU/Clip kinks then fall as onnxruntime's fused forward rounds them)")
     p.add_argument("--emit", metavar="GRAD.onnx", help="also write the backward pass as a standalone ONNX gradient "
                    "model (inputs: the model's inputs, plus labels for loss; outputs: target and grad:<name> per "
                    "weight and input), traced on the first --batch-size samples, whose shapes it keeps; checked "
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     ds = ds.subset(parse_samples(args.samples, len(ds)))
     weights: str | list[str] = args.weights if args.weights in ("all", "params", "layers") else args.weights.split(",")
     engine = GradientEngine(model, args.target, weights=weights, device=args.device, exact=args.exact,
-                            output=args.output)
+                            output=args.output, fuse=not args.no_fuse)
     grads = engine(ds, per_sample=args.per_sample, batch_size=args.batch_size)
     bad = [k for k, v in [*grads.weights.items(), *grads.inputs.items(), ("target", grads.target_values)]
            if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
