@@ -12,8 +12,8 @@ own child process with its threads pinned (``OMP_NUM_THREADS``, ``torch.set_num_
 onnxruntime ``intra_op_num_threads`` through ``ONNXSLICE_THREADS``); the parent asks the sides for
 one gradient call at a time, each side going first in turn (round-robin), so machine load hits all
 alike. Reported per model and thread count: median wall time per call (after a warm-up), the ratios
-to torch (goal: <= 1.0), the peak resident memory each side adds (``ru_maxrss`` after the work minus
-the resident size before it) and its ratio, the agreement of the input gradients with torch, the
+to torch (goal: <= 1.0), the peak resident memory each side adds (the peak, ``VmHWM``, reset once
+the model is loaded, minus the resident size then) and its ratio, the agreement of the input gradients with torch, the
 graph's first call (emission + session build), and the one-shot build cost of
 ``osl.gradients(path, x)`` (first call minus a steady eager call; the second one-shot call hits the
 engine cache). ``--profile NAME`` prints the time per VJP op type and the recording on one model;
@@ -171,7 +171,25 @@ def _rss_mib() -> float:
 
 
 def _peak_mib() -> float:
+    """The peak resident size since the last :func:`_reset_peak` (``VmHWM``; ``ru_maxrss`` where unreadable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak() -> None:
+    """Start the peak over at the current resident size, so that the model export before it does not count
+    (before session 6 every side's peak included its torch export: ResNet-18 b8 about 127 MiB)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _pin(threads: int) -> None:
@@ -218,6 +236,7 @@ def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str =
 
     model = load(onnx_bytes)
     base = _rss_mib()  # every side: after the weights are in memory
+    _reset_peak()
     engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     engine(x)  # warm-up
     _serve(conn, lambda: engine(x).inputs["x"], base, oneshot)
@@ -229,6 +248,7 @@ def _graph_side(name: str, batch: int, threads: int, conn: Any, which: str = "al
     _, onnx_bytes, x = build(name, batch)
     model = load(onnx_bytes)
     base = _rss_mib()
+    _reset_peak()
     engine = GradientEngine(model, "pred", device="cpu", executor="graph", weights=_weights(name, model, which))
     t = time.perf_counter()
     engine(x)  # emission, session build and the first run
@@ -241,6 +261,7 @@ def _torch_side(name: str, batch: int, threads: int, conn: Any, which: str = "al
     mod, _, x = build(name, batch)
     xt = torch.from_numpy(x)
     base = _rss_mib()
+    _reset_peak()
 
     def step() -> np.ndarray:
         xi = xt.clone().requires_grad_(True)
