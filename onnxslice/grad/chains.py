@@ -9,10 +9,11 @@ gated cotangent ``dy``), and the scale's own gradient needs no pass over the act
     sum dy * xhat = (sum_k W[c, k] dW'[c, k] + (b[c] - mean[c]) sum dy[c]) / sqrt(var[c] + eps)
 
 because ``sum dy * conv(x, W)[c] = sum_k W[c, k] dW'[c, k]``. So the engine records neither the
-convolution's nor the BatchNormalization's output, and onnxruntime can run the chain as it runs it by
-default (one fused convolution, NCHWc layout). The gates are then decided on that fused forward's
-values, as the model runs in onnxruntime by default; at a kink (a pre-activation within float32
-rounding of a bound) they may differ from the unfused graph's.
+convolution's nor the BatchNormalization's output, and where that pays
+(``GradientEngine.recording_optimized``) onnxruntime runs the chain as it runs it by default (one
+fused convolution, NCHWc layout). The gates are then decided on that fused forward's values, as the
+model runs in onnxruntime by default; at a kink (a pre-activation within float32 rounding of a bound)
+they may differ from the unfused graph's.
 
 :func:`find_chains` finds the chains of a model; :func:`conv_bn_act` is the chain's VJP, written against
 the primitives like every rule, so it runs eagerly and is emitted as ONNX nodes alike.
