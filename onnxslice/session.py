@@ -61,6 +61,19 @@ def memory_stub(t: onnx.TensorProto) -> onnx.TensorProto:
     return stub
 
 
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of the message ``src`` into ``dst`` except the field ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def _copy_without_weights(proto: onnx.ModelProto, in_memory: set[str]) -> onnx.ModelProto:
     """A copy of ``proto`` whose ``in_memory`` initializers are :func:`memory_stub` s, made without copying
     their bytes first (``CopyFrom`` of ResNet-18's 45 MB costs 25 ms)."""
@@ -68,23 +81,8 @@ def _copy_without_weights(proto: onnx.ModelProto, in_memory: set[str]) -> onnx.M
     if not in_memory:
         out.CopyFrom(proto)
         return out
-    for field, value in proto.ListFields():
-        if field.name != "graph":
-            if field.is_repeated:
-                getattr(out, field.name).extend(value)
-            elif field.message_type is not None:
-                getattr(out, field.name).CopyFrom(value)
-            else:
-                setattr(out, field.name, value)
-    for field, value in proto.graph.ListFields():
-        if field.name == "initializer":
-            continue
-        if field.is_repeated:
-            getattr(out.graph, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(out.graph, field.name).CopyFrom(value)
-        else:
-            setattr(out.graph, field.name, value)
+    _copy_fields(proto, out, skip="graph")
+    _copy_fields(proto.graph, out.graph, skip="initializer")
     for t in proto.graph.initializer:
         if t.name in in_memory:
             out.graph.initializer.append(memory_stub(t))
@@ -171,18 +169,20 @@ def make_session(
     proto: onnx.ModelProto,
     device: Device = "auto",
     *,
-    optimize: bool = False,
+    optimize: bool | Literal["extended"] = False,
     threads: int | None = None,
     arena: bool = True,
     external: Mapping[str, np.ndarray] | None = None,
     shared_arena: bool = False,
+    mem_pattern: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
 
     Args:
         proto: the model (IR version must already be acceptable: see :func:`runtime_proto`).
         device: ``"auto"`` uses CUDA when it really works, else CPU; ``"cuda"`` fails if it does not.
-        optimize: keep onnxruntime's graph optimizations (off for recording, on for latency).
+        optimize: keep onnxruntime's graph optimizations (off for recording, on for latency);
+            ``"extended"`` stops before the NCHWc layout transformations of the *all* level.
         threads: intra-op threads (default: ``ONNXSLICE_THREADS`` when set, else onnxruntime's choice).
         arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
             the resident size down for sessions whose outputs are copied out anyway).
@@ -191,14 +191,19 @@ def make_session(
         shared_arena: use the process's one shared CPU arena (:func:`_shared_arena`) instead of an
             arena of its own: for the many small one-node kernel sessions, whose own arenas each keep
             their largest output.
+        mem_pattern: let onnxruntime plan the buffers of a run ahead (off: less peak memory for large
+            graphs such as the emitted gradient graphs).
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
     """
     so = ort.SessionOptions()
+    levels = ort.GraphOptimizationLevel
     so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        levels.ORT_ENABLE_EXTENDED if optimize == "extended" else levels.ORT_ENABLE_ALL if optimize
+        else levels.ORT_DISABLE_ALL
     )
+    so.enable_mem_pattern = mem_pattern
     so.log_severity_level = 3
     so.enable_cpu_mem_arena = arena and os.environ.get("ONNXSLICE_ARENA", "1") != "0"
     threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)

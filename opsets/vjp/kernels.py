@@ -61,10 +61,14 @@ def _build(
     return make_session(model, "cpu", optimize=True, shared_arena=True)
 
 
+def _attr_key(attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Node attributes as a hashable cache key (lists become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()))
+
+
 def run_kernel(op: str, a: np.ndarray, b: np.ndarray, **attrs: Any) -> np.ndarray | None:
     """``op(a, b, **attrs)`` through a cached onnxruntime session; None when onnxruntime refuses it."""
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()))
-    sess = _session(op, key, a.dtype.name, a.ndim)
+    sess = _session(op, _attr_key(attrs), a.dtype.name, a.ndim)
     if sess is None:
         return None
     try:
@@ -94,7 +98,7 @@ def run_const_kernel(op: str, a: np.ndarray, const: np.ndarray, **attrs: Any) ->
         return None
     const = np.ascontiguousarray(const)
     digest = hashlib.blake2b(const.tobytes(), digest_size=16).digest()
-    attr_key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items()))
+    attr_key = _attr_key(attrs)
     key = (op, attr_key, a.dtype.name, a.ndim, const.dtype.name, const.shape, digest)
     sess = _CONST_SESSIONS.pop(key, False)
     if sess is False:
