@@ -100,7 +100,7 @@ def _bounds(model: Model, act: Node) -> tuple[float, float, str, str] | None:
     if act.op_type == "Relu":
         return 0.0, math.inf, "", ""
     if act.opset < 11:
-        lo, hi = float(act.attr("min", -3.4028234663852886e38)), float(act.attr("max", 3.4028234663852886e38))
+        lo, hi = float(act.attr("min", -math.inf)), float(act.attr("max", math.inf))  # as the Clip-6 rule reads them
         return (lo, hi, "", "") if lo <= hi else None
     names = [act.input(1), act.input(2)]
     vals = []

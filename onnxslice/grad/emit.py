@@ -147,10 +147,7 @@ def emit_gradient_model(
     if steps is engine.steps and (trace_device is None or trace_device == engine.device):
         rec = engine.recorder
     else:  # another device, or the unfused steps: their values, recorded once for their shapes
-        produced = {o for node in m.nodes for o in node.outputs if o}
-        wanted = {v for st in steps for v in (*st.node.inputs, *st.node.outputs) if v in produced}
-        wanted.update(v for v in (engine.value, *engine.outputs) if v in produced)
-        rec = Recorder(m, sorted(wanted), trace_device or engine.device)  # type: ignore[arg-type]
+        rec = Recorder(m, engine.emission_values, trace_device or engine.device)  # type: ignore[arg-type]
     vals = rec.run(dict(sample), validated=True)
     n = len(next(iter(sample.values())))
     z_arr = vals[engine.value]
