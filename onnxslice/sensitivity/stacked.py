@@ -310,8 +310,11 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
         for o in n.output:
             if o in tiled:
                 nodes.append(helper.make_node("Concat", [o] * groups, [tiled[o]], name=tiled[o], axis=0))
+    # The model's value_info gives the prefix values (N rows) and the values below the layer (G * N rows)
+    # the same symbolic batch, which lets onnxruntime's planner share their buffers (at the *all* level
+    # it then fails on the first reuse); only batch-free (static) values keep theirs, inference redoes the rest.
     graph = helper.make_graph(nodes, g.name, [i for i in g.input if i.name != layer.weight], list(g.output), inits,
-                              value_info=list(g.value_info))
+                              value_info=[vi for vi in g.value_info if vi.name in static])
     proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
     with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)
