@@ -233,6 +233,24 @@ def _static(model: Model) -> set[str]:
     return static
 
 
+def _batch_free(vi: onnx.ValueInfoProto, static: set[str]) -> onnx.ValueInfoProto:
+    """``vi`` with its leading dimension unknown, unless its value is static.
+
+    In a per-layer stacked model the values above the layer hold ``N`` rows and those below it ``G * N``;
+    the model's value_info gives them one symbolic batch, which lets onnxruntime's planner share their
+    buffers (at the *all* level it then fails on the first reuse: 'Shape mismatch attempting to re-use
+    buffer'). The other dimensions stay: the engine sizes its recording from them.
+    """
+    if vi.name in static or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.shape.dim:
+        return vi
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    lead = out.type.tensor_type.shape.dim[0]
+    lead.ClearField("dim_value")
+    lead.ClearField("dim_param")
+    return out
+
+
 def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]) -> Stacked | str:
     """``groups`` settings of one layer's weight per call, the part of the graph above it run once.
 
@@ -310,11 +328,8 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
         for o in n.output:
             if o in tiled:
                 nodes.append(helper.make_node("Concat", [o] * groups, [tiled[o]], name=tiled[o], axis=0))
-    # The model's value_info gives the prefix values (N rows) and the values below the layer (G * N rows)
-    # the same symbolic batch, which lets onnxruntime's planner share their buffers (at the *all* level
-    # it then fails on the first reuse); only batch-free (static) values keep theirs, inference redoes the rest.
     graph = helper.make_graph(nodes, g.name, [i for i in g.input if i.name != layer.weight], list(g.output), inits,
-                              value_info=[vi for vi in g.value_info if vi.name in static])
+                              value_info=[_batch_free(vi, static) for vi in g.value_info])
     proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
     with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)
