@@ -6,6 +6,8 @@ recording of intermediate values on top of it is :mod:`onnxslice.record`, which 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import time
@@ -133,6 +135,17 @@ def runtime_proto(
         out.graph.output.append(vi)
         have.add(name)
     return out
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    After a large one-off allocation is freed (a recording traced once) glibc keeps its pages, and the
+    next large user (an onnxruntime arena) grows the resident size around them instead of reusing them:
+    on the CIFAR ResNet-18's graph executor at batch 32 the peak was 34 MiB higher without it.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cuda_works(providers: Sequence[str]) -> bool:

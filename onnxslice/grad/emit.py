@@ -30,7 +30,6 @@ from onnx import helper
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
 from onnxslice.opsets.vjp.prims import NotEmittable, PrimRule
-from onnxslice.record import Recorder
 from onnxslice.session import MEMORY_LOCATION, memory_stub
 from onnxslice.version import __version__
 
@@ -145,12 +144,18 @@ def emit_gradient_model(
                             "loss, output-norm, cotangent")
     steps = engine.emission_steps
     if steps is engine.steps and (trace_device is None or trace_device == engine.device):
-        rec = engine.recorder
-    else:  # another device, or the unfused steps: their values, recorded once for their shapes
-        rec = Recorder(m, engine.emission_values, trace_device or engine.device)  # type: ignore[arg-type]
-    vals = rec.run(dict(sample), validated=True)
+        vals = engine.recorder.run(dict(sample), validated=True)
+    else:  # another device, or the unfused steps: their values, recorded once for their shapes (no arena:
+        # its buffers go back before the graph's session is built)
+        rec = engine.make_recorder(engine.emission_values, trace_device, arena=False)  # type: ignore[arg-type]
+        vals = rec.run(dict(sample), validated=True)
+        del rec
     n = len(next(iter(sample.values())))
     z_arr = vals[engine.value]
+    static = engine._static
+    # the computed values only lend their shapes and dtypes, except those computed from weights alone
+    traced = {k: (v.shape, v.dtype) for k, v in vals.items()}
+    vals = {k: v for k, v in vals.items() if k in static}
     lay = engine.bound.layout(z_arr, n)
     cot = engine.target.kind == "cotangent"
     if z_arr.dtype.kind != "f" or (not cot and (z_arr.ndim != 2 or lay.batch != 0)):
@@ -158,7 +163,6 @@ def emit_gradient_model(
                             "float [samples, classes] logits")
     b = GraphBuilder(opset)
     P = OnnxPrims(b)
-    static = engine._static
 
     def sym(name: str) -> Sym | None:
         if not name:
@@ -166,12 +170,14 @@ def emit_gradient_model(
         if m.is_initializer(name):
             arr = m.initializer(name)
             return Sym(name, arr.shape, arr.dtype, arr)
-        arr = vals.get(name)
-        if arr is None:
-            arr = sample.get(name)
-        if arr is None:
+        if name in vals:
+            const = np.asarray(vals[name])
+            return Sym(name, const.shape, const.dtype, const)
+        if name in traced:
+            return Sym(name, *traced[name], None)
+        if name not in sample:
             return None
-        arr = np.asarray(arr)
+        arr = np.asarray(sample[name])
         return Sym(name, arr.shape, arr.dtype, arr if name in static else None)
 
     z = sym(engine.value)

@@ -18,6 +18,7 @@ import onnx
 
 from onnxslice.errors import DataError, OnnxSliceError
 from onnxslice.record import make_session, runtime_proto
+from onnxslice.session import trim_heap
 
 from .emit import emit_gradient_model, fed_weights, grad_output_name
 from .result import Gradients
@@ -89,6 +90,7 @@ class EmittedRunner:
                 if e.executor == "graph":  # the recording session only traced the graph: let it go
                     e.release_recorder()
             del proto
+            trim_heap()  # the tracing's buffers go back before the graph's first run grows its arena
         return self._sessions[key]
 
     def providers(self, feed: Mapping[str, np.ndarray]) -> list[str]:

@@ -243,17 +243,23 @@ class GradientEngine:
         the session runs with onnxruntime's optimizations on, which fuses the chains.
         """
         if self._recorder is None:
-            m = self.model
-            fed = [
-                n
-                for n in m.initializer_names
-                if n not in self.swappable and m.initializer(n).dtype.kind == "f" and m.initializer(n).size >= _FEED_MIN
-            ]
-            self._recorder = Recorder(
-                m, self.record_values, self.device, weight_inputs=self.swappable, in_memory=fed,
-                optimize=self.recording_optimized,
-            )
+            self._recorder = self.make_recorder(self.record_values, optimize=self.recording_optimized)
         return self._recorder
+
+    def make_recorder(
+        self, values: Sequence[str], device: Device | None = None, *, optimize: bool = False, arena: bool = True
+    ) -> Recorder:
+        """A new recording session of ``values`` with this engine's weights: the ``swappable`` ones as inputs,
+        every other float initializer of at least ``_FEED_MIN`` elements handed over from the model's own
+        arrays (no copy). ``arena=False`` frees its buffers after each run (a one-off recording)."""
+        m = self.model
+        fed = [
+            n
+            for n in m.initializer_names
+            if n not in self.swappable and m.initializer(n).dtype.kind == "f" and m.initializer(n).size >= _FEED_MIN
+        ]
+        return Recorder(m, values, device or self.device, weight_inputs=self.swappable, in_memory=fed,
+                        optimize=optimize, arena=arena)
 
     def release_recorder(self) -> None:
         """Drop the recording session and its memory pool (rebuilt on next use): for calls the graph serves."""

@@ -99,6 +99,19 @@ def test_emitted_clip_uses_fewer_nodes_and_matches_eager() -> None:
         assert set(graph.weights) == set(eager.weights)
 
 
+def test_a_one_off_recording_borrows_the_weights_and_keeps_no_arena() -> None:
+    """The recording that traces an emitted graph (``make_recorder(..., arena=False)``) is handed the model's
+    own weight arrays and frees its buffers after its run, so the graph's session does not grow around
+    them; the emission then keeps only the traced values' shapes."""
+    m: Any = load(_clip_net(0.0, 6.0, channels=512))
+    eng = GradientEngine(m, "pred", device="cpu", executor="graph")
+    rec = eng.make_recorder(eng.record_values, arena=False)
+    arrays, _ = rec.session._onnxslice_external
+    assert set(arrays) == {"w1"} and np.shares_memory(arrays["w1"], m.initializer("w1"))
+    assert not rec.session.get_session_options().enable_cpu_mem_arena
+    assert eng.recorder.session.get_session_options().enable_cpu_mem_arena  # the engine's own recorder keeps one
+
+
 def test_graph_session_is_fed_the_model_weights_and_written_models_keep_them() -> None:
     m: Any = load(_clip_net(0.0, 6.0, channels=512))  # w1: 512*27 elements, w2: 2560
     x = np.random.default_rng(3).random((2, 3, 8, 8), dtype=np.float32)
