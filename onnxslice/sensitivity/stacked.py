@@ -288,6 +288,8 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
             if vi is None or vi.dtype is None or vi.dtype.kind != "f":
                 what = vi.describe() if vi else "untyped"
                 return f"value '{v}' ({what}) is computed above layer '{layer.name}' and read below it"
+            if vi.shape is not None and (not vi.shape or isinstance(vi.shape[0], int)):
+                continue  # no sample axis (a scalar such as a dynamic quantization scale): read as it is
             tiled[v] = f"{v}__tiled"
     first = {i: f"{i}__first" for i in model.input_names}  # prefix readers see the first N rows
     p = f"{node_l.name}__subj"

@@ -261,3 +261,30 @@ def test_per_layer_paths_on_a_fused_recording():
     for k in want:
         scale = float(np.abs(want[k]).max()) or 1.0
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)
+
+
+def test_per_layer_paths_read_a_batch_scalar_from_above_as_it_is():
+    """A float scalar computed from the batch above the layer (as a dynamic quantization scale is) has no
+    sample axis to tile: the values below the layer read it as it is (tiling it made an invalid Concat of
+    scalars, and onnxruntime refused the model)."""
+    rng = np.random.default_rng(2)
+    w = {"W0": (rng.normal(size=(3, 1, 3, 3)) / 3).astype(np.float32),
+         "W1": (rng.normal(size=(2, 3, 3, 3)) / 5).astype(np.float32),
+         "W2": (rng.normal(size=(8, 3)) / 3).astype(np.float32)}
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["peak"], name="peak", keepdims=0),  # a scalar from the whole batch
+        helper.make_node("Conv", ["x", "W0"], ["c0"], name="conv0"),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "W1"], ["c1"], name="conv1"),
+        helper.make_node("Mul", ["c1", "peak"], ["s1"], name="scale"),
+        helper.make_node("Relu", ["s1"], ["r1"], name="relu1"),
+        helper.make_node("Flatten", ["r1"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "W2"], ["logits"], name="fc"),
+    ]
+    proto = make_model(nodes, {"x": (np.float32, ["N", 1, 6, 6])}, {"logits": (np.float32, ["N", 3])}, w)
+    model = load(onnx.shape_inference.infer_shapes(proto))
+    got, want, ctx = _both(model, "ig", "layer")
+    assert ctx._subject_engine(model.layers[1], 3) is not None  # conv1's points were stacked
+    for k in want:
+        scale = float(np.abs(want[k]).max()) or 1.0
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)
