@@ -176,6 +176,7 @@ class Recorder:
         optimize: run with onnxruntime's graph optimizations (level *all*: Conv, BatchNormalization and
             activation fused where no recorded value sits between them). The recorded values then
             differ from the unoptimized graph's in the last bits.
+        spin: let onnxruntime's worker threads spin-wait after a run (see :func:`make_session`).
     """
 
     def __init__(
@@ -187,6 +188,7 @@ class Recorder:
         arena: bool = True,
         in_memory: Sequence[str] = (),
         optimize: bool = False,
+        spin: bool = True,
     ) -> None:
         self.model = model
         self.weight_inputs = list(dict.fromkeys(weight_inputs))
@@ -206,7 +208,7 @@ class Recorder:
         mem = [n for n in dict.fromkeys(in_memory) if n not in self.weight_inputs]
         self.session = make_session(
             runtime_proto(model.proto, self.values, self.weight_inputs, mem), device, arena=arena,
-            optimize=optimize, external={n: model.initializer(n) for n in mem},
+            optimize=optimize, external={n: model.initializer(n) for n in mem}, spin=spin,
         )
         self.device = _session_device(self.session)
         self._refuse_non_tensors()

@@ -139,3 +139,24 @@ def test_kernel_sessions_share_one_arena() -> None:
     kernels.run_kernel("MatMul", a, a.T)
     sess = next(s for s in kernels._SESSIONS.values() if s is not None)
     assert sess.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+
+
+def test_sessions_run_between_other_work_do_not_spin(cnn_proto: onnx.ModelProto) -> None:
+    """The one-node kernel sessions and the gradient engine's recordings let their worker threads sleep
+    after a run (each session has its own pool: spinning workers of dozens of sessions took the cores
+    from each other); other recordings keep onnxruntime's default."""
+    from onnxslice.opsets.vjp import kernels
+
+    from onnxslice.grad import GradientEngine
+
+    a = np.ones((2, 3), np.float32)
+    kernels.run_kernel("MatMul", a, a.T)
+    kernels.run_const_kernel("MatMul", a, a.T.copy())
+    key = "session.intra_op.allow_spinning"
+    sessions = [s for s in (*kernels._SESSIONS.values(), *kernels._CONST_SESSIONS.values()) if s is not None]
+    assert sessions and all(s.get_session_options().get_session_config_entry(key) == "0" for s in sessions)
+    engine = GradientEngine(osl.load(cnn_proto), "pred")
+    assert engine.recorder.session.get_session_options().get_session_config_entry(key) == "0"
+    plain = Recorder(osl.load(cnn_proto)).session.get_session_options()
+    with pytest.raises(Exception):  # noqa: B017 - unset: onnxruntime raises for a missing key
+        plain.get_session_config_entry(key)

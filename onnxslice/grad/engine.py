@@ -251,7 +251,8 @@ class GradientEngine:
     ) -> Recorder:
         """A new recording session of ``values`` with this engine's weights: the ``swappable`` ones as inputs,
         every other float initializer of at least ``_FEED_MIN`` elements handed over from the model's own
-        arrays (no copy). ``arena=False`` frees its buffers after each run (a one-off recording)."""
+        arrays (no copy). ``arena=False`` frees its buffers after each run (a one-off recording). Its
+        worker threads do not spin after a run: the backward's kernels run next (see ``make_session``)."""
         m = self.model
         fed = [
             n
@@ -259,7 +260,7 @@ class GradientEngine:
             if n not in self.swappable and m.initializer(n).dtype.kind == "f" and m.initializer(n).size >= _FEED_MIN
         ]
         return Recorder(m, values, device or self.device, weight_inputs=self.swappable, in_memory=fed,
-                        optimize=optimize, arena=arena)
+                        optimize=optimize, arena=arena, spin=False)
 
     def release_recorder(self) -> None:
         """Drop the recording session and its memory pool (rebuilt on next use): for calls the graph serves."""

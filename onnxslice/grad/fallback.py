@@ -77,7 +77,7 @@ class _FiniteDifference:
         key = tuple(str(t) for t in [*in_types, *out_types])
         if key not in self._sessions:
             proto = one_node_model(self.model, self.node, in_types, out_types)
-            self._sessions[key] = make_session(proto, "cpu")
+            self._sessions[key] = make_session(proto, "cpu", spin=False)  # run amid the other rules
         return self._sessions[key]
 
     def __call__(self, ctx: VjpContext) -> Grads:

@@ -58,7 +58,7 @@ def _build(
         [node], f"onnxslice/{op}", inputs, [helper.make_tensor_value_info("c", elem, None)], inits
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return make_session(model, "cpu", optimize=True, shared_arena=True)
+    return make_session(model, "cpu", optimize=True, shared_arena=True, spin=False)
 
 
 def _attr_key(attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
