@@ -214,11 +214,15 @@ class Context:
         return {k: v / n for k, v in total.items()}, fsum / n
 
     # -- many weight settings per engine call (stacked.py) -----------------------------------------
-    def stack_problem(self) -> str | None:
-        """Why points cannot be stacked along the batch here (None when they can)."""
+    def stack_problem(self, structural: bool = False) -> str | None:
+        """Why points cannot be stacked along the batch here (None when they can).
+
+        ``structural``: leave out nodes that combine a batch's samples, which stop only the stacking of
+        points below them (:func:`~onnxslice.sensitivity.stacked.stack_problem`).
+        """
         if not self.option("stack", True):
             return "stacking is turned off (option stack=False)"
-        why = stack_problem(self.model, self.layers)
+        why = stack_problem(self.model, self.layers, structural)
         if why is None:
             ref = self.reference()
             if self.bound.batch_axis(ref, len(self.need_data("target"))) != 0:
@@ -331,17 +335,18 @@ class Context:
     ) -> Iterator[tuple[int, int, dict[str, np.ndarray], np.ndarray]]:
         cal = self.need_data("gradient")
         count = r1 - r0
-        sub = subject is not None and self.option("stack", True) and self.stack_problem() is None
+        sub = subject is not None and self.option("stack", True) and self.stack_problem(structural=True) is None
         groups = self._stack_size(count, min(size, len(cal)), per_sample, force=sub)
         blocks = max(1, -(-count // groups))
         bounds = r0 + np.linspace(0, count, blocks + 1).round().astype(int)  # near-equal blocks: <= 2 engines
         for b0, b1 in itertools.pairwise(bounds):
             k = int(b1 - b0)
             built = self._subject_engine(subject, k) if sub and subject is not None else None
-            if built is None and k == 1:
-                for n, g in self.grad_chunks(points[b0], per_sample, chunk):
-                    yield int(b0), n, {x.weight: g.weights[x.weight] for x in self.layers}, g.target_values
-                advance("")
+            if built is None and (k == 1 or self.stack_problem() is not None):  # one call per point
+                for i in range(int(b0), int(b1)):
+                    for n, g in self.grad_chunks(points[i], per_sample, chunk):
+                        yield i, n, {x.weight: g.weights[x.weight] for x in self.layers}, g.target_values
+                    advance("")
                 continue
             eng, st = built if built is not None else self._stacked_engine(k, per_sample)
             names = [subject.weight] if built is not None and subject is not None else [x.weight for x in self.layers]

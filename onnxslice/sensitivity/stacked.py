@@ -25,16 +25,17 @@ models it was no faster than one call per point (see ``Context._stack_size``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from onnxslice.model import Layer, Model
+from onnxslice.model import Layer, Model, Node
 
-__all__ = ["STACKABLE_OPS", "Points", "Stacked", "stack_model", "stack_problem", "stack_subject", "weight_copy"]
+__all__ = ["STACKABLE_OPS", "Points", "Stacked", "sample_mixing", "stack_model", "stack_problem", "stack_subject",
+           "weight_copy"]
 
 #: Layer op types whose copies can read one group of the stacked batch each.
 STACKABLE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -68,8 +69,13 @@ def _data_inputs(model: Model, layer: Layer) -> list[int]:
     return [i for i, v in enumerate(node.inputs) if v and i != layer.weight_input and not model.is_initializer(v)]
 
 
-def stack_problem(model: Model, layers: Sequence[Layer]) -> str | None:
-    """Why ``model`` cannot be stacked over ``layers`` (None when it can)."""
+def stack_problem(model: Model, layers: Sequence[Layer], structural: bool = False) -> str | None:
+    """Why ``model`` cannot be stacked over ``layers`` (None when it can).
+
+    ``structural``: only what stops every kind of stacking (opset, batch, layer kinds), not a node that
+    combines the samples of a batch (:func:`sample_mixing`), which only stops stacking below it
+    (:func:`stack_subject` checks the graph below its layer).
+    """
     if model.opsets.get("", 0) < 13:
         return f"opset {model.opsets.get('', 0)} < 13 (Split needs it)"
     for vi in model.inputs:
@@ -89,6 +95,73 @@ def stack_problem(model: Model, layers: Sequence[Layer]) -> str | None:
         data = _data_inputs(model, x)
         if len(data) != 1:
             return f"layer '{x.name}' has {len(data)} data inputs"
+    return None if structural else sample_mixing(model, model.nodes)
+
+
+_REDUCE_OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+#: Ops that compute one result from every sample of the batch (activation ranges of dynamic quantization).
+_BATCH_WIDE_OPS = {("", "DynamicQuantizeLinear"), ("com.microsoft", "DynamicQuantizeMatMul")}
+
+
+def _rank(model: Model, value: str) -> int | None:
+    vi = model.value_info.get(value)
+    return len(vi.shape) if vi is not None and vi.shape is not None else None
+
+
+def _hits_samples(axes: Sequence[int], rank: int | None) -> bool:
+    """Whether ``axes`` include axis 0 (a negative axis of unknown rank counts: it may)."""
+    return any(a == 0 or (a < 0 and (rank is None or a + rank == 0)) for a in axes)
+
+
+def _reduce_axes(model: Model, node: Node) -> list[int] | None:
+    """A Reduce node's axes (None: every axis); raises KeyError when they are not constant."""
+    if (node.op_type == "ReduceSum" and node.opset >= 13) or node.opset >= 18:
+        name = node.input(1)
+        if not name:
+            return None
+        return [int(a) for a in model.initializer(name).reshape(-1)]  # KeyError: computed axes
+    axes = node.attr("axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _mixes_samples(model: Model, node: Node) -> bool:
+    """Whether ``node`` combines the samples of a batch (so stacked points would share one result)."""
+    op, rank = node.op_type, _rank(model, node.input(0))
+    if (node.domain or "", op) in _BATCH_WIDE_OPS:
+        return True
+    if op == "BatchNormalization":
+        return bool(int(node.attr("training_mode", 0)))
+    if op in _REDUCE_OPS:
+        try:
+            axes = _reduce_axes(model, node)
+        except KeyError:
+            return True
+        if not axes:
+            return not int(node.attr("noop_with_empty_axes", 0))
+        return _hits_samples(axes, rank)
+    if op in ("ArgMax", "ArgMin"):
+        return _hits_samples([int(node.attr("axis", 0))], rank)
+    if op in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "TopK"):
+        axis = int(node.attr("axis", -1))
+        return axis == 0 if op == "LayerNormalization" and axis >= 0 else _hits_samples([axis], rank)
+    if op == "Flatten":
+        return int(node.attr("axis", 1)) == 0
+    if op == "MeanVarianceNormalization":
+        return _hits_samples([int(a) for a in node.attr("axes", (0, 2, 3))], rank)
+    return False
+
+
+def sample_mixing(model: Model, nodes: Iterable[Node]) -> str | None:
+    """Why points stacked along the batch would not give the numbers of one call each: the first of
+    ``nodes`` (those computed from weights alone aside) that combines the samples of a batch, such as a
+    dynamic quantization's activation range or a reduction over the sample axis. None when none does."""
+    static = _static(model)
+    for node in nodes:
+        if all(not o or o in static for o in node.outputs):
+            continue
+        if _mixes_samples(model, node):
+            return f"node '{node.name}' ({node.op_type}) combines the samples of a batch"
     return None
 
 
@@ -275,6 +348,9 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
     for v in needed:
         if v not in below:
             return f"'{v}' does not depend on layer '{layer.name}'"
+    why = sample_mixing(model, [n for n in model.nodes if n.name in suffix])
+    if why:
+        return f"below layer '{layer.name}', {why}"
     static = _static(model)
     inputs = set(model.input_names)
     tiled: dict[str, str] = {}  # prefix value -> its tiled name, for suffix readers

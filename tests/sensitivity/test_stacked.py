@@ -11,7 +11,7 @@ from onnx import helper
 from onnxslice.model import Model, load
 from onnxslice.sensitivity import get_criterion
 from onnxslice.sensitivity.context import Context
-from onnxslice.sensitivity.stacked import Points, stack_model, stack_problem
+from onnxslice.sensitivity.stacked import Points, stack_model, stack_problem, stack_subject
 from onnxslice.testing import make_model
 
 pytest.importorskip("onnxslice.grad")
@@ -263,18 +263,17 @@ def test_per_layer_paths_on_a_fused_recording():
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)
 
 
-def test_per_layer_paths_read_a_batch_scalar_from_above_as_it_is():
-    """A float scalar computed from the batch above the layer (as a dynamic quantization scale is) has no
-    sample axis to tile: the values below the layer read it as it is (tiling it made an invalid Concat of
-    scalars, and onnxruntime refused the model)."""
-    rng = np.random.default_rng(2)
+def _scaled_convnet(below: bool) -> Model:
+    """x -> Conv -> Relu -> Conv -> (times a scalar: ReduceMax over the whole batch of x, or of the first
+    Relu's output when ``below``) -> Relu -> Flatten -> MatMul."""
+    rng = np.random.default_rng(4)
     w = {"W0": (rng.normal(size=(3, 1, 3, 3)) / 3).astype(np.float32),
          "W1": (rng.normal(size=(2, 3, 3, 3)) / 5).astype(np.float32),
          "W2": (rng.normal(size=(8, 3)) / 3).astype(np.float32)}
     nodes = [
-        helper.make_node("ReduceMax", ["x"], ["peak"], name="peak", keepdims=0),  # a scalar from the whole batch
         helper.make_node("Conv", ["x", "W0"], ["c0"], name="conv0"),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("ReduceMax", ["r0" if below else "x"], ["peak"], name="peak", keepdims=0),
         helper.make_node("Conv", ["r0", "W1"], ["c1"], name="conv1"),
         helper.make_node("Mul", ["c1", "peak"], ["s1"], name="scale"),
         helper.make_node("Relu", ["s1"], ["r1"], name="relu1"),
@@ -282,9 +281,64 @@ def test_per_layer_paths_read_a_batch_scalar_from_above_as_it_is():
         helper.make_node("MatMul", ["f", "W2"], ["logits"], name="fc"),
     ]
     proto = make_model(nodes, {"x": (np.float32, ["N", 1, 6, 6])}, {"logits": (np.float32, ["N", 3])}, w)
-    model = load(onnx.shape_inference.infer_shapes(proto))
+    return load(onnx.shape_inference.infer_shapes(proto))
+
+
+def test_per_layer_paths_read_a_batch_scalar_from_above_as_it_is():
+    """A float scalar computed from the batch above the layer (as a dynamic quantization scale is) has no
+    sample axis to tile: the values below the layer read it as it is (tiling it made an invalid Concat of
+    scalars, and onnxruntime refused the model)."""
+    model = _scaled_convnet(below=False)
     got, want, ctx = _both(model, "ig", "layer")
     assert ctx._subject_engine(model.layers[1], 3) is not None  # conv1's points were stacked
     for k in want:
         scale = float(np.abs(want[k]).max()) or 1.0
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6 * scale, err_msg=k)
+
+
+def test_points_do_not_stack_below_a_node_that_combines_the_batch():
+    """A value computed from every sample of the batch below the layer (a reduction over the sample axis,
+    a dynamic quantization range) would be shared by the stacked points: those points run one call each,
+    with the numbers of unstacked calls."""
+    model = _scaled_convnet(below=True)
+    why = stack_subject(model, model.layers[0], 3, ["logits"])
+    assert isinstance(why, str) and "'peak' (ReduceMax) combines the samples of a batch" in why
+    assert stack_subject(model, model.layers[1], 3, ["logits"]) is not None  # nothing combines below conv1
+    got, want, ctx = _both(model, "ig", "layer")
+    assert "combines the samples" in (ctx.stack_problem() or "")  # no stacking of every layer either
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize(("op", "attrs", "axes", "mixes"), [
+    ("ReduceMean", {"axes": [1], "keepdims": 1}, None, False),
+    ("ReduceMean", {"axes": [0], "keepdims": 1}, None, True),
+    ("ReduceMean", {"keepdims": 1}, None, True),  # every axis
+    ("ReduceSum", {}, [2, 3], False),
+    ("ReduceSum", {}, [-4], True),  # -rank is the sample axis
+    ("ReduceSum", {"noop_with_empty_axes": 1}, None, False),
+    ("ArgMax", {}, None, True),  # axis 0 by default
+    ("ArgMax", {"axis": 1}, None, False),
+    ("Softmax", {}, None, False),
+    ("Softmax", {"axis": 0}, None, True),
+    ("Flatten", {"axis": 0}, None, True),
+    ("Flatten", {}, None, False),
+    ("MeanVarianceNormalization", {}, None, True),  # axes [0, 2, 3] by default
+    ("DynamicQuantizeLinear", {}, None, True),
+])
+def test_which_nodes_combine_the_samples_of_a_batch(op, attrs, axes, mixes):
+    from onnxslice.sensitivity.stacked import sample_mixing
+
+    inputs, inits = ["x"], {"W": np.ones((2, 1, 1, 1), np.float32)}
+    if axes is not None:
+        inits["axes"] = np.asarray(axes, np.int64)
+        inputs.append("axes")
+    outs = ["y", "scale", "zero"] if op == "DynamicQuantizeLinear" else ["y"]
+    nodes = [helper.make_node("Conv", ["x0", "W"], ["x"], name="conv"),
+             helper.make_node(op, inputs, outs, name="probe", **attrs)]
+    out_type = np.uint8 if op == "DynamicQuantizeLinear" else np.int64 if op == "ArgMax" else np.float32
+    rank = 2 if op == "Flatten" else 4  # every probe here keeps the dimensions
+    proto = make_model(nodes, {"x0": (np.float32, ["N", 1, 4, 4])}, {"y": (out_type, [None] * rank)}, inits)
+    model = load(onnx.shape_inference.infer_shapes(proto))
+    assert (sample_mixing(model, model.nodes) is not None) == mixes
