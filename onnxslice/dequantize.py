@@ -16,8 +16,13 @@ Used by :func:`onnxslice.model.load` with ``dequantize=True`` (the analysis verb
 Quantize-dequantize of activations (``QuantizeLinear``, ``DynamicQuantizeLinear``, ``DequantizeLinear`` of
 a computed value) stays: gradients go through it with the straight-through estimator of those ops'
 VJP rules. Every quantized weight thus becomes a float weight that the analyses see as a layer. The
-float view computes what the quantized model computes (up to float rounding of the integer
-accumulations); :func:`float_view` checks nothing itself, the tests compare both in onnxruntime.
+float view computes what the quantized model's integer arithmetic computes (up to float rounding of
+the integer accumulations); :func:`float_view` checks nothing itself, the tests compare both in
+onnxruntime. That is what onnxruntime runs except on x86 CPUs without VNNI
+(:func:`onnxslice.cpu.int8_saturates`), where its default uint8 x int8 kernels clip 16-bit sums of
+product pairs: there the quantized file itself strays from its arithmetic (by up to 0.29 on
+``vit_tiny_qdyn``'s logits of magnitude 1 on an AMD EPYC with AVX2) unless its session sets
+``session.x64quantprecision`` to 1 (exact uint8 x uint8 kernels), as the tests' reference does.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.console import progress
+from onnxslice.cpu import cpu_flags, cpu_name
 from onnxslice.errors import OnnxSliceError
 from onnxslice.flops import count_macs
 from onnxslice.io import save_json
@@ -79,27 +79,6 @@ FLOP_CAP = 2.0
 DEVICES = ("cpu", "cuda")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def kernel_block(device: str = "cpu") -> int:
     """The channel block onnxruntime's kernels want on ``device``.
 
@@ -108,7 +87,7 @@ def kernel_block(device: str = "cpu") -> int:
     """
     if device == "cuda":
         return 8
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512f" in flags:
         return 16
     if "avx2" in flags:
@@ -364,7 +343,7 @@ def _cache_file(root: Path, model: Model, device: str, batch: int, threads: int,
                 block: int) -> Path:
     import onnxruntime as ort
 
-    key = json.dumps([model.fingerprint, device, batch, threads, list(fractions), block, _cpu_name(),
+    key = json.dumps([model.fingerprint, device, batch, threads, list(fractions), block, cpu_name(),
                       ort.__version__, 7])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return root / "latency" / f"{model.fingerprint[:12]}-{device}-b{batch}-t{threads}-{digest}.json"
@@ -462,7 +441,7 @@ def latency_table(
     import onnxruntime as ort
 
     meta = {
-        "repeats": repeats, "fractions": list(fractions), "cpu": _cpu_name(), "onnxruntime": ort.__version__,
+        "repeats": repeats, "fractions": list(fractions), "cpu": cpu_name(), "onnxruntime": ort.__version__,
         "load_average": [load_before, load_average()], "seconds": round(time.perf_counter() - t0, 2),
         "flop_cap": FLOP_CAP,
         "macs_saved": {g: {str(k): v for k, v in row.items()} for g, row in macs.items()},

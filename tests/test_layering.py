@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                        "describe", "fault_sites", "flops", "scores"}),
     ("core", {"model"}),
     ("op semantics", {"opsets"}),
-    ("base", {"io", "session", "order", "outputs", "dequantize", "parallel", "console"}),
+    ("base", {"io", "session", "order", "outputs", "dequantize", "parallel", "console", "cpu"}),
     ("leaves", {"errors", "limits", "version"}),
 ]
 

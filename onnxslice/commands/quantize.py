@@ -25,6 +25,9 @@ HELP = "mixed-precision quantization (int4/int8/fp16 weights, or static QDQ) pla
 ORDER = 60
 
 
+_REDUCE_RANGE: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, data=False)
     p.add_argument("--data", "-d", help="data for scoring, calibration and fidelity (file.npz, folder, builtin:NAME)")
@@ -64,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--accuracy-goal, measured")
     p.add_argument("--calibrate-method", choices=("minmax", "percentile", "entropy"), default="minmax",
                    help="--format qdq: activation range calibration (default minmax)")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="--format dynamic: 7-bit weights (default auto: on where this CPU's uint8 x int8 kernels "
+                        "saturate, x86 without VNNI, where full-range weights lose several percent)")
     p.add_argument("--accuracy-goal", type=fraction_closed01, default=0.01,
                    help="--format: largest top-1 agreement loss vs the float model on --data (default 0.01)")
     p.add_argument("--max-latency", type=positive_float, default=None,
@@ -190,7 +196,8 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         if f in ("qdq", "dynamic"):
             builder: Any = (formats.QdqBuilder(model, calib, samples=args.samples,
                                                calibrate_method=args.calibrate_method) if f == "qdq"
-                            else formats.DynamicBuilder(model, calib, samples=args.samples))
+                            else formats.DynamicBuilder(model, calib, samples=args.samples,
+                                                   reduce_range=_REDUCE_RANGE[args.reduce_range]))
             key = "" if f == "qdq" else "dynamic_"
             try:
                 exclude: list[str] = []

@@ -64,6 +64,32 @@ def test_fp16_graph_runs_close_to_float(net):
     assert f.rel_error < 1e-2
 
 
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_dynamic_reduce_range_gives_7_bit_weights_and_is_recorded(reduce_range):
+    """7-bit weights where onnxruntime's uint8 x int8 kernels saturate (x86 without VNNI); the default
+    follows this CPU (onnxslice.cpu.int8_saturates), an explicit choice wins and is recorded."""
+    from onnx import numpy_helper
+
+    mm = osl.load(matmul_net())
+    b = formats.DynamicBuilder(mm, reduce_range=reduce_range)
+    try:
+        q = formats.convert(mm, "dynamic", builder=b)
+    finally:
+        b.close()
+    ints = [numpy_helper.to_array(t) for t in q.proto.graph.initializer if t.data_type == onnx.TensorProto.INT8
+            and len(t.dims) == 2]
+    assert ints
+    top = max(int(np.abs(w.astype(np.int32)).max()) for w in ints)
+    assert (top <= 64) if reduce_range else (top == 127)
+    plan = json.loads({p.key: p.value for p in q.proto.metadata_props}["onnxslice.plan"])
+    assert plan["meta"]["reduce_range"] is reduce_range
+    auto = formats.DynamicBuilder(mm)
+    try:
+        assert auto.reduce_range is formats.int8_saturates()
+    finally:
+        auto.close()
+
+
 def test_nbits_emits_matmulnbits_and_unknown_formats_fail(net):
     mm = osl.load(matmul_net())
     q = formats.convert(mm, "nbits", block_size=16)
@@ -145,6 +171,21 @@ def test_quantize_cli_format_measures_fidelity_on_held_out_samples(tmp_path, cap
     w = osl.load(out)
     want = fidelity(w, osl.load(path), images(40)[24:])
     assert res["rows"][1]["kl"] == pytest.approx(want.kl, rel=1e-5, abs=1e-12)
+
+
+def test_quantize_cli_dynamic_reduce_range_is_the_users_choice(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(matmul_net(), str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(0, 1, (32, 64)).astype(np.float32))
+    for flag, want in (("on", True), ("off", False)):
+        out = tmp_path / f"q_{flag}.onnx"
+        rc = main(["quantize", str(path), "--format", "dynamic", "--data", str(data), "--accuracy-goal", "1",
+                   "--reduce-range", flag, "--repeats", "1", "--out", str(out), "--json"])
+        assert rc == 0, capsys.readouterr().err
+        capsys.readouterr()
+        meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert json.loads(meta["onnxslice.plan"])["meta"]["reduce_range"] is want
 
 
 def test_quantize_cli_format_bad_paths_write_nothing(tmp_path, capsys):
