@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnxslice.cpu import cpu_flags, cpu_name  # noqa: E402
 from onnxslice.grad import GradientEngine  # noqa: E402
 from onnxslice.io import save_json  # noqa: E402
 from onnxslice.model import load  # noqa: E402
@@ -606,6 +608,14 @@ def _save_costs(out: Path, rows: list[dict[str, Any]], samples: int, steps: int,
     save_json(out, {"results": rows, "meta": meta})
 
 
+def machine() -> str:
+    """The CPU and the instruction sets that decide onnxruntime's and torch's kernels (results differ by them:
+    CIFAR ResNet-18 b8 ran 0.89x torch on an AVX2 EPYC and 1.09x on an AVX-512 one)."""
+    flags = cpu_flags()
+    sets = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    return f"{cpu_name()} ({', '.join(sets) or 'no AVX2'}), {os.cpu_count()} CPUs"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="every case of the issue, 15 repeats (default: quick, 5)")
@@ -654,6 +664,7 @@ def main() -> None:
     repeats = args.repeats or (15 if args.full else 5)
     load_before = os.getloadavg()
     rows = []
+    print(f"CPU: {machine()}; onnxruntime {ort.__version__}, torch {torch.__version__}")
     print(f"{'model':<20}{'batch':>6}{'thr':>4}{'eager ms':>10}{'graph ms':>10}{'torch ms':>10}{'eager/t':>8}"
           f"{'graph/t':>8}{'goal':>6}{'RSS e/t':>8}{'RSS g/t':>8}{'1-shot s':>9}{'warm s':>7}"
           f"{'rel err e,g':>16}")  # fmt: skip
@@ -675,6 +686,7 @@ def main() -> None:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "cpus": os.cpu_count(),
+        "cpu": machine(),
         "note": args.note or "measured on a 2-core machine shared with other jobs: absolute times are inflated",
     }
     for threads in args.threads:  # one file per thread count: 1 thread -> --out, 2 -> <out>_2threads.json
