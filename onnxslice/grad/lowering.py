@@ -86,6 +86,11 @@ def _onnx_type(dtype: Any) -> int:
 #: positions) are lowered through a one-hot im2col Conv and one GEMM (see
 #: ``OnnxPrims._conv_weight_grad_onehot``): measured faster only there (ResNet-18 at batch 8: its 4x4 maps).
 ONEHOT_MAX_COLUMNS = 128
+#: ... and so are those of 2-D convolutions with at most this many input channels, whatever their maps:
+#: the per-offset GEMMs ``[O, N*P] x [N*P, C]`` are then matrix-vector products (LeNet-5 b32's graph, whose
+#: convolutions read 1 and 6 channels: 7.2 -> 5.8 ms; neutral on the 3-channel stems of ResNet-18 and
+#: EfficientNet-Lite0).
+ONEHOT_MAX_CHANNELS = 16
 
 
 class OnnxPrims(Prims):
@@ -335,7 +340,7 @@ class OnnxPrims(Prims):
         if keep:
             raise NotEmittable("per-sample weight gradients are not emitted")
         if geom.groups == 1 and len(x.shape) == 4 and min(*geom.begin, *geom.end) >= 0:
-            if x.shape[0] * int(np.prod(g.shape[2:])) <= ONEHOT_MAX_COLUMNS:
+            if x.shape[0] * int(np.prod(g.shape[2:])) <= ONEHOT_MAX_COLUMNS or x.shape[1] <= ONEHOT_MAX_CHANNELS:
                 return self._conv_weight_grad_onehot(x, g, geom)
             return self._conv_weight_grad_im2col(x, g, geom)
         n, c = x.shape[:2]
@@ -367,7 +372,8 @@ class OnnxPrims(Prims):
 
         On small maps the per-offset GEMMs of :meth:`_conv_weight_grad_im2col` are too small to pay for
         their calls: on ResNet-18's 4x4 layers at batch 8 this takes 7.5 ms against 10.4; on larger maps
-        it is slower (its im2col copy is transposed once more), hence :data:`ONEHOT_MAX_COLUMNS`.
+        it is slower (its im2col copy is transposed once more), hence :data:`ONEHOT_MAX_COLUMNS`; where the
+        input has few channels the per-offset GEMMs are matrix-vector products (:data:`ONEHOT_MAX_CHANNELS`).
         """
         n, c = x.shape[:2]
         o, out = g.shape[1], g.shape[2:]

@@ -259,3 +259,34 @@ def test_emission_where_onnx_cannot_full_check_the_source_says_so() -> None:
     res = run_emitted(out, {"x": x})
     eager = engine(x)
     np.testing.assert_allclose(res[grad_output_name("w")], eager.weights["w"], rtol=1e-4, atol=1e-5)
+
+
+def test_emitted_weight_cotangents_take_the_one_hot_im2col_where_the_input_has_few_channels() -> None:
+    """A conv reading 3 channels (per-offset GEMMs would be matrix-vector products) is lowered through the
+    one-hot im2col Conv and one GEMM; one reading 24 channels on large maps keeps a GEMM per kernel offset."""
+    from onnx import helper
+
+    from onnxslice.grad.lowering import ONEHOT_MAX_CHANNELS, ONEHOT_MAX_COLUMNS
+    from onnxslice.testing import make_model
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.3, (24, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.1, (8, 24, 3, 3)).astype(np.float32)
+    model = load(make_model(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1], name="few"),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1], name="many"),
+         helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)],
+        {"x": (np.float32, ["N", 3, 12, 12])}, {"y": (np.float32, ["N", 8])}, {"w1": w1, "w2": w2},
+    ))
+    feed = {"x": rng.random((2, 3, 12, 12)).astype(np.float32)}
+    assert 3 <= ONEHOT_MAX_CHANNELS < 24 and 2 * 12 * 12 > ONEHOT_MAX_COLUMNS
+    engine = GradientEngine(model, "pred")
+    proto = emit_gradient_model(engine, feed)
+    onnx.checker.check_model(proto, full_check=True)
+    assert emission_error(engine, proto, feed, None) <= TOL
+    inits = {t.name for t in proto.graph.initializer}
+    onehot = [n for n in proto.graph.node if n.op_type == "Conv" and any(
+        a.name == "group" and a.i == 3 for a in n.attribute) and n.input[1] in inits]
+    assert len(onehot) == 1  # the 3-channel conv's im2col
+    assert sum(n.op_type == "Gemm" for n in proto.graph.node) == 1 + 9  # one for it, one per offset for the other
