@@ -213,6 +213,8 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
                         exclude, info[f"{key or 'qdq_'}trials"] = qp.exclude, qp.trials
                     info[f"{key}float_layers"], info[f"{key}sensitivity"] = exclude, by
                 variants[f] = formats.convert(model, f, calib, exclude=exclude, builder=builder)
+                if f == "dynamic":
+                    info["dynamic_reduce_range"] = builder.reduce_range
             except PlanError:
                 if fmt != "auto":
                     raise
@@ -260,6 +262,9 @@ def _run_format(args: argparse.Namespace, model: Model, ds: Dataset | None, outs
         if info.get(f"{key}float_layers") is not None:
             print(f"\n{label} float layers ({info[f'{key}sensitivity']}): "
                   f"{', '.join(info[f'{key}float_layers']) or 'none'}")
+    if info.get("dynamic_reduce_range") and args.reduce_range == "auto":
+        print("\ndynamic: weights quantized to 7 bits, since this CPU's uint8 x int8 kernels saturate (x86 without "
+              "VNNI); --reduce-range off keeps 8 bits for a CPU with VNNI")
     print(f"\nchosen: {chosen}; saved {out}")
     return 0
 

@@ -173,7 +173,7 @@ def test_quantize_cli_format_measures_fidelity_on_held_out_samples(tmp_path, cap
     assert res["rows"][1]["kl"] == pytest.approx(want.kl, rel=1e-5, abs=1e-12)
 
 
-def test_quantize_cli_dynamic_reduce_range_is_the_users_choice(tmp_path, capsys):
+def test_quantize_cli_dynamic_reduce_range_is_the_users_choice(tmp_path, capsys, monkeypatch):
     path = tmp_path / "m.onnx"
     onnx.save(matmul_net(), str(path))
     data = tmp_path / "d.npz"
@@ -182,10 +182,14 @@ def test_quantize_cli_dynamic_reduce_range_is_the_users_choice(tmp_path, capsys)
         out = tmp_path / f"q_{flag}.onnx"
         rc = main(["quantize", str(path), "--format", "dynamic", "--data", str(data), "--accuracy-goal", "1",
                    "--reduce-range", flag, "--repeats", "1", "--out", str(out), "--json"])
-        assert rc == 0, capsys.readouterr().err
-        capsys.readouterr()
+        res = json.loads(capsys.readouterr().out)
+        assert rc == 0 and res["dynamic_reduce_range"] is want
         meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
         assert json.loads(meta["onnxslice.plan"])["meta"]["reduce_range"] is want
+    monkeypatch.setattr(formats, "int8_saturates", lambda: True)  # auto on a saturating CPU says what it did
+    rc = main(["quantize", str(path), "--format", "dynamic", "--data", str(data), "--accuracy-goal", "1",
+               "--repeats", "1", "--out", str(tmp_path / "q_auto.onnx")])
+    assert rc == 0 and "weights quantized to 7 bits" in capsys.readouterr().out
 
 
 def test_quantize_cli_format_bad_paths_write_nothing(tmp_path, capsys):
