@@ -441,7 +441,17 @@ class Model:
     Use :func:`load` to build one. Node order is topological.
     """
 
-    def __init__(self, proto: onnx.ModelProto, path: Path | None = None, notes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        path: Path | None = None,
+        notes: Iterable[str] = (),
+        detached: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """``detached``: arrays of initializers whose data ``proto`` does not hold (each an external-data
+        reference there, as in a :mod:`onnxslice.grad.diskcache` entry whose weights are mapped from a file):
+        :meth:`initializer` returns them, sessions get them from memory, :meth:`full_proto` and :meth:`save`
+        put them back."""
         self.proto = proto
         self.path = path
         self.notes = list(notes)
@@ -469,7 +479,9 @@ class Model:
         for vi in list(g.value_info) + list(g.input) + list(g.output):
             vis[vi.name] = _value_info(vi)
         self.value_info = vis
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, np.ndarray] = dict(detached or {})
+        #: initializers whose data lives only in the arrays (see ``detached`` above)
+        self.detached: frozenset[str] = frozenset(detached or ())
         self._by_name = {n.name: n for n in self.nodes}
         self._producer = {o: n for n in self.nodes for o in n.outputs if o}
         cons: dict[str, list[Node]] = {}
@@ -635,11 +647,25 @@ class Model:
 
     def with_proto(self, proto: onnx.ModelProto, note: str = "") -> Model:
         """A new Model from an edited copy of this one's proto (no re-checking)."""
-        return Model(proto, None, [*self.notes, note] if note else self.notes)
+        still = {t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        kept = {k: self._arrays[k] for k in self.detached & still}
+        return Model(proto, None, [*self.notes, note] if note else self.notes, kept or None)
+
+    def full_proto(self) -> onnx.ModelProto:
+        """The proto with every initializer's data in it: :attr:`proto` itself, or a copy where weights are
+        :attr:`detached`."""
+        if not self.detached:
+            return self.proto
+        out = onnx.ModelProto()
+        out.CopyFrom(self.proto)
+        for t in out.graph.initializer:
+            if t.name in self.detached:
+                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(self._arrays[t.name]), t.name))
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model atomically; refuses to overwrite the file it was loaded from."""
-        return save_model(self.proto, path, source=self.path)
+        return save_model(self.full_proto(), path, source=self.path)
 
     def __repr__(self) -> str:
         src = f" from '{self.path}'" if self.path else ""

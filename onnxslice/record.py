@@ -205,7 +205,8 @@ class Recorder:
                 raise DataError(f"no value named {', '.join(missing[:5])} in the model")
             names = [v for v in names if v not in model.input_names and not model.is_initializer(v)]
         self.values = list(dict.fromkeys([*model.output_names, *names]))
-        mem = [n for n in dict.fromkeys(in_memory) if n not in self.weight_inputs]
+        # a detached weight (Model.detached) has no data in the proto: it always comes from memory
+        mem = [n for n in dict.fromkeys([*in_memory, *sorted(model.detached)]) if n not in self.weight_inputs]
         self.session = make_session(
             runtime_proto(model.proto, self.values, self.weight_inputs, mem), device, arena=arena,
             optimize=optimize, external={n: model.initializer(n) for n in mem}, spin=spin,

@@ -102,7 +102,7 @@ def _ort_runner(m: Model, values: Sequence[str], weights: Sequence[str]) -> Runn
 def _reference_runner(m: Model, values: Sequence[str], weights: Sequence[str]) -> Runner:
     from onnx.reference import ReferenceEvaluator
 
-    proto = runtime_proto(m.proto, [*m.output_names, *values], weights)
+    proto = runtime_proto(m.full_proto(), [*m.output_names, *values], weights)
     ev = ReferenceEvaluator(proto)
     names = [o.name for o in proto.graph.output]
 
@@ -150,7 +150,7 @@ def check_vjp(
         DataError: no float output, nothing to move, or outputs that are not finite.
     """
     if backend == "reference":
-        proto = model.proto if isinstance(model, Model) else load(model).proto
+        proto = model.full_proto() if isinstance(model, Model) else load(model).proto
         m = load(as_double(proto))
     else:
         m = model if isinstance(model, Model) else load(model)

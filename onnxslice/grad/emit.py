@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
@@ -285,6 +285,9 @@ def _assemble(
     nodes, inits = _live([*src.node, *b.nodes], [*src.initializer, *b.initializers], [o.name for o in outputs])
     if fed_min is not None:
         inits = [memory_stub(t) if _is_fed(m, t, fed_min) else t for t in inits]
+    else:  # a standalone graph holds every weight, detached ones (Model.detached) included
+        inits = [numpy_helper.from_array(np.ascontiguousarray(m.initializer(t.name)), t.name)
+                 if t.name in m.detached else t for t in inits]
     graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
     opsets = [o for o in m.proto.opset_import]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),
@@ -304,7 +307,7 @@ def _assemble(
         "onnxslice.created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if fed_min is None:
-        note = _full_check(model, engine.model.proto)
+        note = _full_check(model, engine.model.full_proto())
         if note:
             meta["onnxslice.grad.check"] = note
     for k, v in meta.items():
@@ -342,6 +345,8 @@ FED_LOCATION = MEMORY_LOCATION
 
 
 def _is_fed(m: Any, t: onnx.TensorProto, fed_min: int) -> bool:
+    if t.name in m.detached:  # its data is only in memory
+        return True
     if not m.is_initializer(t.name) or t.data_location == onnx.TensorProto.EXTERNAL:
         return False
     if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):

@@ -12,7 +12,7 @@ from _grad_nets import cnn
 
 from onnxslice import model as model_module
 from onnxslice.grad import GradientEngine, clear_cache, gradients
-from onnxslice.grad.diskcache import cache_dir, load_cached, model_key
+from onnxslice.grad.diskcache import DETACH_MIN, cache_dir, load_cached, model_key
 
 X = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
 
@@ -33,6 +33,17 @@ def _model(tmp_path: Path, seed: int = 0) -> Path:
     return path
 
 
+def _lenet(tmp_path: Path) -> Path:
+    """LeNet-5 (conv and dense weights of 10-190 KB: the kind an entry keeps in its .bin)."""
+    path = tmp_path / "models" / "lenet5.onnx"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes((Path(__file__).resolve().parents[2] / "models" / "lenet5.onnx").read_bytes())
+    return path
+
+
+XL = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+
+
 def _entries(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "models").glob("*")) if (folder / "models").exists() else []
 
@@ -42,7 +53,7 @@ def test_second_load_skips_checker_and_shape_inference(cache: Path, tmp_path: Pa
     path = _model(tmp_path)
     g1 = gradients(str(path), X)
     key = model_key(path)
-    assert _entries(cache) == [f"{key}.json", f"{key}.onnx"]
+    assert _entries(cache) == [f"{key}.bin", f"{key}.json", f"{key}.onnx"]
     assert not any(p.name.startswith(".onnxslice") for p in path.parent.iterdir())  # nothing beside the model
     clear_cache()  # as in a fresh process: the in-process engine cache is empty
 
@@ -74,7 +85,7 @@ def test_a_changed_file_gets_a_new_entry(cache: Path, tmp_path: Path) -> None:
     g = gradients(str(path), X)
     want = GradientEngine(str(path))(X)
     np.testing.assert_allclose(g.inputs["x"], want.inputs["x"], rtol=1e-6)
-    assert len(_entries(cache)) == 4
+    assert len(_entries(cache)) == 6  # two entries of three files
 
 
 def test_a_corrupt_entry_is_rebuilt_with_a_warning(cache: Path, tmp_path: Path) -> None:
@@ -116,3 +127,62 @@ def test_an_unwritable_cache_warns_and_still_answers(tmp_path: Path, monkeypatch
         g = gradients(str(_model(tmp_path)), X)
     clear_cache()
     assert np.isfinite(g.inputs["x"]).all()
+
+
+def test_a_hit_maps_the_weights_and_holds_them_once(cache: Path, tmp_path: Path) -> None:
+    path = _lenet(tmp_path)
+    gradients(str(path), XL)
+    clear_cache()
+    m, ref = load_cached(path), model_module.load(path)
+    big = {n for n in ref.initializer_names if ref.initializer(n).nbytes >= DETACH_MIN}
+    assert big and m.detached == big  # the large weights come from the entry's .bin
+    for n in ref.initializer_names:
+        np.testing.assert_array_equal(m.initializer(n), ref.initializer(n))
+    for n in big:
+        a = m.initializer(n)
+        assert not a.flags.writeable and not a.flags.owndata  # a read-only view of the mapped file
+        t = next(t for t in m.proto.graph.initializer if t.name == n)
+        assert not t.raw_data and t.data_location == onnx.TensorProto.EXTERNAL  # not held twice
+    full = m.full_proto()  # what a save writes: every weight back in the proto
+    onnx.checker.check_model(full, full_check=True)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer)
+    out = m.save(tmp_path / "saved.onnx")
+    again = model_module.load(out)
+    for n in ref.initializer_names:
+        np.testing.assert_array_equal(again.initializer(n), ref.initializer(n))
+    edited = onnx.ModelProto()
+    edited.CopyFrom(m.proto)
+    twin = m.with_proto(edited)  # an edit keeps the mapped arrays of what is still external
+    assert twin.detached == big
+    np.testing.assert_array_equal(GradientEngine(twin)(XL).inputs["x"], GradientEngine(ref)(XL).inputs["x"])
+
+
+@pytest.mark.parametrize("executor", ["graph", "auto"])
+def test_the_graph_executor_and_a_standalone_emission_run_on_a_hit(cache: Path, tmp_path: Path,
+                                                                    executor: str) -> None:
+    from onnxslice.grad.emit import emit_gradient_model, run_emitted
+
+    path = _lenet(tmp_path)
+    want = GradientEngine(model_module.load(path))(XL)
+    gradients(str(path), XL)
+    clear_cache()
+    for _ in range(3):  # "auto" times both executors on its first calls
+        g = gradients(str(path), XL, executor=executor)
+    np.testing.assert_allclose(g.inputs["x"], want.inputs["x"], rtol=1e-5, atol=1e-7)
+    engine = GradientEngine(load_cached(path))
+    assert engine.model.detached
+    proto = emit_gradient_model(engine, {"x": XL})  # standalone: the weights are written into the graph
+    onnx.checker.check_model(proto, full_check=True)
+    res = run_emitted(proto, {"x": XL})
+    np.testing.assert_allclose(res["grad:x"], want.inputs["x"], rtol=1e-5, atol=1e-7)
+
+
+def test_an_entry_without_its_weights_file_is_rebuilt_with_a_warning(cache: Path, tmp_path: Path) -> None:
+    path = _lenet(tmp_path)
+    g1 = gradients(str(path), XL)
+    (cache / "models" / f"{model_key(path)}.bin").unlink()
+    clear_cache()
+    with pytest.warns(UserWarning, match="unreadable.*weights file"):
+        g2 = gradients(str(path), XL)
+    np.testing.assert_array_equal(g2.inputs["x"], g1.inputs["x"])
+    assert (cache / "models" / f"{model_key(path)}.bin").is_file()
