@@ -74,7 +74,8 @@ class GradientEngine:
     """Gradients of a scalar target with respect to weights and inputs, for many calls on one model.
 
     Args:
-        model: a :class:`Model`, a path or a ``ModelProto``.
+        model: a :class:`Model`, a path (loaded through the on-disk cache of :mod:`.diskcache`: in a later
+            process its weights are mapped from the cache and held once) or a ``ModelProto``.
         target: ``"pred"`` (the predicted class's logit per sample), ``"class:K"``, ``"loss"`` (softmax
             cross-entropy with ``labels``), ``"output-norm"`` (L2 norm of the output per sample) or
             ``"cotangent"`` (``<cotangent, output>`` per sample; pass ``cotangent=`` at call time).
@@ -127,7 +128,9 @@ class GradientEngine:
         if executor not in EXECUTORS:
             raise DataError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
         self.executor = executor
-        self.model = model if isinstance(model, Model) else load(model)
+        # a file goes through the on-disk cache (.diskcache): on a hit its weights are mapped and held once
+        self.model = (model if isinstance(model, Model) else load_cached(model) if isinstance(model, (str, os.PathLike))
+                      else load(model))
         self.target = parse_target(target)
         self.exact = exact
         self.fuse = fuse

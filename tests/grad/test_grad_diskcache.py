@@ -186,3 +186,16 @@ def test_an_entry_without_its_weights_file_is_rebuilt_with_a_warning(cache: Path
         g2 = gradients(str(path), XL)
     np.testing.assert_array_equal(g2.inputs["x"], g1.inputs["x"])
     assert (cache / "models" / f"{model_key(path)}.bin").is_file()
+
+
+def test_an_engine_built_from_a_path_goes_through_the_cache(cache: Path, tmp_path: Path) -> None:
+    path = _lenet(tmp_path)
+    first = GradientEngine(str(path))  # a miss: the entry is written
+    assert not first.model.detached and _entries(cache)
+    again = GradientEngine(path)  # a later engine (process) maps the weights
+    assert again.model.detached
+    want = GradientEngine(model_module.load(path))(XL)
+    got = again(XL)
+    np.testing.assert_array_equal(got.inputs["x"], want.inputs["x"])
+    for k, v in want.weights.items():
+        np.testing.assert_array_equal(got.weights[k], v)
