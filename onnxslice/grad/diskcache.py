@@ -12,9 +12,10 @@ so the key.
 
 An entry is three files: ``KEY.onnx``, the model whose weights of at least :data:`DETACH_MIN` bytes are
 ONNX external-data references into ``KEY.bin`` (64-byte aligned), ``KEY.bin``, and ``KEY.json`` (written
-last: an entry without it is not read). A hit parses only the small ``.onnx`` and maps ``KEY.bin``
-read-only: the weights become arrays without being read, parsed or copied (on ResNet-18's 45 MB the load
-went from 73 to 3 ms), and the model holds them once (:attr:`~onnxslice.model.Model.detached`).
+last: an entry without it is not read; it records both files' sizes, so a cut file is rebuilt, not
+read). A hit parses only the small ``.onnx`` and maps ``KEY.bin`` read-only: the weights become arrays
+without being read, parsed or copied (on ResNet-18's 45 MB the load went from 73 to 3 ms), and the
+model holds them once (:attr:`~onnxslice.model.Model.detached`).
 
 Folder: ``$ONNXSLICE_CACHE``, else ``$XDG_CACHE_HOME/onnxslice``, else ``~/.cache/onnxslice`` (never
 the model's own folder); ``ONNXSLICE_CACHE=off`` (or ``0``) turns the cache off. Entries are written
@@ -137,7 +138,10 @@ def load_cached(path: str | os.PathLike[str]) -> Model:
                 weights.stat().st_size != info.get("bin_bytes")
             ):
                 raise ValueError("its weights file is missing or of another size")
-            proto = onnx.load_model_from_string(entry.read_bytes())
+            data = entry.read_bytes()
+            if len(data) != info.get("onnx_bytes"):  # protobuf parses a cut message without a word
+                raise ValueError("its model file is of another size")
+            proto = onnx.load_model_from_string(data)
             m = Model(proto, Path(path).resolve(), list(info.get("notes", [])), _mapped(proto, weights))
             if isinstance(info.get("weights"), str):  # hashing the weights again cost ResNet-18 23 ms
                 m.__dict__["weights_fingerprint"] = info["weights"]
@@ -150,11 +154,12 @@ def load_cached(path: str | os.PathLike[str]) -> Model:
     ):
         return m
     small, blob = _split(m.proto, weights.name)
+    data = small.SerializeToString()
     try:
         atomic_write_bytes(weights, blob)
-        atomic_write_bytes(entry, small.SerializeToString())
+        atomic_write_bytes(entry, data)
         atomic_write_bytes(meta, json.dumps({"key": key, "source": str(Path(path).resolve()), "bin": weights.name,
-                                             "bin_bytes": len(blob), "notes": list(m.notes),
+                                             "bin_bytes": len(blob), "onnx_bytes": len(data), "notes": list(m.notes),
                                              "weights": m.weights_fingerprint}).encode())
     except OSError as e:
         warnings.warn(f"cannot write the onnxslice cache entry '{entry}' ({e.strerror or e}); "
