@@ -660,8 +660,15 @@ class Model:
         out.CopyFrom(self.proto)
         for t in out.graph.initializer:
             if t.name in self.detached:
-                t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(self._arrays[t.name]), t.name))
+                t.CopyFrom(self.whole_initializer(t))
         return out
+
+    def whole_initializer(self, t: onnx.TensorProto) -> onnx.TensorProto:
+        """The initializer ``t`` of :attr:`proto` with its data: ``t`` itself, or a tensor made from its
+        array where it is :attr:`detached`."""
+        if t.name not in self.detached:
+            return t
+        return numpy_helper.from_array(np.ascontiguousarray(self._arrays[t.name]), t.name)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model atomically; refuses to overwrite the file it was loaded from."""

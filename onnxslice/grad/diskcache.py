@@ -100,7 +100,7 @@ def _np_dtype(t: onnx.TensorProto) -> np.dtype | None:
         dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
     except (KeyError, TypeError):
         return None
-    return dt.newbyteorder("<") if dt.kind in "fiub" and dt.fields is None else None
+    return dt.newbyteorder("<") if dt.kind in "fiub" else None
 
 
 def _mapped(proto: onnx.ModelProto, bin_path: Path) -> dict[str, np.ndarray]:

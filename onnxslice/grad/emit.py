@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxslice.errors import DataError, OnnxSliceError, UnsupportedOpError
 from onnxslice.opsets.capabilities.vjp import PerSampleUnsupported, VjpContext
@@ -286,8 +286,7 @@ def _assemble(
     if fed_min is not None:
         inits = [memory_stub(t) if _is_fed(m, t, fed_min) else t for t in inits]
     else:  # a standalone graph holds every weight, detached ones (Model.detached) included
-        inits = [numpy_helper.from_array(np.ascontiguousarray(m.initializer(t.name)), t.name)
-                 if t.name in m.detached else t for t in inits]
+        inits = [m.whole_initializer(t) for t in inits]
     graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
     opsets = [o for o in m.proto.opset_import]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),

@@ -880,11 +880,8 @@ def gradients(
     spec: str | Sequence[str] = weights if isinstance(weights, str) else list(weights)
     key = _cache_key(model, target, spec, exact, device, executor)
     engine = _ENGINES.pop(key, None) if key is not None else None
-    if engine is None:
-        src = model
-        if key is not None and isinstance(model, (str, os.PathLike)):
-            src = load_cached(model)  # a file: through the on-disk cache (.diskcache)
-        engine = GradientEngine(src, target, weights=spec, exact=exact, device=device, executor=executor)
+    if engine is None:  # a file is loaded through the on-disk cache (.diskcache), as GradientEngine does
+        engine = GradientEngine(model, target, weights=spec, exact=exact, device=device, executor=executor)
     if key is not None:
         _ENGINES[key] = engine  # most recently used last
         while len(_ENGINES) > _CACHE_SIZE:

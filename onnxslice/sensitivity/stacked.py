@@ -142,9 +142,8 @@ def _mixes_samples(model: Model, node: Node) -> bool:
         return _hits_samples(axes, rank)
     if op in ("ArgMax", "ArgMin"):
         return _hits_samples([int(node.attr("axis", 0))], rank)
-    if op in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "TopK"):
-        axis = int(node.attr("axis", -1))
-        return axis == 0 if op == "LayerNormalization" and axis >= 0 else _hits_samples([axis], rank)
+    if op in ("Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "TopK"):  # LayerNorm: axes [axis, rank)
+        return _hits_samples([int(node.attr("axis", -1))], rank)
     if op == "Flatten":
         return int(node.attr("axis", 1)) == 0
     if op == "MeanVarianceNormalization":
@@ -152,11 +151,12 @@ def _mixes_samples(model: Model, node: Node) -> bool:
     return False
 
 
-def sample_mixing(model: Model, nodes: Iterable[Node]) -> str | None:
+def sample_mixing(model: Model, nodes: Iterable[Node], static: set[str] | None = None) -> str | None:
     """Why points stacked along the batch would not give the numbers of one call each: the first of
-    ``nodes`` (those computed from weights alone aside) that combines the samples of a batch, such as a
-    dynamic quantization's activation range or a reduction over the sample axis. None when none does."""
-    static = _static(model)
+    ``nodes`` (those computed from weights alone aside: ``static``, else :func:`_static`) that combines the
+    samples of a batch, such as a dynamic quantization's activation range or a reduction over the sample
+    axis. None when none does."""
+    static = _static(model) if static is None else static
     for node in nodes:
         if all(not o or o in static for o in node.outputs):
             continue
@@ -348,10 +348,10 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
     for v in needed:
         if v not in below:
             return f"'{v}' does not depend on layer '{layer.name}'"
-    why = sample_mixing(model, [n for n in model.nodes if n.name in suffix])
+    static = _static(model)
+    why = sample_mixing(model, [n for n in model.nodes if n.name in suffix], static)
     if why:
         return f"below layer '{layer.name}', {why}"
-    static = _static(model)
     inputs = set(model.input_names)
     tiled: dict[str, str] = {}  # prefix value -> its tiled name, for suffix readers
     for n in model.nodes:
