@@ -7,18 +7,18 @@ same batch: LeNet-5 b32 (1x28x28), ResNet-18 CIFAR b8 and b32 (3x32x32), Efficie
 (ReLU6, no squeeze-excitation, 3x224x224).
 
 Three sides: torch, the eager engine (``executor="eager"``) and the engine's graph executor
-(``executor="graph"``: the emitted gradient graph run by onnxruntime). Method: each side lives in its
-own child process with its threads pinned (``OMP_NUM_THREADS``, ``torch.set_num_threads``,
-onnxruntime ``intra_op_num_threads`` through ``ONNXSLICE_THREADS``); the parent asks the sides for
-one gradient call at a time, each side going first in turn (round-robin), so machine load hits all
-alike. Reported per model and thread count: median wall time per call (after a warm-up), the ratios
-to torch (goal: <= 1.0), the peak resident memory each side adds (the peak, ``VmHWM``, reset once
-the model is loaded, minus the resident size then) and its ratio, the agreement of the input gradients with torch, the
-graph's first call (emission + session build), and the one-shot build cost of
-``osl.gradients(path, x)`` (first call minus a steady eager call; the second one-shot call hits the
+(``executor="graph"``: the emitted gradient graph run by onnxruntime). Method: each side lives in its own
+child process with its threads pinned (``OMP_NUM_THREADS``, ``torch.set_num_threads``, onnxruntime
+``intra_op_num_threads`` through ``ONNXSLICE_THREADS``); the parent asks the sides for one gradient call at
+a time, each side going first in turn (round-robin), so machine load hits all alike. Reported per model and
+thread count: median wall time per call (after a warm-up), the ratios to torch (goal: <= 1.0), the peak
+resident memory each side adds (the peak, ``VmHWM``, reset once the model is loaded, its runtime has run the
+forward once and the C heap is trimmed, minus the resident size then) and its ratio, the agreement of the
+input gradients with torch, the graph's first call (emission + session build), and the one-shot build cost
+of ``osl.gradients(path, x)`` (first call minus a steady eager call; the second one-shot call hits the
 engine cache). ``--profile NAME`` prints the time per VJP op type and the recording on one model;
-``--profile-graph NAME`` onnxruntime's kernel time per op type of the graph executor's session.
-Results go to ``benchmarks/results/grad.json`` (1 thread) and ``grad_2threads.json``.
+``--profile-graph NAME`` onnxruntime's kernel time per op type of the graph executor's session. Results go
+to ``benchmarks/results/grad.json`` (1 thread) and ``grad_2threads.json``.
 """
 
 from __future__ import annotations
@@ -195,6 +195,19 @@ def _reset_peak() -> None:
         pass
 
 
+def _start_peak() -> float:
+    """Hand the C heap's free pages back (every side alike), reset the peak and return the resident size:
+    the base each side's peak is measured from. Without the trim, buffers freed before it (a model load's,
+    an export's) stayed resident in the base and were reused by the measured work, which then looked
+    cheaper than it was (ResNet-18 b8, eager: +83 MiB untrimmed against +160 trimmed, in session 9)."""
+    from onnxslice.session import trim_heap
+
+    trim_heap()
+    base = _rss_mib()
+    _reset_peak()
+    return base
+
+
 def _pin(threads: int) -> None:
     """Pin every thread pool of this process: BLAS/OpenMP (already loaded), torch, onnxruntime sessions."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ONNXSLICE_THREADS"):
@@ -253,6 +266,17 @@ def _loaded(name: str, onnx_bytes: bytes) -> Model:
     return model
 
 
+def _warm_runtime(model: Model, x: np.ndarray) -> None:
+    """Run the model's forward once in a throw-away onnxruntime session before the peak is reset, as the
+    torch side's export has run its forward in torch: each runtime's one-time process set-up (onnxruntime's
+    environment, thread pool and kernel registry: 8.4 MiB on a tiny model; torch's forward machinery) then
+    counts on neither side, and what remains is each side's gradient work."""
+    from onnxslice.session import make_session, runtime_proto
+
+    sess = make_session(runtime_proto(model.full_proto()), "cpu")
+    sess.run(None, {model.input_names[0]: x})
+
+
 def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
@@ -269,8 +293,8 @@ def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str =
         return {"oneshot_first_s": first, "oneshot_cached_s": time.perf_counter() - t}
 
     model = _loaded(name, onnx_bytes)
-    base = _rss_mib()  # every side: after the weights are in memory
-    _reset_peak()
+    _warm_runtime(model, x)
+    base = _start_peak()  # every side: after the weights are in memory and the runtime has run once
     engine = GradientEngine(model, "pred", device="cpu", executor="eager", weights=_weights(name, model, which))
     engine(x)  # warm-up
     _serve(conn, lambda: engine(x).inputs["x"], base, oneshot)
@@ -281,8 +305,8 @@ def _graph_side(name: str, batch: int, threads: int, conn: Any, which: str = "al
     _pin(threads)
     _, onnx_bytes, x = build(name, batch)
     model = _loaded(name, onnx_bytes)
-    base = _rss_mib()
-    _reset_peak()
+    _warm_runtime(model, x)
+    base = _start_peak()
     engine = GradientEngine(model, "pred", device="cpu", executor="graph", weights=_weights(name, model, which))
     t = time.perf_counter()
     engine(x)  # emission, session build and the first run
@@ -294,8 +318,7 @@ def _torch_side(name: str, batch: int, threads: int, conn: Any, which: str = "al
     _pin(threads)
     mod, _, x = build(name, batch)
     xt = torch.from_numpy(x)
-    base = _rss_mib()
-    _reset_peak()
+    base = _start_peak()
 
     def step() -> np.ndarray:
         xi = xt.clone().requires_grad_(True)

@@ -211,7 +211,8 @@ def make_session(
         arena: keep onnxruntime's CPU memory arena (off: buffers are freed after each run, which keeps
             the resident size down for sessions whose outputs are copied out anyway).
         external: arrays of the initializers ``proto`` holds as :func:`memory_stub` (``runtime_proto(
-            in_memory=)``), handed over without a copy; the session keeps references to them.
+            in_memory=)``). The session runs on these very buffers and keeps references to them (do not change
+            them in place while it lives: prepacked copies would not follow); only its build copies them.
         shared_arena: use the process's one shared CPU arena (:func:`_shared_arena`) instead of an
             arena of its own: for the many small one-node kernel sessions, whose own arenas each keep
             their largest output.
@@ -244,7 +245,12 @@ def make_session(
     arrays = {k: np.ascontiguousarray(v) for k, v in (external or {}).items()}
     held = [ort.OrtValue.ortvalue_from_numpy(v) for v in arrays.values()]
     if arrays:
+        # the graph's optimizers read them as external initializers (onnxruntime copies those into the graph
+        # while it builds the session); add_initializer then makes the session's own tensors these very
+        # buffers, so that the copies go when the build ends (ResNet-18's gradient graph: 43 MiB held once)
         so.add_external_initializers(list(arrays), held)
+        for k, v in zip(arrays, held, strict=True):
+            so.add_initializer(k, v)
     sess = _open(proto.SerializeToString(), so, device)
     sess._onnxslice_external = (arrays, held)  # the arrays must outlive the session
     return sess

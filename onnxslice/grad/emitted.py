@@ -85,10 +85,11 @@ class EmittedRunner:
                 self._sessions[key] = make_session(runtime_proto(proto), "cuda", optimize=True)
             else:
                 proto = emit_gradient_model(e, feed, trace_device="cpu", fed_min=FED_MIN)
+                if e.executor == "graph":  # the recording session only traced the graph: let it go before
+                    e.release_recorder()  # the session's prepacked weights and arena take their place
+                    trim_heap()
                 self._sessions[key] = cpu_session(runtime_proto(proto), fed_weights(proto, e.model),
                                                   fused=e.recording_optimized)
-                if e.executor == "graph":  # the recording session only traced the graph: let it go
-                    e.release_recorder()
             del proto
             trim_heap()  # the tracing's buffers go back before the graph's first run grows its arena
         return self._sessions[key]
