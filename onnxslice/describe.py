@@ -57,8 +57,8 @@ def describe(model: Model) -> dict[str, Any]:
     """Everything ``inspect`` reports, as a JSON-ready dict."""
     return {
         "path": str(model.path) if model.path else None,
-        "ir_version": model.proto.ir_version,
-        "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
+        "ir_version": model.skeleton.ir_version,
+        "producer": f"{model.skeleton.producer_name} {model.skeleton.producer_version}".strip(),
         "opsets": {d or "ai.onnx": v for d, v in model.opsets.items()},
         "inputs": [{"name": i.name, "type": i.describe()} for i in model.inputs],
         "outputs": [{"name": o.name, "type": o.describe()} for o in model.outputs],

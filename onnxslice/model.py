@@ -27,11 +27,16 @@ from onnxslice.limits import check_size
 from onnxslice.opsets import REGISTRY, default_info
 from onnxslice.order import topological_order
 from onnxslice.outputs import temp_prefix
+from onnxslice.session import copy_replacing_initializers, memory_stub
 
 __all__ = ["Layer", "Model", "Node", "ValueInfo", "load", "save_model"]
 
 #: Models above this size are written with external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: :func:`load` keeps initializers of at least this many bytes as arrays only (:attr:`Model.detached`).
+DETACH_MIN = 4096
+#: numpy kinds of the initializers :func:`load` detaches (the types a session can be handed from memory)
+_DETACH_KINDS = "fiub"
 
 
 @dataclass(frozen=True)
@@ -435,6 +440,33 @@ def _infer(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
         return proto
 
 
+def _detach(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``proto`` with its initializers of at least :data:`DETACH_MIN` bytes as data-less stubs
+    (:func:`~onnxslice.session.memory_stub`), and their read-only arrays: a model's weights are then held
+    once, as the arrays that every rule, session and rewrite reads, instead of twice (the parsed proto and
+    the arrays made from it: ResNet-18's 45 MB)."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def take(t: onnx.TensorProto) -> onnx.TensorProto | None:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            return None
+        try:
+            dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if dt.kind not in _DETACH_KINDS or dt.itemsize * int(np.prod(t.dims, dtype=np.int64)) < DETACH_MIN:
+            return None
+        arr = numpy_helper.to_array(t)
+        if arr.dtype != dt:  # a type numpy holds another way: leave it in the proto
+            return None
+        arr.setflags(write=False)
+        arrays[t.name] = arr
+        return memory_stub(t)
+
+    out = copy_replacing_initializers(proto, take)
+    return (out, arrays) if arrays else (proto, arrays)
+
+
 class Model:
     """A loaded, normalized ONNX model. Treat it as read-only: rewriters return new models.
 
@@ -449,10 +481,10 @@ class Model:
         detached: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """``detached``: arrays of initializers whose data ``proto`` does not hold (each an external-data
-        reference there, as in a :mod:`onnxslice.grad.diskcache` entry whose weights are mapped from a file):
-        :meth:`initializer` returns them, sessions get them from memory, :meth:`full_proto` and :meth:`save`
-        put them back."""
-        self.proto = proto
+        reference there: :func:`load` detaches every large weight, a :mod:`onnxslice.grad.diskcache` entry
+        maps them from a file): :meth:`initializer` returns them, sessions get them from memory, :attr:`proto`,
+        :meth:`full_proto` and :meth:`save` put them back."""
+        self._proto = proto
         self.path = path
         self.notes = list(notes)
         self.opsets: dict[str, int] = {}
@@ -493,9 +525,22 @@ class Model:
 
     # -- lookups -------------------------------------------------------------------------------
     @property
+    def proto(self) -> onnx.ModelProto:
+        """The model as a ModelProto with every weight's data in it (:meth:`full_proto`: a copy when weights
+        are :attr:`detached`; read :attr:`skeleton` for the graph's structure and metadata)."""
+        return self.full_proto()
+
+    @property
+    def skeleton(self) -> onnx.ModelProto:
+        """The ModelProto as held (do not mutate): :attr:`detached` weights are data-less external-data stubs
+        there, so it is cheap to read for structure and metadata; :meth:`initializer` gives any weight."""
+        return self._proto
+
+    @property
     def graph(self) -> onnx.GraphProto:
-        """The underlying GraphProto (do not mutate)."""
-        return self.proto.graph
+        """The GraphProto of :attr:`skeleton` (do not mutate; :attr:`detached` initializers have no data
+        there: use :meth:`initializer` or :meth:`whole_initializer`)."""
+        return self._proto.graph
 
     @property
     def input_names(self) -> list[str]:
@@ -652,19 +697,19 @@ class Model:
         return Model(proto, None, [*self.notes, note] if note else self.notes, kept or None)
 
     def full_proto(self) -> onnx.ModelProto:
-        """The proto with every initializer's data in it: :attr:`proto` itself, or a copy where weights are
-        :attr:`detached`."""
+        """The proto with every initializer's data in it: :attr:`skeleton` itself, or a copy where weights
+        are :attr:`detached`."""
         if not self.detached:
-            return self.proto
+            return self._proto
         out = onnx.ModelProto()
-        out.CopyFrom(self.proto)
+        out.CopyFrom(self._proto)
         for t in out.graph.initializer:
             if t.name in self.detached:
                 t.CopyFrom(self.whole_initializer(t))
         return out
 
     def whole_initializer(self, t: onnx.TensorProto) -> onnx.TensorProto:
-        """The initializer ``t`` of :attr:`proto` with its data: ``t`` itself, or a tensor made from its
+        """The initializer ``t`` of :attr:`skeleton` with its data: ``t`` itself, or a tensor made from its
         array where it is :attr:`detached`."""
         if t.name not in self.detached:
             return t
@@ -731,7 +776,8 @@ def load(
         notes += float_view(proto, "strip" if dequantize == "strip" else "keep")
     if infer_shapes:
         proto = _infer(proto, where)
-    return Model(proto, path.resolve() if path else None, notes)
+    proto, arrays = _detach(proto)
+    return Model(proto, path.resolve() if path else None, notes, arrays or None)
 
 
 def save_model(

@@ -208,7 +208,7 @@ class Recorder:
         # a detached weight (Model.detached) has no data in the proto: it always comes from memory
         mem = [n for n in dict.fromkeys([*in_memory, *sorted(model.detached)]) if n not in self.weight_inputs]
         self.session = make_session(
-            runtime_proto(model.proto, self.values, self.weight_inputs, mem), device, arena=arena,
+            runtime_proto(model.skeleton, self.values, self.weight_inputs, mem), device, arena=arena,
             optimize=optimize, external={n: model.initializer(n) for n in mem}, spin=spin,
         )
         self.device = _session_device(self.session)

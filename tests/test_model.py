@@ -208,3 +208,33 @@ def test_load_keeps_fp16_weights_compressed() -> None:
     m = osl.load(make_model(nodes, {"x": (np.float32, ["N", 3])}, {"y": (np.float32, ["N", 2])}, {"W16": w16}))
     assert [n.op_type for n in m.nodes] == ["Cast", "MatMul"]
     assert m.initializer("W16").dtype == np.float16
+
+
+def test_load_holds_large_weights_once(tmp_path: Path) -> None:
+    """load() keeps every initializer of at least DETACH_MIN bytes as a read-only array only: the held proto
+    (``skeleton``) has a data-less stub, ``proto``/``save`` put the data back, onnxruntime runs it."""
+    from onnxslice.model import DETACH_MIN
+    from onnxslice.record import Recorder
+
+    rng = np.random.default_rng(0)
+    big, small = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    src = make_model(nodes, {"x": (np.float32, ["N", 64])}, {"y": (np.float32, ["N", 32])}, {"W": big, "b": small})
+    m = osl.load(src)
+    assert big.nbytes >= DETACH_MIN > small.nbytes
+    assert m.detached == {"W"}
+    held = {t.name: t for t in m.skeleton.graph.initializer}
+    assert not held["W"].raw_data and held["W"].data_location == onnx.TensorProto.EXTERNAL
+    assert held["b"].raw_data  # small tensors stay in the proto
+    a = m.initializer("W")
+    np.testing.assert_array_equal(a, big)
+    assert not a.flags.writeable
+    full = m.proto  # the whole model, as a user would save or inspect it
+    onnx.checker.check_model(full, full_check=True)
+    np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in full.graph.initializer if t.name == "W")), big)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    y = Recorder(m, None, "cpu").run({"x": x})["y"]
+    np.testing.assert_allclose(y, x @ big + small, rtol=1e-5, atol=1e-5)
+    again = osl.load(m.save(tmp_path / "m.onnx"))
+    np.testing.assert_array_equal(again.initializer("W"), big)
+    assert again.weights_fingerprint == m.weights_fingerprint == osl.load(src).weights_fingerprint

@@ -183,7 +183,7 @@ class StagedRunner:
                 feeds[t.name] = feed
                 defaults[feed] = value
             else:
-                inits.append(t)
+                inits.append(m.whole_initializer(t))
                 if t.name in weights:
                     feeds[t.name] = t.name
                     defaults[t.name] = np.asarray(m.initializer(t.name))
@@ -197,7 +197,7 @@ class StagedRunner:
             [*extra_nodes, *(protos[n] for n in nodes)], "onnxslice_stage", [info(i) for i in inputs],
             [info(o) if o in vis else helper.make_empty_tensor_value_info(o) for o in outputs], inits,
         )
-        proto = helper.make_model(graph, opset_imports=list(m.proto.opset_import), ir_version=m.proto.ir_version)
+        proto = helper.make_model(graph, opset_imports=list(m.skeleton.opset_import), ir_version=m.skeleton.ir_version)
         sess = make_session(runtime_proto(proto, (), list(feeds.values())), self.device, threads=self.threads)
         return _Stage(sess, inputs, outputs, feeds, defaults)
 

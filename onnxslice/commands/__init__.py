@@ -113,7 +113,7 @@ def load_for_rewrite(path: Any, verb: str, dequantize: bool) -> Any:
     from onnxslice.model import load
 
     model = load(path, dequantize="strip" if dequantize else False)
-    ops = is_quantized(model.proto) if not dequantize else []
+    ops = is_quantized(model.skeleton) if not dequantize else []
     if ops:
         raise QuantizedModelError(
             f"'{path}' is already quantized ({', '.join(ops)}): {verb} rewrites float weights. Pass --dequantize to "

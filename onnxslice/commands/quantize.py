@@ -275,7 +275,7 @@ def _stamp_report(q: Model, report: dict[str, Any]) -> None:
 
     from onnxslice.rewrite.emit import _set_meta
 
-    _set_meta(q.proto, {"onnxslice.quantize_report": json.dumps(report, default=str)})
+    _set_meta(q.skeleton, {"onnxslice.quantize_report": json.dumps(report, default=str)})
 
 
 def _latency(args: argparse.Namespace, model: Model, q: Model, ds: Dataset | None) -> dict[str, Any]:

@@ -10,12 +10,13 @@ call (hashing ResNet-18's 45 MB alone took 0.2 s), so, like the in-process engin
 is found again only while the file is untouched, and any write to it changes its change time and
 so the key.
 
-An entry is three files: ``KEY.onnx``, the model whose weights of at least :data:`DETACH_MIN` bytes are
-ONNX external-data references into ``KEY.bin`` (64-byte aligned), ``KEY.bin``, and ``KEY.json`` (written
-last: an entry without it is not read; it records both files' sizes, so a cut file is rebuilt, not
-read). A hit parses only the small ``.onnx`` and maps ``KEY.bin`` read-only: the weights become arrays
-without being read, parsed or copied (on ResNet-18's 45 MB the load went from 73 to 3 ms), and the
-model holds them once (:attr:`~onnxslice.model.Model.detached`).
+An entry is three files: ``KEY.onnx``, the model whose weights of at least
+:data:`~onnxslice.model.DETACH_MIN` bytes are ONNX external-data references into ``KEY.bin`` (64-byte
+aligned), ``KEY.bin``, and ``KEY.json`` (written last: an entry without it is not read; it records both
+files' sizes, so a cut file is rebuilt, not read). A hit parses only the small ``.onnx`` and maps
+``KEY.bin`` read-only: the weights become arrays without being read, parsed or copied (on ResNet-18's 45
+MB the load went from 73 to 3 ms), and the model holds them once
+(:attr:`~onnxslice.model.Model.detached`).
 
 Folder: ``$ONNXSLICE_CACHE``, else ``$XDG_CACHE_HOME/onnxslice``, else ``~/.cache/onnxslice`` (never
 the model's own folder); ``ONNXSLICE_CACHE=off`` (or ``0``) turns the cache off. Entries are written
@@ -36,7 +37,7 @@ import onnx
 from onnx import helper
 
 from onnxslice.io import atomic_write_bytes
-from onnxslice.model import EXTERNAL_DATA_THRESHOLD, Model, load
+from onnxslice.model import DETACH_MIN, EXTERNAL_DATA_THRESHOLD, Model, load
 from onnxslice.session import copy_replacing_initializers
 from onnxslice.version import __version__
 
@@ -44,8 +45,6 @@ __all__ = ["CACHE_ENV", "DETACH_MIN", "cache_dir", "load_cached", "model_key"]
 
 #: The environment variable naming the cache folder (``off`` or ``0``: no cache).
 CACHE_ENV = "ONNXSLICE_CACHE"
-#: Initializers of at least this many bytes live in the entry's ``.bin``, mapped on a hit.
-DETACH_MIN = 4096
 _ALIGN = 64
 
 
@@ -149,11 +148,13 @@ def load_cached(path: str | os.PathLike[str]) -> Model:
         except Exception as e:  # a truncated or foreign entry: rebuild it
             warnings.warn(f"onnxslice cache entry '{entry}' is unreadable ({e}); rebuilding it", stacklevel=3)
     m = load(path)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.proto.graph.initializer) or (
-        m.proto.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+    full = m.full_proto()  # load() holds the weights as arrays; the entry's .bin takes them from here
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer) or (
+        full.ByteSize() >= EXTERNAL_DATA_THRESHOLD
     ):
         return m
-    small, blob = _split(m.proto, weights.name)
+    small, blob = _split(full, weights.name)
+    del full
     data = small.SerializeToString()
     try:
         atomic_write_bytes(weights, blob)

@@ -266,7 +266,7 @@ def _assemble(
     fed_min: int | None = None,
 ) -> onnx.ModelProto:
     m = engine.model
-    src = m.proto.graph
+    src = m.skeleton.graph
     taken = {v for n in src.node for v in (*n.input, *n.output)} | {t.name for t in src.initializer}
     taken |= {i.name for i in src.input}
     ours = [o.name for o in outputs] + ([labels.name] if labels is not None else [])
@@ -288,10 +288,10 @@ def _assemble(
     else:  # a standalone graph holds every weight, detached ones (Model.detached) included
         inits = [m.whole_initializer(t) for t in inits]
     graph = helper.make_graph(nodes, f"{src.name or 'model'}_grad", inputs, outputs, initializer=inits)
-    opsets = [o for o in m.proto.opset_import]
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.proto.ir_version or 8, 10),
+    opsets = [o for o in m.skeleton.opset_import]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=min(m.skeleton.ir_version or 8, 10),
                               producer_name="onnxslice")
-    model.functions.extend(m.proto.functions)
+    model.functions.extend(m.skeleton.functions)
     shapes = ", ".join(f"{k}={list(np.shape(v))}" for k, v in sample.items())
     meta = {
         "onnxslice.version": __version__,

@@ -37,7 +37,7 @@ def one_node_model(
     Inputs are renamed by position (:func:`input_name`), so a value that feeds two inputs of the node
     (an LSTM's initial h and c) is two graph inputs, perturbed separately.
     """
-    proto = model.proto.graph.node
+    proto = model.skeleton.graph.node
     src = onnx.NodeProto()
     src.CopyFrom(next(n for n in proto if n.name == node.name))
     for k, name in enumerate(src.input):
@@ -55,7 +55,7 @@ def one_node_model(
     ]
     graph = helper.make_graph([src], "onnxslice/fd", ins, outs)
     opsets = [helper.make_opsetid(d, v) for d, v in model.opsets.items()]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=min(model.proto.ir_version, 10))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=min(model.skeleton.ir_version, 10))
 
 
 def input_name(k: int) -> str:

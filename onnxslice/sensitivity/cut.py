@@ -107,9 +107,9 @@ class Suffix:
             [t for t in g.initializer if t.name in inits],
         )
         proto = helper.make_model(
-            graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version
+            graph, opset_imports=list(model.skeleton.opset_import), ir_version=model.skeleton.ir_version
         )
-        sub = Model(proto)
+        sub = model.with_proto(proto)  # detached weights stay arrays
         missing = [w for w in weight_inputs if w not in inits]
         if missing:
             raise ValueError(f"weights {missing} are not read by the suffix of '{layer}'")

@@ -291,7 +291,8 @@ def stack_model(model: Model, layers: Sequence[Layer], groups: int, batch: bool 
     gone = {x.weight for x in layers}
     graph = helper.make_graph(nodes, g.name, [i for i in g.input if i.name not in gone], list(g.output), inits,
                               value_info=list(g.value_info))
-    proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
+    sk = model.skeleton
+    proto = helper.make_model(graph, opset_imports=list(sk.opset_import), ir_version=sk.ir_version)
     with contextlib.suppress(Exception):  # types of the new values help the engine; they are not needed
         proto = onnx.shape_inference.infer_shapes(proto)
     return Stacked(model.with_proto(proto, f"stacked x{groups}"), groups, frozenset(batched))
@@ -408,7 +409,8 @@ def stack_subject(model: Model, layer: Layer, groups: int, needed: Sequence[str]
                 nodes.append(helper.make_node("Concat", [o] * groups, [tiled[o]], name=tiled[o], axis=0))
     graph = helper.make_graph(nodes, g.name, [i for i in g.input if i.name != layer.weight], list(g.output), inits,
                               value_info=[_batch_free(vi, static) for vi in g.value_info])
-    proto = helper.make_model(graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version)
+    sk = model.skeleton
+    proto = helper.make_model(graph, opset_imports=list(sk.opset_import), ir_version=sk.ir_version)
     with contextlib.suppress(Exception):
         proto = onnx.shape_inference.infer_shapes(proto)
     return Stacked(model.with_proto(proto, f"stacked x{groups} on {layer.name}"), groups, frozenset())

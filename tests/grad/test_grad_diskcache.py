@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def test_a_hit_maps_the_weights_and_holds_them_once(cache: Path, tmp_path: Path)
     for n in big:
         a = m.initializer(n)
         assert not a.flags.writeable and not a.flags.owndata  # a read-only view of the mapped file
-        t = next(t for t in m.proto.graph.initializer if t.name == n)
+        t = next(t for t in m.skeleton.graph.initializer if t.name == n)
         assert not t.raw_data and t.data_location == onnx.TensorProto.EXTERNAL  # not held twice
     full = m.full_proto()  # what a save writes: every weight back in the proto
     onnx.checker.check_model(full, full_check=True)
@@ -151,8 +152,8 @@ def test_a_hit_maps_the_weights_and_holds_them_once(cache: Path, tmp_path: Path)
     for n in ref.initializer_names:
         np.testing.assert_array_equal(again.initializer(n), ref.initializer(n))
     edited = onnx.ModelProto()
-    edited.CopyFrom(m.proto)
-    twin = m.with_proto(edited)  # an edit keeps the mapped arrays of what is still external
+    edited.CopyFrom(m.skeleton)
+    twin = m.with_proto(edited)  # an edit of the held proto keeps the mapped arrays of what is still external
     assert twin.detached == big
     np.testing.assert_array_equal(GradientEngine(twin)(XL).inputs["x"], GradientEngine(ref)(XL).inputs["x"])
 
@@ -199,12 +200,23 @@ def test_an_entry_without_its_weights_file_is_rebuilt_with_a_warning(cache: Path
     assert (cache / "models" / f"{model_key(path)}.bin").is_file()
 
 
+def _is_mapped(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory is a mapped file (a cache hit's weights)."""
+    base: object = a
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
 def test_an_engine_built_from_a_path_goes_through_the_cache(cache: Path, tmp_path: Path) -> None:
     path = _lenet(tmp_path)
-    first = GradientEngine(str(path))  # a miss: the entry is written
-    assert not first.model.detached and _entries(cache)
+    first = GradientEngine(str(path))  # a miss: the entry is written (load() holds the weights in memory)
+    assert _entries(cache) and first.model.detached and not any(_is_mapped(first.model.initializer(n))
+                                                                for n in first.model.detached)
     again = GradientEngine(path)  # a later engine (process) maps the weights
-    assert again.model.detached
+    assert again.model.detached and all(_is_mapped(again.model.initializer(n)) for n in again.model.detached)
     want = GradientEngine(model_module.load(path))(XL)
     got = again(XL)
     np.testing.assert_array_equal(got.inputs["x"], want.inputs["x"])

@@ -53,7 +53,7 @@ def _elem(model: Model, value: str) -> int:
 
 def _copy_init(model: Model, name: str, new: str) -> onnx.TensorProto:
     t = onnx.TensorProto()
-    t.CopyFrom(model._init_protos[name])
+    t.CopyFrom(model.whole_initializer(model._init_protos[name]))  # a detached weight: from its array
     t.name = new
     return t
 

@@ -134,7 +134,7 @@ class PassManager:
 def provenance(model: Model) -> dict[str, Any]:
     """The onnxslice provenance in a model's ``metadata_props`` (JSON values decoded)."""
     out: dict[str, Any] = {}
-    for p in model.proto.metadata_props:
+    for p in model.skeleton.metadata_props:
         if p.key.startswith("onnxslice."):
             try:
                 out[p.key] = json.loads(p.value)
