@@ -271,10 +271,9 @@ def _warm_runtime(model: Model, x: np.ndarray) -> None:
     torch side's export has run its forward in torch: each runtime's one-time process set-up (onnxruntime's
     environment, thread pool and kernel registry: 8.4 MiB on a tiny model; torch's forward machinery) then
     counts on neither side, and what remains is each side's gradient work."""
-    from onnxslice.session import make_session, runtime_proto
+    from onnxslice.record import Recorder
 
-    sess = make_session(runtime_proto(model.full_proto()), "cpu")
-    sess.run(None, {model.input_names[0]: x})
+    Recorder(model, None, "cpu").run({model.input_names[0]: x})  # handed the model's weights, no copy
 
 
 def _onnxslice_side(name: str, batch: int, threads: int, conn: Any, which: str = "all") -> None:

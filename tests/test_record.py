@@ -160,3 +160,32 @@ def test_sessions_run_between_other_work_do_not_spin(cnn_proto: onnx.ModelProto)
     plain = Recorder(osl.load(cnn_proto)).session.get_session_options()
     with pytest.raises(Exception):  # noqa: B017 - unset: onnxruntime raises for a missing key
         plain.get_session_config_entry(key)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads the resident size from /proc")
+def test_a_session_runs_on_the_arrays_it_is_handed_without_a_copy() -> None:
+    """``make_session(external=)``: onnxruntime's tensors are the given buffers (a copy would add 64 MiB)."""
+    import resource
+
+    from onnx import helper
+
+    from onnxslice.session import make_session, trim_heap
+
+    w = np.random.default_rng(0).random(16 * 2**20, dtype=np.float32)  # 64 MiB
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [w.size])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [w.size])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g", [x], [y],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    proto = runtime_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), in_memory=["w"])
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    trim_heap()
+    before = rss_mib()
+    sess = make_session(proto, "cpu", optimize=True, external={"w": w})
+    trim_heap()  # the build's passing copy goes back
+    assert rss_mib() - before < 16  # 64 MiB if onnxruntime kept a copy
+    ones = np.ones(w.size, np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": ones})[0], w)

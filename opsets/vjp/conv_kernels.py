@@ -19,7 +19,7 @@ from types import EllipsisType
 import numpy as np
 
 from ..geometry import crop, first_max_steps, pad_to, window
-from ..vjp.kernels import enabled, matmul, run_const_kernel, run_kernel
+from ..vjp.kernels import enabled, matmul, pool, run_const_kernel, run_kernel, threads
 from ..vjp.prims import ConvGeometry
 
 # -- convolutions -------------------------------------------------------------------------------------
@@ -148,14 +148,35 @@ def _dw_im2col(
     return dw.reshape(((n,) if keep else ()) + tuple(w_shape))
 
 
+#: A depthwise weight cotangent of at least this many input elements is split over the threads
+#: (:func:`.kernels.threads`) by channel: numpy runs each part on one core.
+DW_SPLIT_ELEMENTS = 2**20
+
+
 def _dw_depthwise_2d(xp: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int]) -> np.ndarray:
     """Depthwise 2-D dW as one BLAS dot product per channel and kernel offset (1.5-3x the einsum).
 
     The padded input is split into its ``s_h * s_w`` stride phases, laid out channel first on a grid
     of the cotangent's rows, so that each kernel offset is a constant shift of one flat array per
     channel; the cotangent sits zero-padded on the same grid, which keeps every shifted product inside
-    its own sample.
+    its own sample. Channels are independent: a large one is split into one channel range per thread
+    (numpy's copies and products let go of the GIL; EfficientNet-Lite0 b8 at two threads: see
+    docs/gradients.md, "Session 9").
     """
+    c = xp.shape[1]
+    parts = min(threads(), c)
+    if parts < 2 or xp.size < DW_SPLIT_ELEMENTS:
+        return _dw_depthwise_2d_part(xp, g, kernel, s, d)
+    bounds = [c * i // parts for i in range(parts + 1)]
+    chunks = list(itertools.pairwise(bounds))
+    done = pool().map(lambda r: _dw_depthwise_2d_part(xp[:, r[0] : r[1]], g[:, r[0] : r[1]], kernel, s, d), chunks)
+    return np.concatenate(list(done))
+
+
+def _dw_depthwise_2d_part(
+    xp: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int]
+) -> np.ndarray:
+    """:func:`_dw_depthwise_2d` on one range of channels (``[C', *kernel]``)."""
     n, c = xp.shape[:2]
     ho, wo = g.shape[2:]
     offs = {

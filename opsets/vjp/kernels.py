@@ -10,9 +10,11 @@ state: rules stay pure functions of their inputs. Set ``ONNXSLICE_CONV_KERNELS=n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,12 +22,28 @@ from onnx import helper, numpy_helper
 
 from onnxslice.session import make_session
 
-__all__ = ["enabled", "matmul", "run_const_kernel", "run_kernel"]
+__all__ = ["enabled", "matmul", "pool", "run_const_kernel", "run_kernel", "threads"]
 
 
 def enabled() -> bool:
     """Whether backward convolutions may use onnxruntime kernels."""
     return os.environ.get("ONNXSLICE_CONV_KERNELS", "onnxruntime") != "numpy"
+
+
+def threads() -> int:
+    """Threads the eager kernels may use: ``ONNXSLICE_THREADS`` when set (as the sessions), else the CPUs
+    this process may run on."""
+    env = os.environ.get("ONNXSLICE_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def pool() -> ThreadPoolExecutor:
+    """The process's thread pool for numpy work split over :func:`threads` (numpy lets go of the GIL in
+    its copies and products); built once, on first use."""
+    return ThreadPoolExecutor(max_workers=max(threads(), 2), thread_name_prefix="onnxslice-kernel")
 
 
 _SESSIONS: dict[tuple[Any, ...], Any] = {}

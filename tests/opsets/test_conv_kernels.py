@@ -58,3 +58,27 @@ def test_constant_kernel_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(kernels._CONST_SESSIONS) <= 3
     big = np.zeros(kernels.CONST_MAX + 1, np.float32)
     assert kernels.run_const_kernel("Conv", g, big.reshape(-1, 1, 1, 1)[: kernels.CONST_MAX + 1]) is None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_weight_cotangent_split_over_threads_is_the_same(monkeypatch: pytest.MonkeyPatch,
+                                                                  stride: int) -> None:
+    """Split by channel over three threads, the depthwise dW equals the one-thread result bit for bit and
+    the plain sum over samples and positions."""
+    rng = np.random.default_rng(stride)
+    xp = rng.standard_normal((2, 7, 12, 12)).astype(np.float32)
+    ho = (12 - 3) // stride + 1
+    g = rng.standard_normal((2, 7, ho, ho)).astype(np.float32)
+    monkeypatch.setattr(conv_kernels, "DW_SPLIT_ELEMENTS", 0)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    one = conv_kernels._dw_depthwise_2d(xp, g, [3, 3], [stride, stride], [1, 1])
+    monkeypatch.setenv("ONNXSLICE_THREADS", "3")
+    split = conv_kernels._dw_depthwise_2d(xp, g, [3, 3], [stride, stride], [1, 1])
+    np.testing.assert_array_equal(split, one)
+    span = (ho - 1) * stride + 1
+    ref = np.stack([
+        np.stack([np.einsum("ncpq,ncpq->c", g, xp[:, :, i : i + span : stride, j : j + span : stride])
+                  for j in range(3)], axis=-1)
+        for i in range(3)
+    ], axis=-2)
+    np.testing.assert_allclose(split, ref, rtol=1e-4, atol=1e-4)
