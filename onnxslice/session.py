@@ -199,6 +199,7 @@ def make_session(
     shared_arena: bool = False,
     mem_pattern: bool = True,
     spin: bool = True,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session on ``device``, checked with ``session.get_providers()``.
 
@@ -222,6 +223,9 @@ def make_session(
             for sessions run between other work, such as the gradient engine's recording and its
             one-node kernels: every session has its own pool, and their spinning workers took the cores
             from each other (ResNet-18's eager gradient at 2 threads: 516 against 214 ms without).
+        prepack: let onnxruntime keep kernel-ready copies of constant weights (its default). Off, a
+            kernel reads the weight itself: no second copy of the weights it would pack (ConvTranspose's
+            transposed filters), for some speed.
 
     Raises:
         OnnxSliceError: CUDA was required but the session fell back to CPU.
@@ -240,6 +244,8 @@ def make_session(
         so.intra_op_num_threads = threads
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if shared_arena and so.enable_cpu_mem_arena and _shared_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
     arrays = {k: np.ascontiguousarray(v) for k, v in (external or {}).items()}

@@ -129,5 +129,7 @@ def test_graph_session_is_fed_the_model_weights_and_written_models_keep_them() -
     g = eng(x)
     assert g.meta.get("backend") == "emitted gradient graph"
     assert eng._recorder is None  # executor="graph": the tracing session was let go
+    sess = eng._runner.session({"x": x})  # reads the filters themselves: no prepacked copy (GRAPH_PREPACK)
+    assert sess.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
     eager = GradientEngine(m, "pred", device="cpu", executor="eager")(x)
     assert graph_disagreement(g, eager) <= GRAPH_TOL
