@@ -94,7 +94,7 @@ class EmittedRunner:
             else:
                 proto = emit_gradient_model(e, feed, trace_device="cpu", fed_min=FED_MIN)
                 if e.executor == "graph":  # the recording session only traced the graph: let it go before
-                    e.release_recorder()  # the session's prepacked weights and arena take their place
+                    e.release_recorder()  # the graph's session and its arena take its place
                     trim_heap()
                 self._sessions[key] = cpu_session(runtime_proto(proto), fed_weights(proto, e.model),
                                                   fused=e.recording_optimized)
