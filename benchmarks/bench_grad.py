@@ -253,8 +253,8 @@ def _prepare(name: str) -> None:
 
 
 def _loaded(name: str, onnx_bytes: bytes) -> Model:
-    """The onnxslice sides' model. ``--load bytes`` (default): ``load`` of the export's bytes (the proto holds
-    the weights, the engine makes arrays of them: held twice). ``--load cache``: as an engine gets a file
+    """The onnxslice sides' model. ``--load bytes`` (default): ``load`` of the export's bytes (its weights
+    become arrays, held once, before the peak is reset). ``--load cache``: as an engine gets a file
     (``GradientEngine(path)``, ``osl.gradients(path)``) in a later process, a disk cache hit whose weights are
     mapped and held once (``Model.detached``), read once here so that they are resident before the peak is
     reset, as torch's parameters are."""
@@ -698,8 +698,8 @@ def main() -> None:
                     help="onnxruntime's profile of the graph executor on one model, then exit (default: off)")
     ap.add_argument("--batch", type=int, default=None, help="batch for --profile (default: the model's)")
     ap.add_argument("--load", choices=["bytes", "cache"], default="bytes",
-                    help="how the onnxslice sides get the model: bytes = load() of the export (weights held twice: "
-                         "the proto and the engine's arrays); cache = a disk cache hit (weights mapped, held once)")
+                    help="how the onnxslice sides get the model: bytes = load() of the export (weights read into "
+                         "arrays); cache = a disk cache hit (weights mapped from the cache's file)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grad.json"), help="results JSON")
     ap.add_argument("--criteria", action="store_true", help="time every sensitivity criterion instead (1 thread)")
     ap.add_argument("--samples", type=int, default=4,

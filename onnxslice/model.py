@@ -35,8 +35,6 @@ __all__ = ["Layer", "Model", "Node", "ValueInfo", "load", "save_model"]
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 #: :func:`load` keeps initializers of at least this many bytes as arrays only (:attr:`Model.detached`).
 DETACH_MIN = 4096
-#: numpy kinds of the initializers :func:`load` detaches (the types a session can be handed from memory)
-_DETACH_KINDS = "fiub"
 
 
 @dataclass(frozen=True)
@@ -440,6 +438,16 @@ def _infer(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
         return proto
 
 
+def raw_dtype(t: onnx.TensorProto) -> np.dtype | None:
+    """The little-endian numpy dtype of ``t``'s elements, or None for a type numpy does not hold natively
+    (strings, bfloat16, float8, 4-bit): the initializers that can live outside the proto as plain arrays."""
+    try:
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dt.newbyteorder("<") if dt.kind in "fiub" else None
+
+
 def _detach(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """``proto`` with its initializers of at least :data:`DETACH_MIN` bytes as data-less stubs
     (:func:`~onnxslice.session.memory_stub`), and their read-only arrays: a model's weights are then held
@@ -448,13 +456,10 @@ def _detach(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarr
     arrays: dict[str, np.ndarray] = {}
 
     def take(t: onnx.TensorProto) -> onnx.TensorProto | None:
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
-            return None
-        try:
-            dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-        except (KeyError, TypeError, ValueError):
-            return None
-        if dt.kind not in _DETACH_KINDS or dt.itemsize * int(np.prod(t.dims, dtype=np.int64)) < DETACH_MIN:
+        dt = raw_dtype(t)
+        if t.data_location == onnx.TensorProto.EXTERNAL or dt is None or (
+            dt.itemsize * int(np.prod(t.dims, dtype=np.int64)) < DETACH_MIN
+        ):
             return None
         arr = numpy_helper.to_array(t)
         if arr.dtype != dt:  # a type numpy holds another way: leave it in the proto

@@ -26,6 +26,7 @@ __all__ = [
     "Device",
     "copy_replacing_initializers",
     "cuda_usable",
+    "env_threads",
     "make_session",
     "max_ort_ir_version",
     "median_ratios",
@@ -188,6 +189,11 @@ def cuda_usable() -> bool:
         ort.set_default_logger_severity(2)
 
 
+def env_threads() -> int:
+    """The thread count ``ONNXSLICE_THREADS`` sets for onnxruntime sessions and the eager kernels (0: unset)."""
+    return int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
+
+
 def make_session(
     proto: onnx.ModelProto,
     device: Device = "auto",
@@ -239,7 +245,7 @@ def make_session(
     so.enable_mem_pattern = mem_pattern
     so.log_severity_level = 3
     so.enable_cpu_mem_arena = arena and os.environ.get("ONNXSLICE_ARENA", "1") != "0"
-    threads = threads or int(os.environ.get("ONNXSLICE_THREADS", "0") or 0)
+    threads = threads or env_threads()
     if threads:
         so.intra_op_num_threads = threads
     if not spin:

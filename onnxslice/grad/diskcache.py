@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxslice.io import atomic_write_bytes
-from onnxslice.model import DETACH_MIN, EXTERNAL_DATA_THRESHOLD, Model, load
+from onnxslice.model import DETACH_MIN, EXTERNAL_DATA_THRESHOLD, Model, load, raw_dtype
 from onnxslice.session import copy_replacing_initializers
 from onnxslice.version import __version__
 
@@ -67,17 +66,18 @@ def model_key(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
 
 
-def _split(proto: onnx.ModelProto, bin_name: str) -> tuple[onnx.ModelProto, bytes]:
-    """The entry's model (large raw weights as external-data references into ``bin_name``) and the bytes
-    of ``bin_name``."""
+def _split(m: Model, bin_name: str) -> tuple[onnx.ModelProto, bytes]:
+    """The entry's model (``m``'s detached weights as external-data references into ``bin_name``) and the
+    bytes of ``bin_name``, taken from the arrays (the held proto has no copy of them)."""
     parts: list[bytes] = []
     size = 0
 
     def move(t: onnx.TensorProto) -> onnx.TensorProto | None:
         nonlocal size
-        raw = t.raw_data
-        if len(raw) < DETACH_MIN or t.data_location == onnx.TensorProto.EXTERNAL or _np_dtype(t) is None:
+        dt = raw_dtype(t)
+        if t.name not in m.detached or dt is None:
             return None
+        raw = np.ascontiguousarray(m.initializer(t.name), dtype=dt).tobytes()
         pad = -size % _ALIGN
         parts.append(b"\0" * pad + raw)
         size += pad
@@ -89,17 +89,8 @@ def _split(proto: onnx.ModelProto, bin_name: str) -> tuple[onnx.ModelProto, byte
         size += len(raw)
         return ref
 
-    entry_proto = copy_replacing_initializers(proto, move)
+    entry_proto = copy_replacing_initializers(m.skeleton, move)
     return entry_proto, b"".join(parts)
-
-
-def _np_dtype(t: onnx.TensorProto) -> np.dtype | None:
-    """The little-endian numpy dtype of ``t``'s raw data (None: a type numpy does not hold natively)."""
-    try:
-        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-    except (KeyError, TypeError):
-        return None
-    return dt.newbyteorder("<") if dt.kind in "fiub" else None
 
 
 def _mapped(proto: onnx.ModelProto, bin_path: Path) -> dict[str, np.ndarray]:
@@ -110,7 +101,7 @@ def _mapped(proto: onnx.ModelProto, bin_path: Path) -> dict[str, np.ndarray]:
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
-        dt = _np_dtype(t)
+        dt = raw_dtype(t)
         if dt is None or info.get("location") != bin_path.name:
             raise ValueError(f"initializer '{t.name}' does not point into {bin_path.name}")
         offset, length = int(info["offset"]), int(info["length"])
@@ -147,14 +138,13 @@ def load_cached(path: str | os.PathLike[str]) -> Model:
             return m
         except Exception as e:  # a truncated or foreign entry: rebuild it
             warnings.warn(f"onnxslice cache entry '{entry}' is unreadable ({e}); rebuilding it", stacklevel=3)
-    m = load(path)
-    full = m.full_proto()  # load() holds the weights as arrays; the entry's .bin takes them from here
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in full.graph.initializer) or (
-        full.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+    m = load(path)  # holds its large weights as arrays (Model.detached): the entry's .bin takes them from there
+    held = m.skeleton.graph.initializer
+    if any(t.data_location == onnx.TensorProto.EXTERNAL and t.name not in m.detached for t in held) or (
+        m.skeleton.ByteSize() + sum(m.initializer(k).nbytes for k in m.detached) >= EXTERNAL_DATA_THRESHOLD
     ):
         return m
-    small, blob = _split(full, weights.name)
-    del full
+    small, blob = _split(m, weights.name)
     data = small.SerializeToString()
     try:
         atomic_write_bytes(weights, blob)

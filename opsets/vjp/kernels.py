@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from onnx import helper, numpy_helper
 
-from onnxslice.session import make_session
+from onnxslice.session import env_threads, make_session
 
 __all__ = ["enabled", "matmul", "pool", "run_const_kernel", "run_kernel", "threads"]
 
@@ -33,9 +33,9 @@ def enabled() -> bool:
 def threads() -> int:
     """Threads the eager kernels may use: ``ONNXSLICE_THREADS`` when set (as the sessions), else the CPUs
     this process may run on."""
-    env = os.environ.get("ONNXSLICE_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    n = env_threads()
+    if n > 0:
+        return n
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
