@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from _prune_nets import build
 
 import onnxslice as osl
@@ -120,6 +121,7 @@ def _fixed_timings(monkeypatch, cut, measured):
     _fake_latency(monkeypatch, lambda c, i: measured)
 
 
+@pytest.mark.speed_gate
 def test_default_plan_measured_slower_falls_back_to_full_rounding(tmp_path, capsys, monkeypatch):
     path, _ = _files(tmp_path)
     out = tmp_path / "p.onnx"
@@ -132,6 +134,7 @@ def test_default_plan_measured_slower_falls_back_to_full_rounding(tmp_path, caps
     assert all(d % 16 == 0 or d == full for d, full in [(kept.initializer("f1.weight").shape[0], 32)])
 
 
+@pytest.mark.speed_gate
 def test_default_plan_slower_every_way_writes_nothing(tmp_path, capsys, monkeypatch):
     path, _ = _files(tmp_path)
     out = tmp_path / "p.onnx"
