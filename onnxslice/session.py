@@ -316,14 +316,28 @@ def timed_sessions(protos: Sequence[Any], device: str = "cpu", threads: int = 1)
     return [make_session(runtime_proto(p), dev, optimize=True, threads=threads) for p in protos]
 
 
+#: Least time, in ms, each side of a round-robin measurement is run for: a model of microseconds gets
+#: more repeats than asked (single runs still, round-robin), since a handful of its runs is decided by
+#: timer grain and scheduler noise. A model slower than this keeps the repeats it was given.
+MIN_TOTAL_MS = 50.0
+MAX_REPEATS = 2000
+
+
 def round_robin_times(sessions: Sequence[Any], feeds: Sequence[Mapping[str, np.ndarray]], repeats: int = 15,
-                      warmup: int = 2) -> np.ndarray:
-    """Times in ms, ``[repeats, sessions]``: each repeat runs every session once (session ``i`` on
-    ``feeds[i]``), starting one later than the repeat before, after ``warmup`` runs of each."""
+                      warmup: int = 2, min_total_ms: float = MIN_TOTAL_MS) -> np.ndarray:
+    """Times in ms, ``[n, sessions]``: each of ``n`` repeats runs every session once (session ``i`` on
+    ``feeds[i]``), starting one later than the repeat before, after ``warmup`` runs of each. ``n`` is
+    ``repeats``, raised (up to 2000) until the fastest session's runs add up to ``min_total_ms``, as
+    timed by its warm-up."""
     feeds = [dict(f) for f in feeds]
+    fastest = float("inf")
     for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1)):
+            t0 = time.perf_counter()
             s.run(None, f)
+            fastest = min(fastest, (time.perf_counter() - t0) * 1e3)
+    if min_total_ms > 0 and fastest * repeats < min_total_ms:
+        repeats = int(min(MAX_REPEATS, max(repeats, np.ceil(min_total_ms / max(fastest, 1e-3)))))
     times = np.zeros((repeats, len(sessions)))
     for r in range(repeats):
         for j in range(len(sessions)):

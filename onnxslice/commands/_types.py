@@ -20,6 +20,7 @@ __all__ = [
     "nonneg_int",
     "positive_float",
     "positive_int",
+    "repeats_help",
 ]
 
 
@@ -115,3 +116,11 @@ def fraction_closed01(text: str) -> float:
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"{v} is not in [0, 1]")
     return v
+
+
+def repeats_help(default: int, what: str = "latency repeats, round-robin") -> str:
+    """Help text of a verb's ``--repeats``: every latency measurement raises the repeats of a fast model
+    until each side ran :data:`onnxslice.session.MIN_TOTAL_MS`."""
+    from onnxslice.session import MIN_TOTAL_MS
+
+    return f"{what} (median; default {default}; more for a fast model, until each side ran {MIN_TOTAL_MS:g} ms)"

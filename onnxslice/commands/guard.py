@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxslice.commands import add_common, emit_json
-from onnxslice.commands._types import nonneg_float, nonneg_int, positive_int
+from onnxslice.commands._types import nonneg_float, nonneg_int, positive_int, repeats_help
 from onnxslice.commands.faults import add_fault_arguments, fault_model
 from onnxslice.console import format_table
 from onnxslice.errors import DataError, OnnxSliceError
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=positive_int, default=256, help="samples of --data used (default: 256)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="samples per onnxruntime run (default: 256)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of ranking and fault draws (default: 0)")
-    p.add_argument("--repeats", type=positive_int, default=30, help="latency repeats, round-robin (default: 30)")
+    p.add_argument("--repeats", type=positive_int, default=30, help=repeats_help(30))
 
 
 def _order(model: Any, args: argparse.Namespace, fm: Any, device: Device) -> list[str]:

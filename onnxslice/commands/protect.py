@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import add_common, emit_json
-from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int
+from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int, repeats_help
 from onnxslice.console import format_table
 from onnxslice.outputs import Outputs
 
@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encrypt", action="store_true", help="encrypt the key with a passphrase asked on the terminal (default off)"
     )
     p.add_argument("--repeats", type=positive_int, default=20,
-                   help="latency repeats of the original and locked model (batch 1, median) (default 20)")  # fmt: skip
+                   help=repeats_help(20, "latency repeats of the original and locked model (batch 1)"))
     p.add_argument("--out", "-o", required=True, help="where to write the locked model (.onnx; never MODEL)")
     p.add_argument("--key", "-k", required=True, help="where to write the owner's key (keep it private)")
 

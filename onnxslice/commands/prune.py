@@ -16,6 +16,7 @@ from onnxslice.commands._types import (
     nonneg_int,
     positive_float,
     positive_int,
+    repeats_help,
 )
 from onnxslice.console import format_table
 from onnxslice.errors import PlanError
@@ -92,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", "-d", help="data for fidelity (agreement with the original), the criterion and the slice")
     p.add_argument("--samples", type=positive_int, default=256,
                    help="samples of --data used for fidelity, the criterion and the slice (default 256)")
-    p.add_argument("--repeats", type=positive_int, default=20, help="latency repeats (median; default 20)")
+    p.add_argument("--repeats", type=positive_int, default=20, help=repeats_help(20))
     p.add_argument("--latency-batch", type=positive_int, default=1, help="batch size of the latency runs (default 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)

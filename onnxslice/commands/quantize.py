@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxslice.commands import DEQUANTIZE_HELP, add_common, criterion_or_fd, emit_json, load_for_rewrite, warn
-from onnxslice.commands._types import fraction_closed01, nonneg_int, positive_float, positive_int
+from onnxslice.commands._types import fraction_closed01, nonneg_int, positive_float, positive_int, repeats_help
 from onnxslice.console import format_table
 from onnxslice.data import Dataset, load_data
 from onnxslice.errors import DataError, PlanError
@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "few as --accuracy-goal needs, at most a quarter); --criterion qdq measures the sensitivity")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads of the latency measurement (default 1)")
-    p.add_argument("--repeats", type=positive_int, default=15, help="latency repeats, round-robin (default 15)")
+    p.add_argument("--repeats", type=positive_int, default=15, help=repeats_help(15))
     p.add_argument("--report", default=None, help="also write the before/after report as JSON here (default: none)")
     p.add_argument("--block-size", type=positive_int, default=32, help="int4 block size (default 32)")
     p.add_argument("--no-matmul-nbits", action="store_true", help="emit int4 MatMul weights as DequantizeLinear")

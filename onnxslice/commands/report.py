@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from onnxslice.commands import add_common, emit_json
-from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int
+from onnxslice.commands._types import fraction_open01, nonneg_int, positive_int, repeats_help
 from onnxslice.console import format_table
 from onnxslice.errors import DataError
 from onnxslice.io import atomic_write_bytes
@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--theta", type=fraction_open01, default=0.3, help="NNSlicer theta of the slices")
     p.add_argument("--ratios", type=_floats, default=[0.1, 0.3, 0.5], help="pruning ratios of the sweep")
     p.add_argument("--avg-bits", type=_floats, default=[4.5, 6.0], help="average-bit budgets of the int4/int8 sweep")
-    p.add_argument("--repeats", type=positive_int, default=30, help="latency repeats per emitted model (median)")
+    p.add_argument("--repeats", type=positive_int, default=30,
+                   help=repeats_help(30, "latency repeats per emitted model"))
     p.add_argument("--skip", action="append", choices=("slices", "prune", "quantize"), default=[],
                    help="sections not to compute (repeatable)")
     p.add_argument("--profile", "-p", default=None, help="reuse this profile (.npz from `onnxslice profile`)")
