@@ -239,3 +239,31 @@ def test_emission_follows_the_recording(wide: bool) -> None:
     cot = np.random.default_rng(6).standard_normal((2, 5, *model.inputs[0].shape[2:])).astype(np.float32)
     proto = emit_gradient_model(engine, {"x": x})
     assert emission_error(engine, proto, {"x": x}, cot) <= 2e-5
+
+
+def test_engine_split_over_threads_matches_one_thread_on_resnet8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads and every convolution's cotangents split over sample ranges (each range on
+    single-threaded kernels), whole gradients equal the one-thread engine's."""
+    from onnxslice.opsets.vjp import conv_kernels, kernels
+
+    model = load(ROOT / "models" / "resnet8_mnist.onnx")
+    x = np.random.default_rng(1).random((5, 1, 28, 28), dtype=np.float32)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    one = GradientEngine(model, "pred", executor="eager")(x)
+    calls: list[int] = []
+    split = kernels.split_samples
+
+    def counted(n: int, part, macs: int):  # type: ignore[no-untyped-def]
+        out = split(n, part, macs)
+        calls.append(0 if out is None else len(out))
+        return out
+
+    monkeypatch.setattr(conv_kernels, "split_samples", counted)
+    monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 0)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "2")
+    two = GradientEngine(model, "pred", executor="eager")(x)
+    assert calls and all(c == 2 for c in calls)
+    for k, v in one.weights.items():
+        assert _rel(two.weights[k], v) <= 1e-5, k
+    for k, v in one.inputs.items():
+        assert _rel(two.inputs[k], v) <= 1e-6, k

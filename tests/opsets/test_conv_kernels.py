@@ -82,3 +82,40 @@ def test_depthwise_weight_cotangent_split_over_threads_is_the_same(monkeypatch: 
         for i in range(3)
     ], axis=-2)
     np.testing.assert_allclose(split, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("groups", "stride", "keep"), [(1, 1, False), (1, 2, False), (2, 1, False), (1, 1, True)])
+def test_convolution_cotangents_split_over_samples_are_the_same(monkeypatch: pytest.MonkeyPatch, groups: int,
+                                                                 stride: int, keep: bool) -> None:
+    """Split over sample ranges (three threads, each part on single-threaded kernels), a convolution's input
+    and weight cotangents equal the one-thread results (the weight's partial sums added in another order)
+    and the numpy offset loop; inside a part nothing splits again."""
+    rng = np.random.default_rng(stride)
+    n, c, o, size = 5, 4, 6, 10
+    x = rng.standard_normal((n, c, size, size)).astype(np.float32)
+    w = rng.standard_normal((o, c // groups, 3, 3)).astype(np.float32)
+    out = (size + 2 - 3) // stride + 1
+    g = rng.standard_normal((n, o, out, out)).astype(np.float32)
+    geom = ConvGeometry((3, 3), (stride, stride), (1, 1), (1, 1), (1, 1), (size + 2, size + 2), groups)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    dx1 = conv_kernels.conv_input_grad(g, w, x.shape, geom)
+    dw1 = conv_kernels.conv_weight_grad(x, g, w.shape, geom, keep)
+    monkeypatch.setattr(kernels, "SPLIT_MIN_MACS", 0)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "3")
+    seen: list[tuple[int, int, int]] = []
+    im2col = conv_kernels._dw_im2col
+
+    def spy(x: np.ndarray, *a: object) -> np.ndarray:
+        seen.append((len(x), kernels.threads(), len(seen)))
+        return im2col(x, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conv_kernels, "_dw_im2col", spy)
+    dx3 = conv_kernels.conv_input_grad(g, w, x.shape, geom)
+    dw3 = conv_kernels.conv_weight_grad(x, g, w.shape, geom, keep)
+    assert sorted(s[0] for s in seen) == [1, 2, 2] and all(s[1] == 1 for s in seen)
+    np.testing.assert_array_equal(dx3, dx1)
+    np.testing.assert_allclose(dw3, dw1, rtol=1e-5, atol=1e-5)
+    ref_dx = conv_kernels._conv_loop(None, w, g, x.shape, False, geom)[0]
+    ref_dw = conv_kernels._conv_loop(x, w, g, x.shape, keep, geom)[1]
+    np.testing.assert_allclose(dx3, ref_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw3, ref_dw, rtol=1e-4, atol=1e-4)
