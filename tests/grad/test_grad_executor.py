@@ -61,6 +61,39 @@ def test_graph_executor_caches_one_session_per_batch_shape() -> None:
         np.testing.assert_allclose(c.weights[k], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
 
 
+@pytest.mark.parametrize("target", ["pred", "loss"])
+def test_graph_executor_runs_data_parallel_parts_on_single_threaded_sessions(
+    monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """With two threads and parts allowed, a call of 6 samples runs as two concurrent parts of 3 on one
+    single-threaded session: the same gradients as one run, target values and input gradients in order."""
+    import onnxslice.grad.emitted as emitted
+
+    m, feed = _feed("resnet8_mnist", 6, seed=3)
+    labels = np.array([1, 0, 2, 5, 4, 3]) if target == "loss" else None
+    monkeypatch.setenv("ONNXSLICE_THREADS", "2")
+    whole = GradientEngine(m, target, device="cpu", executor="graph")
+    a = whole(feed, labels=labels)
+    assert whole._runner.parts(6, None) == 1  # parts of 3 samples are below the default minimum
+    monkeypatch.setattr(emitted, "GRAPH_SPLIT_MIN_SAMPLES", 3)
+    monkeypatch.setattr(emitted, "GRAPH_SPLIT_MIN_MACS", 0)
+    engine = GradientEngine(m, target, device="cpu", executor="graph")
+    b = engine(feed, labels=labels)
+    runner = engine._runner
+    assert runner.parts(6, None) == 2 and runner.parts(6, 2) == 1 and runner.parts(5, None) == 1
+    (key,) = runner._sessions  # one session, traced at 3 samples, single-threaded
+    assert key[1] is True and dict(key[0])[next(iter(feed))][0] == 3
+    assert runner._sessions[key].get_session_options().intra_op_num_threads == 1
+    assert b.meta.get("backend") == GRAPH
+    np.testing.assert_allclose(b.target_values, a.target_values, rtol=1e-6, atol=1e-7)
+    for k, v in a.inputs.items():
+        np.testing.assert_allclose(b.inputs[k], v, rtol=1e-5, atol=1e-6 * float(np.abs(v).max()))
+    for k, v in a.weights.items():
+        np.testing.assert_allclose(b.weights[k], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    assert runner.parts(6, None) == 1
+
+
 def test_graph_executor_leaves_per_sample_weights_and_cotangents_to_eager() -> None:
     m, feed = _feed("lenet5", 2)
     engine = GradientEngine(m, "pred", device="cpu", executor="graph", swappable=["conv1.weight"])
