@@ -165,7 +165,10 @@ class EmittedRunner:
             fparts.append(res["target"])
             for w in e.weight_names:
                 v = res[grad_output_name(w)]
-                wsum[w] = wsum[w] + v if w in wsum else v
+                if w in wsum:
+                    wsum[w] += v  # in place: the session's outputs are fresh arrays of ours
+                else:
+                    wsum[w] = v
             for k in e.input_names:
                 iparts[k].append(res[grad_output_name(k)])
 
