@@ -177,6 +177,7 @@ class Recorder:
             activation fused where no recorded value sits between them). The recorded values then
             differ from the unoptimized graph's in the last bits.
         spin: let onnxruntime's worker threads spin-wait after a run (see :func:`make_session`).
+        threads: intra-op threads of the session (default: ``ONNXSLICE_THREADS`` or onnxruntime's choice).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class Recorder:
         in_memory: Sequence[str] = (),
         optimize: bool = False,
         spin: bool = True,
+        threads: int | None = None,
     ) -> None:
         self.model = model
         self.weight_inputs = list(dict.fromkeys(weight_inputs))
@@ -209,7 +211,7 @@ class Recorder:
         mem = [n for n in dict.fromkeys([*in_memory, *sorted(model.detached)]) if n not in self.weight_inputs]
         self.session = make_session(
             runtime_proto(model.skeleton, self.values, self.weight_inputs, mem), device, arena=arena,
-            optimize=optimize, external={n: model.initializer(n) for n in mem}, spin=spin,
+            optimize=optimize, external={n: model.initializer(n) for n in mem}, spin=spin, threads=threads,
         )
         self.device = _session_device(self.session)
         self._refuse_non_tensors()

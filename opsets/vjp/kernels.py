@@ -64,17 +64,18 @@ def pool() -> ThreadPoolExecutor:
 SPLIT_MIN_MACS = 1 << 28
 
 
-def split_samples(n: int, part: Callable[[int, int], T], macs: int) -> list[T] | None:
+def split_samples(n: int, part: Callable[[int, int], T], macs: int, min_part: int | None = None) -> list[T] | None:
     """``part(lo, hi)`` over contiguous sample ranges, one per thread, each on single-threaded kernels.
 
     onnxruntime's MLAS kernels and numpy's im2col copies scale poorly over two threads on the small maps of
     a CIFAR ResNet (at batch 32 a weight cotangent 1.22x, an input cotangent 1.34x faster with two threads
     than with one); independent sample ranges on one core each share nothing. The caller runs the first
     range itself. ``macs``: the work of all ``n`` samples. None (nothing run) when there is one thread or
-    one sample, a part would have less than :data:`SPLIT_MIN_MACS` of work, or this already is a part.
+    one sample, a part would have less than ``min_part`` (default :data:`SPLIT_MIN_MACS`) of work, or this
+    already is a part.
     """
     parts = min(threads(), n)
-    if parts < 2 or macs < SPLIT_MIN_MACS * parts:
+    if parts < 2 or macs < (SPLIT_MIN_MACS if min_part is None else min_part) * parts:
         return None
     bounds = [n * i // parts for i in range(parts + 1)]
 

@@ -174,3 +174,43 @@ def test_one_shot_gradients_stay_eager_unless_asked() -> None:
         assert gradients(path, feed, executor="graph").meta.get("backend") == GRAPH
     finally:
         clear_cache()
+
+
+@pytest.mark.parametrize("mode", ["pred", "loss", "per_sample", "cotangent"])
+def test_eager_call_runs_in_parts_on_a_single_threaded_recording(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """With two threads and parts allowed, an eager call of 5 samples runs as parts of 2 and 3 at once on the
+    single-threaded recording (the multi-threaded one is never built): the one-thread engine's gradients,
+    target values, per-sample gradients and input gradients in sample order; a smaller ``batch_size`` or
+    one thread runs as before."""
+    import onnxslice.grad.engine as engine_mod
+
+    m, feed = _feed("resnet8_mnist", 5, seed=4)
+    target = "loss" if mode == "loss" else "pred"
+    kw: dict[str, Any] = {"labels": np.array([1, 0, 2, 5, 4])} if mode == "loss" else {}
+    if mode == "per_sample":
+        kw["per_sample"] = True
+    if mode == "cotangent":
+        kw["cotangent"] = np.random.default_rng(2).standard_normal((5, 10)).astype(np.float32)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    a = GradientEngine(m, target, device="cpu", executor="eager")(feed, **kw)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "2")
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MIN_MACS", 0)
+    engine = GradientEngine(m, target, device="cpu", executor="eager")
+    b = engine(feed, **kw)
+    assert engine._recorder is None and engine._single_recorder is not None
+    assert engine._single_recorder.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(b.target_values, a.target_values, rtol=1e-6, atol=1e-7)
+    for k, v in a.inputs.items():
+        np.testing.assert_allclose(b.inputs[k], v, rtol=1e-5, atol=1e-6 * float(np.abs(v).max()))
+    for k, v in a.weights.items():
+        assert b.weights[k].shape == v.shape
+        np.testing.assert_allclose(b.weights[k], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
+    c = engine(feed, batch_size=2, **kw)
+    assert engine._recorder is not None  # a smaller batch_size: its chunks in turn, on the usual recording
+    np.testing.assert_allclose(c.target_values, a.target_values, rtol=1e-6, atol=1e-7)
+    assert not engine._parts(5, 2) and engine._parts(5, None)
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e-9)  # a second set of weight cotangents
+    assert not engine._parts(5, None)  # would outweigh the recording: whole
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 0.5)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    assert not engine._parts(5, None)
