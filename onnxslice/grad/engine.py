@@ -75,8 +75,8 @@ def _is_float(model: Model, value: str) -> bool | None:
 #: With several threads an eager call runs as one part of its samples per thread, each part recorded and
 #: differentiated on single-threaded sessions and kernels, all at once, when each part has at least this
 #: much forward work (multiply-adds). Two threads, paired in one process against one call on two-threaded
-#: sessions and kernels: EfficientNet-Lite0 b8 (parts of 1.5 G) 0.83x the time, CIFAR ResNet-18 b8 (2.2 G)
-#: 0.96x, b32 (8.9 G) 0.89x.
+#: sessions and kernels: EfficientNet-Lite0 b8 (parts of 1.5 G) 0.70x the time, CIFAR ResNet-18 b32
+#: (8.9 G) 0.89x, b8 (2.2 G) 0.91x but see EAGER_SPLIT_MEMORY_SHARE.
 EAGER_SPLIT_MIN_MACS = 1 << 30
 #: ... and when the weights (whose cotangents each part holds a set of) are at most this share of what the
 #: call's recording holds. Two threads, peak memory added by the call: CIFAR ResNet-18 b8 (weights 1.3x its
@@ -526,7 +526,7 @@ class GradientEngine:
         split = None
         if self._parts(n, batch_size):
             single = self.single_recorder
-            split = split_samples(n, lambda lo, hi: one(single, lo, hi), self._forward_macs() * n, EAGER_SPLIT_MIN_MACS)
+            split = split_samples(n, lambda lo, hi: one(single, lo, hi), self._forward_macs() * n, min_part=0)
         if split is not None:
             for i, res in enumerate(split):
                 add(res, own=i == 0)
@@ -554,10 +554,9 @@ class GradientEngine:
 
     def _parts(self, n: int, batch_size: int | None) -> bool:
         """Whether an eager call on ``n`` samples may run as one part per thread: several threads, the
-        recording on the CPU, no fixed batch, no smaller ``batch_size`` asked, and a second set of weight
-        cotangents (each part holds one) small beside the recording (:data:`EAGER_SPLIT_MEMORY_SHARE`). The
-        work per part is checked by :func:`~onnxslice.opsets.vjp.kernels.split_samples` against
-        :data:`EAGER_SPLIT_MIN_MACS`."""
+        recording on the CPU, no fixed batch, no smaller ``batch_size`` asked, a second set of weight
+        cotangents (each part holds one) small beside the recording (:data:`EAGER_SPLIT_MEMORY_SHARE`) and
+        enough forward work in each part (:data:`EAGER_SPLIT_MIN_MACS`)."""
         on_cpu = self.device == "cpu" or (self.device == "auto" and not cuda_usable())
         if not (n > 1 and on_cpu and threads() > 1 and fixed_batch_of(self.model) is None
                 and (batch_size is None or batch_size >= n)):
@@ -566,7 +565,9 @@ class GradientEngine:
             m = self.model
             self._split_bytes = (sum(m.initializer(w).nbytes for w in self.weight_names), self._recorded_bytes())
         weights, per_sample = self._split_bytes
-        return weights <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
+        parts = min(threads(), n)
+        return (weights <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
+                and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS)
 
     def _forward_macs(self) -> int:
         """Forward multiply-adds per sample (Conv, Gemm, MatMul), counted once."""

@@ -212,5 +212,9 @@ def test_eager_call_runs_in_parts_on_a_single_threaded_recording(monkeypatch: py
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e-9)  # a second set of weight cotangents
     assert not engine._parts(5, None)  # would outweigh the recording: whole
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 0.5)
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MIN_MACS", 1 << 30)  # the default: resnet8's parts are too small
+    small = GradientEngine(m, target, device="cpu", executor="eager")
+    small(feed, **kw)
+    assert small._single_recorder is None and small._recorder is not None
     monkeypatch.setenv("ONNXSLICE_THREADS", "1")
     assert not engine._parts(5, None)
