@@ -119,11 +119,13 @@ class EmittedRunner:
             trim_heap()  # the tracing's buffers go back before the graph's first run grows its arena
         return self._sessions[key]
 
-    def parts(self, n: int, batch_size: int | None) -> int:
+    def parts(self, n: int, batch_size: int | None, feed: Mapping[str, np.ndarray] | None = None) -> int:
         """How many data-parallel parts a CPU call on ``n`` samples runs as: one per thread
         (:func:`~onnxslice.opsets.vjp.kernels.threads`) when no smaller ``batch_size`` is asked, the samples
         split evenly and each part has at least :data:`GRAPH_SPLIT_MIN_SAMPLES` samples and
-        :data:`GRAPH_SPLIT_MIN_MACS` of forward work; else 1."""
+        :data:`GRAPH_SPLIT_MIN_MACS` of forward work, and the model's samples are independent (checked once
+        on ``feed``, :meth:`~onnxslice.grad.GradientEngine.samples_independent`; without ``feed``: not
+        checked); else 1."""
         if self.engine.device == "cuda" or (batch_size is not None and batch_size < n):
             return 1
         p = threads()
@@ -131,7 +133,9 @@ class EmittedRunner:
             return 1
         if self._macs is None:
             self._macs = count_macs(self.engine.model, 1).total
-        return p if self._macs * (n // p) >= GRAPH_SPLIT_MIN_MACS else 1
+        if self._macs * (n // p) < GRAPH_SPLIT_MIN_MACS:
+            return 1
+        return p if feed is None or self.engine.samples_independent(feed) else 1
 
     def providers(self, feed: Mapping[str, np.ndarray]) -> list[str]:
         """``get_providers()`` of the session serving ``feed``'s shapes."""
@@ -145,7 +149,7 @@ class EmittedRunner:
         n = len(next(iter(feed.values()))) if feed else 1
         if e.target.kind == "loss" and labels is None:
             raise DataError("target 'loss' needs labels (class per sample)")
-        parts = self.parts(n, batch_size)
+        parts = self.parts(n, batch_size, feed)
         bs = n // parts if parts > 1 else batch_size or n
         wsum: dict[str, np.ndarray] = {}
         iparts: dict[str, list[np.ndarray]] = {k: [] for k in e.input_names}

@@ -119,6 +119,10 @@ class GradientEngine:
         output: which model output to differentiate (default: the first); a list of outputs for
             ``cotangent`` targets given as a mapping output -> cotangent.
         logits: read Softmax/LogSoftmax inputs for logit targets (default True).
+        parts: with several threads, let a large call run as one part of its samples per thread
+            (:meth:`_parts`; default True). Give False for a model whose samples interact along axis 0 in a
+            way a check on the model's own weights cannot see (the stacked models of
+            :mod:`onnxslice.sensitivity.stacked`, whose weight groups follow the batch).
 
     Raises:
         DataError: unknown weights or output, or an output that is not a float tensor.
@@ -139,6 +143,7 @@ class GradientEngine:
         logits: bool = True,
         executor: str = "auto",
         fuse: bool = True,
+        parts: bool = True,
     ) -> None:
         if executor not in EXECUTORS:
             raise DataError(f"executor must be one of {', '.join(EXECUTORS)}, not '{executor}'")
@@ -205,6 +210,7 @@ class GradientEngine:
         self._single_recorder: Recorder | None = None  # single-threaded, for the parts of a call (_parts)
         self._macs: int | None = None  # forward multiply-adds per sample (_parts), counted on first use
         self._split_bytes: tuple[int, int] | None = None  # (weight bytes, recorded bytes per sample), _parts
+        self._independent: bool | None = None if parts else False  # samples_independent(), checked once
         self._runner: Any = None  # the emitted gradient graphs, for device="cuda" (built on first use)
         #: executor="auto": per (batch shapes, batch_size), 1 after the first call, then the choice (True: graph)
         self._auto: dict[tuple[Any, ...], int | bool] = {}
@@ -524,7 +530,7 @@ class GradientEngine:
                 iparts[k].append(v)
 
         split = None
-        if self._parts(n, batch_size):
+        if self._parts(n, batch_size, feed):
             single = self.single_recorder
             split = split_samples(n, lambda lo, hi: one(single, lo, hi), self._forward_macs() * n, min_part=0)
         if split is not None:
@@ -552,11 +558,35 @@ class GradientEngine:
              "output": self.output},
         )
 
-    def _parts(self, n: int, batch_size: int | None) -> bool:
+    def samples_independent(self, feed: Mapping[str, np.ndarray]) -> bool:
+        """Whether the model treats the leading axis of its inputs as independent samples, so that a call may
+        run in parts; checked once, on two samples of ``feed``: the outputs of the two together must equal
+        those of each alone (a time-major RNN, a model that reshapes or reduces across the batch, or a
+        stacked model with weight groups along the batch: no). Any failure counts as no."""
+        if self._independent is None:
+            ok = False
+            try:
+                rec = self.make_recorder([], "cpu", arena=False, threads=1)  # outputs only, freed after
+                both = rec.run({k: v[:2] for k, v in feed.items()}, validated=True)
+                alone = [rec.run({k: v[i : i + 1] for k, v in feed.items()}, validated=True) for i in (0, 1)]
+                ok = True
+                for name in self.model.output_names:
+                    a = np.asarray(both[name])
+                    b = np.concatenate([np.asarray(x[name]) for x in alone])
+                    scale = float(np.max(np.abs(a))) if a.size and a.dtype.kind == "f" else 1.0
+                    if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-6 * max(scale, 1.0)):
+                        ok = False
+            except Exception:  # inputs without a sample axis, a batch the model cannot run: whole calls only
+                ok = False
+            self._independent = ok
+        return self._independent
+
+    def _parts(self, n: int, batch_size: int | None, feed: Mapping[str, np.ndarray]) -> bool:
         """Whether an eager call on ``n`` samples may run as one part per thread: several threads, the
         recording on the CPU, no fixed batch, no smaller ``batch_size`` asked, a second set of weight
         cotangents (each part holds one) small beside the recording (:data:`EAGER_SPLIT_MEMORY_SHARE`) and
-        enough forward work in each part (:data:`EAGER_SPLIT_MIN_MACS`)."""
+        enough forward work in each part (:data:`EAGER_SPLIT_MIN_MACS`), on a model whose samples are
+        independent (:meth:`samples_independent`)."""
         on_cpu = self.device == "cpu" or (self.device == "auto" and not cuda_usable())
         if not (n > 1 and on_cpu and threads() > 1 and fixed_batch_of(self.model) is None
                 and (batch_size is None or batch_size >= n)):
@@ -567,7 +597,7 @@ class GradientEngine:
         weights, per_sample = self._split_bytes
         parts = min(threads(), n)
         return (weights <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
-                and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS)
+                and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS and self.samples_independent(feed))
 
     def _forward_macs(self) -> int:
         """Forward multiply-adds per sample (Conv, Gemm, MatMul), counted once."""

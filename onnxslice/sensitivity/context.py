@@ -278,7 +278,7 @@ class Context:
             names = st.names([x.weight for x in self.layers])
             self._stacked[key] = (GradientEngine(
                 st.model, self.target, weights=names, inputs=False, swappable=names, device=self.device,
-                output=self.output, exact=bool(self.option("exact", False)),
+                output=self.output, exact=bool(self.option("exact", False)), parts=False,
             ), st)
         return self._stacked[key]
 
@@ -295,7 +295,7 @@ class Context:
                 names = st.names([layer.weight])
                 self._subject[key] = (GradientEngine(
                     st.model, self.target, weights=names, inputs=False, swappable=names, device=self.device,
-                    output=self.output, exact=bool(self.option("exact", False)),
+                    output=self.output, exact=bool(self.option("exact", False)), parts=False,
                 ), st)
         return self._subject[key]
 

@@ -208,13 +208,71 @@ def test_eager_call_runs_in_parts_on_a_single_threaded_recording(monkeypatch: py
     c = engine(feed, batch_size=2, **kw)
     assert engine._recorder is not None  # a smaller batch_size: its chunks in turn, on the usual recording
     np.testing.assert_allclose(c.target_values, a.target_values, rtol=1e-6, atol=1e-7)
-    assert not engine._parts(5, 2) and engine._parts(5, None)
+    assert not engine._parts(5, 2, feed) and engine._parts(5, None, feed)
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e-9)  # a second set of weight cotangents
-    assert not engine._parts(5, None)  # would outweigh the recording: whole
+    assert not engine._parts(5, None, feed)  # would outweigh the recording: whole
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 0.5)
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MIN_MACS", 1 << 30)  # the default: resnet8's parts are too small
     small = GradientEngine(m, target, device="cpu", executor="eager")
     small(feed, **kw)
     assert small._single_recorder is None and small._recorder is not None
     monkeypatch.setenv("ONNXSLICE_THREADS", "1")
-    assert not engine._parts(5, None)
+    assert not engine._parts(5, None, feed)
+
+
+def _batch_coupled(coupled: bool) -> onnx.ModelProto:
+    """x [N, 4] -> x @ W, minus its mean over the batch when ``coupled`` (samples interact)."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"])]
+    if coupled:
+        nodes += [helper.make_node("ReduceMean", ["h"], ["m"], axes=[0], keepdims=1),
+                  helper.make_node("Sub", ["h", "m"], ["y"])]
+    else:
+        nodes += [helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_a_call_runs_in_parts_only_when_samples_are_independent(monkeypatch: pytest.MonkeyPatch,
+                                                                  coupled: bool) -> None:
+    """A model that mixes samples along axis 0 (a batch mean) is never split: its gradients stay the
+    whole call's; an independent one is split; ``parts=False`` never is."""
+    import onnxslice.grad.engine as engine_mod
+
+    m = load(_batch_coupled(coupled))
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    cot = np.random.default_rng(2).standard_normal((6, 3)).astype(np.float32)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    a = GradientEngine(m, "cotangent", device="cpu", executor="eager")(x, cotangent=cot)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "2")
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MIN_MACS", 0)
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e9)
+    engine = GradientEngine(m, "cotangent", device="cpu", executor="eager")
+    b = engine(x, cotangent=cot)
+    assert engine.samples_independent({"x": x}) is (not coupled)
+    assert (engine._single_recorder is not None) is (not coupled)
+    for k, v in a.weights.items():
+        np.testing.assert_allclose(b.weights[k], v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.inputs["x"], a.inputs["x"], rtol=1e-5, atol=1e-6)
+    off = GradientEngine(m, "cotangent", device="cpu", executor="eager", parts=False)
+    off(x, cotangent=cot)
+    assert off._single_recorder is None and not off.samples_independent({"x": x})
+
+
+def test_path_criteria_on_stacked_models_are_the_same_at_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IG on resnet8 stacks 16 weight settings along the batch (sensitivity.stacked): with two threads and
+    parts allowed everywhere, the scores equal one thread's (the stacked engines never split)."""
+    import onnxslice.grad.engine as engine_mod
+    from onnxslice.sensitivity import sensitivity
+
+    m = load(str(ROOT / "models" / "resnet8_mnist.onnx"))
+    monkeypatch.setenv("ONNXSLICE_THREADS", "1")
+    one = sensitivity(m, "builtin:mnist?split=test", "ig", samples=8, steps=8)
+    monkeypatch.setenv("ONNXSLICE_THREADS", "2")
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MIN_MACS", 0)
+    monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e9)
+    two = sensitivity(m, "builtin:mnist?split=test", "ig", samples=8, steps=8)
+    for k, v in one.scores.items():
+        assert two.scores[k] == pytest.approx(v, rel=1e-4), k
