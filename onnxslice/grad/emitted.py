@@ -123,7 +123,8 @@ class EmittedRunner:
         """How many data-parallel parts a CPU call on ``n`` samples runs as: one per thread
         (:func:`~onnxslice.opsets.vjp.kernels.threads`) when no smaller ``batch_size`` is asked, the samples
         split evenly and each part has at least :data:`GRAPH_SPLIT_MIN_SAMPLES` samples and
-        :data:`GRAPH_SPLIT_MIN_MACS` of forward work, and the model's samples are independent (checked once
+        :data:`GRAPH_SPLIT_MIN_MACS` of forward work, their extra weight gradients fit
+        (:meth:`~onnxslice.grad.GradientEngine.parts_fit`), and the model's samples are independent (checked once
         on ``feed``, :meth:`~onnxslice.grad.GradientEngine.samples_independent`; without ``feed``: not
         checked); else 1."""
         if self.engine.device == "cuda" or (batch_size is not None and batch_size < n):
@@ -133,7 +134,7 @@ class EmittedRunner:
             return 1
         if self._macs is None:
             self._macs = count_macs(self.engine.model, 1).total
-        if self._macs * (n // p) < GRAPH_SPLIT_MIN_MACS:
+        if self._macs * (n // p) < GRAPH_SPLIT_MIN_MACS or not self.engine.parts_fit(n, p):
             return 1
         return p if feed is None or self.engine.samples_independent(feed) else 1
 

@@ -78,10 +78,10 @@ def _is_float(model: Model, value: str) -> bool | None:
 #: sessions and kernels: EfficientNet-Lite0 b8 (parts of 1.5 G) 0.70x the time, CIFAR ResNet-18 b32
 #: (8.9 G) 0.89x, b8 (2.2 G) 0.91x but see EAGER_SPLIT_MEMORY_SHARE.
 EAGER_SPLIT_MIN_MACS = 1 << 30
-#: ... and when the weights (whose cotangents each part holds a set of) are at most this share of what the
-#: call's recording holds. Two threads, peak memory added by the call: CIFAR ResNet-18 b8 (weights 1.3x its
-#: recording) 171 against 75 MiB, so not split; b32 (0.33x) 301 against 259 MiB; EfficientNet-Lite0 b8
-#: (0.02x) 756 against 785 MiB.
+#: ... and when the extra sets of weight cotangents (each part holds one) are at most this share of what
+#: the call's recording holds (the graph executor's parts too). Two threads, peak memory added by the call:
+#: CIFAR ResNet-18 b8 (weights 1.3x its recording) 171 against 75 MiB, so not split; b32 (0.33x) 301
+#: against 259 MiB; EfficientNet-Lite0 b8 (0.02x) 756 against 785 MiB.
 EAGER_SPLIT_MEMORY_SHARE = 0.5
 
 
@@ -591,13 +591,18 @@ class GradientEngine:
         if not (n > 1 and on_cpu and threads() > 1 and fixed_batch_of(self.model) is None
                 and (batch_size is None or batch_size >= n)):
             return False
+        parts = min(threads(), n)
+        return (self.parts_fit(n, parts) and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS
+                and self.samples_independent(feed))
+
+    def parts_fit(self, n: int, parts: int) -> bool:
+        """Whether the extra sets of weight cotangents of ``parts`` parts (each part holds one) are at most
+        :data:`EAGER_SPLIT_MEMORY_SHARE` of what a call on ``n`` samples records."""
         if self._split_bytes is None:
             m = self.model
             self._split_bytes = (sum(m.initializer(w).nbytes for w in self.weight_names), self._recorded_bytes())
         weights, per_sample = self._split_bytes
-        parts = min(threads(), n)
-        return (weights <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
-                and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS and self.samples_independent(feed))
+        return weights * (parts - 1) <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
 
     def _forward_macs(self) -> int:
         """Forward multiply-adds per sample (Conv, Gemm, MatMul), counted once."""

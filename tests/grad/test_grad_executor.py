@@ -209,6 +209,7 @@ def test_eager_call_runs_in_parts_on_a_single_threaded_recording(monkeypatch: py
     assert engine._recorder is not None  # a smaller batch_size: its chunks in turn, on the usual recording
     np.testing.assert_allclose(c.target_values, a.target_values, rtol=1e-6, atol=1e-7)
     assert not engine._parts(5, 2, feed) and engine._parts(5, None, feed)
+    assert engine.parts_fit(5, 2) and not engine.parts_fit(5, 10**6)  # each part holds a set of weight cotangents
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 1e-9)  # a second set of weight cotangents
     assert not engine._parts(5, None, feed)  # would outweigh the recording: whole
     monkeypatch.setattr(engine_mod, "EAGER_SPLIT_MEMORY_SHARE", 0.5)
