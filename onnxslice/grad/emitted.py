@@ -17,8 +17,7 @@ import numpy as np
 import onnx
 
 from onnxslice.errors import DataError, OnnxSliceError
-from onnxslice.flops import count_macs
-from onnxslice.opsets.vjp.kernels import pool, threads
+from onnxslice.opsets.vjp.kernels import split_samples, threads
 from onnxslice.record import make_session, runtime_proto
 from onnxslice.session import trim_heap
 
@@ -97,7 +96,6 @@ class EmittedRunner:
         self.engine = engine
         self._sessions: dict[tuple[Any, ...], Any] = {}
         self._norms: dict[str, float] | None = None
-        self._macs: int | None = None  # forward multiply-adds per sample (parts), counted on first use
 
     def session(self, feed: Mapping[str, np.ndarray], single: bool = False) -> Any:
         """The session of the gradient graph traced at ``feed``'s shapes (built on first use); ``single``:
@@ -119,24 +117,21 @@ class EmittedRunner:
             trim_heap()  # the tracing's buffers go back before the graph's first run grows its arena
         return self._sessions[key]
 
-    def parts(self, n: int, batch_size: int | None, feed: Mapping[str, np.ndarray] | None = None) -> int:
+    def parts(self, n: int, batch_size: int | None, feed: Mapping[str, np.ndarray]) -> int:
         """How many data-parallel parts a CPU call on ``n`` samples runs as: one per thread
         (:func:`~onnxslice.opsets.vjp.kernels.threads`) when no smaller ``batch_size`` is asked, the samples
         split evenly and each part has at least :data:`GRAPH_SPLIT_MIN_SAMPLES` samples and
         :data:`GRAPH_SPLIT_MIN_MACS` of forward work, their extra weight gradients fit
         (:meth:`~onnxslice.grad.GradientEngine.parts_fit`), and the model's samples are independent (checked once
-        on ``feed``, :meth:`~onnxslice.grad.GradientEngine.samples_independent`; without ``feed``: not
-        checked); else 1."""
+        on ``feed``, :meth:`~onnxslice.grad.GradientEngine.samples_independent`); else 1."""
         if self.engine.device == "cuda" or (batch_size is not None and batch_size < n):
             return 1
         p = threads()
         if p < 2 or n % p or n // p < GRAPH_SPLIT_MIN_SAMPLES:
             return 1
-        if self._macs is None:
-            self._macs = count_macs(self.engine.model, 1).total
-        if self._macs * (n // p) < GRAPH_SPLIT_MIN_MACS or not self.engine.parts_fit(n, p):
+        if self.engine.forward_macs() * (n // p) < GRAPH_SPLIT_MIN_MACS or not self.engine.parts_fit(n, p):
             return 1
-        return p if feed is None or self.engine.samples_independent(feed) else 1
+        return p if self.engine.samples_independent(feed) else 1
 
     def providers(self, feed: Mapping[str, np.ndarray]) -> list[str]:
         """``get_providers()`` of the session serving ``feed``'s shapes."""
@@ -177,16 +172,12 @@ class EmittedRunner:
             for k in e.input_names:
                 iparts[k].append(res[grad_output_name(k)])
 
-        starts = list(range(0, n, bs))
-        if parts > 1:
-            self.session({k: v[:bs] for k, v in feed.items()}, single=True)  # built once, before the parts run
-            rest = [pool().submit(run, s0) for s0 in starts[1:]]
-            add(run(starts[0]))
-            for f in rest:
-                add(f.result())
-        else:
-            for s0 in starts:
-                add(run(s0))
+        split = None
+        if parts > 1:  # one part per thread, at once, on one session built before they run
+            self.session({k: v[:bs] for k, v in feed.items()}, single=True)
+            split = split_samples(n, lambda lo, _hi: run(lo), 0, min_part=0)
+        for res in split if split is not None else (run(s0) for s0 in range(0, n, bs)):
+            add(res)
         m = e.model
         if self._norms is None:
             self._norms = {k: float(np.linalg.norm(m.initializer(k))) for k in e.weight_names}

@@ -532,7 +532,7 @@ class GradientEngine:
         split = None
         if self._parts(n, batch_size, feed):
             single = self.single_recorder
-            split = split_samples(n, lambda lo, hi: one(single, lo, hi), self._forward_macs() * n, min_part=0)
+            split = split_samples(n, lambda lo, hi: one(single, lo, hi), 0, min_part=0)  # _parts checked the work
         if split is not None:
             for i, res in enumerate(split):
                 add(res, own=i == 0)
@@ -592,7 +592,7 @@ class GradientEngine:
                 and (batch_size is None or batch_size >= n)):
             return False
         parts = min(threads(), n)
-        return (self.parts_fit(n, parts) and self._forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS
+        return (self.parts_fit(n, parts) and self.forward_macs() * (n // parts) >= EAGER_SPLIT_MIN_MACS
                 and self.samples_independent(feed))
 
     def parts_fit(self, n: int, parts: int) -> bool:
@@ -604,7 +604,7 @@ class GradientEngine:
         weights, per_sample = self._split_bytes
         return weights * (parts - 1) <= EAGER_SPLIT_MEMORY_SHARE * per_sample * n
 
-    def _forward_macs(self) -> int:
+    def forward_macs(self) -> int:
         """Forward multiply-adds per sample (Conv, Gemm, MatMul), counted once."""
         if self._macs is None:
             self._macs = count_macs(self.model, 1).total

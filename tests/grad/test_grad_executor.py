@@ -74,13 +74,13 @@ def test_graph_executor_runs_data_parallel_parts_on_single_threaded_sessions(
     monkeypatch.setenv("ONNXSLICE_THREADS", "2")
     whole = GradientEngine(m, target, device="cpu", executor="graph")
     a = whole(feed, labels=labels)
-    assert whole._runner.parts(6, None) == 1  # parts of 3 samples are below the default minimum
+    assert whole._runner.parts(6, None, feed) == 1  # parts of 3 samples are below the default minimum
     monkeypatch.setattr(emitted, "GRAPH_SPLIT_MIN_SAMPLES", 3)
     monkeypatch.setattr(emitted, "GRAPH_SPLIT_MIN_MACS", 0)
     engine = GradientEngine(m, target, device="cpu", executor="graph")
     b = engine(feed, labels=labels)
     runner = engine._runner
-    assert runner.parts(6, None) == 2 and runner.parts(6, 2) == 1 and runner.parts(5, None) == 1
+    assert runner.parts(6, None, feed) == 2 and runner.parts(6, 2, feed) == 1 and runner.parts(5, None, feed) == 1
     (key,) = runner._sessions  # one session, traced at 3 samples, single-threaded
     assert key[1] is True and dict(key[0])[next(iter(feed))][0] == 3
     assert runner._sessions[key].get_session_options().intra_op_num_threads == 1
@@ -91,7 +91,7 @@ def test_graph_executor_runs_data_parallel_parts_on_single_threaded_sessions(
     for k, v in a.weights.items():
         np.testing.assert_allclose(b.weights[k], v, rtol=1e-4, atol=1e-5 * float(np.abs(v).max()))
     monkeypatch.setenv("ONNXSLICE_THREADS", "1")
-    assert runner.parts(6, None) == 1
+    assert runner.parts(6, None, feed) == 1
 
 
 def test_graph_executor_leaves_per_sample_weights_and_cotangents_to_eager() -> None:
