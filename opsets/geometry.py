@@ -149,7 +149,8 @@ def pad_to(x: np.ndarray, begin: Sequence[int], length: Sequence[int], fill: flo
     """
     if all(b == 0 for b in begin) and list(x.shape[2:]) == [int(v) for v in length]:
         return x
-    out = np.full((*x.shape[:2], *length), fill, dtype=x.dtype)
+    shape = (*x.shape[:2], *length)
+    out = np.zeros(shape, dtype=x.dtype) if fill == 0 else np.full(shape, fill, dtype=x.dtype)  # zeros: no pass
     src = []
     dst = []
     for b, n, L in zip(begin, x.shape[2:], length, strict=True):

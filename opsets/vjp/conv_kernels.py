@@ -181,37 +181,81 @@ def _dw_im2col(
 #: (:func:`.kernels.threads`) by channel: numpy runs each part on one core.
 DW_SPLIT_ELEMENTS = 2**20
 
-
-def _dw_depthwise_2d(xp: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int]) -> np.ndarray:
-    """Depthwise 2-D dW as one BLAS dot product per channel and kernel offset (1.5-3x the einsum).
-
-    The padded input is split into its ``s_h * s_w`` stride phases, laid out channel first on a grid
-    of the cotangent's rows, so that each kernel offset is a constant shift of one flat array per
-    channel; the cotangent sits zero-padded on the same grid, which keeps every shifted product inside
-    its own sample. Channels are independent: a large one is split into one channel range per thread
-    (numpy's copies and products let go of the GIL; EfficientNet-Lite0 b8 at two threads: see
-    docs/gradients.md, "Session 9").
-    """
-    c = xp.shape[1]
-    parts = min(threads(), c)
-    if parts < 2 or xp.size < DW_SPLIT_ELEMENTS:
-        return _dw_depthwise_2d_part(xp, g, kernel, s, d)
-    bounds = [c * i // parts for i in range(parts + 1)]
-    chunks = list(itertools.pairwise(bounds))
-    done = pool().map(lambda r: _dw_depthwise_2d_part(xp[:, r[0] : r[1]], g[:, r[0] : r[1]], kernel, s, d), chunks)
-    return np.concatenate(list(done))
+#: Bytes of padded cotangent and input phases one block of channels of the depthwise weight cotangent
+#: works on (:func:`_dw_depthwise_2d`): a block stays in the CPU's cache across its kernel offsets, where
+#: a whole layer is re-read from memory once per offset. EfficientNet-Lite0's 16 depthwise layers at
+#: batch 8, one thread: 235 ms whole, 125-147 ms in blocks of 1 MiB (256 KiB: 220, 512 KiB: 170,
+#: 2 MiB: 173; docs/gradients.md, "Session 11").
+DW_BLOCK_BYTES = 1 << 20
 
 
-def _dw_depthwise_2d_part(
-    xp: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int]
-) -> np.ndarray:
-    """:func:`_dw_depthwise_2d` on one range of channels (``[C', *kernel]``)."""
-    n, c = xp.shape[:2]
-    ho, wo = g.shape[2:]
-    offs = {
+def _dw_offsets(kernel: list[int], s: list[int], d: list[int]) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """Per kernel offset ``(kh, kw)``: its stride phase ``(ph, pw)`` and its shift ``(sh, sw)`` on the phase grid."""
+    return {
         (kh, kw): ((kh * d[0]) % s[0], (kw * d[1]) % s[1], (kh * d[0]) // s[0], (kw * d[1]) // s[1])
         for kh, kw in itertools.product(range(kernel[0]), range(kernel[1]))
     }
+
+
+def _dw_depthwise_2d(
+    x: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int], begin: list[int], length: list[int]
+) -> np.ndarray:
+    """Depthwise 2-D dW as one BLAS dot product per channel and kernel offset (1.5-3x the einsum).
+
+    The input, padded as it is copied (``x`` placed at ``begin`` in zeros of spatial size ``length``),
+    is split into its ``s_h * s_w`` stride phases, laid out channel first on a grid of the cotangent's
+    rows, so that each kernel offset is a constant shift of one flat array per channel; the cotangent
+    sits zero-padded on the same grid, which keeps every shifted product inside its own sample.
+    Channels are independent and go in blocks of about :data:`DW_BLOCK_BYTES` (each block's copies stay
+    in cache for all its offsets); a large layer's blocks are shared among the threads (numpy's copies
+    and products let go of the GIL; EfficientNet-Lite0 b8 at two threads: see docs/gradients.md,
+    "Session 9").
+    """
+    n, c = x.shape[:2]
+    offs = _dw_offsets(kernel, s, d)
+    mh, mw = max(o[2] for o in offs.values()), max(o[3] for o in offs.values())
+    grid = n * (g.shape[2] + mh + 1) * (g.shape[3] + mw)  # one channel's grid (_dw_depthwise_2d_part)
+    phases = len({o[:2] for o in offs.values()})
+    block = max(1, DW_BLOCK_BYTES // ((1 + phases) * grid * x.itemsize))
+    parts = min(threads(), c) if x.size >= DW_SPLIT_ELEMENTS else 1
+    block = min(block, -(-c // parts))  # every thread gets at least one block
+    bounds = list(itertools.pairwise([*range(0, c, block), c]))
+    if len(bounds) == 1:
+        return _dw_depthwise_2d_part(x, g, kernel, s, d, begin, length)
+    dw = np.empty((c, *kernel), dtype=x.dtype)
+
+    def run(r: tuple[int, int]) -> None:
+        dw[r[0] : r[1]] = _dw_depthwise_2d_part(x[:, r[0] : r[1]], g[:, r[0] : r[1]], kernel, s, d, begin, length)
+
+    if parts < 2:
+        for r in bounds:
+            run(r)
+    else:
+        list(pool().map(run, bounds))
+    return dw
+
+
+def _phase_slices(
+    p: int, st: int, b: int, size_in: int, length: int, size_grid: int
+) -> tuple[slice, slice] | None:
+    """Along one axis, the grid positions ``a`` of stride phase ``p`` that read the input (the padded
+    position ``p + a * st`` is inside ``x``, placed at ``b`` in a padded extent of ``length``) and the
+    input positions they read; None: none do."""
+    lo = max(0, -(-(b - p) // st))  # the first grid position at or past the input's start
+    r0 = p + lo * st - b
+    count = min(size_grid - lo, -(-(min(size_in, length - b) - r0) // st))
+    if count <= 0:
+        return None
+    return slice(lo, lo + count), slice(r0, r0 + (count - 1) * st + 1, st)
+
+
+def _dw_depthwise_2d_part(
+    x: np.ndarray, g: np.ndarray, kernel: list[int], s: list[int], d: list[int], begin: list[int], length: list[int]
+) -> np.ndarray:
+    """:func:`_dw_depthwise_2d` on one block of channels (``[C', *kernel]``)."""
+    n, c = x.shape[:2]
+    ho, wo = g.shape[2:]
+    offs = _dw_offsets(kernel, s, d)
     mh, mw = max(o[2] for o in offs.values()), max(o[3] for o in offs.values())
     hg, wg = ho + mh + 1, wo + mw
     total = n * hg * wg
@@ -219,12 +263,15 @@ def _dw_depthwise_2d_part(
     gp[:, :, :ho, :wo] = np.moveaxis(g, 1, 0)
     gf = gp.reshape(c, 1, total)
     phases: dict[tuple[int, int], np.ndarray] = {}
-    dw = np.empty((c, *kernel), dtype=xp.dtype)
+    dw = np.empty((c, *kernel), dtype=x.dtype)
     for (kh, kw), (ph, pw, sh, sw) in offs.items():
         if (ph, pw) not in phases:
-            src = xp[:, :, ph :: s[0], pw :: s[1]][:, :, :hg, :wg]
-            flat = np.zeros((c, total + (mh + 1) * wg), dtype=xp.dtype)
-            flat[:, :total].reshape(c, n, hg, wg)[:, :, : src.shape[2], : src.shape[3]] = np.moveaxis(src, 1, 0)
+            flat = np.zeros((c, total + (mh + 1) * wg), dtype=x.dtype)
+            rows = _phase_slices(ph, s[0], begin[0], x.shape[2], length[0], hg)
+            cols = _phase_slices(pw, s[1], begin[1], x.shape[3], length[1], wg)
+            if rows is not None and cols is not None:
+                src = x[:, :, rows[1], cols[1]]
+                flat[:, :total].reshape(c, n, hg, wg)[:, :, rows[0], cols[0]] = np.moveaxis(src, 1, 0)
             phases[(ph, pw)] = flat
         off = sh * wg + sw
         dw[:, kh, kw] = np.matmul(gf, phases[(ph, pw)][:, off : off + total, None])[:, 0, 0]
@@ -247,9 +294,9 @@ def _dw_depthwise(
     per kernel offset over a strided view of the padded input: no im2col buffer, no copies.
     """
     kernel, out_sp = list(w_shape[2:]), list(g.shape[2:])
-    xp = pad_to(x, begin, length)
     if len(kernel) == 2 and not keep:
-        return _dw_depthwise_2d(xp, g, kernel, strides, dil).reshape(tuple(w_shape))
+        return _dw_depthwise_2d(x, g, kernel, strides, dil, begin, length).reshape(tuple(w_shape))
+    xp = pad_to(x, begin, length)
     sp = "pqrstuvw"[: len(kernel)]
     spec = f"nc{sp},nc{sp}->{'nc' if keep else 'c'}"
     dw = np.empty(((x.shape[0],) if keep else ()) + (x.shape[1], *kernel), dtype=x.dtype)

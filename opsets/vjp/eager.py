@@ -34,25 +34,28 @@ _FUNCS = {"exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tanh": np
 _CMP = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal, "==": np.equal}
 
 
-#: masks of at least this many elements select by multiplication (see :func:`_masked`)
+#: masks of at least this many elements select by a bitwise mask (see :func:`_masked`)
 _MASK_MIN = 4096
 
 
 def _masked(cond: np.ndarray, keep: bool, a: np.ndarray) -> np.ndarray | None:
-    """``where(cond, a, 0)`` (``keep``) or ``where(cond, 0, a)`` as ``a * mask``: one branch-free pass.
+    """``where(cond, a, 0)`` (``keep``) or ``where(cond, 0, a)``, branch-free and exact: ``a``'s bits and a
+    mask whose selected elements have every bit set.
 
-    numpy's ``where`` branches per element and a gate's mask is close to random: 39 ms against 8 ms for
-    a 9.6M-element activation (EfficientNet-Lite0's first block). The product differs from ``where``
-    only where ``a`` is not finite (``inf * 0`` is NaN) and in the sign of zero (``-x * 0 = -0.0``, equal
-    to ``0.0`` everywhere it is used); a sum that is not finite sends the call back to ``where``. None:
-    the shapes or types do not fit (the caller uses ``where``).
+    numpy's ``where`` branches per element and a gate's mask is close to random: 80 ms against 32 ms for
+    a 9.6M-element activation (EfficientNet-Lite0's widest gate, the mask's comparisons included). Unlike
+    ``a * mask`` the bitwise AND keeps ``where``'s result exactly where ``a`` is not finite (``inf * 0``
+    is NaN), so no check of the result is needed (that check's pass took 13% of the gate). None: the
+    shapes or types do not fit (the caller uses ``where``).
     """
     if cond.dtype != np.bool_ or a.dtype.kind != "f" or cond.size < _MASK_MIN or a.shape != cond.shape:
         return None
-    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0, or a sum past the float range
-        out = np.multiply(a, cond if keep else np.logical_not(cond), dtype=a.dtype)
-        finite = bool(np.isfinite(out.sum()))
-    return out if finite else None
+    if a.dtype.itemsize not in (2, 4, 8):
+        return None
+    ints = np.dtype(f"i{a.dtype.itemsize}")
+    sel = cond if keep else np.logical_not(cond)
+    mask = np.negative(sel.view(np.int8), dtype=ints)  # -1 (every bit set) where selected, else 0
+    return np.bitwise_and(a.view(ints), mask, out=mask).view(a.dtype)
 
 
 def _typed(v: np.ndarray | float, like: np.ndarray | float) -> np.ndarray | float:

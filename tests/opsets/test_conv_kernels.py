@@ -7,8 +7,11 @@ kernel's contents, so a weight changed in place must never meet a stale session.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from onnxslice.opsets.geometry import pad_to
 from onnxslice.opsets.vjp import conv_kernels, kernels
 from onnxslice.opsets.vjp.prims import ConvGeometry
 
@@ -63,25 +66,59 @@ def test_constant_kernel_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_weight_cotangent_split_over_threads_is_the_same(monkeypatch: pytest.MonkeyPatch,
                                                                   stride: int) -> None:
-    """Split by channel over three threads, the depthwise dW equals the one-thread result bit for bit and
-    the plain sum over samples and positions."""
+    """In blocks of channels, one thread or three, the depthwise dW equals the whole one-block result bit
+    for bit and the plain sum over samples and positions of the padded input."""
     rng = np.random.default_rng(stride)
-    xp = rng.standard_normal((2, 7, 12, 12)).astype(np.float32)
-    ho = (12 - 3) // stride + 1
-    g = rng.standard_normal((2, 7, ho, ho)).astype(np.float32)
+    x = rng.standard_normal((2, 7, 11, 11)).astype(np.float32)
+    begin, length = [1, 0], [12, 13]  # asymmetric pads: one row above, two columns on the right
+    ho, wo = (12 - 3) // stride + 1, (13 - 3) // stride + 1
+    g = rng.standard_normal((2, 7, ho, wo)).astype(np.float32)
+    whole = conv_kernels._dw_depthwise_2d(x, g, [3, 3], [stride, stride], [1, 1], begin, length)
+    monkeypatch.setattr(conv_kernels, "DW_BLOCK_BYTES", 1)  # one channel per block
     monkeypatch.setattr(conv_kernels, "DW_SPLIT_ELEMENTS", 0)
     monkeypatch.setenv("ONNXSLICE_THREADS", "1")
-    one = conv_kernels._dw_depthwise_2d(xp, g, [3, 3], [stride, stride], [1, 1])
+    one = conv_kernels._dw_depthwise_2d(x, g, [3, 3], [stride, stride], [1, 1], begin, length)
     monkeypatch.setenv("ONNXSLICE_THREADS", "3")
-    split = conv_kernels._dw_depthwise_2d(xp, g, [3, 3], [stride, stride], [1, 1])
-    np.testing.assert_array_equal(split, one)
-    span = (ho - 1) * stride + 1
+    split = conv_kernels._dw_depthwise_2d(x, g, [3, 3], [stride, stride], [1, 1], begin, length)
+    np.testing.assert_array_equal(one, whole)
+    np.testing.assert_array_equal(split, whole)
+    xp = pad_to(x, begin, length)
     ref = np.stack([
-        np.stack([np.einsum("ncpq,ncpq->c", g, xp[:, :, i : i + span : stride, j : j + span : stride])
+        np.stack([np.einsum("ncpq,ncpq->c", g, xp[:, :, i : i + (ho - 1) * stride + 1 : stride,
+                                                   j : j + (wo - 1) * stride + 1 : stride])
                   for j in range(3)], axis=-1)
         for i in range(3)
     ], axis=-2)
     np.testing.assert_allclose(split, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_weight_cotangent_pads_as_it_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over random geometries (kernel, stride, dilation, pads of either sign, one or several blocks), the
+    depthwise dW that places the input inside its pads while copying it equals a float64 sum over the
+    explicitly padded input."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    while checked < 120:
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 20))
+        h, w = (int(v) for v in rng.integers(1, 16, size=2))
+        k, s, d = ([int(v) for v in rng.integers(1, hi, size=2)] for hi in (6, 4, 3))
+        begin = [int(v) for v in rng.integers(-2, 4, size=2)]
+        length = [h + begin[0] + int(rng.integers(-2, 4)), w + begin[1] + int(rng.integers(-2, 4))]
+        out = [(length[i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(2)]
+        if min(out) < 1:
+            continue
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        g = rng.standard_normal((n, c, *out)).astype(np.float32)
+        xp = pad_to(x, begin, length).astype(np.float64)
+        ref = np.zeros((c, *k))
+        for i, j in itertools.product(range(k[0]), range(k[1])):
+            view = xp[:, :, i * d[0] : i * d[0] + (out[0] - 1) * s[0] + 1 : s[0],
+                      j * d[1] : j * d[1] + (out[1] - 1) * s[1] + 1 : s[1]]
+            ref[:, i, j] = np.einsum("ncpq,ncpq->c", g.astype(np.float64), view)
+        monkeypatch.setattr(conv_kernels, "DW_BLOCK_BYTES", int(rng.choice([1, 4096, 1 << 20])))
+        got = conv_kernels._dw_depthwise_2d(x, g, k, s, d, begin, length)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=f"{k} {s} {d} {begin} {length}")
+        checked += 1
 
 
 @pytest.mark.parametrize(("groups", "stride", "keep"), [(1, 1, False), (1, 2, False), (2, 1, False), (1, 1, True)])
