@@ -386,7 +386,15 @@ class OnnxPrims(Prims):
             "Conv", [x.name, onehot.name], group=c, kernel_shape=kernel, pads=[*geom.begin, *geom.end],
             strides=list(geom.strides), dilations=list(geom.dilations),
         )
-        cols = self.reshape(self.transpose(self._sym(col, (n, c * k, *out), x.dtype), (1, 0, 2, 3)), (c * k, n * p))
+        col_s = self._sym(col, (n, c * k, *out), x.dtype)
+        if o <= p:
+            # fewer output channels than positions: per sample [C*K, P] x [P, O], summed over the samples,
+            # transposes the small cotangent instead of the im2col matrix (LeNet-5 b32's two convolutions,
+            # 6 and 16 channels on 784 and 100 positions)
+            gn = self.transpose(self.reshape(g, (n, o, p)), (0, 2, 1))  # [N, P, O]
+            per = self.matmul(self.reshape(col_s, (n, c * k, p)), gn)  # [N, C*K, O]
+            return self.reshape(self.transpose(self.reduce_sum(per, (0,)), (1, 0)), (o, c, *kernel))
+        cols = self.reshape(self.transpose(col_s, (1, 0, 2, 3)), (c * k, n * p))
         gt = self.reshape(self.transpose(g, (1, 0, 2, 3)), (o, n * p))  # [O, N*P]
         (prod,) = self.b.node("Gemm", [gt.name, cols.name], transB=1)  # [O, C*K]
         return self.reshape(self._sym(prod, (o, c * k), x.dtype), (o, c, *kernel))

@@ -261,9 +261,13 @@ def test_emission_where_onnx_cannot_full_check_the_source_says_so() -> None:
     np.testing.assert_allclose(res[grad_output_name("w")], eager.weights["w"], rtol=1e-4, atol=1e-5)
 
 
-def test_emitted_weight_cotangents_take_the_one_hot_im2col_where_the_input_has_few_channels() -> None:
+@pytest.mark.parametrize("size", [12, 4])
+def test_emitted_weight_cotangents_take_the_one_hot_im2col_where_the_input_has_few_channels(size: int) -> None:
     """A conv reading 3 channels (per-offset GEMMs would be matrix-vector products) is lowered through the
-    one-hot im2col Conv and one GEMM; one reading 24 channels on large maps keeps a GEMM per kernel offset."""
+    one-hot im2col Conv: on 12x12 maps (24 output channels, 144 positions) one product per sample of the
+    im2col matrix by the transposed cotangent, summed over the samples; on 4x4 maps (more output channels
+    than positions) one GEMM of the transposed im2col matrix. One reading 24 channels on large maps keeps
+    a GEMM per kernel offset."""
     from onnx import helper
 
     from onnxslice.grad.lowering import ONEHOT_MAX_CHANNELS, ONEHOT_MAX_COLUMNS
@@ -277,16 +281,21 @@ def test_emitted_weight_cotangents_take_the_one_hot_im2col_where_the_input_has_f
          helper.make_node("Relu", ["h"], ["r"]),
          helper.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1], name="many"),
          helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)],
-        {"x": (np.float32, ["N", 3, 12, 12])}, {"y": (np.float32, ["N", 8])}, {"w1": w1, "w2": w2},
+        {"x": (np.float32, ["N", 3, size, size])}, {"y": (np.float32, ["N", 8])}, {"w1": w1, "w2": w2},
     ))
-    feed = {"x": rng.random((2, 3, 12, 12)).astype(np.float32)}
-    assert 3 <= ONEHOT_MAX_CHANNELS < 24 and ONEHOT_MAX_COLUMNS < 2 * 12 * 12
+    feed = {"x": rng.random((2, 3, size, size)).astype(np.float32)}
+    assert 3 <= ONEHOT_MAX_CHANNELS < 24 and 2 * 4 * 4 <= ONEHOT_MAX_COLUMNS < 2 * 12 * 12
     engine = GradientEngine(model, "pred")
     proto = emit_gradient_model(engine, feed)
     onnx.checker.check_model(proto, full_check=True)
     assert emission_error(engine, proto, feed, None) <= TOL
     inits = {t.name for t in proto.graph.initializer}
     onehot = [n for n in proto.graph.node if n.op_type == "Conv" and any(
-        a.name == "group" and a.i == 3 for a in n.attribute) and n.input[1] in inits]
-    assert len(onehot) == 1  # the 3-channel conv's im2col
-    assert sum(n.op_type == "Gemm" for n in proto.graph.node) == 1 + 9  # one for it, one per offset for the other
+        a.name == "group" and a.i in (3, 24) for a in n.attribute) and n.input[1] in inits]
+    ops = [n.op_type for n in proto.graph.node]
+    if size == 12:
+        assert len(onehot) == 1  # the 3-channel conv's im2col
+        assert ops.count("MatMul") == 1 and ops.count("Gemm") == 9  # per sample for it, per offset for the other
+    else:  # 2 x 4 x 4 output columns: both one-hot, 24 and 8 output channels against 16 positions
+        assert len(onehot) == 2
+        assert ops.count("Gemm") == 1 and ops.count("MatMul") == 1  # 24 > 16 channels: one GEMM; 8 <= 16: per sample
