@@ -121,10 +121,55 @@ def _dx_by_kernel(
         dx = run_kernel("Conv", g, flipped, pads=pads, dilations=dil)
         if dx is not None and dx.shape == tuple(x_shape):
             return dx
+    if groups > 1 and groups == w.shape[0] and w.shape[1] == 1 and len(kernel) == 2 and all(v == 1 for v in dil):
+        dx = _dx_depthwise_phases(g, w, x_shape, strides, begin)
+        if dx is not None:
+            return dx
     dx = run_kernel(
         "ConvTranspose", g, w, strides=strides, dilations=dil, pads=begin + end, group=groups, output_padding=extra
     )
     return dx if dx is not None and dx.shape == tuple(x_shape) else None
+
+
+def _dx_depthwise_phases(
+    g: np.ndarray, w: np.ndarray, x_shape: Sequence[int], strides: list[int], begin: list[int]
+) -> np.ndarray | None:
+    """A strided depthwise 2-D input cotangent as one stride-1 depthwise convolution per stride phase.
+
+    The input positions ``i`` with ``(i + begin) % s == r`` receive ``sum_t g[q - t] * w[r + s t]``: a
+    full convolution of the cotangent by the sub-kernel ``w[r::s]``, which runs on onnxruntime's blocked
+    depthwise kernels with the flipped sub-kernel baked in (:func:`.kernels.run_const_kernel`); each
+    phase's result is written to its strided rows and columns. Only where the kernel is at least
+    ``2 s + 1`` wide, so that every sub-kernel has two taps or more per axis: 5x5 at stride 2 ran 1.9x
+    faster than onnxruntime's ConvTranspose on EfficientNet-Lite0 b8's two such layers, 3x3 at stride 2
+    1.7x slower (four tiny convolutions and strided writes over the widest maps; docs/gradients.md,
+    "Session 11"). None: not that case, or a phase needs a negative pad (the caller uses ConvTranspose).
+    """
+    kernel, n_in, n_out = w.shape[2:], x_shape[2:], g.shape[2:]
+    if all(s == 1 for s in strides) or any(k < 2 * s + 1 for k, s in zip(kernel, strides, strict=True)):
+        return None
+    dx = np.empty(tuple(x_shape), dtype=g.dtype)
+    for r in itertools.product(*(range(s) for s in strides)):
+        sub = w[:, :, r[0] :: strides[0], r[1] :: strides[1]]
+        pads: list[list[int]] = [[], []]
+        rows = []
+        for a in range(2):
+            kr, s, b = sub.shape[2 + a], strides[a], begin[a]
+            qlo = -(-(b - r[a]) // s)  # the first cotangent row whose phase position lies in the input
+            qhi = (b + n_in[a] - 1 - r[a]) // s
+            if qhi < qlo:
+                return None
+            front = kr - 1 - qlo
+            pads[0].append(front)
+            pads[1].append(qhi - qlo + kr - n_out[a] - front)
+            rows.append(slice(qlo * s + r[a] - b, None, s))
+        if min(pads[0] + pads[1]) < 0:
+            return None
+        part = run_const_kernel("Conv", g, sub[:, :, ::-1, ::-1], pads=pads[0] + pads[1], group=w.shape[0])
+        if part is None or part.shape != dx[(slice(None), slice(None), *rows)].shape:
+            return None
+        dx[(slice(None), slice(None), *rows)] = part
+    return dx
 
 
 #: Bound on the im2col buffer of one chunk of samples (bytes); larger batches are chunked. 4 MiB beat 16
@@ -307,15 +352,27 @@ def _dw_depthwise(
     return dw.reshape(((x.shape[0],) if keep else ()) + tuple(w_shape))
 
 
+#: A 1x1 weight cotangent over maps of fewer positions than this is one GEMM over all samples (channels
+#: first) instead of one per sample: EfficientNet-Lite0 b8's 7x7 layers (49 positions, 8 products of
+#: inner size 49 and 7 sums of [O, C]) 1.5-1.7x faster; on 14x14 maps the two are level, on larger ones
+#: the transposing copies cost more than the products save (docs/gradients.md, "Session 11").
+POINTWISE_BATCH_POSITIONS = 128
+
+
 def _dw_pointwise(x: np.ndarray, g: np.ndarray, w_shape: Sequence[int], keep: bool) -> np.ndarray:
     """dW of a 1x1, stride-1, unpadded, ungrouped convolution: ``sum_n G[n] @ X[n]^T``, no im2col, no pads.
 
     One GEMM per sample on onnxruntime's MLAS (:func:`.kernels.matmul`; numpy's BLAS threads
-    oversubscribe a loaded machine).
+    oversubscribe a loaded machine), or one over all samples on small maps
+    (:data:`POINTWISE_BATCH_POSITIONS`).
     """
     n, c = x.shape[:2]
     o = g.shape[1]
     x3, g3 = x.reshape(n, c, -1), g.reshape(n, o, -1)
+    if not keep and x3.shape[2] < POINTWISE_BATCH_POSITIONS:
+        xt = np.ascontiguousarray(np.moveaxis(x3, 1, 0)).reshape(c, -1)  # [C, N*P]
+        gt = np.ascontiguousarray(np.moveaxis(g3, 1, 0)).reshape(o, -1)  # [O, N*P]
+        return matmul(gt, xt, trans_b=True).reshape(tuple(w_shape))
     parts = [matmul(g3[i], x3[i], trans_b=True) for i in range(n)]
     dw = np.stack(parts) if keep else functools.reduce(np.add, parts)
     return dw.reshape(((n,) if keep else ()) + tuple(w_shape))

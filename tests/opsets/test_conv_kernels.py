@@ -156,3 +156,49 @@ def test_convolution_cotangents_split_over_samples_are_the_same(monkeypatch: pyt
     ref_dw = conv_kernels._conv_loop(x, w, g, x.shape, keep, geom)[1]
     np.testing.assert_allclose(dx3, ref_dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw3, ref_dw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [3, 7, 16])  # below and above POINTWISE_BATCH_POSITIONS
+@pytest.mark.parametrize("keep", [False, True])
+def test_pointwise_weight_cotangent_equals_the_sum_over_samples_and_positions(size: int, keep: bool) -> None:
+    """A 1x1 dW (one GEMM over all samples on small maps, one per sample otherwise, per-sample results kept
+    apart) equals the float64 sum of ``g[n, o, p] * x[n, c, p]``."""
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((3, 5, size, size)).astype(np.float32)
+    g = rng.standard_normal((3, 4, size, size)).astype(np.float32)
+    geom = ConvGeometry((1, 1), (1, 1), (1, 1), (0, 0), (0, 0), (size, size), 1)
+    got = conv_kernels.conv_weight_grad(x, g, (4, 5, 1, 1), geom, keep)
+    ref = np.einsum("nopq,ncpq->" + ("noc" if keep else "oc"), g.astype(np.float64), x.astype(np.float64))
+    assert (size * size < conv_kernels.POINTWISE_BATCH_POSITIONS) == (size < 16)
+    np.testing.assert_allclose(got, ref.reshape(got.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_strided_depthwise_input_cotangent_by_phases_equals_the_offset_loop() -> None:
+    """Over random strided depthwise geometries (kernels up to 7, strides up to 3, pads of 0-3 on each side),
+    the input cotangent as one convolution per stride phase equals the numpy offset loop, and
+    ``conv_input_grad`` does whichever path it takes; the phase path is taken for wide kernels only."""
+    rng = np.random.default_rng(0)
+    checked, phased = 0, 0
+    while checked < 150:
+        n, c = int(rng.integers(1, 3)), int(rng.integers(1, 6))
+        h, w = (int(v) for v in rng.integers(3, 16, size=2))
+        s, k = ([int(v) for v in rng.integers(1, hi, size=2)] for hi in (4, 8))
+        begin = [int(v) for v in rng.integers(0, 4, size=2)]
+        length = [h + begin[0] + int(rng.integers(0, 4)), w + begin[1] + int(rng.integers(0, 4))]
+        out = [(length[i] - k[i]) // s[i] + 1 for i in range(2)]
+        if min(out) < 1:
+            continue
+        end = [(out[0] - 1) * s[0] + k[0] - begin[0] - h, (out[1] - 1) * s[1] + k[1] - begin[1] - w]
+        geom = ConvGeometry(tuple(k), tuple(s), (1, 1), tuple(begin), tuple(end), tuple(length), c)
+        g = rng.standard_normal((n, c, *out)).astype(np.float32)
+        wt = rng.standard_normal((c, 1, *k)).astype(np.float32)
+        ref = conv_kernels._conv_loop(None, wt, g, (n, c, h, w), False, geom)[0]
+        by_phase = conv_kernels._dx_depthwise_phases(g, wt, (n, c, h, w), s, begin)
+        wide = all(kk >= 2 * ss + 1 for kk, ss in zip(k, s, strict=True)) and max(s) > 1
+        assert (by_phase is not None) <= wide
+        if by_phase is not None:
+            phased += 1
+            np.testing.assert_allclose(by_phase, ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(conv_kernels.conv_input_grad(g, wt, (n, c, h, w), geom), ref, rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert phased >= 10
