@@ -140,10 +140,12 @@ def _dx_depthwise_phases(
     full convolution of the cotangent by the sub-kernel ``w[r::s]``, which runs on onnxruntime's blocked
     depthwise kernels with the flipped sub-kernel baked in (:func:`.kernels.run_const_kernel`); each
     phase's result is written to its strided rows and columns. Only where the kernel is at least
-    ``2 s + 1`` wide, so that every sub-kernel has two taps or more per axis: 5x5 at stride 2 ran 1.9x
+    ``2 s + 1`` wide, so that every sub-kernel has two taps or more per axis: 5x5 at stride 2 ran 1.4-1.7x
     faster than onnxruntime's ConvTranspose on EfficientNet-Lite0 b8's two such layers, 3x3 at stride 2
     1.7x slower (four tiny convolutions and strided writes over the widest maps; docs/gradients.md,
-    "Session 11"). None: not that case, or a phase needs a negative pad (the caller uses ConvTranspose).
+    "Session 11"). Weights that change every call (fine-tuning) rebuild the four sessions each time,
+    which costs 2-3 ms more than it saves per layer. None: not that case, or a phase needs a negative
+    pad (the caller uses ConvTranspose).
     """
     kernel, n_in, n_out = w.shape[2:], x_shape[2:], g.shape[2:]
     if all(s == 1 for s in strides) or any(k < 2 * s + 1 for k, s in zip(kernel, strides, strict=True)):
