@@ -202,3 +202,14 @@ def test_strided_depthwise_input_cotangent_by_phases_equals_the_offset_loop() ->
         np.testing.assert_allclose(conv_kernels.conv_input_grad(g, wt, (n, c, h, w), geom), ref, rtol=1e-4, atol=1e-4)
         checked += 1
     assert phased >= 10
+
+
+@pytest.mark.parametrize("shape", [(70, 3, 3, 3), (5, 64, 1, 1), (33, 2, 5, 4), (4, 3, 3)])
+def test_flip_swap_is_the_transposed_flipped_kernel(shape: tuple[int, ...]) -> None:
+    """The blocked copy equals swapping the channel axes and reversing every kernel axis, for 1-D, 2-D, 1x1
+    and non-square kernels and output channel counts that do not divide into blocks."""
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    flip = (slice(None), slice(None), *(slice(None, None, -1),) * (len(shape) - 2))
+    got = conv_kernels._flip_swap(w)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.swapaxes(w, 0, 1)[flip])
